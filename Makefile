@@ -1,0 +1,57 @@
+# Two commands: `make repro` (set-up + the pipeline on the default synthetic data) and
+# `make test` (set-up + the whole test suite). Set-up is idempotent: the venv is rebuilt only
+# when the requirements change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export PYTHONUNBUFFERED := 1
+# One id groups the MLflow runs of one `make repro` (plain `dvc repro` derives one itself).
+export SEMKNOBS_EXECUTION_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)-$(shell echo $$$$)
+
+.PHONY: setup repro test test-fast bench ui lint format dag clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $@
+
+repro: $(STAMP)
+	test -d .dvc || dvc init -q
+	dvc repro
+	dvc metrics show
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --out benchmarks/results.json --table benchmarks/results.md
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+
+dag: $(STAMP)
+	dvc dag
+
+lint: $(STAMP)
+	$(BIN)/ruff check src pipelines tests benchmarks
+	$(BIN)/ruff format --check src pipelines tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src pipelines tests benchmarks
+	$(BIN)/ruff check --fix src pipelines tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

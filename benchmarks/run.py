@@ -1,0 +1,170 @@
+"""`make bench`: performance measurements, side by side in one run, medians of repeats.
+
+Writes a JSON file (every run's numbers) and a Markdown table. Speed is measured here, never in
+timed tests: the machines are noisy, so only medians and same-run ratios are quoted.
+
+    python benchmarks/run.py --out benchmarks/results.json --table benchmarks/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from semknobs.config import load_section
+from semknobs.data.scans import find_scans, read_scan
+from semknobs.data.synth import SynthParams, synthesize
+from semknobs.data.tiles import TileParams, bar_rows, tile_dataset
+
+BENCHES: dict[str, Callable[[argparse.Namespace, Path], list[dict]]] = {}
+
+
+def bench(name: str):
+    def register(func):
+        BENCHES[name] = func
+        return func
+
+    return register
+
+
+def _timed(func: Callable[[], object], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _row(name: str, unit: str, values: list[float], target: str = "", note: str = "") -> dict:
+    return {
+        "name": name,
+        "unit": unit,
+        "median": statistics.median(values),
+        "runs": values,
+        "target": target,
+        "note": note,
+    }
+
+
+@bench("data")
+def data_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Default dataset generation; tiling beside bare decode + resize of the same files."""
+    params = load_section(SynthParams, "synthesize", args.params)
+    tile_params = load_section(TileParams, "tile", args.params)
+    raw, lots, truth = work / "raw", work / "lots.csv", work / "truth"
+
+    def generate() -> None:
+        synthesize(params=params, raw_dir=raw, lots_csv=lots, truth_dir=truth, progress=False)
+
+    gen = _timed(generate, args.repeats)
+    scans = find_scans(raw)
+    megabytes = sum(read_scan(s.path).nbytes for s in scans) / 1e6
+
+    def bare(n_jobs: int) -> Callable[[], None]:
+        def run() -> None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            def one(scan) -> np.ndarray:
+                image = read_scan(scan.path)
+                area = image[: image.shape[0] - bar_rows(image, tile_params, scan.path)]
+                t, o = tile_params.tile_px, tile_params.out_px
+                ny, nx = area.shape[0] // t, area.shape[1] // t
+                k = t // o
+                block = area[: ny * t, : nx * t].astype(np.float32)
+                return block.reshape(ny * o, k, nx * o, k).mean(axis=(1, 3))
+
+            with ThreadPoolExecutor(n_jobs) as pool:
+                list(pool.map(one, scans))
+
+        return run
+
+    def tiling(n_jobs: int) -> Callable[[], None]:
+        p = TileParams(**{**tile_params.__dict__, "n_jobs": n_jobs})
+        return lambda: tile_dataset(params=p, raw_dir=raw, tiles_dir=work / "tiles", progress=False)
+
+    rows = [_row("synthesize: default study (30 lots)", "s", gen, target="< 120 s")]
+    for n_jobs in (1, 2):
+        # interleave the two so drift hits both alike
+        b, t = [], []
+        for _ in range(args.repeats):
+            b += _timed(bare(n_jobs), 1)
+            t += _timed(tiling(n_jobs), 1)
+        bare_mb = [megabytes / x for x in b]
+        tile_mb = [megabytes / x for x in t]
+        ratio = [x / y for x, y in zip(t, b)]
+        rows += [
+            _row(f"bare decode + bar detection + resize ({n_jobs} thread)", "MB/s", bare_mb),
+            _row(f"tile stage work ({n_jobs} thread)", "MB/s", tile_mb),
+            _row(
+                f"tiling time / bare time ({n_jobs} thread)",
+                "ratio",
+                ratio,
+                target="<= 1.5",
+                note=f"{megabytes:.0f} MB of decoded 16-bit scans, {len(scans)} files",
+            ),
+        ]
+    return rows
+
+
+def _table(results: dict) -> str:
+    lines = [
+        f"Machine: {results['machine']}; {results['repeats']} repeats, medians.",
+        "",
+        "| benchmark | median | unit | target | runs | note |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        runs = ", ".join(f"{v:.3g}" for v in r["runs"])
+        cells = [r["name"], f"{r['median']:.3g}", r["unit"], r["target"], runs, r["note"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--table", type=Path, default=Path("benchmarks/results.md"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=sorted(BENCHES))
+    args = parser.parse_args(argv)
+    rows: list[dict] = []
+    for name in args.only:
+        work = Path(tempfile.mkdtemp(prefix=f"semknobs-bench-{name}-"))
+        try:
+            print(f"bench {name} ...", flush=True)
+            rows += BENCHES[name](args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.table.write_text(_table(results))
+    print(_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

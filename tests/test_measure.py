@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from skimage.draw import disk, polygon
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.data.tiles import load_tiles
+from semknobs.measure import measure_tile, measure_tiles
+
+
+def _canvas(
+    shapes: str, diameter: float = 11.0, pores_per_particle: int = 0, n: int = 4, seed: int = 0
+):
+    """An n x n grid of bright particles on a dark substrate with mild noise."""
+    rng = np.random.default_rng(seed)
+    size = 16 * n
+    img = np.full((size, size), 40.0)
+    for i in range(n):
+        for j in range(n):
+            cy, cx = 8 + 16 * i + rng.uniform(-1, 1), 8 + 16 * j + rng.uniform(-1, 1)
+            if shapes == "disc":
+                rr, cc = disk((cy, cx), diameter / 2, shape=img.shape)
+            else:  # square of the same area, random rotation
+                half = np.sqrt(np.pi) * diameter / 4
+                t = rng.uniform(0, np.pi / 2)
+                corners = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]]) * half
+                rot = corners @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+                rr, cc = polygon(cy + rot[:, 0], cx + rot[:, 1], shape=img.shape)
+            img[rr, cc] = 200.0
+            for _ in range(pores_per_particle):
+                py, px = int(cy + rng.integers(-2, 2)), int(cx + rng.integers(-2, 2))
+                img[py : py + 2, px : px + 2] = 60.0
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_known_discs():
+    r = measure_tile(_canvas("disc", diameter=11.0))
+    assert r["size"] == pytest.approx(11.0, rel=0.1)
+    assert r["dispersity"] < 0.05
+    assert r["porosity"] < 0.01
+    assert r["n_particles"] >= 8  # border particles are excluded, interior ones counted
+
+
+def test_squares_read_more_faceted_than_discs_of_the_same_area():
+    discs, squares = measure_tile(_canvas("disc")), measure_tile(_canvas("square"))
+    assert squares["facetness"] > 2 * discs["facetness"]
+    assert squares["size"] == pytest.approx(discs["size"], rel=0.1)
+
+
+def test_pores_raise_porosity():
+    readings = [measure_tile(_canvas("disc", pores_per_particle=k))["porosity"] for k in (0, 1, 2)]
+    assert readings[0] < readings[1] < readings[2]
+
+
+def test_mixed_sizes_raise_dispersity():
+    a = _canvas("disc", diameter=11.0)
+    b = a.copy()
+    b[:, 32:] = _canvas("disc", diameter=6.0, seed=1)[:, 32:]
+    assert measure_tile(b)["dispersity"] > measure_tile(a)["dispersity"] + 0.1
+
+
+def test_blank_tile_reads_nan():
+    r = measure_tile(np.full((64, 64), 100, np.uint8))
+    assert all(np.isnan(r[a]) for a in ATTRIBUTES) and r["n_particles"] == 0
+
+
+def test_scale_of_the_pixel_values_does_not_matter(tiny_study):
+    tiles, _ = load_tiles(tiny_study["tiles"])
+    eight = measure_tiles(tiles[:8], progress=False)
+    sixteen = measure_tiles(tiles[:8].astype(np.uint16) * 257, progress=False)
+    np.testing.assert_allclose(eight.to_numpy(), sixteen.to_numpy(), rtol=1e-9)
+
+
+# Stated tolerance: global brightness/contrast changes that do not clip move each reading by at
+# most 1% (median over tiles) and 5% (95th percentile) of that reading's 5-95% spread.
+@pytest.mark.parametrize("gain, offset", [(0.6, 60), (0.8, 0), (0.5, 100), (0.7, 30)])
+def test_readings_hold_under_brightness_and_contrast(tiny_study, gain, offset):
+    tiles, _ = load_tiles(tiny_study["tiles"])
+    base = measure_tiles(tiles, progress=False)[list(ATTRIBUTES)]
+    changed = np.clip(np.round(gain * tiles.astype(float) + offset), 0, 255).astype(np.uint8)
+    moved = measure_tiles(changed, progress=False)[list(ATTRIBUTES)]
+    spread = base.quantile(0.95) - base.quantile(0.05)
+    rel = (moved - base).abs() / spread
+    assert (rel.median() <= 0.01).all(), rel.median()
+    assert (rel.quantile(0.95) <= 0.05).all(), rel.quantile(0.95)

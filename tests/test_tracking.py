@@ -1,0 +1,390 @@
+"""semknobs.tracking against a real MLflow sqlite store (no MLflow mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from semknobs import tracking
+
+LOCK = """\
+schema: '2.0'
+stages:
+  prepare:
+    cmd: python pipelines/prepare.py
+    deps:
+    - path: data/raw
+      hash: md5
+      md5: 1111aaaa1111aaaa1111aaaa1111aaaa.dir
+      size: 10
+      nfiles: 2
+    params:
+      params.yaml:
+        prepare.tile: 64
+    outs:
+    - path: data/tiles
+      hash: md5
+      md5: 2222bbbb2222bbbb2222bbbb2222bbbb.dir
+      size: 20
+      nfiles: 4
+  train:
+    cmd: python pipelines/train.py
+    deps:
+    - path: data/tiles
+      hash: md5
+      md5: 0000000000000000000000000000dead.dir
+    outs:
+    - path: models/regressor.safetensors
+      md5: 3333cccc3333cccc3333cccc3333cccc
+      size: 30
+"""
+
+DVC_FILE = """\
+outs:
+- md5: 4444dddd4444dddd4444dddd4444dddd
+  size: 5
+  hash: md5
+  path: labels.csv
+"""
+
+CLEAN_ENV = ("MLFLOW_TRACKING_URI", "SEMKNOBS_EXECUTION_ID", "SEMKNOBS_EXPERIMENT")
+
+
+def _git(root: Path, *args: str) -> str:
+    cmd = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small git repo with a dvc.lock and a .dvc file; one sqlite store for the module."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "dvc.lock").write_text(LOCK)
+    (root / "data").mkdir()
+    (root / "data" / "labels.csv.dvc").write_text(DVC_FILE)
+    (root / ".gitignore").write_text("/mlruns\n")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in CLEAN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(project)
+    return project
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def test_stage_run_records_tags_params_and_artifacts(
+    in_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMKNOBS_EXECUTION_ID", "exec-123")
+    many = {f"p{i:03d}": i for i in range(150)}  # more than one 100-param batch
+    params = {
+        "train": {"lr": 0.1, "layers": [1, 2], "flag": True, "none": None},
+        "long": "x" * 7000,
+        "many": many,
+    }
+    with tracking.stage_run(
+        "train",
+        params=params,
+        deps=["data/tiles", "data/labels.csv", "./data/tiles/a.png", "data/nope"],
+        tags={"extra": "yes"},
+        root=in_project,
+    ) as run:
+        run_id = run.info.run_id
+
+    uri = tracking.configure(in_project)
+    assert uri == f"sqlite:///{in_project / 'mlruns' / 'mlflow.db'}"
+    got = _client().get_run(run_id)
+    assert got.info.status == "FINISHED"
+    assert got.info.run_name == "train"
+    tags = got.data.tags
+    assert tags["semknobs.stage"] == "train"
+    assert tags["semknobs.execution"] == "exec-123"
+    assert tags["extra"] == "yes"
+    assert tags["git.commit"] == _git(in_project, "rev-parse", "HEAD")
+    assert tags["git.branch"] == "main"
+    assert tags["git.dirty"] == "false"
+    assert tags["data.data/tiles"] == "2222bbbb2222bbbb2222bbbb2222bbbb.dir"
+    assert tags["data.data/labels.csv"] == "4444dddd4444dddd4444dddd4444dddd"
+    assert tags["data.data/tiles/a.png"] == "2222bbbb2222bbbb2222bbbb2222bbbb.dir"
+    assert tags["data.data/nope"] == "untracked"
+    assert len(tags["data.version"]) == 12
+
+    p = got.data.params
+    assert p["train.lr"] == "0.1"
+    assert json.loads(p["train.layers"]) == [1, 2]
+    assert p["train.flag"] == "true"
+    assert p["train.none"] == "null"
+    assert len(p["long"]) == 6000 and p["long"].endswith("see params.json]")
+    assert all(p[f"many.{k}"] == str(v) for k, v in many.items())
+
+    artifacts = (in_project / "mlruns" / "artifacts" / run_id / "artifacts").resolve()
+    assert got.info.artifact_uri == artifacts.as_uri()
+    assert json.loads((artifacts / "params.json").read_text())["long"] == "x" * 7000
+    exp = _client().get_experiment(got.info.experiment_id)
+    assert exp.name == "semknobs"
+    assert exp.artifact_location == (in_project / "mlruns" / "artifacts").as_uri()
+
+
+def test_metric_keys_with_slash_round_trip(in_project: Path) -> None:
+    with tracking.stage_run("evaluate", params={}, root=in_project) as run:
+        tracking.log_metrics({"val/rmse": 0.5, "train/loss": 2}, step=3)
+        tracking.log_metrics({"val/rmse": 0.25}, step=4)
+    client = _client()
+    history = client.get_metric_history(run.info.run_id, "val/rmse")
+    assert [(m.step, m.value) for m in history] == [(3, 0.5), (4, 0.25)]
+    assert client.get_run(run.info.run_id).data.metrics == {"val/rmse": 0.25, "train/loss": 2.0}
+
+
+def test_log_figure_and_dir(in_project: Path, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("b")
+    (tmp_path / "a.txt").write_text("a")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    with tracking.stage_run("report", params={}, root=in_project) as run:
+        tracking.log_figure(fig, "plots/line.png")
+        tracking.log_dir(tmp_path, "reports")
+    assert not plt.fignum_exists(fig.number)
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "plots" / "line.png").stat().st_size > 0
+    assert (artifacts / "reports" / "sub" / "b.txt").read_text() == "b"
+
+
+def test_exception_marks_run_failed(in_project: Path) -> None:
+    import mlflow
+
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracking.stage_run("train", params={"a": 1}, root=in_project) as run,
+    ):
+        raise RuntimeError("boom")
+    assert mlflow.active_run() is None
+    assert _client().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_experiment_name_from_env(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMKNOBS_EXPERIMENT", "semknobs-alt")
+    with tracking.stage_run("prepare", params={}, root=in_project) as run:
+        pass
+    assert _client().get_experiment(run.info.experiment_id).name == "semknobs-alt"
+    assert tracking.ensure_experiment() == run.info.experiment_id
+
+
+def test_deleted_experiment_is_restored(in_project: Path) -> None:
+    tracking.configure(in_project)
+    exp_id = tracking.ensure_experiment("gone")
+    _client().delete_experiment(exp_id)
+    assert tracking.ensure_experiment("gone") == exp_id
+    assert _client().get_experiment(exp_id).lifecycle_stage == "active"
+
+
+def test_configure_follows_root_but_env_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; that must not pin the first root.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a = tracking.configure(tmp_path / "a")
+    assert a == tracking.configure(tmp_path / "a") == f"sqlite:///{tmp_path}/a/mlruns/mlflow.db"
+    assert (tmp_path / "a" / "mlruns").is_dir()
+    assert tracking.configure(tmp_path / "b") == f"sqlite:///{tmp_path}/b/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.configure(tmp_path / "c") == "http://tracking.example:5000"
+    assert not (tmp_path / "c").exists()
+
+
+def test_git_info_dirty_and_outside_repo(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q", "-b", "dev")
+    info = tracking.git_info(tmp_path)  # no commit yet
+    assert info == {"git.commit": "unknown", "git.dirty": "false", "git.branch": "dev"}
+    (tmp_path / "f").write_text("x")
+    assert tracking.git_info(tmp_path)["git.dirty"] == "true"
+    assert tracking.git_info(tmp_path / "missing")["git.commit"] == "unknown"
+
+
+def test_execution_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMKNOBS_EXECUTION_ID", "my-exec")
+    assert tracking.execution_id() == "my-exec"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/python", "/venv/bin/dvc", "repro"], True),
+        (["dvc", "-v", "exp", "run"], True),
+        (["python3", "-m", "dvc", "--cd", "sub", "repro", "train"], True),
+        (["/usr/local/bin/dvc", "push"], False),
+        (["python", "train.py", "repro"], False),
+        (["sh", "-c", "dvc repro"], False),
+        ([], False),
+    ],
+)
+def test_dvc_cmdline_detection(argv: list[str], expected: bool) -> None:
+    assert tracking.is_dvc_pipeline_cmdline(argv) is expected
+
+
+def _launcher(directory: Path, name: str) -> Path:
+    """A script named like ``dvc`` that runs two children (one through a shell, as DVC does)
+    that each print execution_id()."""
+    code = "from semknobs.tracking import execution_id; print(execution_id())"
+    script = directory / name
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            import shlex, subprocess, sys
+            code = {code!r}
+            subprocess.run([sys.executable, "-c", code], check=True)
+            subprocess.run(shlex.join([sys.executable, "-c", code]), shell=True, check=True)
+            """
+        )
+    )
+    return script
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_execution_id_from_dvc_ancestor(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SEMKNOBS_EXECUTION_ID"}
+    script = _launcher(tmp_path, "dvc")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "repro"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    first, second = out.split()
+    assert first == second
+    assert first.startswith(f"dvc-{proc.pid}-")
+    assert first.rsplit("-", 1)[1].isdigit()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_execution_id_fallback_without_dvc(tmp_path: Path) -> None:
+    if tracking._dvc_ancestor_id() is not None:
+        pytest.skip("the test session itself runs under dvc repro")
+    env = {k: v for k, v in os.environ.items() if k != "SEMKNOBS_EXECUTION_ID"}
+    script = _launcher(tmp_path, "notdvc")
+    out = subprocess.run(
+        [sys.executable, str(script), "repro"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    first, second = out.split()
+    assert first.startswith("run-") and second.startswith("run-")
+    assert first != second  # separate processes, no shared pipeline execution
+
+
+def test_data_version_lock_dvc_file_and_untracked(project: Path, tmp_path: Path) -> None:
+    lock = project / "dvc.lock"
+    tags = tracking.data_version(
+        ["data/tiles", "data/raw", "models/regressor.safetensors", "data/labels.csv", "x/y"],
+        lock_path=lock,
+    )
+    assert tags["data.data/tiles"] == "2222bbbb2222bbbb2222bbbb2222bbbb.dir"  # out beats dep
+    assert tags["data.data/raw"] == "1111aaaa1111aaaa1111aaaa1111aaaa.dir"
+    assert tags["data.models/regressor.safetensors"] == "3333cccc3333cccc3333cccc3333cccc"
+    assert tags["data.data/labels.csv"] == "4444dddd4444dddd4444dddd4444dddd"
+    assert tags["data.x/y"] == "untracked"
+    # The version depends on the set of (path, hash) pairs, not their order.
+    again = tracking.data_version(
+        ["x/y", "data/labels.csv", "models/regressor.safetensors", "data/raw", "data/tiles"],
+        lock_path=lock,
+    )
+    assert again["data.version"] == tags["data.version"]
+    assert tracking.data_version(["data/tiles"], lock)["data.version"] != tags["data.version"]
+
+    # Relative paths resolve against the working directory, like DVC's.
+    cwd = Path.cwd()
+    try:
+        os.chdir(project)
+        assert tracking.data_version(["./data/tiles/"]) == tracking.data_version(
+            ["data/tiles"], lock
+        )
+    finally:
+        os.chdir(cwd)
+
+    missing = tracking.data_version(["data/tiles"], lock_path=tmp_path / "dvc.lock")
+    assert missing["data.data/tiles"] == "untracked"
+    (tmp_path / "dvc.lock").write_text("stages: [unclosed\n")
+    assert tracking.data_version(["a"], tmp_path / "dvc.lock")["data.a"] == "untracked"
+    (tmp_path / "dvc.lock").write_text("- just\n- a list\n")
+    assert tracking.data_version(["a"], tmp_path / "dvc.lock")["data.a"] == "untracked"
+    (tmp_path / "dvc.lock").write_text("stages:\n  s:\n    outs: [3, {path: a}]\n")
+    assert tracking.data_version(["a"], tmp_path / "dvc.lock")["data.a"] == "untracked"
+
+
+RACE = """\
+import sys, time
+from pathlib import Path
+from semknobs import tracking
+import mlflow  # pay the import before the barrier
+barrier, me = Path(sys.argv[1]), sys.argv[2]
+
+
+def wait(step):
+    (barrier / f"{step}-{me}").touch()
+    while len(list(barrier.glob(f"{step}-*"))) < 2:
+        time.sleep(0.002)
+
+
+wait("init")  # both open a brand-new database at once
+tracking.configure()
+ids = [tracking.ensure_experiment("race")]
+for k in range(5):  # then race on creating experiments in an existing database
+    wait(k)
+    ids.append(tracking.ensure_experiment(f"race-{k}"))
+print(" ".join(ids))
+"""
+
+
+def test_concurrent_ensure_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes against a brand-new database both get the same experiment id."""
+    for name in CLEAN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    db_dir = tmp_path / "store"
+    uri = f"sqlite:///{db_dir / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env["MLFLOW_TRACKING_URI"] = uri
+    (tmp_path / "barrier").mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(tmp_path / "barrier"), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    first, second = (out.split() for out, _ in results)
+    assert first == second
+    assert len(set(first)) == 6
+
+    # The env override wins over the root; artifacts go beside the sqlite file.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.configure(tmp_path / "elsewhere") == uri
+    assert not (tmp_path / "elsewhere").exists()
+    assert tracking.ensure_experiment("race") == first[0]
+    exp = _client().get_experiment_by_name("race")
+    assert exp.artifact_location == (db_dir / "artifacts").as_uri()
