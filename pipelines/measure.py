@@ -6,6 +6,7 @@ from pathlib import Path
 from semknobs import tracking
 from semknobs.atomic import atomic_path
 from semknobs.config import load_section
+from semknobs.data.quality import require_validated
 from semknobs.data.tiles import load_tiles
 from semknobs.measure import MeasureParams, measure_tiles
 from semknobs.stage import stage_main
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section(MeasureParams, "measure", args.params)
     with tracking.stage_run("measure", params=params, deps=[args.tiles_dir]):
+        require_validated(args.validation)
         tiles, manifest = load_tiles(args.tiles_dir)
         readings = measure_tiles(tiles, params.meter, n_jobs=params.n_jobs)
         table = manifest[["tile", "lot", "scan", "row", "col"]].join(readings)

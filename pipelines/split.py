@@ -5,6 +5,7 @@ from pathlib import Path
 
 from semknobs import tracking
 from semknobs.config import load_section
+from semknobs.data.quality import require_validated
 from semknobs.data.figures import split_figure
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import SplitParams, check_disjoint, make_splits
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section(SplitParams, "split", args.params)
     with tracking.stage_run("split", params=params, deps=[args.lots, args.validation]):
+        require_validated(args.validation)
         lots = read_lots(args.lots)
         splits = make_splits(lots, params)
         check_disjoint(splits)

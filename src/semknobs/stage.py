@@ -29,7 +29,7 @@ def stage_main(func: Callable[..., Any]) -> Callable[..., int]:
         try:
             func(*args, **kwargs)
         except SemknobsError as exc:
-            name = Path(sys.argv[0]).stem
+            name = Path(func.__code__.co_filename).stem
             print(f"{name}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

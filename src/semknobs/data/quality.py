@@ -513,3 +513,16 @@ def _report_text(summary: dict[str, Any], quality_ran: bool) -> str:
     if summary["data_docs"]:
         lines += ["", f"Data Docs: {summary['data_docs']}"]
     return "\n".join(lines) + "\n"
+
+
+def require_validated(summary_json: str | Path) -> dict[str, Any]:
+    """The validate stage's summary, or a :class:`DataError` if validation did not pass."""
+    path = Path(summary_json)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: no readable validation summary ({exc}); run validate") from None
+    if not summary.get("success"):
+        report = path.with_name("report.txt")
+        raise DataError(f"{path}: the data did not pass validation; read {report}")
+    return summary

@@ -71,7 +71,10 @@ def read_scan(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from None
-    return _as_greyscale(np.asarray(array), path)
+    array = np.asarray(array)
+    if array.size == 0:
+        raise DataError(f"{path}: unreadable image (no pixel data; truncated or corrupt file)")
+    return _as_greyscale(array, path)
 
 
 def _png_array(im: Image.Image, path: Path) -> np.ndarray:

@@ -34,8 +34,8 @@ def make_splits(lots: pd.DataFrame, params: SplitParams) -> dict:
         raise ParamsError(f"split.n_folds: need at least 2 folds, got {params.n_folds}")
     if params.test_lots < 1 or n - params.test_lots < params.n_folds:
         raise ParamsError(
-            f"split: {n} lots cannot make {params.test_lots} test lots plus {params.n_folds} "
-            "non-empty folds; lower split.test_lots or split.n_folds"
+            f"split.test_lots = {params.test_lots}, split.n_folds = {params.n_folds}: {n} lots "
+            "cannot make that many test lots plus non-empty folds; lower one of them"
         )
     rng = np.random.default_rng(params.seed)
     if params.stratify == "stress":
