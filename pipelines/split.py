@@ -5,8 +5,8 @@ from pathlib import Path
 
 from semknobs import tracking
 from semknobs.config import load_section
-from semknobs.data.quality import require_validated
 from semknobs.data.figures import split_figure
+from semknobs.data.quality import require_validated
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import SplitParams, check_disjoint, make_splits
 from semknobs.stage import save_figure, stage_main, write_json

@@ -177,10 +177,11 @@ def test_split_refuses_unvalidated_data(run_stage, user, capsys):
     user["lots"].write_text(user["lots"].read_text().replace(",40\n", ",-40\n"))
     assert _validate(run_stage, user) == 2
     capsys.readouterr()
+    summary = user["reports"] / "validate" / "summary.json"
+    out, reports = user["root"] / "splits.json", user["reports"] / "split"
     status = run_stage(
-        "split", "--lots", user["lots"], "--validation", user["reports"] / "validate" / "summary.json",
-        "--out", user["root"] / "splits.json", "--reports", user["reports"] / "split",
-    )  # fmt: skip
+        "split", "--lots", user["lots"], "--validation", summary, "--out", out, "--reports", reports
+    )
     _expect_failure(capsys, status, "did not pass validation")
     assert not (user["root"] / "splits.json").exists()
 

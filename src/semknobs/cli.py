@@ -16,8 +16,9 @@ from semknobs.errors import SemknobsError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="semknobs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="semknobs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"semknobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -40,20 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "measure":
             return _measure(args)
-        return subprocess.call(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "ui",
-                "--backend-store-uri",
-                args.store,
-                "--host",
-                args.host,
-                "--port",
-                str(args.port),
-            ]  # fmt: skip
-        )
+        ui_args = ["--backend-store-uri", args.store, "--host", args.host, "--port", str(args.port)]
+        return subprocess.call([sys.executable, "-m", "mlflow", "ui", *ui_args])
     except SemknobsError as exc:
         print(f"semknobs: error: {exc}", file=sys.stderr)
         return 2
