@@ -33,8 +33,11 @@ def clone(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("clone")
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout.split("\0")  # fmt: skip
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
         if src.is_file():
@@ -80,8 +83,13 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
         assert -1 <= metrics[f"meter/spearman_{attr}"] <= 1
     splits = json.loads((clone / "data" / "splits.json").read_text())
     assert len(splits["test"]) == 2 and len(splits["folds"]) == 2
-    for path in ("reports/tile/contact_sheet.png", "reports/validate/data_docs/index.html",
-                 "reports/meter/meter.png", "data/measurements.csv", "dvc.lock"):  # fmt: skip
+    for path in (
+        "reports/tile/contact_sheet.png",
+        "reports/validate/data_docs/index.html",
+        "reports/meter/meter.png",
+        "data/measurements.csv",
+        "dvc.lock",
+    ):
         assert (clone / path).exists(), path
 
     second = _dvc(clone, "repro")

@@ -135,3 +135,30 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ParamsError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, recursively for nested mappings (neither is modified)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_overrides(path: str | Path | None) -> dict[str, Any]:
+    """A YAML mapping of parameter overrides (e.g. tuned params), empty if the file says so."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such overrides file") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of parameter overrides")
+    return data

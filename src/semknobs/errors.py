@@ -20,3 +20,7 @@ class DataError(SemknobsError):
 
 class ValidationFailed(DataError):
     """Data validation found problems; the message is the full report."""
+
+
+class ModelError(SemknobsError):
+    """A model folder or registered model is missing, incomplete or of the wrong kind."""

@@ -31,7 +31,7 @@ from semknobs.errors import DataError, ParamsError
 MANIFEST_COLUMNS = (
     "tile", "lot", "scan", "file", "row", "col", "y0", "x0", "tile_px", "out_px", "shard",
     "index", "mean", "std", "min", "max", "frac_dark", "frac_bright", "sha1",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

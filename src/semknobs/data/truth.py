@@ -40,7 +40,7 @@ def read_truth(truth_dir: Path) -> Truth:
              "peak_stress_mpa": v["peak_stress_mpa"]}
             for lot, v in meta["lots"].items()
         ]
-    )  # fmt: skip
+    )
     return Truth(law=StressLaw(**law_params), lots=lots, fields=fields)
 
 

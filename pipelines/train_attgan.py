@@ -1,0 +1,107 @@
+"""DVC stage `train_attgan`: train the AttGAN on the training lots, evaluate it on the held-out
+test lots, register it as `semknobs-attgan` (alias `candidate`).
+
+Honest evaluation: the AttGAN never sees a test lot's tiles; reconstruction, concept control and
+realism are measured on the test lots only. Rerunning after an interruption resumes from the
+last checkpoint (--checkpoint-dir is a persistent DVC output).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from semknobs import registry, tracking
+from semknobs.config import deep_merge, from_mapping, load_overrides, load_params, to_mapping
+from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
+from semknobs.evaluation.attgan import evaluate_attgan, sample_grid
+from semknobs.stage import save_figure, stage_main, write_metrics
+from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tuned", type=Path, help="overrides from tune_attgan (YAML)")
+    parser.add_argument("--tiles-dir", type=Path, required=True)
+    parser.add_argument("--lots", type=Path, required=True)
+    parser.add_argument("--splits", type=Path, required=True)
+    parser.add_argument("--checkpoint-dir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--reports", type=Path, required=True)
+    parser.add_argument("--no-register", action="store_true")
+    args = parser.parse_args(argv)
+    section = load_params(args.params).get("train_attgan", {})
+    tuned = load_overrides(args.tuned)
+    if tuned:
+        section = deep_merge(section, {"train": tuned})
+    params = from_mapping(TrainAttGANStageParams, section, where=f"{args.params}: train_attgan")
+
+    splits = read_splits(args.splits)
+    scaler = fit_scaler(args.lots, splits["train"])
+    train = load_tileset(
+        tiles_dir=args.tiles_dir, lots_csv=args.lots, lots=splits["train"], scaler=scaler
+    )
+    test = load_tileset(
+        tiles_dir=args.tiles_dir, lots_csv=args.lots, lots=splits["test"], scaler=scaler
+    )
+    samples = slice(0, params.sample_tiles)
+    deps = [args.tiles_dir, args.lots, args.splits]
+    with tracking.stage_run("train_attgan", params=params, deps=deps, tags={"tuned": bool(tuned)}):
+
+        def on_checkpoint(trainer) -> None:
+            if trainer.step % params.sample_every == 0 or trainer.step == params.train.steps:
+                grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+                tracking.log_figure(grid, f"samples/step_{trainer.step:06d}.png")
+
+        started = time.perf_counter()
+        trainer = train_attgan(
+            params=params.train,
+            images=torch.from_numpy(train.images),
+            attrs=torch.from_numpy(train.attrs),
+            checkpoint_dir=args.checkpoint_dir,
+            data_key=tracking.data_version(deps).get("data.version", ""),
+            log=tracking.log_metrics,
+            on_checkpoint=on_checkpoint,
+        )
+        wall = time.perf_counter() - started
+        metrics, figures, _ = evaluate_attgan(trainer.gen, test.images, test.attrs, params.eval)
+        metrics |= {"train/wall_s": wall, "train/steps": trainer.step}
+        write_metrics(args.metrics, metrics)
+        tracking.log_metrics(metrics)
+        for name, figure in figures.items():
+            tracking.log_dir(save_figure(figure, args.reports / name).parent, "figures")
+        grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+        save_figure(grid, args.reports / "samples.png")
+        config = {
+            "model": params.train.model.to_dict(),
+            "scaler": scaler.to_dict(),
+            "img_size": params.train.model.img_size,
+            "train_lots": splits["train"],
+            "train": to_mapping(params.train),
+            "metrics": metrics,
+        }
+        registry.save_model_dir(
+            args.model_dir,
+            kind="attgan",
+            weights={"generator": trainer.gen, "discriminator": trainer.dis},
+            config=config,
+        )
+        if not args.no_register:
+            summary = ", ".join(
+                f"{k} = {metrics[k]:.3g}" for k in ("test/psnr", "control/mean_spearman")
+            )
+            registry.log_model_dir(
+                args.model_dir,
+                name="attgan",
+                kind="attgan",
+                registered_name="semknobs-attgan",
+                description=f"AttGAN for {params.train.model.img_size}-px SEM tiles; {summary}",
+            )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""AttGAN (He et al. 2019, "AttGAN: Facial Attribute Editing by Only Changing What You Want")
+for greyscale SEM tiles and four continuous attributes in [0, 1].
+
+Generator: a strided-conv encoder (batch norm, leaky ReLU) and a transposed-conv decoder (batch
+norm, ReLU, tanh output). The attribute vector, mapped to [-1, 1], is tiled over the bottleneck;
+``shortcut_layers`` decoder layers also see the encoder feature map of their resolution (U-Net
+style, for detail), and ``inject_layers`` decoder layers see the attributes again.
+Discriminator: strided convs with instance norm, then two heads on a shared trunk: an adversarial
+critic (WGAN-GP) and an attribute head that regresses the four attributes (logits; trained with
+binary cross-entropy against soft targets in [0, 1]).
+
+Departure from the paper: attributes are continuous scores, not binary flags, so the attribute
+head's loss is cross-entropy with soft targets, and target attributes during training are drawn as
+described in :mod:`semknobs.train.attgan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttGANConfig:
+    img_size: int = 64
+    channels: int = 1
+    n_attrs: int = 4
+    enc_dim: int = 32
+    enc_layers: int = 4
+    dec_dim: int = 32
+    dec_layers: int = 4
+    shortcut_layers: int = 1
+    inject_layers: int = 1
+    dis_dim: int = 32
+    dis_layers: int = 4
+    dis_fc_dim: int = 256
+    max_dim: int = 512
+
+    def __post_init__(self) -> None:
+        if self.img_size % 2**self.enc_layers:
+            raise ValueError(f"img_size {self.img_size} must be divisible by 2**enc_layers")
+        if self.dec_layers != self.enc_layers:
+            raise ValueError("dec_layers must equal enc_layers (the decoder mirrors the encoder)")
+        if self.img_size % 2**self.dis_layers:
+            raise ValueError(f"img_size {self.img_size} must be divisible by 2**dis_layers")
+        if not 0 <= self.shortcut_layers < self.dec_layers:
+            raise ValueError("need 0 <= shortcut_layers < dec_layers")
+        if not 0 <= self.inject_layers < self.dec_layers:
+            raise ValueError("need 0 <= inject_layers < dec_layers")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=norm is None)]
+    if norm is not None:
+        layers.append(norm(c_out, affine=True) if norm is nn.InstanceNorm2d else norm(c_out))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _up(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _tile(attrs: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, A) -> (B, A, size, size)."""
+    return attrs[:, :, None, None].expand(-1, -1, size, size)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: AttGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = [min(cfg.enc_dim * 2**i, cfg.max_dim) for i in range(cfg.enc_layers)]
+        self.encoder = nn.ModuleList()
+        c = cfg.channels
+        for w in widths:  # each halves the side: 64 -> 32 -> 16 -> 8 -> 4
+            self.encoder.append(_down(c, w, nn.BatchNorm2d))
+            c = w
+        self.decoder = nn.ModuleList()
+        c = widths[-1] + cfg.n_attrs
+        for i in range(cfg.dec_layers - 1):
+            w = min(cfg.dec_dim * 2 ** (cfg.dec_layers - i - 1), cfg.max_dim)
+            self.decoder.append(_up(c, w))
+            c = w
+            if i < cfg.shortcut_layers:  # concat the encoder map of the same resolution
+                c += widths[-2 - i]
+            if i < cfg.inject_layers:
+                c += cfg.n_attrs
+        self.to_image = nn.Sequential(
+            nn.ConvTranspose2d(c, cfg.channels, 4, stride=2, padding=1), nn.Tanh()
+        )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Image (B, C, S, S) in [-1, 1] -> encoder maps, finest first (each halves the side)."""
+        feats = []
+        for layer in self.encoder:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor], attrs: torch.Tensor) -> torch.Tensor:
+        """Encoder maps + attributes (B, A) in [0, 1] -> image (B, C, S, S) in [-1, 1]."""
+        a = attrs * 2 - 1
+        z = feats[-1]
+        h = torch.cat([z, _tile(a, z.shape[-1])], dim=1)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h)
+            if i < self.cfg.shortcut_layers:
+                h = torch.cat([h, feats[-2 - i]], dim=1)
+            if i < self.cfg.inject_layers:
+                h = torch.cat([h, _tile(a, h.shape[-1])], dim=1)
+        return self.to_image(h)
+
+    def forward(self, x: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), attrs)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: AttGANConfig):
+        super().__init__()
+        layers = []
+        c = cfg.channels
+        for i in range(cfg.dis_layers):
+            w = min(cfg.dis_dim * 2**i, cfg.max_dim)
+            layers.append(_down(c, w, nn.InstanceNorm2d))
+            c = w
+        self.trunk = nn.Sequential(*layers, nn.Flatten())  # (B, c * (S / 2**L)**2)
+        flat = c * (cfg.img_size // 2**cfg.dis_layers) ** 2
+
+        def head(n_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Linear(flat, cfg.dis_fc_dim),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Linear(cfg.dis_fc_dim, n_out),
+            )
+
+        self.adversarial = head(1)
+        self.attributes = head(cfg.n_attrs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image -> (critic score (B,), attribute logits (B, A))."""
+        h = self.trunk(x)
+        return self.adversarial(h).squeeze(1), self.attributes(h)
+
+
+def gradient_penalty(
+    dis: Discriminator, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None
+) -> torch.Tensor:
+    """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on interpolates ``alpha real + (1 - alpha) fake``."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    score, _ = dis(x_hat)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

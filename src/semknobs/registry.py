@@ -1,0 +1,528 @@
+"""Model folders and the MLflow model registry, without pickle.
+
+A *model folder* holds one ``<name>.safetensors`` per module and a ``config.json``
+(``{"kind": ..., "semknobs_version": ..., "weights": [...], **config}``) from which the modules
+are rebuilt; nothing in it is executable. :func:`log_model_dir` logs such a folder as an MLflow
+pyfunc model with *models-from-code*: MLflow copies the serving file of the folder's kind
+(``semknobs/serving/<kind>_model.py``, see :data:`SERVING`) and the folder's files into the
+logged model; loading it runs that file, whose ``PythonModel.load_context`` rebuilds the modules
+from the JSON and safetensors. So neither the folder nor the logged model contains a pickle.
+
+Registered versions are promoted with aliases (``candidate``, ``champion``, ...), never with the
+deprecated stages. ``models:/semknobs-attgan@candidate`` names the version that training
+registered last; :func:`load_model_dir` and :func:`load_attgan` accept that, ``runs:/...``,
+``models:/<model id>`` and local folders.
+
+A new kind (regressor, explainer bundle) needs a serving file and an entry in :data:`SERVING`;
+saving, logging, registering and loading are shared.
+
+``mlflow`` is imported inside the functions that need it (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import semknobs
+from semknobs.atomic import atomic_path
+from semknobs.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models import ModelSignature
+
+    from semknobs.models.attgan import Generator
+
+CONFIG_FILE = "config.json"
+WEIGHTS_SUFFIX = ".safetensors"
+DEFAULT_ALIAS = "candidate"
+MLMODEL_FILE = "MLmodel"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --------------------------------------------------------------------------------------------
+# kinds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """How one kind of model folder is served through MLflow.
+
+    ``module`` is the models-from-code file (an importable module of the installed package; it
+    must end with ``mlflow.models.set_model(MODEL)`` and expose that instance as ``MODEL``).
+    ``signature(config)`` and ``example(config)`` build the model signature and a small input
+    example from the folder's config. ``requirements`` are distributions the serving file needs
+    besides semknobs, mlflow, numpy, torch and safetensors. ``created_by`` tells a user how the
+    default registered model comes about (used in error messages).
+    """
+
+    module: str
+    signature: Callable[[Mapping[str, Any]], ModelSignature]
+    example: Callable[[Mapping[str, Any]], Any]
+    registered_name: str
+    created_by: str
+    requirements: tuple[str, ...] = field(default=())
+
+    @property
+    def code_path(self) -> Path:
+        """The serving file inside the installed package (no repo checkout needed)."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ModelError(f"serving module {self.module} is not installed")
+        return Path(spec.origin)
+
+
+def _attgan_size(config: Mapping[str, Any]) -> tuple[int, int]:
+    model = config.get("model") or {}
+    size = int(config.get("img_size") or model.get("img_size") or 0)
+    if size <= 0:
+        raise ModelError("AttGAN config has no img_size (neither top level nor model.img_size)")
+    return size, int(model.get("n_attrs", 4))
+
+
+def _attgan_signature(config: Mapping[str, Any]) -> ModelSignature:
+    """Tensor signature: uint8 images (n, S, S) + float32 attributes (n, A) -> uint8 (n, S, S)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size, n_attrs = _attgan_size(config)
+    inputs = Schema(
+        [
+            TensorSpec(np.dtype(np.uint8), (-1, size, size), "images"),
+            TensorSpec(np.dtype(np.float32), (-1, n_attrs), "attributes"),
+        ]
+    )
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _attgan_example(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    size, n_attrs = _attgan_size(config)
+    ramp = np.linspace(0, 255, size * size).reshape(1, size, size)
+    return {
+        "images": ramp.round().astype(np.uint8),
+        "attributes": np.full((1, n_attrs), 0.5, dtype=np.float32),
+    }
+
+
+SERVING: dict[str, ServingSpec] = {
+    "attgan": ServingSpec(
+        module="semknobs.serving.attgan_model",
+        signature=_attgan_signature,
+        example=_attgan_example,
+        registered_name="semknobs-attgan",
+        created_by="`dvc repro train_attgan`",
+    ),
+}
+"""Serving recipe per model kind; add an entry (and a serving file) for a new kind."""
+
+
+def serving_spec(kind: str) -> ServingSpec:
+    try:
+        return SERVING[kind]
+    except KeyError:
+        raise ModelError(
+            f"no serving recipe for model kind {kind!r} (known: {', '.join(sorted(SERVING))})"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# model folders
+# --------------------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_model_dir(
+    path: str | Path,
+    *,
+    kind: str,
+    weights: Mapping[str, torch.nn.Module],
+    config: Mapping[str, Any],
+) -> Path:
+    """Write a model folder: ``<name>.safetensors`` per module plus ``config.json``.
+
+    The folder is built under a temporary name and renamed, so readers never see half of it and
+    an existing folder is replaced whole. ``config`` must be JSON-serialisable (numpy scalars and
+    paths are converted) and must not set ``kind``/``semknobs_version``/``weights`` itself.
+    """
+    from safetensors.torch import save_file
+
+    if not _NAME_RE.match(kind):
+        raise ValueError(f"invalid model kind {kind!r}")
+    if not weights:
+        raise ValueError("a model folder needs at least one module in `weights`")
+    for name in weights:
+        if not _NAME_RE.match(name) or name == Path(CONFIG_FILE).stem:
+            raise ValueError(f"invalid weights name {name!r} (letters, digits, '_', '.', '-')")
+    reserved = {"kind", "semknobs_version", "weights"} & set(config)
+    if reserved:
+        raise ValueError(f"config must not set {sorted(reserved)}: save_model_dir writes them")
+    document = {
+        "kind": kind,
+        "semknobs_version": semknobs.__version__,
+        "weights": sorted(weights),
+        **config,
+    }
+    text = json.dumps(document, indent=2, default=_json_default) + "\n"  # fail before writing
+    target = Path(path)
+    with atomic_path(target, directory=True) as tmp:
+        for name, module in weights.items():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(tensors, str(tmp / f"{name}{WEIGHTS_SUFFIX}"), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(text)
+    return target
+
+
+def read_config(model_dir: str | Path, *, kind: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a model folder, checked against ``kind`` when given."""
+    folder = Path(model_dir)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelError(
+            f"{folder} is not a model folder: it has no {CONFIG_FILE} "
+            "(write one with semknobs.registry.save_model_dir)"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{config_path}: unreadable model config ({exc})") from exc
+    if not isinstance(config, dict) or "kind" not in config:
+        raise ModelError(f"{config_path}: not a semknobs model config (no 'kind' entry)")
+    if kind is not None and config["kind"] != kind:
+        raise ModelError(f"{folder} holds a {config['kind']!r} model, expected a {kind!r} model")
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# logging and registering
+# --------------------------------------------------------------------------------------------
+
+
+def _pin(distribution: str) -> str:
+    """``name==version`` of an installed distribution, without a local label (``+cu128``)."""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return distribution
+    return f"{distribution}=={version.split('+', 1)[0]}"
+
+
+def _requirements(spec: ServingSpec) -> list[str]:
+    """Pinned pip requirements of a served model.
+
+    Given explicitly, so MLflow does not infer them by loading the model in a subprocess (slow,
+    and it would pick up whatever the training process happened to import).
+    """
+    base = ("semknobs", "mlflow", "numpy", "torch", "safetensors")
+    return [_pin(d) for d in (*base, *spec.requirements)]
+
+
+def _preflight(spec: ServingSpec, artifacts: dict[str, str], example: Any) -> None:
+    """Load the folder through the serving class and predict the example, in-process.
+
+    MLflow does the same on the logged copy but only *warns* when it fails; this makes a folder
+    that the serving file cannot load an error before anything is logged or registered.
+    """
+    from mlflow.pyfunc import PythonModelContext
+
+    module = importlib.import_module(spec.module)
+    model = type(module.MODEL)()
+    model.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
+    model.predict(None, example)
+
+
+def _lineage_tags(run_id: str) -> dict[str, str]:
+    """Run tags worth repeating on the model version (commit, data version, execution)."""
+    from mlflow import MlflowClient
+
+    run_tags = MlflowClient().get_run(run_id).data.tags
+    keys = ("semknobs.stage", "semknobs.execution", "git.commit", "git.dirty", "data.version")
+    return {k: run_tags[k] for k in keys if k in run_tags}
+
+
+def log_model_dir(
+    model_dir: str | Path,
+    *,
+    name: str,
+    kind: str,
+    registered_name: str | None,
+    alias: str | None = DEFAULT_ALIAS,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    input_example: Any = None,
+) -> ModelVersion | None:
+    """Log a model folder to the active run as a pyfunc model; register and alias it.
+
+    The logged model is an MLflow 3 *LoggedModel* named ``name`` (linked to the run, artifacts
+    under ``<experiment artifacts>/models/<model id>/artifacts``); the folder's files are its
+    pyfunc artifacts and the serving file of ``kind`` its code. With ``registered_name`` a new
+    version is created (the registered model too, if missing), tagged ``semknobs.kind``,
+    ``semknobs.run_id``, ``semknobs.model_id``, the run's lineage tags and ``tags``, given
+    ``description``, and ``alias`` is moved to it. Returns that version, or None when
+    ``registered_name`` is None.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None:
+        raise ModelError("log_model_dir needs an active MLflow run (open one with stage_run)")
+    run_id = run.info.run_id
+    folder = Path(model_dir).resolve()
+    config = read_config(folder, kind=kind)
+    spec = serving_spec(kind)
+    missing = [
+        w for w in config.get("weights", []) if not (folder / f"{w}{WEIGHTS_SUFFIX}").is_file()
+    ]
+    if missing:
+        raise ModelError(f"{folder}: weights listed in {CONFIG_FILE} are missing: {missing}")
+    artifacts = {p.name: str(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    example = spec.example(config) if input_example is None else input_example
+    _preflight(spec, artifacts, example)
+
+    extra = {str(k): str(v) for k, v in (tags or {}).items()}
+    model_tags = {**extra, "semknobs.kind": kind, "semknobs.version": semknobs.__version__}
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(spec.code_path),
+        artifacts=artifacts,
+        signature=spec.signature(config),
+        input_example=example,
+        pip_requirements=_requirements(spec),
+        tags=model_tags,
+    )
+    if registered_name is None:
+        return None
+
+    version_tags = {
+        **_lineage_tags(run_id),
+        **model_tags,
+        "semknobs.run_id": run_id,
+        "semknobs.model_id": info.model_id,
+    }
+    version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags)
+    # The source is models:/<model id>; the store fills the run link from the LoggedModel's
+    # source run. Check it before the alias makes this version the one people load.
+    if version.run_id != run_id:
+        raise ModelError(
+            f"model version {registered_name} v{version.version} was registered without its "
+            f"run link (run_id={version.run_id!r}, expected {run_id}); no alias was set"
+        )
+    client = MlflowClient()
+    if description is not None:
+        client.update_model_version(registered_name, version.version, description)
+    if alias:
+        client.set_registered_model_alias(registered_name, alias, version.version)
+    # Re-read, so the returned object carries the alias and description as stored.
+    return client.get_model_version(registered_name, version.version)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+|latest)/?$")
+
+
+def _creation_hint(registered_name: str) -> str:
+    """How the registered model comes about, if it is one of ours (for error messages)."""
+    for spec in SERVING.values():
+        if spec.registered_name == registered_name:
+            return f"{spec.created_by} trains and registers it as @{DEFAULT_ALIAS}"
+    return "semknobs.registry.log_model_dir registers model folders"
+
+
+def _check_registered(model_uri: str) -> None:
+    """Turn a missing registered model, version or alias into a :class:`ModelError`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    alias_match = _ALIAS_URI.match(model_uri)
+    version_match = _VERSION_URI.match(model_uri)
+    match = alias_match or version_match
+    if match is None:
+        return
+    name = match["name"]
+    client = MlflowClient()
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelError(
+            f"registered model {name!r} does not exist in {_tracking_uri()}; {_creation_hint(name)}"
+        ) from None
+    aliases = registered.aliases or {}
+    shown = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+    if alias_match:
+        alias = alias_match["alias"]
+        if alias not in aliases:
+            raise ModelError(
+                f"registered model {name!r} has no version with alias {alias!r} "
+                f"(aliases: {shown}). Promote a version with "
+                f"`MlflowClient().set_registered_model_alias({name!r}, {alias!r}, <version>)`, "
+                f"or register a new one ({_creation_hint(name)})"
+            )
+    elif version_match["version"] != "latest":
+        version = version_match["version"]
+        try:
+            client.get_model_version(name, version)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise ModelError(
+                f"registered model {name!r} has no version {version} (aliases: {shown})"
+            ) from None
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _local_path(model_uri: str) -> Path | None:
+    if model_uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(model_uri).path))
+    if "://" in model_uri or re.match(r"^[a-z][a-z0-9+.-]*:/", model_uri):
+        return None
+    return Path(model_uri)
+
+
+def find_model_dir(root: str | Path) -> Path:
+    """The folder holding ``config.json`` (and the safetensors) inside ``root``.
+
+    ``root`` may be the model folder itself or a downloaded MLflow model, where the files sit
+    wherever its ``MLmodel`` says the pyfunc artifacts are (``artifacts/`` in MLflow 3.17).
+    """
+    root = Path(root)
+    if (root / CONFIG_FILE).is_file():
+        return root
+    mlmodel = root / MLMODEL_FILE
+    if mlmodel.is_file():
+        import yaml
+
+        try:
+            flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelError(f"{mlmodel}: unreadable ({exc})") from exc
+        entries = ((flavors.get("python_function") or {}).get("artifacts")) or {}
+        entry = entries.get(CONFIG_FILE)
+        if isinstance(entry, dict) and entry.get("path"):
+            candidate = (root / entry["path"]).parent
+            if (candidate / CONFIG_FILE).is_file():
+                return candidate
+    found = sorted(p.parent for p in root.rglob(CONFIG_FILE) if _has_kind(p))
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ModelError(f"{root}: several model configs found: {[str(p) for p in found]}")
+    raise ModelError(
+        f"{root} holds no semknobs model: no {CONFIG_FILE} with a 'kind' entry "
+        "(was it logged with semknobs.registry.log_model_dir?)"
+    )
+
+
+def _has_kind(path: Path) -> bool:
+    try:
+        return "kind" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_model_dir(model_uri: str | Path, dst_path: str | Path | None = None) -> Path:
+    """Download a logged model (or take a local folder) and return its model folder.
+
+    ``model_uri``: ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    ``models:/<model id>``, ``runs:/<run id>/<name>``, any artifact URI, or a local folder (a
+    model folder or a saved MLflow model). Remote models go to ``dst_path`` (default: a fresh
+    temporary folder, left to the caller). Uses the project's tracking store (see
+    :func:`semknobs.tracking.configure`) unless ``MLFLOW_TRACKING_URI`` says otherwise.
+    """
+    uri = str(model_uri)
+    local = _local_path(uri)
+    if local is not None:
+        if not local.exists():
+            raise ModelError(f"model folder {local} does not exist")
+        return find_model_dir(local)
+
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from semknobs import tracking
+
+    tracking.configure()
+    _check_registered(uri)
+    if dst_path is None:
+        dst_path = tempfile.mkdtemp(prefix="semknobs-model-")
+    Path(dst_path).mkdir(parents=True, exist_ok=True)
+    try:
+        root = download_artifacts(artifact_uri=uri, dst_path=str(dst_path))
+    except MlflowException as exc:
+        raise ModelError(f"cannot download model {uri} from {_tracking_uri()}: {exc}") from exc
+    return find_model_dir(root)
+
+
+@contextlib.contextmanager
+def _model_dir(model_uri_or_dir: str | Path) -> Iterator[Path]:
+    """A local model folder for the duration of the block; a download is removed afterwards."""
+    local = _local_path(str(model_uri_or_dir))
+    if local is not None:
+        yield load_model_dir(local)
+        return
+    with tempfile.TemporaryDirectory(prefix="semknobs-model-") as tmp:
+        yield load_model_dir(model_uri_or_dir, dst_path=tmp)
+
+
+def load_attgan(model_uri_or_dir: str | Path) -> tuple[Generator, dict[str, Any]]:
+    """Rebuild the AttGAN generator of a model folder or logged model.
+
+    Returns ``(generator in eval mode on the CPU, the folder's full config)``; the generator is
+    rebuilt from ``config["model"]`` (AttGANConfig fields) and ``generator.safetensors``.
+    """
+    from safetensors.torch import load_file
+
+    from semknobs.models.attgan import AttGANConfig, Generator
+
+    with _model_dir(model_uri_or_dir) as folder:
+        config = read_config(folder, kind="attgan")
+        weights = folder / f"generator{WEIGHTS_SUFFIX}"
+        if not weights.is_file():
+            raise ModelError(f"{folder}: AttGAN model folder without generator{WEIGHTS_SUFFIX}")
+        try:
+            cfg = AttGANConfig(**config["model"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{folder / CONFIG_FILE}: bad AttGAN 'model' entry ({exc})") from exc
+        generator = Generator(cfg)
+        try:
+            generator.load_state_dict(load_file(str(weights)))
+        except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
+            raise ModelError(f"{weights} does not fit the config's AttGAN: {exc}") from exc
+    return generator.eval(), config

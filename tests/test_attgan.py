@@ -1,0 +1,134 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
+from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
+
+CONFIGS = {
+    "default": AttGANConfig(),
+    "tiny32": AttGANConfig(
+        img_size=32,
+        enc_layers=3,
+        dec_layers=3,
+        dis_layers=3,
+        enc_dim=8,
+        dec_dim=8,
+        dis_dim=8,
+        dis_fc_dim=16,
+    ),
+    "no-shortcut-no-inject": AttGANConfig(shortcut_layers=0, inject_layers=0, enc_dim=8, dec_dim=8),
+    "deep-shortcuts": AttGANConfig(
+        img_size=128,
+        enc_layers=5,
+        dec_layers=5,
+        dis_layers=5,
+        shortcut_layers=3,
+        inject_layers=2,
+        enc_dim=8,
+        dec_dim=8,
+        dis_dim=8,
+    ),
+}
+
+TINY = CONFIGS["tiny32"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shapes(name):
+    cfg = CONFIGS[name]
+    gen, dis = Generator(cfg), Discriminator(cfg)
+    x = torch.rand(3, 1, cfg.img_size, cfg.img_size) * 2 - 1
+    a = torch.rand(3, cfg.n_attrs)
+    feats = gen.encode(x)
+    assert feats[-1].shape[-1] == cfg.img_size // 2**cfg.enc_layers
+    y = gen(x, a)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    score, logits = dis(y)
+    assert score.shape == (3,) and logits.shape == (3, cfg.n_attrs)
+    assert torch.isfinite(gradient_penalty(dis, x, y.detach()))
+
+
+def test_attributes_change_the_output():
+    torch.manual_seed(0)
+    gen = Generator(TINY).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    low, high = gen(x, torch.zeros(2, 4)), gen(x, torch.ones(2, 4))
+    assert (low - high).abs().mean() > 1e-3
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        AttGANConfig(img_size=60)
+    with pytest.raises(ValueError, match="shortcut_layers"):
+        AttGANConfig(shortcut_layers=4)
+
+
+def _data(n=16, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    images = torch.from_numpy(rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+    return images, torch.from_numpy(rng.random((n, 4), dtype=np.float32))
+
+
+def test_one_training_step_on_a_fixed_batch_lowers_the_reconstruction_loss():
+    params = AttGANTrainParams(model=TINY, batch_size=8, n_critic=1, lr=1e-3, seed=1)
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    images, attrs = _data(8)
+    x = images.float().div(127.5).sub(1).unsqueeze(1)
+
+    def rec_loss() -> float:
+        trainer.gen.train()  # batch statistics, as in the step
+        with torch.no_grad():
+            return float((trainer.gen(x, attrs) - x).abs().mean())
+
+    before = rec_loss()
+    trainer.train_step(x, attrs)
+    assert rec_loss() < before
+
+
+def _weights(trainer):
+    return {
+        f"{n}.{k}": v.clone()
+        for n, m in (("g", trainer.gen), ("d", trainer.dis))
+        for k, v in m.state_dict().items()
+    }
+
+
+def test_checkpoint_round_trip(tmp_path):
+    params = AttGANTrainParams(model=TINY, batch_size=4, steps=3, n_critic=1, seed=2)
+    images, attrs = _data()
+    trainer = train_attgan(
+        params=params, images=images, attrs=attrs, checkpoint_dir=tmp_path / "ck", progress=False
+    )
+    fresh = AttGANTrainer(params, torch.device("cpu"))
+    assert fresh.try_resume(tmp_path / "ck", params.fingerprint())
+    assert fresh.step == 3
+    a, b = _weights(trainer), _weights(fresh)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(trainer.rng.get_state(), fresh.rng.get_state())
+    # a checkpoint of other params is not resumed
+    other = dataclasses.replace(params, lr=1e-3)
+    assert not AttGANTrainer(other, torch.device("cpu")).try_resume(
+        tmp_path / "ck", other.fingerprint()
+    )
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    params = AttGANTrainParams(
+        model=TINY, batch_size=4, steps=6, n_critic=2, checkpoint_every=2, seed=3
+    )
+    images, attrs = _data()
+    straight = train_attgan(params=params, images=images, attrs=attrs, progress=False)
+    ck = tmp_path / "ck"
+    train_attgan(
+        params=params, images=images, attrs=attrs, checkpoint_dir=ck, stop_after=4, progress=False
+    )
+    resumed = train_attgan(
+        params=params, images=images, attrs=attrs, checkpoint_dir=ck, progress=False
+    )
+    assert resumed.step == 6
+    a, b = _weights(straight), _weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -1,0 +1,208 @@
+"""semknobs.registry against a real MLflow sqlite store: save, log, register, alias, reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semknobs import registry, tracking
+from semknobs.attributes import AttributeScaler
+from semknobs.errors import ModelError, SemknobsError
+from semknobs.evaluation.attgan import generate
+from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+
+TINY = AttGANConfig(
+    img_size=32,
+    enc_layers=3,
+    dec_layers=3,
+    dis_layers=3,
+    enc_dim=8,
+    dec_dim=8,
+    dis_dim=8,
+    dis_fc_dim=16,
+    shortcut_layers=1,
+    inject_layers=1,
+)
+NAME = "semknobs-attgan-test"
+
+# Runs in a fresh interpreter: nothing from this process (imports, mlflow state) carries over.
+FRESH = textwrap.dedent(
+    """
+    import sys
+    import mlflow
+    import numpy as np
+    import torch
+    from semknobs import registry
+
+    uri, data, out = sys.argv[1:]
+    inputs = dict(np.load(data))
+    gen, config = registry.load_attgan(uri)
+    x = torch.from_numpy(inputs["images"]).float().div(127.5).sub(1)[:, None]
+    with torch.no_grad():
+        y = gen(x, torch.from_numpy(inputs["attributes"]))
+    direct = ((y.squeeze(1).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    served = mlflow.pyfunc.load_model(uri).predict(inputs)
+    np.savez(out, direct=direct, served=served, kind=config["kind"], training=gen.training)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sqlite store for the module: creating its tables takes MLflow ~10 s here."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("SEMKNOBS_EXECUTION_ID", "pytest-registry")
+        mp.setattr(tracking, "_configured_uri", None)
+        mp.setattr(tracking, "_default_written", None)
+        mp.chdir(root)  # stage_run reads git/dvc.lock from the working directory
+        tracking.configure()
+        tracking.ensure_experiment()  # creates the tables (alembic migrations): the slow part
+        yield root
+
+
+def _tiny_model(seed: int) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    gen, dis = Generator(TINY), Discriminator(TINY)
+    for module in gen.modules():  # non-default running stats: buffers must travel too
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return gen.eval(), dis
+
+
+def _save(path: Path, seed: int = 0) -> tuple[Path, Generator]:
+    gen, dis = _tiny_model(seed)
+    scaler = AttributeScaler((0.0,) * 4, (10.0,) * 4)
+    config = {
+        "model": TINY.to_dict(),
+        "scaler": scaler.to_dict(),
+        "img_size": TINY.img_size,
+        "metrics": {"test/psnr": np.float32(21.5)},
+    }
+    folder = registry.save_model_dir(
+        path, kind="attgan", weights={"generator": gen, "discriminator": dis}, config=config
+    )
+    return folder, gen
+
+
+def _log(folder: Path, name: str, **kwargs) -> tuple[object, str]:
+    with tracking.stage_run("test", params={}) as run:
+        version = registry.log_model_dir(
+            folder, name="attgan", kind="attgan", registered_name=name, **kwargs
+        )
+    return version, run.info.run_id
+
+
+def test_save_model_dir_layout(tmp_path: Path) -> None:
+    folder, gen = _save(tmp_path / "attgan")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "discriminator.safetensors",
+        "generator.safetensors",
+    ]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["kind"] == "attgan" and config["weights"] == ["discriminator", "generator"]
+    assert config["model"] == TINY.to_dict() and config["metrics"]["test/psnr"] == 21.5
+    loaded, full = registry.load_attgan(folder)
+    assert not loaded.training and full["scaler"]["size"] == {"low": 0.0, "high": 10.0}
+    for key, value in gen.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_local_folder_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        registry.load_attgan(tmp_path / "empty")
+    with pytest.raises(ModelError, match="does not exist"):
+        registry.load_attgan(tmp_path / "missing")
+    gen, _ = _tiny_model(0)
+    other = registry.save_model_dir(
+        tmp_path / "reg", kind="regressor", weights={"net": gen}, config={}
+    )
+    with pytest.raises(ModelError, match="'regressor' model, expected a 'attgan'"):
+        registry.load_attgan(other)
+    assert issubclass(ModelError, SemknobsError)
+
+
+def test_register_and_load_in_fresh_process(store: Path) -> None:
+    folder, gen = _save(store / "models" / "attgan")
+    version, run_id = _log(folder, NAME, tags={"purpose": "test"}, description="tiny AttGAN")
+    assert version is not None and int(version.version) == 1
+    assert version.run_id == run_id and version.description == "tiny AttGAN"
+    assert version.source.startswith("models:/m-")  # an MLflow 3 LoggedModel
+    assert version.aliases == ["candidate"]
+    assert version.tags["semknobs.kind"] == "attgan"
+    assert version.tags["semknobs.run_id"] == run_id
+    assert version.tags["purpose"] == "test"
+    assert version.tags["semknobs.execution"] == "pytest-registry"
+
+    from mlflow import MlflowClient
+
+    by_alias = MlflowClient().get_model_version_by_alias(NAME, "candidate")
+    assert int(by_alias.version) == 1
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, TINY.img_size, TINY.img_size), dtype=np.uint8)
+    attrs = rng.random((3, 4), dtype=np.float32)
+    expected = generate(gen, images, attrs)
+    np.savez(store / "in.npz", images=images, attributes=attrs)
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH, f"models:/{NAME}@candidate", "in.npz", "out.npz"],
+        cwd=store,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(store / "out.npz")
+    assert str(out["kind"]) == "attgan" and not bool(out["training"])
+    assert out["served"].dtype == np.uint8 and out["served"].shape == images.shape
+    np.testing.assert_array_equal(out["direct"], expected)
+    np.testing.assert_array_equal(out["served"], expected)
+
+
+def test_missing_model_or_alias_is_a_clear_error(store: Path) -> None:
+    folder, _ = _save(store / "models" / "alias-test")
+    _log(folder, "semknobs-alias-test")
+    with pytest.raises(
+        ModelError,
+        match=r"'semknobs-alias-test' has no version with alias "
+        r"'champion' \(aliases: @candidate -> v1\)\. Promote",
+    ):
+        registry.load_model_dir("models:/semknobs-alias-test@champion")
+    with pytest.raises(ModelError, match="registered model 'semknobs-nope' does not exist"):
+        registry.load_attgan("models:/semknobs-nope@candidate")
+
+
+def test_registering_twice_moves_the_alias(store: Path) -> None:
+    from mlflow import MlflowClient
+
+    name = "semknobs-attgan-twice"
+    first, _ = _log(_save(store / "models" / "twice-1", seed=1)[0], name)
+    second, run_id = _log(_save(store / "models" / "twice-2", seed=2)[0], name)
+    assert (int(first.version), int(second.version)) == (1, 2)
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, "candidate").version) == 2
+    assert client.get_model_version(name, "1").aliases == []
+    assert client.get_model_version(name, "2").run_id == run_id
+    folder = registry.load_model_dir(f"models:/{name}@candidate", dst_path=store / "dl")
+    assert folder.is_relative_to(store / "dl")  # MLflow 3.17: <dl>/artifacts (pyfunc artifacts)
+    assert (folder / "generator.safetensors").is_file()
+    config = registry.read_config(folder, kind="attgan")
+    assert config["model"] == TINY.to_dict()
+    by_run = registry.load_model_dir(f"runs:/{run_id}/attgan", dst_path=store / "dl-run")
+    assert registry.read_config(by_run)["model"] == config["model"]
+    with pytest.raises(ModelError, match="'attgan' model, expected a 'regressor'"):
+        registry.read_config(by_run, kind="regressor")
