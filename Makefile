@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 # One id groups the MLflow runs of one `make repro` (plain `dvc repro` derives one itself).
 export SEMKNOBS_EXECUTION_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)-$(shell echo $$$$)
 
-.PHONY: setup repro test test-fast bench ui lint format dag clean-venv
+.PHONY: setup repro test test-fast bench ui lint format dag clean-venv tune-attgan
 
 setup: $(STAMP)
 
@@ -55,3 +55,8 @@ format: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Tuning stages are frozen (too slow for every `dvc repro` on a CPU); these run one on purpose.
+tune-attgan: $(STAMP)
+	dvc unfreeze tune_attgan
+	dvc repro tune_attgan; status=$$?; dvc freeze tune_attgan; exit $$status

@@ -120,6 +120,51 @@ def data_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
+_TRAIN_PROBE = """
+import json, resource, sys, time
+import torch
+from semknobs.config import from_mapping, load_params
+from semknobs.train.attgan import TrainAttGANStageParams, AttGANTrainer
+torch.set_num_threads(int(sys.argv[2]))
+p = from_mapping(TrainAttGANStageParams, load_params(sys.argv[1])["train_attgan"]).train
+trainer = AttGANTrainer(p, torch.device("cpu"))
+s = p.model.img_size
+x = torch.rand(p.batch_size, 1, s, s) * 2 - 1
+a = torch.rand(p.batch_size, 4)
+for _ in range(3):
+    trainer.train_step(x, a)
+n, start = 20, time.perf_counter()
+for _ in range(n):
+    trainer.train_step(x, a)
+rate = n / (time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"steps_per_s": rate, "peak_rss_mb": peak}))
+"""
+
+
+@bench("attgan")
+def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """AttGAN training steps/s (one step = n_critic critic + 1 generator update) and peak RSS."""
+    import subprocess
+
+    rates, memory = [], []
+    for _ in range(args.repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", _TRAIN_PROBE, args.params, str(os.cpu_count() or 1)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rates.append(result["steps_per_s"])
+        memory.append(result["peak_rss_mb"])
+    note = "default train_attgan params, CPU, synthetic batch"
+    return [
+        _row("AttGAN training steps/s (batch from params)", "steps/s", rates, note=note),
+        _row("AttGAN training peak RSS", "MB", memory, note="whole process, torch included"),
+    ]
+
+
 def _table(results: dict) -> str:
     lines = [
         f"Machine: {results['machine']}; {results['repeats']} repeats, medians.",
