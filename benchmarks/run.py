@@ -165,6 +165,54 @@ def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     ]
 
 
+@bench("counterfactual")
+def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Eq. 2 over 64 tiles: one batched optimisation vs 64 one-by-one, same steps and restarts.
+
+    Default-size models from params.yaml with random weights (speed does not depend on training).
+    """
+    import dataclasses
+
+    import torch
+
+    from semknobs.config import from_mapping, load_params
+    from semknobs.explain.counterfactual import KnobCounterfactual
+    from semknobs.explain.run import ExplainParams, StressInMPa
+    from semknobs.models.attgan import Generator
+    from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+    from semknobs.train.attgan import TrainAttGANStageParams
+
+    raw = load_params(args.params)
+    gan_cfg = from_mapping(TrainAttGANStageParams, raw["train_attgan"]).train.model
+    reg_cfg = from_mapping(
+        RegressorConfig, raw.get("train_regressor", {}).get("train", {}).get("model", {})
+    )
+    torch.manual_seed(0)
+    gen, reg = Generator(gan_cfg).eval(), StressInMPa(PeakStressRegressor(reg_cfg)).eval()
+    cf = from_mapping(ExplainParams, raw.get("explain", {})).counterfactual
+    cf = dataclasses.replace(cf, steps=20, restarts=1)
+    explainer = KnobCounterfactual(gen, reg, stress_range=30.0)
+    n, s = 64, gan_cfg.img_size
+    x = torch.rand(n, 1, s, s) * 2 - 1
+    a = torch.rand(n, 4)
+    batched, single = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        explainer.attribute(x, a, cf)
+        batched.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(n):
+            explainer.attribute(x[i : i + 1], a[i : i + 1], cf, ids=[i])
+        single.append(time.perf_counter() - start)
+    speedup = [b / a_ for a_, b in zip(batched, single)]
+    note = f"{n} tiles, {cf.steps} Adam steps, 1 start; {s}-px AttGAN + {reg_cfg.preset} regressor"
+    return [
+        _row("counterfactual search, 64 tiles batched", "s", batched, note=note),
+        _row("counterfactual search, 64 tiles one by one", "s", single),
+        _row("counterfactual speed-up, batched vs one by one", "x", speedup, target=">= 10"),
+    ]
+
+
 def _table(results: dict) -> str:
     lines = [
         f"Machine: {results['machine']}; {results['repeats']} repeats, medians.",

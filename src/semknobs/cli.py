@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--params", default="params.yaml", help="for --tile: the tile section")
     measure.add_argument("--csv", type=Path, help="also write the readings to this CSV")
 
+    profile = commands.add_parser(
+        "profile", help="lay a profile (profiles/<name>.yaml) over params"
+    )
+    profile.add_argument("name", help="e.g. paper")
+    profile.add_argument("--params", default="params.yaml")
+    profile.add_argument("--dir", default="profiles", help="where profiles live")
+
     ui = commands.add_parser("ui", help="MLflow UI over the local store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -41,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "measure":
             return _measure(args)
+        if args.command == "profile":
+            return _profile(args)
         ui_args = ["--backend-store-uri", args.store, "--host", args.host, "--port", str(args.port)]
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", *ui_args])
     except SemknobsError as exc:
@@ -82,6 +91,19 @@ def _measure(args: argparse.Namespace) -> int:
         print(
             table.groupby("image")[["size", "porosity", "dispersity", "facetness"]].agg(np.nanmean)
         )
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import yaml
+
+    from semknobs.atomic import write_text
+    from semknobs.config import deep_merge, load_overrides, load_params
+
+    overrides = load_overrides(Path(args.dir) / f"{args.name}.yaml")
+    merged = deep_merge(load_params(args.params), overrides)
+    write_text(args.params, yaml.safe_dump(merged, sort_keys=False))
+    print(f"semknobs: laid profile {args.name!r} over {args.params}; review with `git diff`")
     return 0
 
 

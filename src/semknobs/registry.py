@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from mlflow.models import ModelSignature
 
     from semknobs.models.attgan import Generator
+    from semknobs.models.regressor import PeakStressRegressor
 
 CONFIG_FILE = "config.json"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -120,6 +121,30 @@ def _attgan_example(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
+def _regressor_size(config: Mapping[str, Any]) -> int:
+    model = config.get("model") or {}
+    size = int(config.get("img_size") or model.get("img_size") or 0)
+    if size <= 0:
+        raise ModelError("regressor config has no img_size (neither top level nor model.img_size)")
+    return size
+
+
+def _regressor_signature(config: Mapping[str, Any]) -> ModelSignature:
+    """Tensor signature: uint8 tiles (n, S, S) -> float32 peak stress in MPa (n,)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size = _regressor_size(config)
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _regressor_example(config: Mapping[str, Any]) -> np.ndarray:
+    size = _regressor_size(config)
+    return np.linspace(0, 255, size * size).reshape(1, size, size).round().astype(np.uint8)
+
+
 SERVING: dict[str, ServingSpec] = {
     "attgan": ServingSpec(
         module="semknobs.serving.attgan_model",
@@ -127,6 +152,14 @@ SERVING: dict[str, ServingSpec] = {
         example=_attgan_example,
         registered_name="semknobs-attgan",
         created_by="`dvc repro train_attgan`",
+    ),
+    "regressor": ServingSpec(
+        module="semknobs.serving.regressor_model",
+        signature=_regressor_signature,
+        example=_regressor_example,
+        registered_name="semknobs-regressor",
+        created_by="`dvc repro train_regressor`",
+        requirements=("timm",),
     ),
 }
 """Serving recipe per model kind; add an entry (and a serving file) for a new kind."""
@@ -526,3 +559,34 @@ def load_attgan(model_uri_or_dir: str | Path) -> tuple[Generator, dict[str, Any]
         except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
             raise ModelError(f"{weights} does not fit the config's AttGAN: {exc}") from exc
     return generator.eval(), config
+
+
+def load_regressor(model_uri_or_dir: str | Path) -> tuple[PeakStressRegressor, dict[str, Any]]:
+    """Rebuild the peak-stress regressor of a model folder or logged model.
+
+    Returns ``(regressor in eval mode on the CPU, the folder's full config)``; the module is
+    rebuilt from ``config["model"]`` (RegressorConfig fields) and ``config["target"]`` (the
+    training mean/std of the stress) and loaded from ``regressor.safetensors``.
+    """
+    from safetensors.torch import load_file
+
+    from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+
+    with _model_dir(model_uri_or_dir) as folder:
+        config = read_config(folder, kind="regressor")
+        weights = folder / f"regressor{WEIGHTS_SUFFIX}"
+        if not weights.is_file():
+            raise ModelError(f"{folder}: regressor model folder without regressor{WEIGHTS_SUFFIX}")
+        try:
+            cfg = RegressorConfig.from_dict(config["model"])
+            target = config["target"]
+            model = PeakStressRegressor(cfg, float(target["mean"]), float(target["std"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"{folder / CONFIG_FILE}: bad regressor 'model'/'target' entry ({exc})"
+            ) from exc
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
+            raise ModelError(f"{weights} does not fit the config's regressor: {exc}") from exc
+    return model.eval(), config

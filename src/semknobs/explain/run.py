@@ -1,0 +1,239 @@
+"""The explanation study behind the ``explain`` stage: one call that runs every explainer on a
+sample of tiles and returns metrics, tables and figures (fidelity is added by the caller when a
+ground truth exists, see :mod:`semknobs.explain.fidelity`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.explain import figures
+from semknobs.explain.correlation import correlation_table, linear_coefficients
+from semknobs.explain.counterfactual import (
+    CounterfactualParams,
+    CounterfactualResult,
+    KnobCounterfactual,
+)
+from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
+from semknobs.explain.sensitivity import ForwardSensitivity, SweepResult
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    tiles_per_lot: int = 4
+    sweep_points: int = 9
+    pairs: list[list[str]] = field(
+        default_factory=lambda: [["size", "porosity"], ["dispersity", "facetness"]]
+    )
+    pair_points: int = 7
+    counterfactual: CounterfactualParams = field(
+        default_factory=lambda: CounterfactualParams(delta=0.1, delta_unit="range")
+    )
+    lambdas: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    tradeoff_tiles: int = 16
+    batch_size: int = 64
+    ig_steps: int = 32
+    seed: int = 0
+
+
+class StressInMPa(nn.Module):
+    """A regressor whose ``forward`` is standardised, seen through ``predict_mpa``."""
+
+    def __init__(self, reg: nn.Module):
+        super().__init__()
+        self.reg = reg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reg.predict_mpa(x)
+
+
+@dataclass
+class ExplainOutput:
+    metrics: dict[str, float]
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, Figure]
+    sweep: SweepResult
+    higher: CounterfactualResult
+    lower: CounterfactualResult
+    tiles: pd.DataFrame  # the explained tiles (manifest rows + labels)
+
+
+def sample_tiles(manifest: pd.DataFrame, per_lot: int, seed: int) -> np.ndarray:
+    """Row positions of ``per_lot`` tiles from every lot (all of a lot's tiles if fewer)."""
+    rng = np.random.default_rng(seed)
+    picks = [
+        np.sort(rng.choice(idx, min(per_lot, len(idx)), replace=False))
+        for _, idx in sorted(manifest.groupby("lot").indices.items())
+    ]
+    return np.concatenate(picks)
+
+
+def _batched(fn, images, attrs, batch_size, **kw):
+    parts = [
+        fn(
+            images[i : i + batch_size],
+            attrs[i : i + batch_size],
+            ids=list(range(i, min(i + batch_size, len(images)))),
+            **kw,
+        )
+        for i in range(0, len(images), batch_size)
+    ]
+    merged = {
+        f.name: np.concatenate([getattr(p, f.name) for p in parts])
+        for f in dataclasses.fields(parts[0])
+    }
+    return type(parts[0])(**merged)
+
+
+def explain(
+    *,
+    gen: nn.Module,
+    reg: nn.Module,
+    images: torch.Tensor,
+    attrs: torch.Tensor,
+    tiles: pd.DataFrame,
+    lots: pd.DataFrame,
+    stress_range: float,
+    layer: nn.Module,
+    params: ExplainParams,
+) -> ExplainOutput:
+    """Run every explainer. ``tiles`` describes the rows of ``images`` (lot, tile, ...); ``lots``
+    holds the normalised labels and ``peak_stress`` of every lot."""
+    reg_mpa = StressInMPa(reg).eval()
+    gen.eval()
+    metrics: dict[str, float] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    figs: dict[str, Figure] = {}
+
+    # 1. reconstruction shift R(I) vs R(G(I; A))
+    sens = ForwardSensitivity(gen, reg_mpa, batch_size=params.batch_size)
+    with torch.no_grad():
+        direct = torch.cat(
+            [
+                reg_mpa(images[i : i + params.batch_size])
+                for i in range(0, len(images), params.batch_size)
+            ]
+        )
+    sweep = sens.attribute(images, attrs, points=params.sweep_points)
+    shift = sweep.baseline - direct.numpy()
+    metrics["recon/shift_mean_mpa"] = float(shift.mean())
+    metrics["recon/shift_abs_mean_mpa"] = float(np.abs(shift).mean())
+    metrics["recon/shift_pct_range"] = float(100 * np.abs(shift).mean() / stress_range)
+
+    # 2. forward sensitivity
+    tables["sensitivity"] = figures.sensitivity_table(sweep)
+    figs["sensitivity_curves.png"] = figures.sensitivity_curves(tables["sensitivity"])
+    for a, b in params.pairs:
+        levels, grid = sens.pair(images, attrs, a, b, points=params.pair_points)
+        figs[f"sensitivity_{a}_{b}.png"] = figures.pair_heatmap(levels, grid, a, b)
+    figs["sweep_strip.png"] = figures.sweep_strip(gen, images[:1], attrs[:1], params.sweep_points)
+
+    # 3. counterfactual knob search, batched
+    explainer = KnobCounterfactual(gen, reg_mpa, stress_range=stress_range)
+    cf = params.counterfactual
+    higher = _batched(
+        explainer.attribute,
+        images,
+        attrs,
+        params.batch_size,
+        params=dataclasses.replace(cf, target="higher"),
+    )
+    lower = _batched(
+        explainer.attribute,
+        images,
+        attrs,
+        params.batch_size,
+        params=dataclasses.replace(cf, target="lower"),
+    )
+    metrics["counterfactual/success_rate"] = float(
+        np.mean(np.concatenate([higher.success, lower.success]))
+    )
+    metrics["counterfactual/success_rate_higher"] = float(higher.success.mean())
+    metrics["counterfactual/success_rate_lower"] = float(lower.success.mean())
+    metrics["counterfactual/distance_mean"] = float(
+        np.mean(np.concatenate([higher.distance, lower.distance]))
+    )
+    tables["counterfactual"] = figures.counterfactual_table(tiles, direct.numpy(), higher, lower)
+    tables["lot_deltas"] = figures.lot_aggregates(tables["counterfactual"])
+    figs["lot_deltas.png"] = figures.lot_deltas_figure(tables["lot_deltas"])
+
+    # Figure 3: lots of lowest, median and highest stress
+    order = lots.set_index("lot").loc[tiles["lot"].unique()].sort_values("peak_stress").index
+    chosen = [order[0], order[len(order) // 2], order[-1]]
+    rows = [int(np.flatnonzero(tiles["lot"].to_numpy() == lot)[0]) for lot in chosen]
+    figs["figure3.png"] = figures.figure3(images[rows], higher, lower, rows, chosen)
+
+    # trade-off over lambda
+    sub = slice(0, min(params.tradeoff_tiles, len(images)))
+    curve = []
+    for lam in params.lambdas:
+        res = explainer.attribute(
+            images[sub], attrs[sub], dataclasses.replace(cf, target="higher", lam=lam)
+        )
+        curve.append(
+            {
+                "lambda": lam,
+                "prediction_change_mpa": float(np.mean(res.achieved - res.baseline)),
+                "image_distance": float(np.mean(res.distance)),
+                "success_rate": float(res.success.mean()),
+            }
+        )
+    tables["tradeoff"] = pd.DataFrame(curve)
+    figs["tradeoff.png"] = figures.tradeoff_figure(tables["tradeoff"])
+
+    # 4. Captum baselines on the Figure-3 tiles, and the randomisation sanity check
+    sal = PixelSaliency(reg_mpa, layer, ig_steps=params.ig_steps)
+    cam, ig = sal.attribute(images[rows])
+    random_reg = randomized_copy(reg_mpa, seed=params.seed)
+    random_layer = _same_layer(random_reg, reg_mpa, layer)
+    cam_random = PixelSaliency(random_reg, random_layer, ig_steps=params.ig_steps).gradcam(
+        images[rows]
+    )
+    metrics["saliency/gradcam_similarity_after_randomisation"] = map_similarity(cam, cam_random)
+    metrics["saliency/gradcam_map_px"] = float(_feature_side(reg_mpa, layer, images[:1]))
+    figs["saliency.png"] = figures.saliency_figure(images[rows], cam, ig, cam_random, chosen)
+
+    # 5. correlation baseline (lot level)
+    lot_pred = pd.Series(direct.numpy(), index=tiles["lot"].to_numpy()).groupby(level=0).mean()
+    by_lot = (
+        lots.set_index("lot")
+        .loc[lot_pred.index]
+        .assign(predicted=lot_pred.to_numpy())
+        .reset_index()
+    )
+    tables["correlation"] = pd.concat(
+        [correlation_table(by_lot, "peak_stress"), correlation_table(by_lot, "predicted")]
+    )
+    coefs = {
+        "labels": linear_coefficients(by_lot, "peak_stress"),
+        "predicted": linear_coefficients(by_lot, "predicted"),
+    }
+    tables["linear_model"] = (
+        pd.DataFrame(coefs, index=list(ATTRIBUTES)).rename_axis("attribute").reset_index()
+    )
+    return ExplainOutput(metrics, tables, figs, sweep, higher, lower, tiles)
+
+
+def _same_layer(copy: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Module:
+    names = {id(m): n for n, m in original.named_modules()}
+    return dict(copy.named_modules())[names[id(layer)]]
+
+
+def _feature_side(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> int:
+    out = {}
+
+    def keep_shape(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        out["shape"] = output.shape
+
+    handle = layer.register_forward_hook(keep_shape)
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return int(out["shape"][-1])

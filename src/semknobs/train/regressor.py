@@ -1,0 +1,319 @@
+"""Training the peak-stress regressor on SEM tiles (every tile carries its lot's stress).
+
+Loss: MSE on the standardised target ((stress - mean) / std, statistics of the training tiles,
+stored in the model). AdamW; the learning rate warms up linearly over the first epoch and then
+follows a cosine to zero at ``epochs`` -- a pure function of the step, so no scheduler state has
+to be checkpointed.
+
+Augmentations (label-preserving for top-down SEM micrographs of a powder):
+
+* ``flips`` and ``rot90``: the eight symmetries of the square. A micrograph has no preferred
+  orientation of its particles, so these never change the material; they do change the side the
+  SE detector shades from and the scan-line direction, which are instrument artefacts the model
+  should not rely on.
+* ``intensity``: a mild *affine* brightness/contrast jitter (contrast x (1 +- j) about the tile
+  mean, brightness +- j of the [-1, 1] range, then clipped). The tile stage already maps each scan
+  to 8 bits by its own robust percentiles, so what remains is small drift of detector gain and
+  offset between scans; an affine change keeps pores darker than the faces they sit on (the
+  porosity cue) and keeps the ordering of grey levels. Off by default and left to the tuner.
+  Not used: gamma or histogram changes (they alter pore-to-face contrast non-uniformly), blur
+  (erases the 2-px pores), additive noise (looks like pores), scaling or crops that resample
+  (particle size is a target-relevant concept measured in pixels).
+
+Resume: a checkpoint (weights incl. batch-norm statistics, AdamW moments, RNG state, epoch) is
+written after every epoch under a temporary name and renamed; rerunning with the same params and
+data continues from it. All randomness of training -- batch order, augmentations and the dropout
+masks (the global torch RNG is re-seeded from the run's generator at the start of every epoch) --
+comes from one seeded ``torch.Generator`` saved in the checkpoint, so on CPU a resumed run ends
+with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from semknobs.config import to_mapping
+from semknobs.models.regressor import PeakStressRegressor, RegressorConfig, to_input
+from semknobs.train.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from semknobs.train.device import autocast, pick_device
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flips: bool = True
+    rot90: bool = True
+    intensity: float = 0.0  # max relative brightness/contrast jitter; 0 = off
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.intensity < 0.5:
+            raise ValueError(f"intensity: expected a value in [0, 0.5), got {self.intensity}")
+
+
+@dataclass(frozen=True)
+class RegressorTrainParams:
+    model: RegressorConfig = field(default_factory=RegressorConfig)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"  # CUDA when present (bf16 autocast), else CPU
+    threads: int = 1  # torch threads on the CPU (0: torch's default); see README "Profiles"
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs: expected at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size: expected at least 2 (batch norm), got {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay non-negative")
+        if self.threads < 0:
+            raise ValueError(f"threads: expected 0 (default) or more, got {self.threads}")
+
+    def fingerprint(self, data_key: str = "") -> str:
+        """Identifies the run a checkpoint belongs to (params that change the result + data)."""
+        keep = {k: v for k, v in to_mapping(self).items() if k not in ("eval_batch_size", "device")}
+        blob = json.dumps(keep, sort_keys=True) + data_key
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads on the CPU for this process (0: leave torch's default).
+
+    One per process is the CPU profile's default: on a shared 2-core machine, two OpenMP threads
+    competing with another job were measured ~30x slower than one (spinning barriers), and
+    tuning gets its parallelism from worker processes instead. Stage scripts and tuning workers
+    set it for their whole process; library calls use :func:`torch_threads`.
+    """
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """:func:`set_threads` for the block only; the caller's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(before)
+
+
+def lr_at(step: int, *, steps_per_epoch: int, epochs: int, lr: float) -> float:
+    """Linear warm-up over the first epoch, then cosine to zero at the last step."""
+    warm = steps_per_epoch
+    total = steps_per_epoch * epochs
+    if step < warm:
+        return lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def augment(x: torch.Tensor, params: AugmentParams, rng: torch.Generator) -> torch.Tensor:
+    """Random symmetries (and intensity jitter) of a batch (n, 1, S, S) in [-1, 1].
+
+    The random numbers are drawn whatever the flags say, so the batch order of a run does not
+    depend on which augmentations are on.
+    """
+    n = len(x)
+    flip = torch.rand(n, generator=rng) < 0.5
+    turns = torch.randint(0, 4, (n,), generator=rng)
+    jitter = torch.rand(n, 2, generator=rng) * 2 - 1
+    flip, turns, jitter = flip.to(x.device), turns.to(x.device), jitter.to(x.device)
+    if params.flips:
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if params.rot90:
+        out = x.clone()
+        for k in (1, 2, 3):
+            sel = turns == k
+            if sel.any():
+                out[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
+        x = out
+    if params.intensity > 0:
+        contrast = 1 + params.intensity * jitter[:, 0, None, None, None]
+        brightness = params.intensity * jitter[:, 1, None, None, None]
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        x = ((x - mean) * contrast + mean + brightness).clamp(-1, 1)
+    return x
+
+
+@dataclass
+class RegressorTrainer:
+    """Model, optimizer, RNG and position (epoch, step) of one training run."""
+
+    params: RegressorTrainParams
+    device: torch.device
+    target_mean: float
+    target_std: float
+    model: PeakStressRegressor = field(init=False)
+
+    def __post_init__(self) -> None:
+        torch.manual_seed(self.params.seed)  # weight init
+        self.model = PeakStressRegressor(self.params.model, self.target_mean, self.target_std)
+        # channels-last: ~1.3x faster training on the CPU (measured), no effect on the results
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay
+        )
+        self.rng = torch.Generator().manual_seed(self.params.seed)
+        self.epoch = 0
+        self.step = 0
+
+    # -- state -------------------------------------------------------------------------------
+    def _parts(self) -> dict[str, Any]:
+        return {
+            "modules": {"model": self.model},
+            "optimizers": {"model": self.opt},
+            "rng": self.rng,
+        }
+
+    def save(self, path: Path, fingerprint: str, extra: dict[str, Any] | None = None) -> None:
+        meta = {"epoch": self.epoch, "step": self.step, "fingerprint": fingerprint, **(extra or {})}
+        save_checkpoint(path, **self._parts(), meta=meta)
+
+    def try_resume(self, path: Path, fingerprint: str) -> bool:
+        meta = read_meta(path)
+        if meta is None or meta.get("fingerprint") != fingerprint:
+            return False
+        meta = load_checkpoint(path, **self._parts())
+        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        return True
+
+    # -- training ----------------------------------------------------------------------------
+    def steps_per_epoch(self, n: int) -> int:
+        return max(1, n // self.params.batch_size)  # the incomplete last batch is dropped
+
+    def train_epoch(self, images: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """One pass over uint8 ``images`` (n, S, S) with standardised ``target`` (n,)."""
+        p = self.params
+        n = len(images)
+        per_epoch = self.steps_per_epoch(n)
+        # dropout draws from the global RNG: seed it from ours so resumed runs repeat it
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.rng)))
+        order = torch.randperm(n, generator=self.rng)
+        bs = min(p.batch_size, n)
+        self.model.train()
+        losses = []
+        for b in range(per_epoch):
+            idx = order[b * bs : (b + 1) * bs].to(images.device)
+            x = augment(to_input(images[idx]), p.augment, self.rng)
+            x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(self.step, steps_per_epoch=per_epoch, epochs=p.epochs, lr=p.lr)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            with autocast(self.device):
+                pred = self.model(x)
+            loss = F.mse_loss(pred.float(), target[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            losses.append(float(loss.detach()))
+        self.epoch += 1
+        return {"train/loss": float(np.mean(losses)), "train/lr": lr}
+
+
+def target_stats(stress: np.ndarray) -> tuple[float, float]:
+    """Mean and std (MPa) of the training tiles' targets; std floored for a constant target."""
+    stress = np.asarray(stress, dtype=np.float64)
+    return float(stress.mean()), float(max(stress.std(), 1e-6))
+
+
+def make_trainer(params: RegressorTrainParams, stress: np.ndarray) -> RegressorTrainer:
+    mean, std = target_stats(stress)
+    return RegressorTrainer(params, pick_device(params.device), mean, std)
+
+
+def train_regressor(
+    *,
+    params: RegressorTrainParams,
+    images: np.ndarray,
+    stress: np.ndarray,
+    checkpoint_dir: Path | None = None,
+    data_key: str = "",
+    log: LogFn | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> RegressorTrainer:
+    """Train (or resume) on uint8 ``images`` (n, S, S) with per-tile ``stress`` (n,) in MPa.
+
+    A checkpoint goes to ``checkpoint_dir`` after every epoch; a matching one (same params and
+    ``data_key``) is resumed from. ``stop_after`` ends the run after that many epochs (tests use
+    it to simulate an interruption). ``log(metrics, epoch)`` receives the per-epoch metrics.
+    """
+    with torch_threads(params.threads):
+        return _train(params, images, stress, checkpoint_dir, data_key, log, stop_after, progress)
+
+
+def _train(
+    params: RegressorTrainParams,
+    images: np.ndarray,
+    stress: np.ndarray,
+    checkpoint_dir: Path | None,
+    data_key: str,
+    log: LogFn | None,
+    stop_after: int | None,
+    progress: bool,
+) -> RegressorTrainer:
+    trainer = make_trainer(params, stress)
+    fingerprint = params.fingerprint(data_key)
+    if checkpoint_dir is not None and trainer.try_resume(checkpoint_dir, fingerprint):
+        print(f"train_regressor: resuming from {checkpoint_dir} at epoch {trainer.epoch}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(trainer.device)
+    y = trainer.model.standardise(torch.as_tensor(stress, dtype=torch.float32)).to(trainer.device)
+    end = params.epochs if stop_after is None else min(stop_after, params.epochs)
+    bar = tqdm(
+        total=params.epochs,
+        initial=trainer.epoch,
+        desc="train_regressor",
+        unit="epoch",
+        disable=not progress,
+    )
+    while trainer.epoch < end:
+        started = time.perf_counter()
+        metrics = trainer.train_epoch(x, y)
+        metrics["train/tiles_per_s"] = len(x) / max(time.perf_counter() - started, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+        if log is not None:
+            log(metrics, trainer.epoch)
+        if checkpoint_dir is not None:
+            trainer.save(checkpoint_dir, fingerprint)
+    bar.close()
+    return trainer
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """The classical baseline: a random forest on the attribute meter's per-tile readings."""
+
+    n_estimators: int = 300
+    min_samples_leaf: int = 5
+    max_features: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainRegressorStageParams:
+    """The ``train_regressor`` params section."""
+
+    train: RegressorTrainParams = field(default_factory=RegressorTrainParams)
+    baseline: BaselineParams = field(default_factory=BaselineParams)

@@ -1,0 +1,174 @@
+"""Explainers on analytic models with known answers."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semknobs.explain.counterfactual import CounterfactualParams, KnobCounterfactual
+from semknobs.explain.fidelity import cosine, fidelity_metrics, sign_agreement
+from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
+from semknobs.explain.sensitivity import ForwardSensitivity
+
+S, K = 8, 4
+
+
+class LinearG(nn.Module):
+    """G(x, a) = x + sum_k a_k W_k with W_k the indicator of the k-th quarter of the rows."""
+
+    def __init__(self):
+        super().__init__()
+        w = torch.zeros(K, 1, S, S)
+        for k in range(K):
+            w[k, 0, 2 * k : 2 * k + 2, :] = 1.0
+        self.register_buffer("w", w)
+
+    def forward(self, x, a):
+        return x + torch.einsum("nk,kcij->ncij", a, self.w)
+
+
+class LinearR(nn.Module):
+    """R(x) = sum_ij v_ij x_ij, with v constant on each quarter: d R / d a_k = u_k."""
+
+    def __init__(self, u):
+        super().__init__()
+        v = torch.zeros(1, S, S)
+        for k in range(K):
+            v[0, 2 * k : 2 * k + 2, :] = u[k] / (2 * S)
+        self.register_buffer("v", v)
+
+    def forward(self, x):
+        return (x * self.v).flatten(1).sum(1)
+
+
+U = torch.tensor([-2.0, 1.0, 3.0, 0.5])
+
+
+def _problem(n=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, S, S, generator=gen) * 0.2
+    a = torch.rand(n, K, generator=gen) * 0.4 + 0.3
+    return LinearG(), LinearR(U), x, a
+
+
+def test_eq2_on_linear_models_matches_the_closed_form():
+    gen, reg, x, a = _problem()
+    delta, lam = 1.0, 4.0
+    params = CounterfactualParams(
+        target="higher", delta=delta, lam=lam, p=2, steps=3000, lr=0.002, restarts=1, margin=5.0
+    )
+    res = KnobCounterfactual(gen, reg).attribute(x, a, params)
+    # RMS image distance = ||W da|| / sqrt(S^2) = sqrt(2S/S^2) ||da||
+    c0 = np.sqrt(2 * S / S**2)
+    u = U.numpy()
+    t_star = delta / np.linalg.norm(u) - c0 * delta**2 / (2 * lam * np.linalg.norm(u) ** 2)
+    expected = t_star * u / np.linalg.norm(u)
+    np.testing.assert_allclose(res.delta_attrs, np.tile(expected, (len(x), 1)), atol=5e-3)
+    # the paper's distance to the input I is the same problem when G(I; A) = I (here A = 0)
+    zero = torch.zeros_like(a)
+    paper = KnobCounterfactual(gen, reg).attribute(
+        x, zero, dataclasses.replace(params, distance_to="input")
+    )
+    np.testing.assert_allclose(paper.delta_attrs, np.tile(expected, (len(x), 1)), atol=5e-3)
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)
+    assert np.all(res.achieved > res.baseline)
+
+
+def test_lower_goes_the_other_way_and_success_is_reported():
+    gen, reg, x, a = _problem()
+    params = CounterfactualParams(
+        target="lower", delta=0.5, lam=50.0, p=1, steps=400, lr=0.01, margin=5.0
+    )
+    res = KnobCounterfactual(gen, reg).attribute(x, a, params)
+    assert np.all(res.achieved < res.baseline) and res.success.all()
+    assert np.all(cosine(res.delta_attrs, -U.numpy()) > 0.9)
+
+
+def test_clamping_holds():
+    gen, reg, x, a = _problem()
+    params = CounterfactualParams(
+        target="higher", delta=100.0, lam=10.0, steps=200, lr=0.05, margin=0.1
+    )
+    res = KnobCounterfactual(gen, reg).attribute(x, a, params)
+    assert res.new_attrs.min() >= -0.1 - 1e-6 and res.new_attrs.max() <= 1.1 + 1e-6
+    assert not res.success.any()  # 100 MPa is out of reach inside the range
+    np.testing.assert_allclose(res.new_attrs[:, 2], 1.1, atol=1e-4)  # the strongest knob saturates
+    np.testing.assert_allclose(res.new_attrs[:, 0], -0.1, atol=1e-4)
+
+
+def test_batched_and_one_by_one_agree():
+    gen, reg, x, a = _problem(n=4, seed=1)
+    params = CounterfactualParams(delta=0.3, steps=60, restarts=3)
+    explainer = KnobCounterfactual(gen, reg)
+    batch = explainer.attribute(x, a, params, ids=[10, 11, 12, 13])
+    for i in range(4):
+        one = explainer.attribute(x[i : i + 1], a[i : i + 1], params, ids=[10 + i])
+        np.testing.assert_allclose(one.new_attrs[0], batch.new_attrs[i], atol=1e-5)
+        assert one.success[0] == batch.success[i]
+
+
+def test_forward_sensitivity_slopes_are_the_linear_coefficients():
+    gen, reg, x, a = _problem()
+    sweep = ForwardSensitivity(gen, reg).attribute(x, a, points=5)
+    assert sweep.predictions.shape == (5, K, 5)
+    np.testing.assert_allclose(sweep.slopes(), np.tile(U.numpy(), (5, 1)), rtol=1e-4)
+    levels, grid = ForwardSensitivity(gen, reg).pair(x, a, "size", "dispersity", points=3)
+    assert grid.shape == (3, 3) and grid[0, 2] - grid[0, 0] == pytest.approx(3.0, rel=1e-4)
+
+
+def test_fidelity_is_one_for_a_perfect_explainer_and_minus_one_for_its_negation():
+    rng = np.random.default_rng(0)
+    grad = rng.normal(size=(50, 4))
+    perfect = fidelity_metrics("f", grad * rng.uniform(0.5, 2, (50, 1)), grad)
+    assert perfect == {
+        "f/cosine_median": pytest.approx(1.0),
+        "f/sign_agreement": pytest.approx(1.0),
+    }
+    negated = fidelity_metrics("f", -grad, grad)
+    assert negated["f/cosine_median"] == pytest.approx(-1.0) and negated["f/sign_agreement"] == 0.0
+    # small gradient components do not count towards the sign agreement
+    assert sign_agreement(np.array([1.0, -1.0]), np.array([1.0, 0.05])) == 1.0
+
+
+class Probe(nn.Module):
+    """y = mean(M * feat(x)), feat an identity 1x1 conv: GradCAM = relu(mean(M)/P * x)."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.feat = nn.Conv2d(1, 1, 1, bias=False)
+        nn.init.ones_(self.feat.weight)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return (self.feat(x) * self.mask).flatten(1).mean(1)
+
+
+def test_gradcam_on_a_model_with_a_known_map():
+    mask = torch.zeros(1, 1, S, S)
+    mask[..., :4, :] = 1.0
+    x = torch.randn(3, 1, S, S)
+    probe = Probe(mask)
+    maps = PixelSaliency(probe, probe.feat).gradcam(x)
+    alpha = mask.mean().item() / S**2
+    np.testing.assert_allclose(maps, np.maximum(alpha * x[:, 0].numpy(), 0), rtol=1e-5, atol=1e-7)
+
+
+def test_randomised_weights_change_the_maps():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1),
+    )
+    x = torch.randn(4, 1, S, S)
+    same = PixelSaliency(net, net[2]).gradcam(x)
+    assert map_similarity(same, PixelSaliency(net, net[2]).gradcam(x)) == pytest.approx(1.0)
+    rand = randomized_copy(net, seed=1)
+    other = PixelSaliency(rand, rand[2]).gradcam(x)
+    assert map_similarity(same, other) < 0.9
