@@ -3,6 +3,7 @@
 """
 
 import argparse
+import warnings
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,7 @@ from semknobs.stage import save_figure, stage_main, write_json
 from semknobs.train.attgan import TrainAttGANStageParams
 from semknobs.train.tune_attgan import (
     TuneAttGANParams,
+    baseline_trial,
     choose,
     objective_factory,
     study_summary,
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     train = load_tileset(tiles_dir=args.tiles_dir, lots_csv=args.lots, lots=fit_lots, scaler=scaler)
     val = load_tileset(tiles_dir=args.tiles_dir, lots_csv=args.lots, lots=val_lots, scaler=scaler)
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = _storage(args.storage)
     with tracking.stage_run(
         "tune_attgan", params=space, deps=[args.tiles_dir, args.lots, args.splits]
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
                 mlflow.log_params(tracking.params_for_mlflow(overrides))
                 tracking.log_metrics(metrics)
 
+        if not study.trials:  # always score train_attgan's own params first
+            study.enqueue_trial(baseline_trial(base))
         remaining = space.n_trials - len([t for t in study.trials if t.state.is_finished()])
         if remaining > 0:
             objective = objective_factory(

@@ -63,6 +63,17 @@ def suggest(trial: optuna.Trial, space: TuneAttGANParams) -> dict[str, Any]:
     }
 
 
+def baseline_trial(base: AttGANTrainParams) -> dict[str, Any]:
+    """Optuna params of ``base`` itself (enqueued first, so the study includes the default)."""
+    return {
+        "enc_layers": base.model.enc_layers,
+        "lambda_rec": base.lambda_rec,
+        "lambda_att_g": base.lambda_att_g,
+        "lr": base.lr,
+        "shortcut_layers": base.model.shortcut_layers,
+    }
+
+
 def apply(base: AttGANTrainParams, overrides: dict[str, Any], steps: int) -> AttGANTrainParams:
     model = dataclasses.replace(base.model, **overrides.get("model", {}))
     flat = {k: v for k, v in overrides.items() if k != "model"}
