@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 # One id groups the MLflow runs of one `make repro` (plain `dvc repro` derives one itself).
 export SEMKNOBS_EXECUTION_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)-$(shell echo $$$$)
 
-.PHONY: setup repro test test-fast bench ui lint format dag clean-venv tune-attgan
+.PHONY: setup repro test test-fast bench ui lint format dag clean-venv
 
 setup: $(STAMP)
 
@@ -56,7 +56,3 @@ format: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Tuning stages are frozen (too slow for every `dvc repro` on a CPU); these run one on purpose.
-tune-attgan: $(STAMP)
-	dvc unfreeze tune_attgan
-	dvc repro tune_attgan; status=$$?; dvc freeze tune_attgan; exit $$status

@@ -1,5 +1,8 @@
-"""DVC stage `tune_attgan` (frozen: run it on purpose): multi-objective Optuna study of the AttGAN
-(PSNR vs concept control) on a validation fold; writes the chosen params for `train_attgan`.
+"""DVC stage `tune_attgan`: multi-objective Optuna study of the AttGAN (PSNR vs concept control)
+on a validation fold; writes the chosen params for `train_attgan`.
+
+Minutes per trial on a CPU, so `tune_attgan.n_trials: 0` (the default) leaves the committed
+tuned file as it is; set it to N to run (or extend) the study to N trials.
 """
 
 import argparse
@@ -10,7 +13,7 @@ import optuna
 import yaml
 
 from semknobs import tracking
-from semknobs.atomic import atomic_path
+from semknobs.atomic import atomic_path, write_text
 from semknobs.config import from_mapping, load_params, load_section, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
 from semknobs.stage import save_figure, stage_main, write_json
@@ -42,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports", type=Path, required=True)
     args = parser.parse_args(argv)
     space = load_section(TuneAttGANParams, "tune_attgan", args.params)
+    if space.n_trials == 0:
+        if not args.out.exists():
+            write_text(args.out, "# tune_attgan has not run (n_trials: 0): no overrides.\n{}\n")
+        print(f"tune_attgan: n_trials is 0: keeping {args.out} as it is (no tuning)")
+        return
     base = from_mapping(
         TrainAttGANStageParams,
         load_params(args.params).get("train_attgan", {}),

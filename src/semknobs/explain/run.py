@@ -196,7 +196,14 @@ def explain(
     cam_random = PixelSaliency(random_reg, random_layer, ig_steps=params.ig_steps).gradcam(
         images[rows]
     )
-    metrics["saliency/gradcam_similarity_after_randomisation"] = map_similarity(cam, cam_random)
+    raw = sal.gradcam(images[rows], relu=False)
+    random_sal = PixelSaliency(random_reg, random_layer, ig_steps=params.ig_steps)
+    metrics["saliency/gradcam_similarity_after_randomisation"] = map_similarity(
+        raw, random_sal.gradcam(images[rows], relu=False)
+    )
+    metrics["saliency/ig_similarity_after_randomisation"] = map_similarity(
+        ig, random_sal.integrated_gradients(images[rows])
+    )
     metrics["saliency/gradcam_map_px"] = float(_feature_side(reg_mpa, layer, images[:1]))
     figs["saliency.png"] = figures.saliency_figure(images[rows], cam, ig, cam_random, chosen)
 

@@ -33,10 +33,12 @@ class PixelSaliency:
         self.layer = layer
         self.ig_steps = ig_steps
 
-    def gradcam(self, images: torch.Tensor) -> np.ndarray:
+    def gradcam(self, images: torch.Tensor, relu: bool = True) -> np.ndarray:
+        """GradCAM maps; ``relu=False`` keeps the negative evidence (for the sanity check, where a
+        randomised network's maps are often all negative and would vanish under the ReLU)."""
         self.reg.eval()
         cam = LayerGradCam(_Column(self.reg), self.layer)
-        maps = cam.attribute(images, target=0, relu_attributions=True)
+        maps = cam.attribute(images, target=0, relu_attributions=relu)
         up = LayerAttribution.interpolate(maps, images.shape[-2:], interpolate_mode="bilinear")
         return up[:, 0].detach().cpu().numpy()
 
@@ -52,19 +54,24 @@ class PixelSaliency:
 
 
 def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with every parameter redrawn (the cascading-randomisation end point)."""
+    """A copy of ``model`` re-initialised from scratch (the end point of Adebayo et al.'s cascading
+    randomisation): every layer's own ``reset_parameters`` and fresh batch-norm statistics."""
     clone = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in clone.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (p.std() if p.numel() > 1 else 1.0))
+    torch.manual_seed(seed)
+    for module in clone.modules():
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     return clone
 
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over tiles of the Spearman rank correlation of two maps' pixels (NaN-safe)."""
+    """Mean over tiles of the Spearman rank correlation of the two maps' |values| (Adebayo et al.
+    compare absolute maps); a constant map shares no structure with the other: 0."""
     values = []
-    for x, y in zip(a, b):
-        if np.ptp(x) > 0 and np.ptp(y) > 0:
-            values.append(spearmanr(x.ravel(), y.ravel())[0])
+    for x, y in zip(np.abs(a), np.abs(b)):
+        values.append(
+            spearmanr(x.ravel(), y.ravel())[0] if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+        )
     return float(np.mean(values)) if values else float("nan")
