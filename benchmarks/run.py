@@ -176,8 +176,9 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
     import torch
 
     from semknobs.config import from_mapping, load_params
+    from semknobs.explain.bundle import StressInMPa
     from semknobs.explain.counterfactual import KnobCounterfactual
-    from semknobs.explain.run import ExplainParams, StressInMPa
+    from semknobs.explain.run import ExplainParams
     from semknobs.models.attgan import Generator
     from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
     from semknobs.train.attgan import TrainAttGANStageParams
@@ -211,6 +212,60 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
         _row("counterfactual search, 64 tiles one by one", "s", single),
         _row("counterfactual speed-up, batched vs one by one", "x", speedup, target=">= 10"),
     ]
+
+
+@bench("serve")
+def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
+    """The served explainer (`semknobs serve`): sequential requests of 1 and 16 tiles.
+
+    Uses the pipeline's bundle (models/explainer, from `dvc repro register`), registered in a
+    throw-away store; default search settings (the explain stage's). One client, so requests/s
+    is 1 / latency; p95 over the repeats.
+    """
+    import subprocess
+
+    from semknobs import registry, tracking
+    from semknobs.data.tiles import load_tiles
+    from semknobs.serving.client import frame_request, free_port, post, wait_until_up
+    from semknobs.serving.tile_codec import tiles_frame
+
+    bundle = Path("models/explainer")
+    if not (bundle / "config.json").is_file():
+        print("bench serve: skipped (no models/explainer; run `make repro` first)")
+        return []
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    tracking.configure()
+    with tracking.stage_run("bench", params={}, root=work):
+        ref = registry.log_model(bundle, name="explainer", kind="explainer")
+    tiles, _ = load_tiles(Path("data/tiles"))
+    port = free_port()
+    with (work / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "semknobs.cli", "serve", "--model", ref.model_uri,
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            startup = wait_until_up(f"http://127.0.0.1:{port}", 300, proc)
+            url = f"http://127.0.0.1:{port}/invocations"
+            rows = [_row("explainer server start-up", "s", [startup])]
+            for n, repeats in ((1, 4 * args.repeats), (16, 2 * args.repeats)):
+                body = frame_request(tiles_frame(tiles[:n]))
+                status, text = post(url, body)  # warm-up
+                if status != 200:
+                    raise RuntimeError(f"bench serve: HTTP {status}: {text[:500]}")
+                latency = _timed(lambda body=body: post(url, body), repeats)
+                p95 = float(np.percentile(latency, 95))
+                rows += [
+                    _row(f"served explainer, {n} tile(s)/request: latency", "s", latency,
+                         note=f"p95 {p95:.3g} s over {repeats} requests"),
+                    _row(f"served explainer, {n} tile(s)/request: requests/s", "1/s",
+                         [1 / t for t in latency]),
+                ]  # fmt: skip
+            return rows
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
 
 
 def _table(results: dict) -> str:

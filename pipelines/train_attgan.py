@@ -1,5 +1,5 @@
 """DVC stage `train_attgan`: train the AttGAN on the training lots, evaluate it on the held-out
-test lots, register it as `semknobs-attgan` (alias `candidate`).
+test lots, log it to MLflow (the `register` stage registers it as `semknobs-attgan`).
 
 Honest evaluation: the AttGAN never sees a test lot's tiles; reconstruction, concept control and
 realism are measured on the test lots only. Rerunning after an interruption resumes from the
@@ -16,7 +16,7 @@ from semknobs import registry, tracking
 from semknobs.config import deep_merge, from_mapping, load_overrides, load_params, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
 from semknobs.evaluation.attgan import evaluate_attgan, sample_grid
-from semknobs.stage import save_figure, stage_main, write_metrics
+from semknobs.stage import save_figure, stage_main, write_json, write_metrics
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
 
 
@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--reports", type=Path, required=True)
-    parser.add_argument("--no-register", action="store_true")
     args = parser.parse_args(argv)
     section = load_params(args.params).get("train_attgan", {})
     tuned = load_overrides(args.tuned)
@@ -90,17 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             weights={"generator": trainer.gen, "discriminator": trainer.dis},
             config=config,
         )
-        if not args.no_register:
-            summary = ", ".join(
-                f"{k} = {metrics[k]:.3g}" for k in ("test/psnr", "control/mean_spearman")
-            )
-            registry.log_model_dir(
-                args.model_dir,
-                name="attgan",
-                kind="attgan",
-                registered_name="semknobs-attgan",
-                description=f"AttGAN for {params.train.model.img_size}-px SEM tiles; {summary}",
-            )
+        # Logged here, linked to this run; the `register` stage registers it.
+        ref = registry.log_model(args.model_dir, name="attgan", kind="attgan")
+        write_json(args.reports / "logged_model.json", ref.to_dict())
 
 
 if __name__ == "__main__":

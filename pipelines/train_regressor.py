@@ -1,7 +1,7 @@
 """DVC stage `train_regressor`: train the peak-stress regressor with the tuned params on all
 training lots, evaluate it and two baselines (training mean; random forest on the attribute
-meter's readings) on the held-out test lots, register it as `semknobs-regressor` (alias
-`candidate`).
+meter's readings) on the held-out test lots, log it to MLflow (the `register` stage registers it
+as `semknobs-regressor`).
 
 Lot-level metrics use the mean of a lot's tile predictions. Rerunning after an interruption
 resumes from the last epoch's checkpoint (--checkpoint-dir is a persistent DVC output).
@@ -24,7 +24,7 @@ from semknobs.evaluation.regressor import (
     rf_baseline,
 )
 from semknobs.models.regressor import predict
-from semknobs.stage import save_figure, stage_main, write_metrics
+from semknobs.stage import save_figure, stage_main, write_json, write_metrics
 from semknobs.train.regressor import TrainRegressorStageParams, set_threads, train_regressor
 from semknobs.train.tune_regressor import training_lots
 
@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--reports", type=Path, required=True)
-    parser.add_argument("--no-register", action="store_true")
     args = parser.parse_args(argv)
     section = load_params(args.params).get("train_regressor", {})
     tuned = load_overrides(args.tuned)
@@ -129,18 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         registry.save_model_dir(
             args.model_dir, kind="regressor", weights={"regressor": model}, config=config
         )
-        if not args.no_register:
-            summary = ", ".join(f"{k} = {metrics[k]:.3g}" for k in ("test/lot_r2", "test/lot_rmse"))
-            registry.log_model_dir(
-                args.model_dir,
-                name="regressor",
-                kind="regressor",
-                registered_name="semknobs-regressor",
-                description=(
-                    f"Peak-stress regressor ({params.train.model.preset} wide_resnet50_2) for "
-                    f"{params.train.model.img_size}-px SEM tiles; {summary}"
-                ),
-            )
+        # Logged here, linked to this run; the `register` stage registers it.
+        ref = registry.log_model(args.model_dir, name="regressor", kind="regressor")
+        write_json(args.reports / "logged_model.json", ref.to_dict())
         print(
             f"train_regressor: test lot R² {metrics['test/lot_r2']:.3f} "
             f"(RF {metrics['baseline_rf/lot_r2']:.3f}), lot RMSE {metrics['test/lot_rmse']:.2f} "

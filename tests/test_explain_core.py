@@ -114,7 +114,7 @@ def test_forward_sensitivity_slopes_are_the_linear_coefficients():
     sweep = ForwardSensitivity(gen, reg).attribute(x, a, points=5)
     assert sweep.predictions.shape == (5, K, 5)
     np.testing.assert_allclose(sweep.slopes(), np.tile(U.numpy(), (5, 1)), rtol=1e-4)
-    levels, grid = ForwardSensitivity(gen, reg).pair(x, a, "size", "dispersity", points=3)
+    _levels, grid = ForwardSensitivity(gen, reg).pair(x, a, "size", "dispersity", points=3)
     assert grid.shape == (3, 3) and grid[0, 2] - grid[0, 0] == pytest.approx(3.0, rel=1e-4)
 
 

@@ -27,6 +27,7 @@ STAGES = [
     "tune_regressor",
     "train_regressor",
     "explain",
+    "register",
 ]
 
 
@@ -148,6 +149,55 @@ def test_one_execution_tag_groups_the_stage_runs(clone):
     tile = runs[runs["tags.semknobs.stage"] == "tile"].iloc[0]
     assert tile["tags.data.version"] != "untracked"
     assert tile["metrics.data/n_tiles"] == 48
+
+
+# Runs in a fresh interpreter in the clone: the registered explainer through MLflow's loader.
+FRESH = """
+import sys
+import mlflow, numpy as np, pandas as pd
+from semknobs.attributes import ATTRIBUTES
+from semknobs.data.tiles import load_tiles
+from semknobs.serving.tile_codec import tiles_frame
+stage = pd.read_csv("reports/explain/counterfactual.csv")
+tiles, manifest = load_tiles("data/tiles")
+rows = manifest.reset_index(drop=True).set_index("tile").index.get_indexer(stage["tile"])
+labels = pd.read_csv("data/synthetic/lots.csv").set_index("lot").loc[stage["lot"], list(ATTRIBUTES)]
+model = mlflow.pyfunc.load_model("models:/semknobs-explainer@candidate")
+out = model.predict(tiles_frame(tiles[rows], labels.to_numpy(float)), params={"target": "lower"})
+out.to_csv(sys.argv[1], index=False)
+"""
+
+
+def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
+    from mlflow import MlflowClient
+
+    registered = json.loads((clone / "reports" / "register" / "registered.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}")
+    for kind, stage in (("attgan", "train_attgan"), ("regressor", "train_regressor")):
+        entry = registered["versions"][kind]
+        version = client.get_model_version_by_alias(entry["name"], "candidate")
+        assert str(version.version) == entry["version"]
+        assert client.get_run(version.run_id).data.tags["semknobs.stage"] == stage
+        assert version.tags["data.version"]
+        assert version.tags["semknobs.execution"].startswith("dvc-")
+        assert any(k.startswith("metric.") for k in version.tags)
+
+    out = clone / "served.csv"
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH, str(out)],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    import numpy as np
+    import pandas as pd
+
+    served = pd.read_csv(out)
+    stage = pd.read_csv(clone / "reports" / "explain" / "counterfactual.csv")
+    np.testing.assert_allclose(served["baseline_mpa"], stage["baseline_mpa"], atol=1e-3)
+    np.testing.assert_allclose(served["achieved_mpa"], stage["lower_achieved_mpa"], atol=1e-3)
+    for a in ("size", "porosity", "dispersity", "facetness"):
+        np.testing.assert_allclose(served[f"delta_{a}"], stage[f"lower_delta_{a}"], atol=1e-4)
 
 
 def test_bring_your_own_data_through_dvc(clone):

@@ -1,5 +1,6 @@
 """The train_regressor stage for real on the tiny study: metrics with baselines, reports, a
-registered model that loads by alias in a fresh process and reproduces the logged predictions."""
+logged model that loads in a fresh process and reproduces the logged predictions (registering
+and aliases are the register stage's, see test_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -35,23 +36,20 @@ SECTION = {
     "baseline": {"n_estimators": 20, "min_samples_leaf": 2},
 }
 
-# Runs in a fresh interpreter: the registered model by alias, through registry and pyfunc.
+# Runs in a fresh interpreter: the logged model (models:/<model id>), through registry and pyfunc.
 FRESH = textwrap.dedent(
     """
     import sys
     import mlflow
     import numpy as np
     import pandas as pd
-    from mlflow import MlflowClient
     from semknobs import registry
     from semknobs.models.regressor import predict
 
-    tiles_path, out = sys.argv[1:]
-    uri = "models:/semknobs-regressor@candidate"
+    tiles_path, out, uri, run_id = sys.argv[1:]
     model, config = registry.load_regressor(uri)
-    version = MlflowClient().get_model_version_by_alias("semknobs-regressor", "candidate")
     csv = mlflow.artifacts.download_artifacts(
-        run_id=version.tags["semknobs.run_id"], artifact_path="reports/test_predictions.csv"
+        run_id=run_id, artifact_path="reports/test_predictions.csv"
     )
     logged = pd.read_csv(csv)
     tiles = np.load(tiles_path)
@@ -126,9 +124,19 @@ def test_stage_registers_a_model_that_reproduces_its_test_predictions(
     tiles, manifest = load_tiles(tiny_study["tiles"])
     order = manifest.set_index("tile").index.get_indexer(report["tile"])
     np.save(root / "test_tiles.npy", tiles[order])
+    logged = json.loads((root / "reports" / "logged_model.json").read_text())
+    assert logged["model_uri"] == f"models:/{logged['model_id']}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.run(
-        [sys.executable, "-c", FRESH, str(root / "test_tiles.npy"), str(root / "probe.npz")],
+        [
+            sys.executable,
+            "-c",
+            FRESH,
+            str(root / "test_tiles.npy"),
+            str(root / "probe.npz"),
+            logged["model_uri"],
+            logged["run_id"],
+        ],
         env=env,
         cwd=root,
         capture_output=True,

@@ -115,11 +115,12 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
         json.loads((root / "splits.json").read_text())["test"]
     )
 
-    # the registered model loads by alias in a fresh process and edits a tile
+    # the logged model loads in a fresh process and edits a tile
+    logged = json.loads((root / "reports" / "logged_model.json").read_text())
     probe = (
         "import numpy as np; from semknobs.registry import load_attgan; "
         "from semknobs.evaluation.attgan import generate; "
-        "g, cfg = load_attgan('models:/semknobs-attgan@candidate'); "
+        f"g, cfg = load_attgan({logged['model_uri']!r}); "
         "x = np.load('tile.npy'); y = generate(g, x, np.full((1, 4), 0.5, np.float32)); "
         "print(y.shape, y.dtype, cfg['kind'])"
     )

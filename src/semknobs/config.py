@@ -116,6 +116,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         item = args[0] if args else Any
         seq = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, value_tp = args if args else (Any, Any)
+        return {
+            _convert(key_tp, k, where): _convert(value_tp, v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where)
     if tp is bool:

@@ -145,21 +145,69 @@ def _regressor_example(config: Mapping[str, Any]) -> np.ndarray:
     return np.linspace(0, 255, size * size).reshape(1, size, size).round().astype(np.uint8)
 
 
+def _explainer_signature(config: Mapping[str, Any]) -> ModelSignature:
+    """Columns: ``image`` (base64 PNG/TIFF) + optional attribute scores -> one row per tile;
+    params: the Eq. 2 settings, defaulting to the bundle's."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from semknobs.attributes import ATTRIBUTES
+
+    inputs = Schema(
+        [ColSpec("string", "image")] + [ColSpec("double", a, required=False) for a in ATTRIBUTES]
+    )
+    numbers = ["prediction_mpa", "baseline_mpa", "target_mpa", "achieved_mpa", "distance"]
+    columns = [ColSpec("double", c) for c in numbers]
+    columns += [ColSpec("boolean", "success"), ColSpec("string", "attributes_from")]
+    for a in ATTRIBUTES:
+        columns += [ColSpec("double", f"{k}_{a}") for k in ("start", "delta", "new")]
+    cf = config.get("counterfactual") or {}
+    params = ParamSchema(
+        [
+            ParamSpec("target", "string", str(cf.get("target", "higher"))),
+            ParamSpec("lam", "double", float(cf.get("lam", 1.0))),
+            ParamSpec("steps", "long", int(cf.get("steps", 100))),
+            ParamSpec("delta", "double", float(cf.get("delta", 0.1))),
+            ParamSpec("restarts", "long", int(cf.get("restarts", 3))),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema(columns), params=params)
+
+
+def _explainer_example(config: Mapping[str, Any]) -> Any:
+    from semknobs.serving.tile_codec import tiles_frame
+
+    size = int(config.get("img_size") or 0)
+    if size <= 0:
+        raise ModelError("explainer config has no img_size")
+    yy, xx = np.mgrid[:size, :size]
+    tile = (127 + 100 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).round().astype(np.uint8)
+    return tiles_frame(tile[None])
+
+
 SERVING: dict[str, ServingSpec] = {
     "attgan": ServingSpec(
         module="semknobs.serving.attgan_model",
         signature=_attgan_signature,
         example=_attgan_example,
         registered_name="semknobs-attgan",
-        created_by="`dvc repro train_attgan`",
+        created_by="`dvc repro register`",
     ),
     "regressor": ServingSpec(
         module="semknobs.serving.regressor_model",
         signature=_regressor_signature,
         example=_regressor_example,
         registered_name="semknobs-regressor",
-        created_by="`dvc repro train_regressor`",
+        created_by="`dvc repro register`",
         requirements=("timm",),
+    ),
+    "explainer": ServingSpec(
+        module="semknobs.serving.explainer_model",
+        signature=_explainer_signature,
+        example=_explainer_example,
+        registered_name="semknobs-explainer",
+        created_by="`dvc repro register`",
+        requirements=("timm", "pandas", "pillow", "tifffile"),
     ),
 }
 """Serving recipe per model kind; add an entry (and a serving file) for a new kind."""
@@ -297,34 +345,46 @@ def _lineage_tags(run_id: str) -> dict[str, str]:
     return {k: run_tags[k] for k in keys if k in run_tags}
 
 
-def log_model_dir(
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """A model logged by :func:`log_model`: ``models:/<model id>`` and the run that logged it."""
+
+    model_uri: str
+    model_id: str
+    run_id: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"model_uri": self.model_uri, "model_id": self.model_id, "run_id": self.run_id}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoggedModelRef:
+        try:
+            return cls(str(data["model_uri"]), str(data["model_id"]), str(data["run_id"]))
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"not a logged-model reference ({exc}): {dict(data)}") from None
+
+
+def log_model(
     model_dir: str | Path,
     *,
     name: str,
     kind: str,
-    registered_name: str | None,
-    alias: str | None = DEFAULT_ALIAS,
     tags: Mapping[str, Any] | None = None,
-    description: str | None = None,
     input_example: Any = None,
-) -> ModelVersion | None:
-    """Log a model folder to the active run as a pyfunc model; register and alias it.
+) -> LoggedModelRef:
+    """Log a model folder to the active run as a pyfunc model (not registered).
 
     The logged model is an MLflow 3 *LoggedModel* named ``name`` (linked to the run, artifacts
     under ``<experiment artifacts>/models/<model id>/artifacts``); the folder's files are its
-    pyfunc artifacts and the serving file of ``kind`` its code. With ``registered_name`` a new
-    version is created (the registered model too, if missing), tagged ``semknobs.kind``,
-    ``semknobs.run_id``, ``semknobs.model_id``, the run's lineage tags and ``tags``, given
-    ``description``, and ``alias`` is moved to it. Returns that version, or None when
-    ``registered_name`` is None.
+    pyfunc artifacts and the serving file of ``kind`` its code. The folder is loaded and the
+    example predicted in-process first, so a folder the serving file cannot load is an error
+    before anything is logged.
     """
     import mlflow
-    from mlflow import MlflowClient
 
     run = mlflow.active_run()
     if run is None:
-        raise ModelError("log_model_dir needs an active MLflow run (open one with stage_run)")
-    run_id = run.info.run_id
+        raise ModelError("log_model needs an active MLflow run (open one with stage_run)")
     folder = Path(model_dir).resolve()
     config = read_config(folder, kind=kind)
     spec = serving_spec(kind)
@@ -348,30 +408,74 @@ def log_model_dir(
         pip_requirements=_requirements(spec),
         tags=model_tags,
     )
-    if registered_name is None:
-        return None
+    return LoggedModelRef(info.model_uri, info.model_id, run.info.run_id)
 
+
+def register(
+    ref: LoggedModelRef,
+    *,
+    registered_name: str,
+    alias: str | None = DEFAULT_ALIAS,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+) -> ModelVersion:
+    """Register a logged model as a new version of ``registered_name`` and move ``alias`` to it.
+
+    The version is tagged ``semknobs.run_id`` / ``semknobs.model_id`` (the run that logged the
+    model, e.g. its training run, which the version's run link also names), that run's lineage
+    tags (``git.*``, ``data.version``, ``semknobs.execution``, ``semknobs.stage``), the logged
+    model's tags and ``tags``; it gets ``description``. Works from any run (the ``register``
+    stage registers models that the training stages logged).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        logged = client.get_logged_model(ref.model_id)
+    except MlflowException as exc:
+        raise ModelError(
+            f"logged model {ref.model_uri} is not in the tracking store {_tracking_uri()} "
+            f"({exc.message}); rerun the stage that trains it"
+        ) from None
     version_tags = {
-        **_lineage_tags(run_id),
-        **model_tags,
-        "semknobs.run_id": run_id,
-        "semknobs.model_id": info.model_id,
+        **_lineage_tags(ref.run_id),
+        **{k: v for k, v in (logged.tags or {}).items() if not k.startswith("mlflow.")},
+        **{str(k): str(v) for k, v in (tags or {}).items()},
+        "semknobs.run_id": ref.run_id,
+        "semknobs.model_id": ref.model_id,
     }
-    version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags)
+    version = mlflow.register_model(ref.model_uri, registered_name, tags=version_tags)
     # The source is models:/<model id>; the store fills the run link from the LoggedModel's
     # source run. Check it before the alias makes this version the one people load.
-    if version.run_id != run_id:
+    if version.run_id != ref.run_id:
         raise ModelError(
             f"model version {registered_name} v{version.version} was registered without its "
-            f"run link (run_id={version.run_id!r}, expected {run_id}); no alias was set"
+            f"run link (run_id={version.run_id!r}, expected {ref.run_id}); no alias was set"
         )
-    client = MlflowClient()
     if description is not None:
         client.update_model_version(registered_name, version.version, description)
     if alias:
         client.set_registered_model_alias(registered_name, alias, version.version)
     # Re-read, so the returned object carries the alias and description as stored.
     return client.get_model_version(registered_name, version.version)
+
+
+def log_model_dir(
+    model_dir: str | Path,
+    *,
+    name: str,
+    kind: str,
+    registered_name: str,
+    alias: str | None = DEFAULT_ALIAS,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    input_example: Any = None,
+) -> ModelVersion:
+    """:func:`log_model` then :func:`register`, in the active run."""
+    ref = log_model(model_dir, name=name, kind=kind, tags=tags, input_example=input_example)
+    return register(ref, registered_name=registered_name, alias=alias, description=description)
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,31 +638,60 @@ def _model_dir(model_uri_or_dir: str | Path) -> Iterator[Path]:
         yield load_model_dir(model_uri_or_dir, dst_path=tmp)
 
 
+def build_attgan_module(folder: Path, model: Mapping[str, Any], weights: str) -> torch.nn.Module:
+    """The AttGAN ``weights`` module (``generator`` or ``discriminator``) of a model folder,
+    rebuilt from ``model`` (AttGANConfig fields) and ``<weights>.safetensors``, in eval mode."""
+    from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+
+    try:
+        cfg = AttGANConfig(**model)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{folder / CONFIG_FILE}: bad AttGAN 'model' entry ({exc})") from exc
+    module = {"generator": Generator, "discriminator": Discriminator}[weights](cfg)
+    return _load_weights(module, folder / f"{weights}{WEIGHTS_SUFFIX}", "AttGAN")
+
+
+def build_regressor_module(
+    folder: Path, model: Mapping[str, Any], target: Mapping[str, Any]
+) -> PeakStressRegressor:
+    """The regressor of a model folder, rebuilt from ``model`` (RegressorConfig fields) and
+    ``target`` (training mean/std of the stress) and ``regressor.safetensors``, in eval mode."""
+    from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+
+    try:
+        cfg = RegressorConfig.from_dict(dict(model))
+        module = PeakStressRegressor(cfg, float(target["mean"]), float(target["std"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"{folder / CONFIG_FILE}: bad regressor 'model'/'target' entry ({exc})"
+        ) from exc
+    return _load_weights(module, folder / f"regressor{WEIGHTS_SUFFIX}", "regressor")
+
+
+def _load_weights(module: torch.nn.Module, weights: Path, what: str) -> Any:
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        raise ModelError(f"{weights.parent}: {what} model folder without {weights.name}")
+    try:
+        module.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
+        raise ModelError(f"{weights} does not fit the config's {what}: {exc}") from exc
+    return module.eval()
+
+
 def load_attgan(model_uri_or_dir: str | Path) -> tuple[Generator, dict[str, Any]]:
     """Rebuild the AttGAN generator of a model folder or logged model.
 
     Returns ``(generator in eval mode on the CPU, the folder's full config)``; the generator is
     rebuilt from ``config["model"]`` (AttGANConfig fields) and ``generator.safetensors``.
     """
-    from safetensors.torch import load_file
-
-    from semknobs.models.attgan import AttGANConfig, Generator
-
     with _model_dir(model_uri_or_dir) as folder:
         config = read_config(folder, kind="attgan")
-        weights = folder / f"generator{WEIGHTS_SUFFIX}"
-        if not weights.is_file():
-            raise ModelError(f"{folder}: AttGAN model folder without generator{WEIGHTS_SUFFIX}")
-        try:
-            cfg = AttGANConfig(**config["model"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{folder / CONFIG_FILE}: bad AttGAN 'model' entry ({exc})") from exc
-        generator = Generator(cfg)
-        try:
-            generator.load_state_dict(load_file(str(weights)))
-        except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
-            raise ModelError(f"{weights} does not fit the config's AttGAN: {exc}") from exc
-    return generator.eval(), config
+        if not isinstance(config.get("model"), dict):
+            raise ModelError(f"{folder / CONFIG_FILE}: bad AttGAN 'model' entry (missing)")
+        generator = build_attgan_module(folder, config["model"], "generator")
+    return generator, config
 
 
 def load_regressor(model_uri_or_dir: str | Path) -> tuple[PeakStressRegressor, dict[str, Any]]:
@@ -568,25 +701,9 @@ def load_regressor(model_uri_or_dir: str | Path) -> tuple[PeakStressRegressor, d
     rebuilt from ``config["model"]`` (RegressorConfig fields) and ``config["target"]`` (the
     training mean/std of the stress) and loaded from ``regressor.safetensors``.
     """
-    from safetensors.torch import load_file
-
-    from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
-
     with _model_dir(model_uri_or_dir) as folder:
         config = read_config(folder, kind="regressor")
-        weights = folder / f"regressor{WEIGHTS_SUFFIX}"
-        if not weights.is_file():
-            raise ModelError(f"{folder}: regressor model folder without regressor{WEIGHTS_SUFFIX}")
-        try:
-            cfg = RegressorConfig.from_dict(config["model"])
-            target = config["target"]
-            model = PeakStressRegressor(cfg, float(target["mean"]), float(target["std"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(
-                f"{folder / CONFIG_FILE}: bad regressor 'model'/'target' entry ({exc})"
-            ) from exc
-        try:
-            model.load_state_dict(load_file(str(weights)))
-        except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
-            raise ModelError(f"{weights} does not fit the config's regressor: {exc}") from exc
-    return model.eval(), config
+        model = build_regressor_module(
+            folder, config.get("model") or {}, config.get("target") or {}
+        )
+    return model, config

@@ -23,6 +23,7 @@ Departures from the paper, all deliberate:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -155,6 +156,31 @@ class KnobCounterfactual:
             distance=as_np(distance),
             success=as_np(success),
             edited=as_np(edited),
+        )
+
+    def attribute_batched(
+        self,
+        images: torch.Tensor,
+        attrs: torch.Tensor,
+        params: CounterfactualParams,
+        batch_size: int = 64,
+    ) -> CounterfactualResult:
+        """:meth:`attribute` over batches of ``batch_size`` rows; row ``i`` keeps id ``i``, so
+        the answers do not depend on ``batch_size``."""
+        parts = [
+            self.attribute(
+                images[i : i + batch_size],
+                attrs[i : i + batch_size],
+                params,
+                ids=list(range(i, min(i + batch_size, len(images)))),
+            )
+            for i in range(0, len(images), batch_size)
+        ]
+        return CounterfactualResult(
+            **{
+                f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                for f in dataclasses.fields(CounterfactualResult)
+            }
         )
 
     def _objective(self, images, anchor, attrs, target, scale, params) -> torch.Tensor:

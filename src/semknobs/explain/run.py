@@ -15,6 +15,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain import figures
+from semknobs.explain.bundle import StressInMPa
 from semknobs.explain.correlation import correlation_table, linear_coefficients
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
@@ -43,17 +44,6 @@ class ExplainParams:
     seed: int = 0
 
 
-class StressInMPa(nn.Module):
-    """A regressor whose ``forward`` is standardised, seen through ``predict_mpa``."""
-
-    def __init__(self, reg: nn.Module):
-        super().__init__()
-        self.reg = reg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reg.predict_mpa(x)
-
-
 @dataclass
 class ExplainOutput:
     metrics: dict[str, float]
@@ -73,23 +63,6 @@ def sample_tiles(manifest: pd.DataFrame, per_lot: int, seed: int) -> np.ndarray:
         for _, idx in sorted(manifest.groupby("lot").indices.items())
     ]
     return np.concatenate(picks)
-
-
-def _batched(fn, images, attrs, batch_size, **kw):
-    parts = [
-        fn(
-            images[i : i + batch_size],
-            attrs[i : i + batch_size],
-            ids=list(range(i, min(i + batch_size, len(images)))),
-            **kw,
-        )
-        for i in range(0, len(images), batch_size)
-    ]
-    merged = {
-        f.name: np.concatenate([getattr(p, f.name) for p in parts])
-        for f in dataclasses.fields(parts[0])
-    }
-    return type(parts[0])(**merged)
 
 
 def explain(
@@ -138,19 +111,11 @@ def explain(
     # 3. counterfactual knob search, batched
     explainer = KnobCounterfactual(gen, reg_mpa, stress_range=stress_range)
     cf = params.counterfactual
-    higher = _batched(
-        explainer.attribute,
-        images,
-        attrs,
-        params.batch_size,
-        params=dataclasses.replace(cf, target="higher"),
+    higher = explainer.attribute_batched(
+        images, attrs, dataclasses.replace(cf, target="higher"), params.batch_size
     )
-    lower = _batched(
-        explainer.attribute,
-        images,
-        attrs,
-        params.batch_size,
-        params=dataclasses.replace(cf, target="lower"),
+    lower = explainer.attribute_batched(
+        images, attrs, dataclasses.replace(cf, target="lower"), params.batch_size
     )
     metrics["counterfactual/success_rate"] = float(
         np.mean(np.concatenate([higher.success, lower.success]))

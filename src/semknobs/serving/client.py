@@ -1,0 +1,58 @@
+"""A minimal HTTP client for a served model (tests, benchmarks, and scripts that call it)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pandas as pd
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(base_url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> float:
+    """Poll ``<base_url>/ping`` until it answers 200; returns the seconds waited.
+
+    Raises RuntimeError if ``proc`` exits first or ``timeout_s`` passes.
+    """
+    start = time.monotonic()
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{base_url}/ping", timeout=5) as r:
+                if r.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() - start > timeout_s:
+            raise RuntimeError(f"{base_url} did not answer /ping within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def post(url: str, body: bytes, timeout_s: float = 300) -> tuple[int, str]:
+    """POST JSON; (status, text) for successes and HTTP errors alike."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def frame_request(frame: pd.DataFrame, **params: Any) -> bytes:
+    """The ``/invocations`` body for a DataFrame input (``dataframe_split``) and params."""
+    split = json.loads(frame.to_json(orient="split", index=False))
+    payload: dict[str, Any] = {"dataframe_split": split}
+    if params:
+        payload["params"] = params
+    return json.dumps(payload).encode()

@@ -1,0 +1,72 @@
+"""MLflow models-from-code entry point for the explainer bundle (kind ``explainer``).
+
+``semknobs-explainer`` = AttGAN + regressor + the Eq. 2 knob search (see
+:mod:`semknobs.explain.bundle`). Weights come from the model's safetensors artifacts; nothing is
+unpickled.
+
+Input: a DataFrame with a column ``image`` (base64 PNG or TIFF tiles at the model's tile size)
+and optionally ``size``, ``porosity``, ``dispersity``, ``facetness`` (the tiles' expert scores;
+estimated by the AttGAN discriminator when absent), or, in Python, a uint8 array (n, S, S).
+Params: ``target`` ("higher", "lower" or a stress in MPa), ``lam``, ``steps``, ``delta``,
+``restarts``; defaults are the ``explain`` stage's settings stored in the bundle.
+Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attribute`).
+Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+CONFIG_ARTIFACT = "config.json"
+PARAMS = ("target", "lam", "steps", "delta", "restarts")
+
+
+class ExplainerModel(mlflow.pyfunc.PythonModel):
+    """Explains peak-stress predictions of SEM tiles in knob changes."""
+
+    # No type hint on predict(), as in semknobs.serving.attgan_model: the logged signature rules.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import torch
+
+        from semknobs.explain.bundle import KnobExplainer
+
+        options = dict(context.model_config or {})
+        torch.set_num_threads(int(options.get("threads", torch.get_num_threads())))
+        folder = Path(context.artifacts[CONFIG_ARTIFACT]).parent
+        self.explainer = KnobExplainer.from_folder(
+            folder, batch_size=int(options.get("batch_size", 64))
+        )
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from semknobs.explain.bundle import search_params
+        from semknobs.serving.tile_codec import decode_frame
+
+        explainer = self.explainer
+        try:
+            settings = {k: v for k, v in (params or {}).items() if k in PARAMS}
+            unknown = set(params or {}) - set(PARAMS)
+            if unknown:
+                raise ValueError(f"unknown params {sorted(unknown)}; known: {list(PARAMS)}")
+            search = search_params(explainer.defaults, **settings)
+            if isinstance(model_input, pd.DataFrame):
+                percentiles = explainer.tile.get("percentiles", (0.5, 99.5))
+                tiles, attributes = decode_frame(model_input, explainer.img_size, percentiles)
+            else:
+                tiles, attributes = np.asarray(model_input), None
+            return explainer.attribute(tiles, attributes, search).table
+        except ValueError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+MODEL = ExplainerModel()
+mlflow.models.set_model(MODEL)

@@ -1,0 +1,417 @@
+"""Registry, promotion and downstream use, on a real sqlite MLflow store with tiny real models:
+the register step's version links and tags, gates that pass and refuse, aliases that move, the
+explainer pyfunc loaded by alias in a fresh process against the explain stage's own numbers,
+`semknobs explain`, and (slow) the served explainer over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from semknobs import cli, registry, tracking
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.errors import ModelError, ParamsError
+from semknobs.explain.bundle import KnobExplainer, save_explainer_dir
+from semknobs.explain.counterfactual import CounterfactualParams
+from semknobs.explain.run import ExplainParams, explain
+from semknobs.lifecycle.promote import Gate, PromoteParams, champions, check_gates, promote
+from semknobs.lifecycle.register import RegisterParams, register_models
+from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+from semknobs.serving.client import frame_request, free_port, post, wait_until_up
+from semknobs.serving.tile_codec import tiles_frame
+
+SIZE = 32
+GAN = AttGANConfig(
+    img_size=SIZE,
+    enc_layers=2,
+    dec_layers=2,
+    dis_layers=2,
+    enc_dim=4,
+    dec_dim=4,
+    dis_dim=4,
+    dis_fc_dim=8,
+    shortcut_layers=1,
+    inject_layers=1,
+)
+SEARCH = CounterfactualParams(delta=0.1, delta_unit="range", steps=8, restarts=2, lr=0.1)
+SCALER = AttributeScaler((1.0,) * 4, (9.0,) * 4)
+STRESS_RANGE = 30.0
+NAMES = {"attgan": "t-attgan", "regressor": "t-regressor", "explainer": "t-explainer"}
+GOOD = {"test/lot_r2": 0.95, "baseline_rf/lot_r2": 0.7, "test/lot_rmse": 1.5}
+BAD = {"test/lot_r2": 0.5, "baseline_rf/lot_r2": 0.7, "test/lot_rmse": 6.0}
+GATES = PromoteParams(
+    gates={
+        "t-regressor": [
+            Gate("test/lot_r2", min=0.85),
+            Gate("test/lot_r2", min="baseline_rf/lot_r2"),
+        ],
+        "t-explainer": [Gate("counterfactual/success_rate", min=0.99)],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lifecycle")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("SEMKNOBS_EXECUTION_ID", "pytest-lifecycle")
+        mp.setattr(tracking, "_configured_uri", None)
+        mp.setattr(tracking, "_default_written", None)
+        mp.chdir(root)
+        tracking.configure()
+        tracking.ensure_experiment()
+        yield root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    gen, dis = Generator(GAN).eval(), Discriminator(GAN)
+    reg = PeakStressRegressor(RegressorConfig(preset="tiny", img_size=SIZE), 40.0, 8.0).eval()
+    paths = {kind: root / kind for kind in ("attgan", "regressor", "explainer")}
+    registry.save_model_dir(
+        paths["attgan"],
+        kind="attgan",
+        weights={"generator": gen, "discriminator": dis},
+        config={"model": GAN.to_dict(), "scaler": SCALER.to_dict(), "img_size": SIZE},
+    )
+    registry.save_model_dir(
+        paths["regressor"],
+        kind="regressor",
+        weights={"regressor": reg},
+        config={
+            "model": reg.cfg.to_dict(),
+            "img_size": SIZE,
+            "target": {"mean": 40.0, "std": 8.0},
+        },
+    )
+    tile = {"tile_px": 64, "out_px": SIZE, "info_bar_px": 0, "percentiles": [0.5, 99.5]}
+    save_explainer_dir(
+        paths["explainer"],
+        attgan_dir=paths["attgan"],
+        regressor_dir=paths["regressor"],
+        stress_range=STRESS_RANGE,
+        counterfactual=SEARCH,
+        tile=tile,
+    )
+    return paths
+
+
+def _tiles(n: int, seed: int = 1) -> np.ndarray:
+    xx = np.mgrid[:SIZE, :SIZE][1]
+    rng = np.random.default_rng(seed)
+    base = [100 + 80 * np.sin(xx / rng.uniform(1, 4) + rng.uniform(0, 6)) for _ in range(n)]
+    return np.clip(np.stack(base) + rng.normal(0, 10, (n, SIZE, SIZE)), 0, 255).astype(np.uint8)
+
+
+def _register(folders: dict[str, Path], regressor_metrics: dict[str, float]) -> dict:
+    """Log the models in 'training' runs, then register them from a 'register' run."""
+    refs = {}
+    for kind in ("attgan", "regressor"):
+        with tracking.stage_run(f"train_{kind}", params={}):
+            refs[kind] = registry.log_model(folders[kind], name=kind, kind=kind)
+    metrics = {
+        "attgan": {"test/psnr": 25.0},
+        "regressor": regressor_metrics,
+        "explainer": {"counterfactual/success_rate": 0.5},
+    }
+    with tracking.stage_run("register", params={}):
+        versions = register_models(
+            params=RegisterParams(names=NAMES),
+            model_dirs=folders,
+            logged=refs,
+            metrics=metrics,
+            descriptions={k: f"tiny {k}" for k in NAMES},
+            execution="exec-1",
+        )
+    return {"refs": refs, "versions": versions}
+
+
+def test_gates_known_answers() -> None:
+    gates = [
+        Gate("a", min=0.5),
+        Gate("b", max=1.0),
+        Gate("a", min="c"),
+        Gate("fid", min=0.8, needs_truth=True),
+        Gate("gone", min=0.0),
+    ]
+    results = check_gates(gates, {"a": 0.6, "b": 2.0, "c": 0.7})
+    assert [(r.passed, r.skipped) for r in results] == [
+        (True, False),
+        (False, False),
+        (False, False),
+        (False, True),
+        (False, False),
+    ]
+    assert "needs <= 1" in results[1].text and "c (0.7)" in results[2].text
+    assert "missing" in results[4].text
+    with pytest.raises(ValueError, match="min or a max"):
+        Gate("x")
+
+
+def test_register_links_each_version_to_its_run(store: Path, folders) -> None:
+    out = _register(folders, GOOD)
+    refs, versions = out["refs"], out["versions"]
+    client = __import__("mlflow").MlflowClient()
+    for kind in ("attgan", "regressor"):
+        v = versions[kind]
+        assert v.run_id == refs[kind].run_id  # the training run, not the register run
+        assert v.tags["semknobs.run_id"] == refs[kind].run_id
+        assert v.tags["semknobs.stage"] == f"train_{kind}"
+        assert v.tags["semknobs.execution"] == "pytest-lifecycle"
+        assert v.tags["semknobs.register_execution"] == "exec-1"
+        assert "data.version" in v.tags and "git.commit" in v.tags
+        assert str(client.get_model_version_by_alias(NAMES[kind], "candidate").version) == str(
+            v.version
+        )
+    assert versions["regressor"].tags["metric.test/lot_r2"] == repr(0.95)
+    assert "test/lot_r2 = 0.95" in versions["regressor"].description
+    bundle = versions["explainer"]
+    assert (
+        bundle.tags["semknobs.bundles.regressor"] == f"t-regressor/{versions['regressor'].version}"
+    )
+    assert bundle.tags["semknobs.kind"] == "explainer"
+
+
+def test_promotion_refuses_forces_and_moves_the_alias(store: Path, folders) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    bad = _register(folders, BAD)["versions"]["regressor"].version
+    refused = promote("t-regressor", params=GATES)
+    assert not refused.promoted and refused.version == str(bad)
+    assert [r.gate.min for r in refused.failed] == [0.85, "baseline_rf/lot_r2"]
+    assert "champion" not in (client.get_registered_model("t-regressor").aliases or {})
+    with pytest.raises(ParamsError, match="reason"):
+        promote("t-regressor", params=GATES, force=True)
+    with pytest.raises(ParamsError, match="no promotion gates"):
+        promote("t-attgan", params=GATES)
+
+    forced = promote("t-regressor", params=GATES, force=True, reason="demo", user="tester")
+    assert forced.promoted and forced.forced
+    tags = client.get_model_version("t-regressor", str(bad)).tags
+    assert tags["champion.forced"] == "true" and tags["champion.reason"] == "demo"
+    assert (
+        tags["champion.promoted_by"] == "tester" and "test/lot_r2" in tags["champion.failed_gates"]
+    )
+
+    good = _register(folders, GOOD)["versions"]["regressor"].version
+    passed = promote("t-regressor", params=GATES)
+    assert passed.promoted and not passed.forced and passed.previous == str(bad)
+    assert str(client.get_model_version_by_alias("t-regressor", "champion").version) == str(good)
+    old = client.get_model_version("t-regressor", str(bad)).tags
+    assert old["champion.superseded_by"] == str(good) and "champion.retired_at" in old
+    assert [c["version"] for c in champions("t-regressor")] == [str(bad), str(good)]
+
+    # the CLI names each failed gate and exits non-zero
+    _register(folders, BAD)
+    params = store / "params.yaml"
+    params.write_text(
+        json.dumps(
+            {"promote": {"gates": {"t-regressor": [{"metric": "test/lot_r2", "min": 0.85}]}}}
+        )
+    )
+    assert cli.main(["promote", "--model", "t-regressor", "--params", str(params)]) == 1
+    assert str(client.get_model_version_by_alias("t-regressor", "champion").version) == str(good)
+
+
+# Runs in a fresh interpreter: the explainer by alias through MLflow's pyfunc loader.
+FRESH = textwrap.dedent(
+    """
+    import sys
+    import mlflow
+    import pandas as pd
+    columns = ["size", "porosity", "dispersity", "facetness"]
+    frame = pd.read_json(sys.argv[1], orient="split", dtype={c: "float64" for c in columns})
+    model = mlflow.pyfunc.load_model("models:/t-explainer@champion")
+    out = model.predict(frame, params={"target": "higher"})
+    out.to_json(sys.argv[2], orient="split")
+    """
+)
+
+
+def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_path: Path) -> None:
+    versions = _register(folders, GOOD)["versions"]
+    promote("t-explainer", params=GATES, force=True, reason="test the pyfunc")
+    lots = pd.DataFrame({"lot": ["A", "B", "C", "D"], "peak_stress": [30.0, 40.0, 50.0, 60.0]})
+    labels = np.array([[2, 3, 4, 5], [5, 5, 5, 5], [8, 2, 6, 1], [4, 7, 2, 8]], dtype=float)
+    tile_lots = np.repeat(lots["lot"].to_numpy(), 2)
+    tile_labels = np.repeat(labels, 2, axis=0)
+    tiles = _tiles(8)
+
+    # the explain stage's computation, on the same models, tiles and settings
+    gen, _ = registry.load_attgan(folders["attgan"])
+    reg, _ = registry.load_regressor(folders["regressor"])
+    norm = lots.copy()
+    norm[list(ATTRIBUTES)] = np.clip(SCALER.transform(labels), 0, 1)
+    params = ExplainParams(
+        sweep_points=3, pairs=[], lambdas=[1.0], tradeoff_tiles=2, ig_steps=2, counterfactual=SEARCH
+    )
+    stage = explain(
+        gen=gen,
+        reg=reg,
+        images=torch.from_numpy(tiles).float().div(127.5).sub(1)[:, None],
+        attrs=torch.from_numpy(np.clip(SCALER.transform(tile_labels), 0, 1)).float(),
+        tiles=pd.DataFrame({"tile": [f"t{i}" for i in range(8)], "lot": tile_lots}),
+        lots=norm,
+        stress_range=STRESS_RANGE,
+        layer=reg.net.layer4,
+        params=params,
+    ).tables["counterfactual"]
+
+    frame = tiles_frame(tiles, tile_labels)
+    frame.to_json(tmp_path / "in.json", orient="split")
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH, str(tmp_path / "in.json"), str(tmp_path / "out.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = pd.read_json(tmp_path / "out.json", orient="split")
+    assert len(served) == 8 and set(served["attributes_from"]) == {"given"}
+    np.testing.assert_allclose(served["prediction_mpa"], stage["prediction_mpa"], atol=1e-3)
+    np.testing.assert_allclose(served["baseline_mpa"], stage["baseline_mpa"], atol=1e-3)
+    np.testing.assert_allclose(served["achieved_mpa"], stage["higher_achieved_mpa"], atol=1e-3)
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(served[f"delta_{a}"], stage[f"higher_delta_{a}"], atol=1e-4)
+    assert (served["success"].to_numpy() == stage["higher_success"].to_numpy()).all()
+    assert versions["explainer"].version  # registered, then promoted above
+
+
+def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path, capsys) -> None:
+    import tifffile
+    from PIL import Image
+
+    tile = tmp_path / "in" / "tile one.png"
+    tile.parent.mkdir()
+    Image.fromarray(_tiles(1)[0]).save(tile)
+    scan = tmp_path / "in" / "scan.tif"
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(scan, rng.integers(1000, 60000, (128, 192)).astype(np.uint16))
+    out = tmp_path / "out"
+    argv = ["explain", str(tile), str(scan), "--model", str(folders["explainer"])]
+    assert cli.main([*argv, "--out", str(out), "--steps", "3"]) == 0
+    table = pd.read_csv(out / "scan.csv")
+    assert len(table) == 2 * 6 and set(table["target"]) == {"higher", "lower"}  # 2x3 tiles
+    summary = json.loads((out / "tile_one.json").read_text())
+    assert summary["tiles"] == 1 and set(summary["targets"]) == {"higher", "lower"}
+    assert (out / "tile_one.png").stat().st_size > 0
+
+    bad = tmp_path / "in" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    fresh = tmp_path / "out2"
+    assert (
+        cli.main(
+            [
+                "explain",
+                str(tile),
+                str(bad),
+                "--model",
+                str(folders["explainer"]),
+                "--out",
+                str(fresh),
+            ]
+        )
+        == 2
+    )
+    assert "broken.png" in capsys.readouterr().err
+    assert not fresh.exists() or not any(fresh.iterdir())
+
+    assert (
+        cli.main(["explain", str(tile), "--model", "models:/t-explainer@nope", "--out", str(fresh)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "t-explainer" in err and "'nope'" in err
+    with pytest.raises(ModelError, match="does not exist"):
+        KnobExplainer.load(tmp_path / "no-such-model")
+
+
+@pytest.mark.slow
+def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> None:
+    _register(folders, GOOD)
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "semknobs.cli",
+            "serve",
+            "--model",
+            "models:/t-explainer@candidate",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_until_up(base, 240, proc)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+        url = f"{base}/invocations"
+
+        status, text = post(url, frame_request(tiles_frame(_tiles(1)), steps=3))
+        assert status == 200, text
+        rows = json.loads(text)["predictions"]
+        assert len(rows) == 1 and rows[0]["attributes_from"] == "estimated"
+        labels = np.full((3, 4), 5.0)
+        request = frame_request(tiles_frame(_tiles(3), labels), target="lower", steps=3)
+        status, text = post(url, request)
+        assert status == 200, text
+        rows = json.loads(text)["predictions"]
+        assert len(rows) == 3 and all(r["target_mpa"] < r["baseline_mpa"] for r in rows)
+
+        bad_requests = {
+            "not json": b"{this is not json",
+            "no image column": frame_request(pd.DataFrame({"pixels": ["abc"]})),
+            "bad base64": frame_request(pd.DataFrame({"image": ["%%%"]})),
+            "wrong size": frame_request(tiles_frame(np.zeros((1, 8, 8), np.uint8))),
+            "bad target": frame_request(tiles_frame(_tiles(1)), target="sideways"),
+        }
+        for what, payload in bad_requests.items():
+            status, text = post(url, payload)
+            assert 400 <= status < 500, (what, status, text[:500])
+        assert "row 0" in post(url, bad_requests["bad base64"])[1]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_search_params_rejects_bad_settings(folders) -> None:
+    explainer = KnobExplainer.load(folders["explainer"])
+    from semknobs.explain.bundle import search_params
+
+    assert search_params(SEARCH, target="42.5").value == 42.5
+    assert search_params(SEARCH, target="lower", steps=None).steps == SEARCH.steps
+    with pytest.raises(ValueError, match="higher"):
+        search_params(SEARCH, target="up")
+    with pytest.raises(ValueError, match="steps"):
+        search_params(SEARCH, steps=0)
+    with pytest.raises(ValueError, match="uint8"):
+        explainer.attribute(np.zeros((1, 8, 8), np.uint8))
+    assert dataclasses.asdict(explainer.defaults) == dataclasses.asdict(SEARCH)
