@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         wall = time.perf_counter() - started
         metrics, figures, _ = evaluate_attgan(trainer.gen, test.images, test.attrs, params.eval)
-        metrics |= {"train/wall_s": wall, "train/steps": trainer.step}
+        total = trainer.train_seconds  # all runs behind this model; None if unknown
+        metrics |= {
+            "train/wall_s": float("nan") if total is None else total,
+            "train/wall_s_this_run": wall,
+            "train/steps": trainer.step,
+        }
         write_metrics(args.metrics, metrics)
         tracking.log_metrics(metrics)
         for name, figure in figures.items():

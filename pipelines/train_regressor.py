@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         metrics = regression_metrics("test", test_lots, test.stress, pred)
         metrics |= regression_metrics("baseline_mean", test_lots, test.stress, const)
         metrics |= regression_metrics("baseline_rf", test_lots, test.stress, rf)
+        total = trainer.train_seconds
         metrics |= {
-            "train/wall_s": wall,
+            # all training seconds behind this model (resumed runs included); null if unknown
+            "train/wall_s": float("nan") if total is None else total,
+            "train/wall_s_this_run": wall,
             "train/epochs": trainer.epoch,
             "baseline_rf/wall_s": rf_wall,
             "test/n_lots": len(set(test_lots)),

@@ -195,3 +195,39 @@ def test_failed_stage_marks_its_mlflow_run_failed(run_stage, user, mlflow_tmp, c
     assert runs["status"].tolist() == ["FAILED"] and runs["tags.semknobs.stage"].tolist() == [
         "tile"
     ]
+
+
+def test_unwritable_output_is_a_clear_error_and_a_failed_run(run_stage, user, mlflow_tmp, capsys):
+    import mlflow
+
+    assert _tile(run_stage, user) == 0
+    assert _validate(run_stage, user) == 0
+    capsys.readouterr()
+    blocker = user["root"] / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    summary = user["reports"] / "validate" / "summary.json"
+    out = blocker / "splits.json"
+    status = run_stage(
+        "split", "--lots", user["lots"], "--validation", summary, "--out", out,
+        "--reports", user["reports"] / "split",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "split: error:" in err and "not-a-folder" in err
+    assert "Traceback" not in err
+    assert not (user["reports"] / "split").exists() or not any(
+        (user["reports"] / "split").iterdir()
+    )
+    runs = mlflow.search_runs(experiment_names=["semknobs"])
+    split = runs[runs["tags.semknobs.stage"] == "split"]
+    assert split["status"].tolist() == ["FAILED"]
+
+
+def test_full_disk_message_names_the_path():
+    import errno
+
+    from semknobs.stage import describe_os_error
+
+    text = describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/data/x.npy"))
+    assert "no space left" in text and "/data/x.npy" in text
+    text = describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/ro/out"))
+    assert "cannot write /ro/out" in text

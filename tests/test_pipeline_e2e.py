@@ -200,6 +200,43 @@ def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
         np.testing.assert_allclose(served[f"delta_{a}"], stage[f"lower_delta_{a}"], atol=1e-4)
 
 
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, env=_env(), capture_output=True)
+
+
+def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(clone, tmp_path):
+    """The DVC-remote recipe of the README with a local-directory remote (S3/MinIO alike)."""
+    remote = tmp_path / "remote"
+    assert _dvc(clone, "remote", "add", "--local", "-d", "store", str(remote)).returncode == 0
+    push = _dvc(clone, "push")
+    assert push.returncode == 0, push.stdout + push.stderr
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "-qm", "pipeline results", "--allow-empty")
+    fresh = tmp_path / "fresh"
+    _git(tmp_path, "clone", "-q", str(clone), str(fresh))
+    assert not (fresh / "data" / "tiles").exists()
+    assert _dvc(fresh, "remote", "add", "--local", "-d", "store", str(remote)).returncode == 0
+    pull = _dvc(fresh, "pull", "data/tiles", "models/regressor")
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    for rel in ("data/tiles/manifest.csv", "models/regressor/regressor.safetensors"):
+        assert (fresh / rel).read_bytes() == (clone / rel).read_bytes(), rel
+
+
+def test_same_seed_gives_identical_metrics(clone):
+    """The tiny profile reproduced from scratch (checkpoints removed) on CPU: identical metrics
+    files, apart from wall-clock times."""
+    before = {p.name: json.loads(p.read_text()) for p in (clone / "metrics").glob("*.json")}
+    for folder in ("checkpoints", "optuna"):
+        shutil.rmtree(clone / folder, ignore_errors=True)
+    again = _dvc(clone, "repro", "-f")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = {p.name: json.loads(p.read_text()) for p in (clone / "metrics").glob("*.json")}
+    assert set(before) == set(after) and len(before) >= 4
+    for name, metrics in before.items():
+        timeless = {k: v for k, v in metrics.items() if not k.endswith("wall_s")}
+        assert timeless == {k: v for k, v in after[name].items() if not k.endswith("wall_s")}, name
+
+
 def test_bring_your_own_data_through_dvc(clone):
     """README recipe: point `data` at your own scans, `dvc add` them, reproduce what you need."""
     from .test_byo_and_bad_input import _user_data

@@ -99,6 +99,8 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
     assert f"resuming from {root / 'ck'} at step {killed_at}" in rerun.stdout
     metrics = json.loads((root / "attgan.json").read_text())
     assert metrics["train/steps"] == 60
+    # the killed run's seconds count too: training time is over all runs behind the model
+    assert metrics["train/wall_s"] > metrics["train/wall_s_this_run"] > 0
     for key in (
         "test/psnr",
         "test/ssim",

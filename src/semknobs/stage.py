@@ -22,21 +22,37 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def stage_main(func: Callable[..., Any]) -> Callable[..., int]:
-    """Run ``func``; a :class:`SemknobsError` becomes one line on stderr and exit status 2."""
+    """Run ``func``; a :class:`SemknobsError` or a failed write (unwritable folder, full disk)
+    becomes one line on stderr and exit status 2. The MLflow run, if open, ends FAILED."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> int:
+        name = Path(func.__code__.co_filename).stem
         try:
             func(*args, **kwargs)
         except SemknobsError as exc:
-            name = Path(func.__code__.co_filename).stem
             print(f"{name}: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"{name}: error: {describe_os_error(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130
         return 0
 
     return wrapper
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A one-line reason for a failed file operation, naming the path."""
+    import errno
+
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {where}; free some space and rerun"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {exc.strerror} (check the folder's permissions)"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:

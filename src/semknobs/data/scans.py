@@ -71,6 +71,8 @@ def read_scan(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from None
+    except Exception as exc:  # decoders raise struct.error, IndexError, ... on corrupt headers
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     array = np.asarray(array)
     if array.size == 0:
         raise DataError(f"{path}: unreadable image (no pixel data; truncated or corrupt file)")

@@ -104,7 +104,7 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
 
 
 def _stem(path: Path, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "input"
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".") or "input"
     candidate, k = stem, 2
     while candidate in taken:
         candidate, k = f"{stem}_{k}", k + 1

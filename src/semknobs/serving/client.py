@@ -19,8 +19,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_up(base_url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> float:
-    """Poll ``<base_url>/ping`` until it answers 200; returns the seconds waited.
+def wait_until_up(
+    base_url: str,
+    timeout_s: float,
+    proc: subprocess.Popen | None = None,
+    path: str = "/ping",
+) -> float:
+    """Poll ``<base_url><path>`` until it answers 200 (``/ping`` for a model server,
+    ``/health`` for an MLflow tracking server); returns the seconds waited.
 
     Raises RuntimeError if ``proc`` exits first or ``timeout_s`` passes.
     """
@@ -29,13 +35,13 @@ def wait_until_up(base_url: str, timeout_s: float, proc: subprocess.Popen | None
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} before answering")
         try:
-            with urllib.request.urlopen(f"{base_url}/ping", timeout=5) as r:
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=5) as r:
                 if r.status == 200:
                     return time.monotonic() - start
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if time.monotonic() - start > timeout_s:
-            raise RuntimeError(f"{base_url} did not answer /ping within {timeout_s:.0f} s")
+            raise RuntimeError(f"{base_url} did not answer {path} within {timeout_s:.0f} s")
         time.sleep(0.5)
 
 

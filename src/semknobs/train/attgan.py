@@ -89,6 +89,9 @@ class AttGANTrainer:
         self.opt_d = torch.optim.Adam(self.dis.parameters(), lr=self.params.lr, betas=betas)
         self.rng = torch.Generator().manual_seed(self.params.seed)
         self.step = 0
+        # training seconds over all runs that led here; None after resuming a checkpoint that
+        # did not record them (then the total is unknown, not the last run's share)
+        self.train_seconds: float | None = 0.0
 
     # -- state -------------------------------------------------------------------------------
     def _parts(self) -> dict[str, Any]:
@@ -99,14 +102,21 @@ class AttGANTrainer:
         }
 
     def save(self, path: Path, fingerprint: str) -> None:
-        save_checkpoint(path, **self._parts(), meta={"step": self.step, "fingerprint": fingerprint})
+        meta = {"step": self.step, "fingerprint": fingerprint, "train_seconds": self.train_seconds}
+        save_checkpoint(path, **self._parts(), meta=meta)
 
     def try_resume(self, path: Path, fingerprint: str) -> bool:
         meta = read_meta(path)
         if meta is None or meta.get("fingerprint") != fingerprint:
             return False
-        self.step = int(load_checkpoint(path, **self._parts())["step"])
+        meta = load_checkpoint(path, **self._parts())
+        self.step = int(meta["step"])
+        self.train_seconds = meta.get("train_seconds")
         return True
+
+    def add_time(self, seconds: float) -> None:
+        if self.train_seconds is not None:
+            self.train_seconds += seconds
 
     # -- one update --------------------------------------------------------------------------
     def targets(self, a: torch.Tensor) -> torch.Tensor:
@@ -196,7 +206,7 @@ def train_attgan(
         unit="step",
         disable=not progress,
     )
-    started = time.perf_counter()
+    started = mark = time.perf_counter()
     first_step = trainer.step
     while trainer.step < end:
         idx = torch.randint(0, n, (params.batch_size,), generator=trainer.rng).to(device)
@@ -214,9 +224,12 @@ def train_attgan(
         if checkpoint_dir is not None and (
             trainer.step % params.checkpoint_every == 0 or trainer.step == end
         ):
+            trainer.add_time(time.perf_counter() - mark)
+            mark = time.perf_counter()
             trainer.save(checkpoint_dir, fingerprint)
             if on_checkpoint is not None:
                 on_checkpoint(trainer)
+    trainer.add_time(time.perf_counter() - mark)
     bar.close()
     return trainer
 

@@ -176,6 +176,9 @@ class RegressorTrainer:
         self.rng = torch.Generator().manual_seed(self.params.seed)
         self.epoch = 0
         self.step = 0
+        # training seconds over all runs that led here (None: resumed from a checkpoint that
+        # did not record them)
+        self.train_seconds: float | None = 0.0
 
     # -- state -------------------------------------------------------------------------------
     def _parts(self) -> dict[str, Any]:
@@ -186,7 +189,13 @@ class RegressorTrainer:
         }
 
     def save(self, path: Path, fingerprint: str, extra: dict[str, Any] | None = None) -> None:
-        meta = {"epoch": self.epoch, "step": self.step, "fingerprint": fingerprint, **(extra or {})}
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "fingerprint": fingerprint,
+            "train_seconds": self.train_seconds,
+            **(extra or {}),
+        }
         save_checkpoint(path, **self._parts(), meta=meta)
 
     def try_resume(self, path: Path, fingerprint: str) -> bool:
@@ -195,6 +204,7 @@ class RegressorTrainer:
             return False
         meta = load_checkpoint(path, **self._parts())
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.train_seconds = meta.get("train_seconds")
         return True
 
     # -- training ----------------------------------------------------------------------------
@@ -290,7 +300,10 @@ def _train(
     while trainer.epoch < end:
         started = time.perf_counter()
         metrics = trainer.train_epoch(x, y)
-        metrics["train/tiles_per_s"] = len(x) / max(time.perf_counter() - started, 1e-9)
+        seconds = time.perf_counter() - started
+        metrics["train/tiles_per_s"] = len(x) / max(seconds, 1e-9)
+        if trainer.train_seconds is not None:
+            trainer.train_seconds += seconds
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
         if log is not None:
