@@ -165,6 +165,69 @@ def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     ]
 
 
+_REGRESSOR_PROBE = """
+import json, resource, sys, time
+import numpy as np, torch
+from semknobs.config import deep_merge, from_mapping, load_overrides, load_params
+from semknobs.models.regressor import to_input
+from semknobs.train.regressor import TrainRegressorStageParams, augment, make_trainer, set_threads
+raw = load_params(sys.argv[1])["train_regressor"]
+raw["train"] = deep_merge(raw.get("train", {}), load_overrides(sys.argv[2]))
+p = from_mapping(TrainRegressorStageParams, raw).train
+set_threads(p.threads)
+n, s = 1024, p.model.img_size
+rng = np.random.default_rng(0)
+images = torch.from_numpy(rng.integers(0, 256, (n, s, s), dtype=np.uint8))
+stress = rng.normal(45, 8, n)
+trainer = make_trainer(p, stress)
+y = trainer.model.standardise(torch.as_tensor(stress, dtype=torch.float32))
+trainer.train_epoch(images[:256], y[:256])  # warm-up
+start = time.perf_counter(); trainer.train_epoch(images, y); train_s = time.perf_counter() - start
+steps = trainer.steps_per_epoch(n)
+g = torch.Generator().manual_seed(0)
+start = time.perf_counter()
+order = torch.randperm(n, generator=g)
+for b in range(steps):
+    idx = order[b * p.batch_size : (b + 1) * p.batch_size]
+    augment(to_input(images[idx]), p.augment, g).contiguous(memory_format=torch.channels_last)
+load_s = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+tiles = steps * p.batch_size
+print(json.dumps({"steps_per_s": steps / train_s, "train_tiles_per_s": tiles / train_s,
+                  "load_tiles_per_s": tiles / load_s, "peak_rss_mb": peak,
+                  "preset": p.model.preset, "batch": p.batch_size, "threads": p.threads}))
+"""
+
+
+@bench("regressor")
+def regressor_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Regressor training steps/s and peak RSS with the tuned params; the batch pipeline
+    (index, to float, augment) alone beside what training consumes."""
+    import subprocess
+
+    results = []
+    for _ in range(args.repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", _REGRESSOR_PROBE, args.params, "tuned/regressor.yaml"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r0 = results[0]
+    note = f"preset {r0['preset']}, batch {r0['batch']}, {r0['threads']} thread(s), 1024 tiles"
+    ratio = [r["load_tiles_per_s"] / r["train_tiles_per_s"] for r in results]
+    return [
+        _row("regressor training steps/s", "steps/s", [r["steps_per_s"] for r in results],
+             note=note),
+        _row("regressor training tiles/s", "tiles/s", [r["train_tiles_per_s"] for r in results]),
+        _row("batch pipeline alone (index + augment) tiles/s", "tiles/s",
+             [r["load_tiles_per_s"] for r in results], note="in-memory uint8 tiles, no DataLoader"),
+        _row("batch pipeline / training throughput", "x", ratio, target="> 1 (not the bottleneck)"),
+        _row("regressor training peak RSS", "MB", [r["peak_rss_mb"] for r in results]),
+    ]  # fmt: skip
+
+
 @bench("counterfactual")
 def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     """Eq. 2 over 64 tiles: one batched optimisation vs 64 one-by-one, same steps and restarts.

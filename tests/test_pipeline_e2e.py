@@ -237,6 +237,42 @@ def test_same_seed_gives_identical_metrics(clone):
         assert timeless == {k: v for k, v in after[name].items() if not k.endswith("wall_s")}, name
 
 
+def test_kill_9_during_training_then_dvc_repro_resumes(clone):
+    import signal
+    import time
+
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["train_attgan"]["train"].update(steps=400, checkpoint_every=10)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = clone / "checkpoints" / "attgan" / "state.json"
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train_attgan"], cwd=clone, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    step = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            step = json.loads(state.read_text())["meta"]["step"]
+        except (OSError, ValueError, KeyError):
+            step = 0
+        if step >= 30:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["meta"]["step"]
+    assert 30 <= killed_at < 400
+
+    rerun = _dvc(clone, "repro", "train_attgan")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "train_attgan: resuming from checkpoints/attgan at step" in rerun.stdout
+    metrics = json.loads((clone / "metrics" / "attgan.json").read_text())
+    assert metrics["train/steps"] == 400
+    assert metrics["train/wall_s"] > metrics["train/wall_s_this_run"]
+
+
 def test_bring_your_own_data_through_dvc(clone):
     """README recipe: point `data` at your own scans, `dvc add` them, reproduce what you need."""
     from .test_byo_and_bad_input import _user_data
