@@ -203,6 +203,9 @@ def test_unwritable_output_is_a_clear_error_and_a_failed_run(run_stage, user, ml
     assert _tile(run_stage, user) == 0
     assert _validate(run_stage, user) == 0
     capsys.readouterr()
+    params = yaml.safe_load((user["root"] / "params.yaml").read_text())
+    params["split"].update(test_lots=1, n_folds=2)  # the user study has 3 lots
+    (user["root"] / "params.yaml").write_text(yaml.safe_dump(params))
     blocker = user["root"] / "not-a-folder"
     blocker.write_text("a file where the output folder should be")
     summary = user["reports"] / "validate" / "summary.json"

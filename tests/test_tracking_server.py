@@ -67,4 +67,4 @@ def test_a_stage_logs_to_a_tracking_server(run_stage, user, server, monkeypatch)
     names = [f.path for f in client.list_artifacts(run.info.run_id, "figures")]
     assert names and any(p.endswith(".png") for p in names)
     assert any((store / "artifacts").rglob("*.png"))  # stored server-side
-    assert not (user["root"] / "mlruns").exists()  # nothing went to a local store
+    assert not (user["root"] / "mlruns" / "mlflow.db").exists()  # nothing in a local store
