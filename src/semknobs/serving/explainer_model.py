@@ -6,7 +6,10 @@ unpickled.
 
 Input: a DataFrame with a column ``image`` (base64 PNG or TIFF tiles at the model's tile size)
 and optionally ``size``, ``porosity``, ``dispersity``, ``facetness`` (the tiles' expert scores;
-estimated by the AttGAN discriminator when absent), or, in Python, a uint8 array (n, S, S).
+estimated by the AttGAN discriminator when absent). In Python a uint8 array (n, S, S) works
+too, either as ``tiles_frame(array)`` (:mod:`semknobs.serving.tile_codec`) or directly through
+``model.unwrap_python_model().predict(None, array, params)``; MLflow's own ``model.predict``
+enforces the logged DataFrame schema and refuses a bare array.
 Params: ``target`` ("higher", "lower" or a stress in MPa), ``lam``, ``steps``, ``delta``,
 ``restarts``; defaults are the ``explain`` stage's settings stored in the bundle.
 Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attribute`).
