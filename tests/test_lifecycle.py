@@ -415,3 +415,23 @@ def test_search_params_rejects_bad_settings(folders) -> None:
     with pytest.raises(ValueError, match="uint8"):
         explainer.attribute(np.zeros((1, 8, 8), np.uint8))
     assert dataclasses.asdict(explainer.defaults) == dataclasses.asdict(SEARCH)
+
+
+def test_register_relogs_a_model_missing_from_the_store(store: Path, folders) -> None:
+    """Models restored with `dvc pull` into a fresh store: the folder is logged again."""
+    gone = registry.LoggedModelRef("models:/m-0000", "m-0000", "0" * 32)
+    with tracking.stage_run("train_attgan", params={}):
+        attgan = registry.log_model(folders["attgan"], name="attgan", kind="attgan")
+    with tracking.stage_run("register", params={}) as run:
+        versions = register_models(
+            params=RegisterParams(names=NAMES),
+            model_dirs=folders,
+            logged={"attgan": attgan, "regressor": gone},
+            metrics={"regressor": GOOD},
+            descriptions={k: f"tiny {k}" for k in NAMES},
+            execution="exec-2",
+        )
+    assert versions["regressor"].run_id == run.info.run_id
+    assert versions["regressor"].tags["semknobs.relogged"] == "true"
+    assert "semknobs.relogged" not in versions["attgan"].tags
+    assert versions["attgan"].run_id == attgan.run_id
