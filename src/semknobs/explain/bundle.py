@@ -161,7 +161,8 @@ class KnobExplainer:
             raise ValueError(
                 f"tiles must be uint8 (n, {size}, {size}), got {tiles.dtype} {tiles.shape}"
             )
-        return torch.from_numpy(np.ascontiguousarray(tiles)).float().div(127.5).sub(1)[:, None]
+        # a copy: inputs may be read-only (memory maps, decoded buffers)
+        return torch.from_numpy(np.array(tiles)).float().div(127.5).sub(1)[:, None]
 
     def start_attributes(
         self, images: torch.Tensor, attributes: np.ndarray | None
