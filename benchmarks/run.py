@@ -285,11 +285,9 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
     throw-away store; default search settings (the explain stage's). One client, so requests/s
     is 1 / latency; p95 over the repeats.
     """
-    import subprocess
-
     from semknobs import registry, tracking
     from semknobs.data.tiles import load_tiles
-    from semknobs.serving.client import frame_request, free_port, post, wait_until_up
+    from semknobs.serving.client import frame_request, free_port, post, running_server
     from semknobs.serving.tile_codec import tiles_frame
 
     bundle = Path("models/explainer")
@@ -302,33 +300,26 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
         ref = registry.log_model(bundle, name="explainer", kind="explainer")
     tiles, _ = load_tiles(Path("data/tiles"))
     port = free_port()
-    with (work / "server.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "semknobs.cli", "serve", "--model", ref.model_uri,
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            startup = wait_until_up(f"http://127.0.0.1:{port}", 300, proc)
-            url = f"http://127.0.0.1:{port}/invocations"
-            rows = [_row("explainer server start-up", "s", [startup])]
-            for n, repeats in ((1, 4 * args.repeats), (16, 2 * args.repeats)):
-                body = frame_request(tiles_frame(tiles[:n]))
-                status, text = post(url, body)  # warm-up
-                if status != 200:
-                    raise RuntimeError(f"bench serve: HTTP {status}: {text[:500]}")
-                latency = _timed(lambda body=body: post(url, body), repeats)
-                p95 = float(np.percentile(latency, 95))
-                rows += [
-                    _row(f"served explainer, {n} tile(s)/request: latency", "s", latency,
-                         note=f"p95 {p95:.3g} s over {repeats} requests"),
-                    _row(f"served explainer, {n} tile(s)/request: requests/s", "1/s",
-                         [1 / t for t in latency]),
-                ]  # fmt: skip
-            return rows
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "semknobs.cli", "serve", "--model", ref.model_uri,
+               "--port", str(port)]  # fmt: skip
+    with running_server(command, base_url=base, log_path=work / "server.log", timeout_s=300) as up:
+        url = f"{base}/invocations"
+        rows = [_row("explainer server start-up", "s", [up])]
+        for n, repeats in ((1, 4 * args.repeats), (16, 2 * args.repeats)):
+            body = frame_request(tiles_frame(tiles[:n]))
+            status, text = post(url, body)  # warm-up
+            if status != 200:
+                raise RuntimeError(f"bench serve: HTTP {status}: {text[:500]}")
+            latency = _timed(lambda body=body: post(url, body), repeats)
+            p95 = float(np.percentile(latency, 95))
+            rows += [
+                _row(f"served explainer, {n} tile(s)/request: latency", "s", latency,
+                     note=f"p95 {p95:.3g} s over {repeats} requests"),
+                _row(f"served explainer, {n} tile(s)/request: requests/s", "1/s",
+                     [1 / t for t in latency]),
+            ]  # fmt: skip
+    return rows
 
 
 def _table(results: dict) -> str:

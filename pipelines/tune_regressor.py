@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -83,14 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         tags={"optuna.study": args.study_name, "optuna.storage": _shown(args.storage)},
     ) as run:
         study = create_study(make_storage(args.storage), args.study_name, tune)
-        job = WorkerJob(
-            storage=args.storage,
-            study_name=args.study_name,
-            tune=tune,
-            base=base,
-            tiles_dir=args.tiles_dir,
-            lots_csv=args.lots,
-            splits=args.splits,
+        job = _job(
+            args,
+            tune,
+            base,
             tracking_uri=tracking.configure(),
             experiment_id=run.info.experiment_id,
             parent_run_id=run.info.run_id,
@@ -145,14 +142,10 @@ def _join(args: argparse.Namespace, tune, base, n_workers: int) -> None:
 
         tracking_uri = tracking.configure()
         experiment_id = MlflowClient().get_run(args.parent_run_id).info.experiment_id
-    job = WorkerJob(
-        storage=args.storage,
-        study_name=args.study_name,
-        tune=tune,
-        base=base,
-        tiles_dir=args.tiles_dir,
-        lots_csv=args.lots,
-        splits=args.splits,
+    job = _job(
+        args,
+        tune,
+        base,
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=args.parent_run_id,
@@ -162,6 +155,20 @@ def _join(args: argparse.Namespace, tune, base, n_workers: int) -> None:
         print(f"tune_regressor --join: ran {run_worker(job)} trial(s)")
     else:
         run_workers(job, n_workers)
+
+
+def _job(args: argparse.Namespace, tune, base, **run: Any) -> WorkerJob:
+    """The worker job for this study and data; ``run`` says where its trials are tracked."""
+    return WorkerJob(
+        storage=args.storage,
+        study_name=args.study_name,
+        tune=tune,
+        base=base,
+        tiles_dir=args.tiles_dir,
+        lots_csv=args.lots,
+        splits=args.splits,
+        **run,
+    )
 
 
 def _shown(storage: str) -> str:

@@ -52,6 +52,25 @@ def mlflow_tmp(tmp_path, monkeypatch) -> Path:
     return store
 
 
+@pytest.fixture(scope="module")
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real sqlite MLflow store per test module, configured as the project configures it
+    (creating its tables takes MLflow ~10 s here), with execution id ``pytest-<module>``."""
+    from semknobs import tracking
+
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    root = tmp_path_factory.mktemp(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("SEMKNOBS_EXECUTION_ID", f"pytest-{module}")
+        mp.setattr(tracking, "_configured_uri", None)
+        mp.setattr(tracking, "_default_written", None)
+        mp.chdir(root)  # stage_run reads git/dvc.lock from the working directory
+        tracking.configure()
+        tracking.ensure_experiment()  # creates the tables (alembic migrations): the slow part
+        yield root
+
+
 def load_stage(name: str):
     """Import ``pipelines/<name>.py`` as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,7 @@ from semknobs.lifecycle.promote import Gate, PromoteParams, champions, check_gat
 from semknobs.lifecycle.register import RegisterParams, register_models
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
-from semknobs.serving.client import frame_request, free_port, post, wait_until_up
+from semknobs.serving.client import frame_request, free_port, post, running_server
 from semknobs.serving.tile_codec import tiles_frame
 
 SIZE = 32
@@ -60,20 +59,6 @@ GATES = PromoteParams(
         "t-explainer": [Gate("counterfactual/success_rate", min=0.99)],
     }
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lifecycle")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("SEMKNOBS_EXECUTION_ID", "pytest-lifecycle")
-        mp.setattr(tracking, "_configured_uri", None)
-        mp.setattr(tracking, "_default_written", None)
-        mp.chdir(root)
-        tracking.configure()
-        tracking.ensure_experiment()
-        yield root
 
 
 @pytest.fixture(scope="module")
@@ -347,28 +332,12 @@ def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path
 def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> None:
     _register(folders, GOOD)
     port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "semknobs.cli",
-            "serve",
-            "--model",
-            "models:/t-explainer@candidate",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_up(base, 240, proc)
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+    command = [
+        sys.executable, "-m", "semknobs.cli", "serve",
+        "--model", "models:/t-explainer@candidate", "--port", str(port),
+    ]  # fmt: skip
+    with running_server(command, base_url=base, log_path=tmp_path / "server.log", timeout_s=240):
         url = f"{base}/invocations"
 
         status, text = post(url, frame_request(tiles_frame(_tiles(1)), steps=3))
@@ -393,13 +362,6 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
             status, text = post(url, payload)
             assert 400 <= status < 500, (what, status, text[:500])
         assert "row 0" in post(url, bad_requests["bad base64"])[1]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_search_params_rejects_bad_settings(folders) -> None:

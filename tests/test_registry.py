@@ -56,21 +56,6 @@ FRESH = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One sqlite store for the module: creating its tables takes MLflow ~10 s here."""
-    root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("SEMKNOBS_EXECUTION_ID", "pytest-registry")
-        mp.setattr(tracking, "_configured_uri", None)
-        mp.setattr(tracking, "_default_written", None)
-        mp.chdir(root)  # stage_run reads git/dvc.lock from the working directory
-        tracking.configure()
-        tracking.ensure_experiment()  # creates the tables (alembic migrations): the slow part
-        yield root
-
-
 def _tiny_model(seed: int) -> tuple[Generator, Discriminator]:
     torch.manual_seed(seed)
     gen, dis = Generator(TINY), Discriminator(TINY)

@@ -3,16 +3,13 @@ on loopback (sqlite backend, served artifacts) and a real stage run against it."
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from semknobs import tracking
-from semknobs.serving.client import free_port, wait_until_up
+from semknobs.serving.client import free_port, running_server
 
 from .test_byo_and_bad_input import _tile, user  # noqa: F401  (user is a fixture)
 
@@ -24,30 +21,17 @@ def server(tmp_path: Path):
     port = free_port()
     store = tmp_path / "server"
     store.mkdir()
-    log = (tmp_path / "server.log").open("w")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=env,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_up(url, 180, proc, path="/health")
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+        "--workers", "1",
+    ]  # fmt: skip
+    with running_server(
+        command, base_url=url, log_path=tmp_path / "server.log", timeout_s=180, path="/health"
+    ):
         yield url, store
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_a_stage_logs_to_a_tracking_server(run_stage, user, server, monkeypatch):  # noqa: F811

@@ -192,8 +192,6 @@ def _promote(args: argparse.Namespace) -> int:
     from semknobs.lifecycle.promote import PromoteParams, promote
 
     params = load_section(PromoteParams, "promote", args.params)
-    if args.force and not (args.reason or "").strip():
-        raise SemknobsError("--force needs --reason TEXT (it is recorded on the version)")
     if args.all and args.version:
         raise SemknobsError("--version goes with --model, not --all")
     tracking.configure()
@@ -222,12 +220,11 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     from semknobs import registry, tracking
+    from semknobs.serving.client import interpreter_env
 
     uri = tracking.configure()
-    registry._check_registered(args.model)
+    registry.check_registered(args.model)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"semknobs: warning: serving on {args.host}, reachable from other machines")
     command = [
@@ -235,9 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
         "--env-manager", "local", "--host", args.host, "--port", str(args.port),
         "--workers", str(args.workers),
     ]  # fmt: skip
-    # mlflow execs `uvicorn` by name: find it beside this interpreter even without an activated venv
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    env = interpreter_env(MLFLOW_TRACKING_URI=uri)  # mlflow execs `uvicorn` by name
     print(f"semknobs: serving {args.model} on http://{args.host}:{args.port}/invocations")
     return subprocess.call(command, env=env)
 

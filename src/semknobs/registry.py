@@ -88,12 +88,17 @@ class ServingSpec:
         return Path(spec.origin)
 
 
-def _attgan_size(config: Mapping[str, Any]) -> tuple[int, int]:
+def _img_size(config: Mapping[str, Any], what: str) -> int:
+    """The tile size a model folder's config declares (top level, else ``model.img_size``)."""
     model = config.get("model") or {}
     size = int(config.get("img_size") or model.get("img_size") or 0)
     if size <= 0:
-        raise ModelError("AttGAN config has no img_size (neither top level nor model.img_size)")
-    return size, int(model.get("n_attrs", 4))
+        raise ModelError(f"{what} config has no img_size (neither top level nor model.img_size)")
+    return size
+
+
+def _attgan_size(config: Mapping[str, Any]) -> tuple[int, int]:
+    return _img_size(config, "AttGAN"), int((config.get("model") or {}).get("n_attrs", 4))
 
 
 def _attgan_signature(config: Mapping[str, Any]) -> ModelSignature:
@@ -121,27 +126,19 @@ def _attgan_example(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _regressor_size(config: Mapping[str, Any]) -> int:
-    model = config.get("model") or {}
-    size = int(config.get("img_size") or model.get("img_size") or 0)
-    if size <= 0:
-        raise ModelError("regressor config has no img_size (neither top level nor model.img_size)")
-    return size
-
-
 def _regressor_signature(config: Mapping[str, Any]) -> ModelSignature:
     """Tensor signature: uint8 tiles (n, S, S) -> float32 peak stress in MPa (n,)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    size = _regressor_size(config)
+    size = _img_size(config, "regressor")
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1,))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def _regressor_example(config: Mapping[str, Any]) -> np.ndarray:
-    size = _regressor_size(config)
+    size = _img_size(config, "regressor")
     return np.linspace(0, 255, size * size).reshape(1, size, size).round().astype(np.uint8)
 
 
@@ -177,9 +174,7 @@ def _explainer_signature(config: Mapping[str, Any]) -> ModelSignature:
 def _explainer_example(config: Mapping[str, Any]) -> Any:
     from semknobs.serving.tile_codec import tiles_frame
 
-    size = int(config.get("img_size") or 0)
-    if size <= 0:
-        raise ModelError("explainer config has no img_size")
+    size = _img_size(config, "explainer")
     yy, xx = np.mgrid[:size, :size]
     tile = (127 + 100 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).round().astype(np.uint8)
     return tiles_frame(tile[None])
@@ -494,7 +489,7 @@ def _creation_hint(registered_name: str) -> str:
     return "semknobs.registry.log_model_dir registers model folders"
 
 
-def _check_registered(model_uri: str) -> None:
+def check_registered(model_uri: str) -> None:
     """Turn a missing registered model, version or alias into a :class:`ModelError`."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -616,7 +611,7 @@ def load_model_dir(model_uri: str | Path, dst_path: str | Path | None = None) ->
     from semknobs import tracking
 
     tracking.configure()
-    _check_registered(uri)
+    check_registered(uri)
     if dst_path is None:
         dst_path = tempfile.mkdtemp(prefix="semknobs-model-")
     Path(dst_path).mkdir(parents=True, exist_ok=True)
@@ -628,7 +623,7 @@ def load_model_dir(model_uri: str | Path, dst_path: str | Path | None = None) ->
 
 
 @contextlib.contextmanager
-def _model_dir(model_uri_or_dir: str | Path) -> Iterator[Path]:
+def local_model_dir(model_uri_or_dir: str | Path) -> Iterator[Path]:
     """A local model folder for the duration of the block; a download is removed afterwards."""
     local = _local_path(str(model_uri_or_dir))
     if local is not None:
@@ -686,7 +681,7 @@ def load_attgan(model_uri_or_dir: str | Path) -> tuple[Generator, dict[str, Any]
     Returns ``(generator in eval mode on the CPU, the folder's full config)``; the generator is
     rebuilt from ``config["model"]`` (AttGANConfig fields) and ``generator.safetensors``.
     """
-    with _model_dir(model_uri_or_dir) as folder:
+    with local_model_dir(model_uri_or_dir) as folder:
         config = read_config(folder, kind="attgan")
         if not isinstance(config.get("model"), dict):
             raise ModelError(f"{folder / CONFIG_FILE}: bad AttGAN 'model' entry (missing)")
@@ -701,7 +696,7 @@ def load_regressor(model_uri_or_dir: str | Path) -> tuple[PeakStressRegressor, d
     rebuilt from ``config["model"]`` (RegressorConfig fields) and ``config["target"]`` (the
     training mean/std of the stress) and loaded from ``regressor.safetensors``.
     """
-    with _model_dir(model_uri_or_dir) as folder:
+    with local_model_dir(model_uri_or_dir) as folder:
         config = read_config(folder, kind="regressor")
         model = build_regressor_module(
             folder, config.get("model") or {}, config.get("target") or {}

@@ -107,9 +107,20 @@ def tile_scan(image: np.ndarray, params: TileParams, path: Path) -> tuple[np.nda
     grid = area[: ny * t, : nx * t].astype(np.float32)
     tiles = grid.reshape(ny, t, nx, t).transpose(0, 2, 1, 3).reshape(ny * nx, t, t)
     tiles = _resize(tiles, params.out_px)
-    tiles = np.clip((tiles - lo) * (255.0 / (hi - lo)), 0, 255)
     rc = np.stack(np.divmod(np.arange(ny * nx), nx), axis=1)
-    return np.rint(tiles).astype(np.uint8), rc
+    return to_uint8(tiles, lo, hi), rc
+
+
+def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``[lo, hi]`` mapped linearly onto 0..255, clipped and rounded: the 8-bit mapping."""
+    return np.rint(np.clip((image - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+
+
+def tile_to_uint8(tile: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """A single tile as uint8: 8-bit as is, 16-bit through its robust intensity range."""
+    if tile.dtype == np.uint8:
+        return tile
+    return to_uint8(tile, *intensity_range(tile, percentiles))
 
 
 def _resize(tiles: np.ndarray, out: int) -> np.ndarray:

@@ -10,7 +10,6 @@ lowered edits, and the mean knob changes). Files are written under temporary nam
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,6 @@ from scipy import stats
 
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
-from semknobs.errors import DataError
 from semknobs.explain.bundle import Explanation, KnobExplainer
 from semknobs.stage import save_figure, write_json
 
@@ -32,20 +30,17 @@ FIGURE_TILES = 4
 
 def read_tiles(path: Path, explainer: KnobExplainer) -> tuple[np.ndarray, pd.DataFrame]:
     """(uint8 tiles (n, S, S), where each came from) for one image file."""
+    from semknobs.config import from_mapping
     from semknobs.data.scans import read_scan
-    from semknobs.data.tiles import TileParams, intensity_range, tile_scan
+    from semknobs.data.tiles import TileParams, tile_scan, tile_to_uint8
 
     image = read_scan(path)  # DataError naming the file when unreadable
     size = explainer.img_size
-    known = {f.name for f in dataclasses.fields(TileParams)}
-    tile = {k: v for k, v in explainer.tile.items() if k in known}
-    params = TileParams(**{**tile, "percentiles": tuple(tile.get("percentiles", (0.5, 99.5)))})
+    params = from_mapping(TileParams, explainer.tile, where="explainer config: tile")
     if image.shape == (size, size):
-        if image.dtype == np.uint16:
-            lo, hi = intensity_range(image, params.percentiles)
-            image = np.rint(np.clip((image - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
-        return image[None], pd.DataFrame({"row": [0], "col": [0]})
-    tiles, rc = tile_scan(image, params, path)
+        tiles, rc = tile_to_uint8(image, params.percentiles)[None], np.zeros((1, 2), int)
+    else:
+        tiles, rc = tile_scan(image, params, path)
     return tiles, pd.DataFrame({"row": rc[:, 0], "col": rc[:, 1]})
 
 
@@ -127,17 +122,14 @@ def explain_paths(
     ``attributes``: the inputs' expert scores (size, porosity, dispersity, facetness), used as
     every tile's starting point; without them the bundle estimates each tile's.
 
-    All inputs are read and checked before anything is written, so a bad file stops the run
-    with nothing half-done.
+    All inputs are read and checked before anything is written, so a bad or missing file stops
+    the run with nothing half-done (:func:`read_scan` names it).
     """
     from tqdm.auto import tqdm
 
     from semknobs.explain.bundle import search_params
 
     searches = {t: search_params(explainer.defaults, target=t, **(settings or {})) for t in targets}
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"no such file: {', '.join(map(str, missing))}")
     inputs = [(Path(p), *read_tiles(Path(p), explainer)) for p in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()

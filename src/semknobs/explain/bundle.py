@@ -17,6 +17,7 @@ was used (``attributes_from``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,14 @@ class StressInMPa(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reg.predict_mpa(x)
+
+
+def in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``fn`` over ``x`` in batches, without gradients, concatenated."""
+    with torch.no_grad():
+        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -148,9 +157,9 @@ class KnobExplainer:
     @classmethod
     def load(cls, model_uri_or_dir: str | Path, **kwargs: Any) -> KnobExplainer:
         """From a bundle folder or a registered/logged ``semknobs-explainer`` model."""
-        from semknobs.registry import _model_dir
+        from semknobs.registry import local_model_dir
 
-        with _model_dir(model_uri_or_dir) as folder:
+        with local_model_dir(model_uri_or_dir) as folder:
             return cls.from_folder(folder, **kwargs)
 
     def to_tensor(self, tiles: np.ndarray) -> torch.Tensor:
@@ -178,13 +187,7 @@ class KnobExplainer:
             return torch.from_numpy(np.clip(self.scaler.transform(given), 0, 1)).float(), "given"
         if self.dis is None:
             raise ValueError("attributes not given and no discriminator to estimate them")
-        with torch.no_grad():
-            logits = torch.cat(
-                [
-                    self.dis(images[i : i + self.batch_size])[1]
-                    for i in range(0, len(images), self.batch_size)
-                ]
-            )
+        logits = in_batches(lambda x: self.dis(x)[1], images, self.batch_size)
         return torch.sigmoid(logits).float(), "estimated"
 
     def attribute(
@@ -203,13 +206,7 @@ class KnobExplainer:
         params = params or self.defaults
         images = self.to_tensor(tiles)
         attrs, source = self.start_attributes(images, attributes)
-        with torch.no_grad():
-            direct = torch.cat(
-                [
-                    self.reg(images[i : i + self.batch_size])
-                    for i in range(0, len(images), self.batch_size)
-                ]
-            )
+        direct = in_batches(self.reg, images, self.batch_size)
         res = self.search.attribute_batched(images, attrs, params, self.batch_size)
         start = self.scaler.inverse(res.attrs)
         new = self.scaler.inverse(res.new_attrs)

@@ -15,7 +15,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain import figures
-from semknobs.explain.bundle import StressInMPa
+from semknobs.explain.bundle import StressInMPa, in_batches
 from semknobs.explain.correlation import correlation_table, linear_coefficients
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
@@ -87,13 +87,7 @@ def explain(
 
     # 1. reconstruction shift R(I) vs R(G(I; A))
     sens = ForwardSensitivity(gen, reg_mpa, batch_size=params.batch_size)
-    with torch.no_grad():
-        direct = torch.cat(
-            [
-                reg_mpa(images[i : i + params.batch_size])
-                for i in range(0, len(images), params.batch_size)
-            ]
-        )
+    direct = in_batches(reg_mpa, images, params.batch_size)
     sweep = sens.attribute(images, attrs, points=params.sweep_points)
     shift = sweep.baseline - direct.numpy()
     metrics["recon/shift_mean_mpa"] = float(shift.mean())

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -62,3 +68,50 @@ def frame_request(frame: pd.DataFrame, **params: Any) -> bytes:
     if params:
         payload["params"] = params
     return json.dumps(payload).encode()
+
+
+def interpreter_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the interpreter's bin folder first on PATH, so that
+    tools exec'd by name (``mlflow`` runs ``uvicorn``) come from the same venv without an
+    activated shell; ``extra`` variables added."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, **extra}
+
+
+@contextlib.contextmanager
+def running_server(
+    command: Sequence[str],
+    *,
+    base_url: str,
+    log_path: Path,
+    timeout_s: float,
+    path: str = "/ping",
+) -> Iterator[float]:
+    """Start ``command`` (a server) in its own process group, wait until ``base_url + path``
+    answers, yield the start-up seconds; stop the whole group afterwards.
+
+    Output goes to ``log_path``; a server that does not come up raises RuntimeError with the
+    log's tail. The interpreter's bin folder is put on PATH (servers exec ``uvicorn`` by name).
+    """
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    with Path(log_path).open("w") as log:
+        proc = subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        try:
+            try:
+                startup = wait_until_up(base_url, timeout_s, proc, path=path)
+            except RuntimeError as exc:
+                log.flush()
+                raise RuntimeError(f"{exc}\n{Path(log_path).read_text()[-3000:]}") from None
+            yield startup
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -55,7 +55,7 @@ def tiles_frame(
 def decode_tile(text: str, size: int, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
     """A base64 PNG/TIFF string -> uint8 (size, size). Raises ValueError saying what is wrong."""
     from semknobs.data.scans import _as_greyscale
-    from semknobs.data.tiles import intensity_range
+    from semknobs.data.tiles import tile_to_uint8
 
     if not isinstance(text, str) or not text:
         raise ValueError("expected a non-empty base64 string")
@@ -88,10 +88,7 @@ def decode_tile(text: str, size: int, percentiles: Sequence[float] = (0.5, 99.5)
             f"tile is {array.shape[0]}x{array.shape[1]} px, the model takes {size}x{size} "
             "(tile whole scans with `semknobs explain`)"
         )
-    if array.dtype == np.uint16:
-        lo, hi = intensity_range(array, tuple(percentiles))
-        array = np.rint(np.clip((array - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
-    return array
+    return tile_to_uint8(array, tuple(percentiles))
 
 
 def decode_frame(
