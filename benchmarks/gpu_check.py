@@ -126,6 +126,38 @@ def counterfactual_rows(n: int) -> list[dict]:
              "seconds": median, "tiles_per_s": n / median, "peak_gib": peak}]  # fmt: skip
 
 
+def ddp_rows(steps: int) -> list[dict]:
+    """benchmarks/ddp_train.py at the paper size: plain python against torchrun with one process
+    (DDP over NCCL; one GPU here, so this checks the code path and its overhead, not scaling)."""
+    import subprocess
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in ("attgan", "regressor"):
+            for launcher in ("python", "torchrun"):
+                prefix = [sys.executable]
+                if launcher == "torchrun":
+                    prefix += ["-m", "torch.distributed.run", "--standalone"]
+                    prefix += ["--nproc-per-node", "1"]
+                out = Path(tmp) / f"{model}-{launcher}"
+                cmd = [*prefix, "benchmarks/ddp_train.py", "--model", model, "--size", "paper",
+                       "--device", "cuda", "--steps", str(steps), "--steps-per-epoch", "25",
+                       "--batch", "32", "--out", str(out)]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)}: {done.stderr[-2000:]}")
+                result = json.loads((out / "result.json").read_text())
+                rows.append(
+                    {"model": f"{model} paper size, {launcher} (set-up included)",
+                     "precision": f"bf16 autocast, backend {result['backend']}",
+                     "steps_per_s": result["steps_per_s"], "peak_gib": float("nan"),
+                     "steps": result["steps"],
+                     "replica_max_abs_diff": result["replica_max_abs_diff"]}
+                )  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gpu_results.json"))
@@ -136,20 +168,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
-    rows = attgan_rows(args.steps, 32) + regressor_rows(args.steps, 64) + counterfactual_rows(64)
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "wall_s": time.perf_counter() - started,
-        "rows": rows,
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": [],
+              "errors": {}}  # fmt: skip
+    sections = {
+        "attgan": lambda: attgan_rows(args.steps, 32),
+        "regressor": lambda: regressor_rows(args.steps, 64),
+        "counterfactual": lambda: counterfactual_rows(64),
+        "ddp": lambda: ddp_rows(100),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for r in rows:
-        speed = r.get("steps_per_s") or r.get("tiles_per_s")
-        print(f"{r['model']:<55} {r['precision']:<30} {speed:8.2f}/s  {r['peak_gib']:.2f} GiB")
+    for name, section in sections.items():  # one failing section does not lose the others
+        try:
+            rows = section()
+        except Exception as exc:  # recorded and reported; exit status 1
+            result["errors"][name] = f"{type(exc).__name__}: {exc}"
+            print(f"gpu_check: {name} failed: {result['errors'][name]}", file=sys.stderr)
+            rows = []
+        finally:
+            torch.cuda.empty_cache()
+        result["rows"] += rows
+        for r in rows:
+            speed = r.get("steps_per_s") or r.get("tiles_per_s")
+            print(f"{r['model']:<55} {r['precision']:<30} {speed:8.2f}/s  {r['peak_gib']:.2f} GiB")
+        result["wall_s"] = time.perf_counter() - started
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every section
     print(f"gpu_check: {result['wall_s']:.0f} s on {result['device']}")
-    return 0
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

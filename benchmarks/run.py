@@ -322,6 +322,38 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
+@bench("ddp")
+def ddp_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Training steps/s of both models at the default sizes: one process with 1 and 2 threads
+    against DDP over 2 processes of 1 thread each (torchrun, gloo), same global batch 32."""
+    import subprocess
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    layouts = {
+        "1 process x 1 thread": ([sys.executable], "1"),
+        "1 process x 2 threads": ([sys.executable], "2"),
+        "DDP 2 processes x 1 thread": ([*torchrun, "--nproc-per-node", "2"], "1"),
+    }
+    steps = {"attgan": 40, "regressor": 200}
+    rows = []
+    for model in ("attgan", "regressor"):
+        for k, (layout, (launcher, threads)) in enumerate(layouts.items()):
+            values = []
+            for i in range(args.repeats):
+                out = work / f"{model}-{k}-{i}"
+                cmd = [*launcher, "benchmarks/ddp_train.py", "--model", model, "--size", "default",
+                       "--batch", "32", "--steps", str(steps[model]), "--steps-per-epoch", "50",
+                       "--out", str(out)]  # fmt: skip
+                env = dict(os.environ, OMP_NUM_THREADS=threads)
+                subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                values.append(json.loads((out / "result.json").read_text())["steps_per_s"])
+            rows.append(
+                _row(f"{model} training, {layout}", "steps/s", values,
+                     note=f"default size, global batch 32, {steps[model]} steps, random tiles")
+            )  # fmt: skip
+    return rows
+
+
 def _table(results: dict) -> str:
     lines = [
         f"Machine: {results['machine']}; {results['repeats']} repeats, medians.",

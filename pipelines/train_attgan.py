@@ -4,9 +4,13 @@ test lots, log it to MLflow (the `register` stage registers it as `semknobs-attg
 Honest evaluation: the AttGAN never sees a test lot's tiles; reconstruction, concept control and
 realism are measured on the test lots only. Rerunning after an interruption resumes from the
 last checkpoint (--checkpoint-dir is a persistent DVC output).
+
+Data-parallel: ``torchrun --standalone --nproc-per-node N pipelines/train_attgan.py ...`` trains
+with DDP (see :mod:`semknobs.train.distributed`); rank 0 does everything else.
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -17,11 +21,17 @@ from semknobs.config import deep_merge, from_mapping, load_overrides, load_param
 from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
 from semknobs.evaluation.attgan import evaluate_attgan, sample_grid
 from semknobs.stage import save_figure, stage_main, write_json, write_metrics
+from semknobs.train import distributed
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
+    with distributed.session() as world:
+        run(argv, world)
+
+
+def run(argv: list[str] | None, world: distributed.World) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--tuned", type=Path, help="overrides from tune_attgan (YAML)")
@@ -49,7 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     samples = slice(0, params.sample_tiles)
     deps = [args.tiles_dir, args.lots, args.splits]
-    with tracking.stage_run("train_attgan", params=params, deps=deps, tags={"tuned": bool(tuned)}):
+    tags = {"tuned": bool(tuned), "ddp.world_size": world.size}
+    tracked = (
+        tracking.stage_run("train_attgan", params=params, deps=deps, tags=tags)
+        if world.is_main
+        else contextlib.nullcontext()
+    )
+    with tracked:
 
         def on_checkpoint(trainer) -> None:
             if trainer.step % params.sample_every == 0 or trainer.step == params.train.steps:
@@ -65,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
             data_key=tracking.data_version(deps).get("data.version", ""),
             log=tracking.log_metrics,
             on_checkpoint=on_checkpoint,
+            world=world,
         )
         wall = time.perf_counter() - started
+        if not world.is_main:
+            return
         metrics, figures, _ = evaluate_attgan(trainer.gen, test.images, test.attrs, params.eval)
         total = trainer.train_seconds  # all runs behind this model; None if unknown
         metrics |= {
@@ -74,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             "train/wall_s_this_run": wall,
             "train/steps": trainer.step,
         }
+        if world.size > 1:
+            metrics["train/replica_max_abs_diff"] = trainer.replica_gap
         write_metrics(args.metrics, metrics)
         tracking.log_metrics(metrics)
         for name, figure in figures.items():

@@ -5,9 +5,13 @@ as `semknobs-regressor`).
 
 Lot-level metrics use the mean of a lot's tile predictions. Rerunning after an interruption
 resumes from the last epoch's checkpoint (--checkpoint-dir is a persistent DVC output).
+
+Data-parallel: ``torchrun --standalone --nproc-per-node N pipelines/train_regressor.py ...``
+trains with DDP (see :mod:`semknobs.train.distributed`); rank 0 does everything else.
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -25,12 +29,18 @@ from semknobs.evaluation.regressor import (
 )
 from semknobs.models.regressor import predict
 from semknobs.stage import save_figure, stage_main, write_json, write_metrics
+from semknobs.train import distributed
 from semknobs.train.regressor import TrainRegressorStageParams, set_threads, train_regressor
 from semknobs.train.tune_regressor import training_lots
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
+    with distributed.session() as world:
+        run(argv, world)
+
+
+def run(argv: list[str] | None, world: distributed.World) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--tuned", type=Path, help="overrides from tune_regressor (YAML)")
@@ -61,9 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         tiles_dir=args.tiles_dir, lots_csv=args.lots, lots=splits["test"], scaler=scaler
     )
     deps = [args.tiles_dir, args.lots, args.splits, args.measurements]
-    with tracking.stage_run(
-        "train_regressor", params=params, deps=deps, tags={"tuned": bool(tuned)}
-    ):
+    tags = {"tuned": bool(tuned), "ddp.world_size": world.size}
+    tracked = (
+        tracking.stage_run("train_regressor", params=params, deps=deps, tags=tags)
+        if world.is_main
+        else contextlib.nullcontext()
+    )
+    with tracked:
         started = time.perf_counter()
         trainer = train_regressor(
             params=params.train,
@@ -72,8 +86,11 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_dir=args.checkpoint_dir,
             data_key=tracking.data_version(deps[:3]).get("data.version", ""),
             log=tracking.log_metrics,
+            world=world,
         )
         wall = time.perf_counter() - started
+        if not world.is_main:
+            return
         model = trainer.model
         test_lots = test.manifest["lot"].to_numpy()
         pred = predict(model, test.images, params.train.eval_batch_size)
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
             "baseline_rf/wall_s": rf_wall,
             "test/n_lots": len(set(test_lots)),
         }
+        if world.size > 1:
+            metrics["train/replica_max_abs_diff"] = trainer.replica_gap
         write_metrics(args.metrics, metrics)
         tracking.log_metrics(metrics)
 

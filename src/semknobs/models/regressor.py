@@ -191,6 +191,8 @@ class PeakStressRegressor(nn.Module):
         return self(x) * self.target_std + self.target_mean
 
     def standardise(self, stress_mpa: torch.Tensor) -> torch.Tensor:
+        """MPa (on any device) -> standardised target, on the model's device."""
+        stress_mpa = stress_mpa.to(self.target_mean.device)
         return (stress_mpa - self.target_mean) / self.target_std
 
     @property

@@ -17,6 +17,10 @@ Resume: a checkpoint (weights, optimizer moments, RNG state, step) every ``check
 steps; rerunning with the same params continues from it. All randomness (batches, targets, GP
 interpolation) comes from one seeded ``torch.Generator`` saved in the checkpoint, so on CPU a
 resumed run ends with exactly the weights of an uninterrupted one.
+
+Several processes (torchrun, :mod:`semknobs.train.distributed`): each rank draws the global batch
+and its random numbers, keeps its share of the rows, and DDP averages the gradients of the critic
+and of the generator's edit-and-reconstruct pass.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from semknobs.config import to_mapping
 from semknobs.evaluation.attgan import AttGANEvalParams
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
 from semknobs.train.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from semknobs.train.device import autocast, pick_device
+from semknobs.train.device import autocast
+from semknobs.train.distributed import World
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -71,12 +76,30 @@ class AttGANTrainParams:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class EditAndReconstruct(torch.nn.Module):
+    """The generator's training pass as one module call, so that DDP can see it.
+
+    (B, 1, S, S) tiles, attributes ``a`` and targets ``b`` (B, A) -> (edit to b, reconstruction).
+    """
+
+    def __init__(self, gen: Generator):
+        super().__init__()
+        self.gen = gen
+
+    def forward(
+        self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.gen.encode(x)
+        return self.gen.decode(feats, b), self.gen.decode(feats, a)
+
+
 @dataclass
 class AttGANTrainer:
-    """Holds the models, optimizers and RNG of one training run."""
+    """Holds the models, optimizers and RNG of one training run (of this rank, under DDP)."""
 
     params: AttGANTrainParams
     device: torch.device
+    world: World = field(default_factory=World)
     gen: Generator = field(init=False)
     dis: Discriminator = field(init=False)
 
@@ -92,6 +115,15 @@ class AttGANTrainer:
         # training seconds over all runs that led here; None after resuming a checkpoint that
         # did not record them (then the total is unknown, not the last run's share)
         self.train_seconds: float | None = 0.0
+        self.replica_gap = 0.0  # under DDP: max |weight - rank 0's| at the end (0.0: in sync)
+        self.world.shard(self.params.batch_size, "train_attgan.train.batch_size")  # divisible?
+        self._dis: torch.nn.Module = self.dis
+        self._edit: torch.nn.Module = EditAndReconstruct(self.gen)
+
+    def distribute(self) -> None:
+        """Wrap the trained passes in DDP (after resuming: DDP copies rank 0's weights)."""
+        self._dis = self.world.wrap(self.dis, self.device)
+        self._edit = self.world.wrap(EditAndReconstruct(self.gen), self.device)
 
     # -- state -------------------------------------------------------------------------------
     def _parts(self) -> dict[str, Any]:
@@ -125,32 +157,36 @@ class AttGANTrainer:
         uniform = torch.rand(b.shape, generator=self.rng)
         return torch.where(swap, uniform, b.cpu()).to(a.device)
 
-    def train_step(self, x: torch.Tensor, a: torch.Tensor) -> dict[str, float]:
-        """One generator update after ``n_critic`` critic updates on the same real batch."""
+    def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
+        """One generator update after ``n_critic`` critic updates on the same real batch.
+
+        ``x_all``, ``a_all``: the global batch; this rank trains on its rows of it.
+        """
         p = self.params
+        rows = self.world.shard(len(x_all))
+        x, a = x_all[rows], a_all[rows]
         self.gen.train()
         self.dis.train()
         for _ in range(p.n_critic):
-            b = self.targets(a)
+            b = self.targets(a_all)[rows]
             with torch.no_grad(), autocast(self.device):
                 fake = self.gen(x, b)
             with autocast(self.device):
-                score_real, att_real = self.dis(x)
-                score_fake, _ = self.dis(fake.float())
+                score_real, att_real = self._dis(x)
+                score_fake, _ = self._dis(fake.float())
                 wasserstein = score_real.float().mean() - score_fake.float().mean()
                 att_d = F.binary_cross_entropy_with_logits(att_real.float(), a)
-            alpha = torch.rand(len(x), 1, 1, 1, generator=self.rng).to(x.device)
-            gp = gradient_penalty(self.dis, x, fake.float(), alpha=alpha)
+            alpha = torch.rand(len(x_all), 1, 1, 1, generator=self.rng)[rows].to(x.device)
+            gp = gradient_penalty(self._dis, x, fake.float(), alpha=alpha)
             loss_d = -wasserstein + p.lambda_gp * gp + p.lambda_att_d * att_d
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
 
-        b = self.targets(a)
+        b = self.targets(a_all)[rows]
         with autocast(self.device):
-            feats = self.gen.encode(x)
-            fake = self.gen.decode(feats, b)
-            rec = self.gen.decode(feats, a)
+            fake, rec = self._edit(x, a, b)
+            # the plain critic: its gradients here are discarded, so DDP need not reduce them
             score_fake, att_fake = self.dis(fake)
             adv_g = -score_fake.float().mean()
             att_g = F.binary_cross_entropy_with_logits(att_fake.float(), b)
@@ -183,17 +219,23 @@ def train_attgan(
     on_checkpoint: Callable[[AttGANTrainer], None] | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    world: World | None = None,
 ) -> AttGANTrainer:
     """Train (or resume) on uint8 ``images`` (n, s, s) with ``attrs`` (n, 4) in [0, 1].
 
     ``stop_after`` ends the run early at that step (tests use it to simulate an interruption).
+    Under DDP (``world`` of several ranks) only rank 0 logs, shows progress and checkpoints.
     """
-    device = pick_device(params.device)
-    trainer = AttGANTrainer(params, device)
+    world = world or World()
+    trainer = AttGANTrainer(params, world.device(params.device), world)
     fingerprint = params.fingerprint(data_key)
     resumed = checkpoint_dir is not None and trainer.try_resume(checkpoint_dir, fingerprint)
-    if resumed:
+    if resumed and world.is_main:
         print(f"train_attgan: resuming from {checkpoint_dir} at step {trainer.step}")
+    trainer.distribute()
+    if not world.is_main:
+        log, on_checkpoint, checkpoint_dir, progress = None, None, None, False
+    device = trainer.device
     images = images.to(device)
     attrs = attrs.to(device)
     n = len(images)
@@ -231,6 +273,9 @@ def train_attgan(
                 on_checkpoint(trainer)
     trainer.add_time(time.perf_counter() - mark)
     bar.close()
+    trainer.replica_gap = max(
+        world.replica_gap(trainer.gen, device), world.replica_gap(trainer.dis, device)
+    )
     return trainer
 
 

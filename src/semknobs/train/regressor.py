@@ -26,6 +26,10 @@ data continues from it. All randomness of training -- batch order, augmentations
 masks (the global torch RNG is re-seeded from the run's generator at the start of every epoch) --
 comes from one seeded ``torch.Generator`` saved in the checkpoint, so on CPU a resumed run ends
 with exactly the weights of an uninterrupted one.
+
+Several processes (torchrun, :mod:`semknobs.train.distributed`): each rank draws the global
+batch order and augmentations, trains on its share of every batch, and DDP averages gradients;
+dropout masks are seeded per rank.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from tqdm import tqdm
 from semknobs.config import to_mapping
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig, to_input
 from semknobs.train.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from semknobs.train.device import autocast, pick_device
+from semknobs.train.device import autocast
+from semknobs.train.distributed import World
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -127,17 +132,31 @@ def lr_at(step: int, *, steps_per_epoch: int, epochs: int, lr: float) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def augment(x: torch.Tensor, params: AugmentParams, rng: torch.Generator) -> torch.Tensor:
+def draw_augment(n: int, rng: torch.Generator) -> torch.Tensor:
+    """The random numbers of :func:`augment` for ``n`` tiles: (n, 4) = flip, quarter turns,
+    contrast and brightness jitter in [-1, 1]. Slicing its rows gives a share of a batch."""
+    flip = (torch.rand(n, generator=rng) < 0.5).float()
+    turns = torch.randint(0, 4, (n,), generator=rng).float()
+    jitter = torch.rand(n, 2, generator=rng) * 2 - 1
+    return torch.cat([flip[:, None], turns[:, None], jitter], dim=1)
+
+
+def augment(
+    x: torch.Tensor,
+    params: AugmentParams,
+    rng: torch.Generator | None = None,
+    *,
+    draw: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Random symmetries (and intensity jitter) of a batch (n, 1, S, S) in [-1, 1].
 
-    The random numbers are drawn whatever the flags say, so the batch order of a run does not
-    depend on which augmentations are on.
+    The random numbers (``draw``, else drawn from ``rng``) are drawn whatever the flags say, so
+    the batch order of a run does not depend on which augmentations are on.
     """
-    n = len(x)
-    flip = torch.rand(n, generator=rng) < 0.5
-    turns = torch.randint(0, 4, (n,), generator=rng)
-    jitter = torch.rand(n, 2, generator=rng) * 2 - 1
-    flip, turns, jitter = flip.to(x.device), turns.to(x.device), jitter.to(x.device)
+    if draw is None:
+        draw = draw_augment(len(x), rng)
+    draw = draw.to(x.device)
+    flip, turns, jitter = draw[:, 0] > 0.5, draw[:, 1].long(), draw[:, 2:]
     if params.flips:
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if params.rot90:
@@ -163,6 +182,7 @@ class RegressorTrainer:
     device: torch.device
     target_mean: float
     target_std: float
+    world: World = field(default_factory=World)
     model: PeakStressRegressor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -179,6 +199,12 @@ class RegressorTrainer:
         # training seconds over all runs that led here (None: resumed from a checkpoint that
         # did not record them)
         self.train_seconds: float | None = 0.0
+        self.replica_gap = 0.0  # under DDP: max |weight - rank 0's| at the end (0.0: in sync)
+        self._model: torch.nn.Module = self.model  # what training calls: in DDP when distributed
+
+    def distribute(self) -> None:
+        """Wrap the model in DDP (after resuming: DDP copies rank 0's weights to every rank)."""
+        self._model = self.world.wrap(self.model, self.device)
 
     # -- state -------------------------------------------------------------------------------
     def _parts(self) -> dict[str, Any]:
@@ -216,21 +242,25 @@ class RegressorTrainer:
         p = self.params
         n = len(images)
         per_epoch = self.steps_per_epoch(n)
-        # dropout draws from the global RNG: seed it from ours so resumed runs repeat it
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.rng)))
+        # dropout draws from the global RNG: seed it from ours so resumed runs repeat it (and
+        # differently on every rank)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.rng))
+        torch.manual_seed(seed + self.world.rank)
         order = torch.randperm(n, generator=self.rng)
         bs = min(p.batch_size, n)
+        rows = self.world.shard(bs, "train_regressor.train.batch_size")
         self.model.train()
         losses = []
         for b in range(per_epoch):
-            idx = order[b * bs : (b + 1) * bs].to(images.device)
-            x = augment(to_input(images[idx]), p.augment, self.rng)
+            idx = order[b * bs : (b + 1) * bs][rows].to(images.device)
+            draw = draw_augment(bs, self.rng)[rows]
+            x = augment(to_input(images[idx], images.device), p.augment, draw=draw)
             x = x.contiguous(memory_format=torch.channels_last)
             lr = lr_at(self.step, steps_per_epoch=per_epoch, epochs=p.epochs, lr=p.lr)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             with autocast(self.device):
-                pred = self.model(x)
+                pred = self._model(x)
             loss = F.mse_loss(pred.float(), target[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,7 +268,8 @@ class RegressorTrainer:
             self.step += 1
             losses.append(float(loss.detach()))
         self.epoch += 1
-        return {"train/loss": float(np.mean(losses)), "train/lr": lr}
+        loss = self.world.mean(float(np.mean(losses)), self.device)
+        return {"train/loss": loss, "train/lr": lr}
 
 
 def target_stats(stress: np.ndarray) -> tuple[float, float]:
@@ -247,9 +278,12 @@ def target_stats(stress: np.ndarray) -> tuple[float, float]:
     return float(stress.mean()), float(max(stress.std(), 1e-6))
 
 
-def make_trainer(params: RegressorTrainParams, stress: np.ndarray) -> RegressorTrainer:
+def make_trainer(
+    params: RegressorTrainParams, stress: np.ndarray, world: World | None = None
+) -> RegressorTrainer:
+    world = world or World()
     mean, std = target_stats(stress)
-    return RegressorTrainer(params, pick_device(params.device), mean, std)
+    return RegressorTrainer(params, world.device(params.device), mean, std, world)
 
 
 def train_regressor(
@@ -262,19 +296,25 @@ def train_regressor(
     log: LogFn | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    world: World | None = None,
 ) -> RegressorTrainer:
     """Train (or resume) on uint8 ``images`` (n, S, S) with per-tile ``stress`` (n,) in MPa.
 
     A checkpoint goes to ``checkpoint_dir`` after every epoch; a matching one (same params and
     ``data_key``) is resumed from. ``stop_after`` ends the run after that many epochs (tests use
     it to simulate an interruption). ``log(metrics, epoch)`` receives the per-epoch metrics.
+    Under DDP (``world`` of several ranks) only rank 0 logs, shows progress and checkpoints.
     """
+    world = world or World()
+    if not world.is_main:
+        log, progress = None, False
     with torch_threads(params.threads):
-        return _train(params, images, stress, checkpoint_dir, data_key, log, stop_after, progress)
+        trainer = make_trainer(params, stress, world)
+        return _train(trainer, images, stress, checkpoint_dir, data_key, log, stop_after, progress)
 
 
 def _train(
-    params: RegressorTrainParams,
+    trainer: RegressorTrainer,
     images: np.ndarray,
     stress: np.ndarray,
     checkpoint_dir: Path | None,
@@ -283,10 +323,14 @@ def _train(
     stop_after: int | None,
     progress: bool,
 ) -> RegressorTrainer:
-    trainer = make_trainer(params, stress)
+    params, world = trainer.params, trainer.world
     fingerprint = params.fingerprint(data_key)
-    if checkpoint_dir is not None and trainer.try_resume(checkpoint_dir, fingerprint):
+    resumed = checkpoint_dir is not None and trainer.try_resume(checkpoint_dir, fingerprint)
+    if resumed and world.is_main:
         print(f"train_regressor: resuming from {checkpoint_dir} at epoch {trainer.epoch}")
+    trainer.distribute()
+    if not world.is_main:
+        checkpoint_dir = None
     x = torch.from_numpy(np.ascontiguousarray(images)).to(trainer.device)
     y = trainer.model.standardise(torch.as_tensor(stress, dtype=torch.float32)).to(trainer.device)
     end = params.epochs if stop_after is None else min(stop_after, params.epochs)
@@ -311,6 +355,7 @@ def _train(
         if checkpoint_dir is not None:
             trainer.save(checkpoint_dir, fingerprint)
     bar.close()
+    trainer.replica_gap = world.replica_gap(trainer.model, trainer.device)
     return trainer
 
 
