@@ -127,8 +127,9 @@ def counterfactual_rows(n: int) -> list[dict]:
 
 
 def ddp_rows(steps: int) -> list[dict]:
-    """benchmarks/ddp_train.py at the paper size: plain python against torchrun with one process
-    (DDP over NCCL; one GPU here, so this checks the code path and its overhead, not scaling)."""
+    """benchmarks/ddp_train.py at the paper model size (its own n_critic 2): plain python against
+    torchrun with one process (DDP over NCCL; one GPU, so this checks the code path and its
+    overhead, not scaling)."""
     import subprocess
     import tempfile
 
@@ -149,7 +150,7 @@ def ddp_rows(steps: int) -> list[dict]:
                     raise RuntimeError(f"{' '.join(cmd)}: {done.stderr[-2000:]}")
                 result = json.loads((out / "result.json").read_text())
                 rows.append(
-                    {"model": f"{model} paper size, {launcher} (set-up included)",
+                    {"model": f"{model} paper size, {launcher}",
                      "precision": f"bf16 autocast, backend {result['backend']}",
                      "steps_per_s": result["steps_per_s"], "peak_gib": float("nan"),
                      "steps": result["steps"],
