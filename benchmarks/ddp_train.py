@@ -139,6 +139,26 @@ def run(args: argparse.Namespace, world) -> dict:
     }
 
 
+def launch(
+    model: str, out: Path, *, nproc: int = 0, env: dict | None = None, **options: object
+) -> dict:
+    """Run this script in a subprocess (``nproc`` 0: plain python, else torchrun with that many
+    processes) with ``--option value`` for each keyword; its result.json."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable]
+    if nproc:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd += [__file__, "--model", model, "--out", str(out)]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr[-2000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", choices=("attgan", "regressor"), required=True)

@@ -130,25 +130,17 @@ def ddp_rows(steps: int) -> list[dict]:
     """benchmarks/ddp_train.py at the paper model size (its own n_critic 2): plain python against
     torchrun with one process (DDP over NCCL; one GPU, so this checks the code path and its
     overhead, not scaling)."""
-    import subprocess
     import tempfile
+
+    from ddp_train import launch
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in ("attgan", "regressor"):
-            for launcher in ("python", "torchrun"):
-                prefix = [sys.executable]
-                if launcher == "torchrun":
-                    prefix += ["-m", "torch.distributed.run", "--standalone"]
-                    prefix += ["--nproc-per-node", "1"]
-                out = Path(tmp) / f"{model}-{launcher}"
-                cmd = [*prefix, "benchmarks/ddp_train.py", "--model", model, "--size", "paper",
-                       "--device", "cuda", "--steps", str(steps), "--steps-per-epoch", "25",
-                       "--batch", "32", "--out", str(out)]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(cmd)}: {done.stderr[-2000:]}")
-                result = json.loads((out / "result.json").read_text())
+            for nproc, launcher in ((0, "python"), (1, "torchrun")):
+                result = launch(model, Path(tmp) / f"{model}-{launcher}", nproc=nproc,
+                                size="paper", device="cuda", steps=steps, steps_per_epoch=25,
+                                batch=32)  # fmt: skip
                 rows.append(
                     {"model": f"{model} paper size, {launcher}",
                      "precision": f"bf16 autocast, backend {result['backend']}",

@@ -326,27 +326,23 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
 def ddp_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     """Training steps/s of both models at the default sizes: one process with 1 and 2 threads
     against DDP over 2 processes of 1 thread each (torchrun, gloo), same global batch 32."""
-    import subprocess
+    from ddp_train import launch
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    layouts = {
-        "1 process x 1 thread": ([sys.executable], "1"),
-        "1 process x 2 threads": ([sys.executable], "2"),
-        "DDP 2 processes x 1 thread": ([*torchrun, "--nproc-per-node", "2"], "1"),
+    layouts = {  # processes (0: plain python), threads each
+        "1 process x 1 thread": (0, "1"),
+        "1 process x 2 threads": (0, "2"),
+        "DDP 2 processes x 1 thread": (2, "1"),
     }
     steps = {"attgan": 40, "regressor": 200}
     rows = []
     for model in ("attgan", "regressor"):
-        for k, (layout, (launcher, threads)) in enumerate(layouts.items()):
-            values = []
-            for i in range(args.repeats):
-                out = work / f"{model}-{k}-{i}"
-                cmd = [*launcher, "benchmarks/ddp_train.py", "--model", model, "--size", "default",
-                       "--batch", "32", "--steps", str(steps[model]), "--steps-per-epoch", "50",
-                       "--out", str(out)]  # fmt: skip
-                env = dict(os.environ, OMP_NUM_THREADS=threads)
-                subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                values.append(json.loads((out / "result.json").read_text())["steps_per_s"])
+        for k, (layout, (nproc, threads)) in enumerate(layouts.items()):
+            values = [
+                launch(model, work / f"{model}-{k}-{i}", nproc=nproc,
+                       env={"OMP_NUM_THREADS": threads}, size="default", batch=32,
+                       steps=steps[model], steps_per_epoch=50)["steps_per_s"]
+                for i in range(args.repeats)
+            ]  # fmt: skip
             rows.append(
                 _row(f"{model} training, {layout}", "steps/s", values,
                      note=f"default size, global batch 32, {steps[model]} steps, random tiles")

@@ -10,7 +10,6 @@ with DDP (see :mod:`semknobs.train.distributed`); rank 0 does everything else.
 """
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -60,12 +59,8 @@ def run(argv: list[str] | None, world: distributed.World) -> None:
     samples = slice(0, params.sample_tiles)
     deps = [args.tiles_dir, args.lots, args.splits]
     tags = {"tuned": bool(tuned), "ddp.world_size": world.size}
-    tracked = (
-        tracking.stage_run("train_attgan", params=params, deps=deps, tags=tags)
-        if world.is_main
-        else contextlib.nullcontext()
-    )
-    with tracked:
+    mlflow_run = tracking.stage_run("train_attgan", params=params, deps=deps, tags=tags)
+    with world.main_only(mlflow_run):
 
         def on_checkpoint(trainer) -> None:
             if trainer.step % params.sample_every == 0 or trainer.step == params.train.steps:

@@ -11,7 +11,6 @@ trains with DDP (see :mod:`semknobs.train.distributed`); rank 0 does everything 
 """
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -72,12 +71,8 @@ def run(argv: list[str] | None, world: distributed.World) -> None:
     )
     deps = [args.tiles_dir, args.lots, args.splits, args.measurements]
     tags = {"tuned": bool(tuned), "ddp.world_size": world.size}
-    tracked = (
-        tracking.stage_run("train_regressor", params=params, deps=deps, tags=tags)
-        if world.is_main
-        else contextlib.nullcontext()
-    )
-    with tracked:
+    mlflow_run = tracking.stage_run("train_regressor", params=params, deps=deps, tags=tags)
+    with world.main_only(mlflow_run):
         started = time.perf_counter()
         trainer = train_regressor(
             params=params.train,

@@ -43,6 +43,12 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def main_only(
+        self, context: contextlib.AbstractContextManager
+    ) -> contextlib.AbstractContextManager:
+        """``context`` on rank 0, a no-op elsewhere (e.g. the stage's MLflow run)."""
+        return context if self.is_main else contextlib.nullcontext()
+
     def shard(self, batch: int, what: str = "batch_size") -> slice:
         """This rank's rows of a global batch of ``batch`` rows."""
         if batch % self.size:
