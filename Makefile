@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 # One id groups the MLflow runs of one `make repro` (plain `dvc repro` derives one itself).
 export SEMKNOBS_EXECUTION_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)-$(shell echo $$$$)
 
-.PHONY: setup repro test test-fast bench ui lint format dag clean-venv
+.PHONY: setup repro science test test-fast bench ui lint format dag clean-venv
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ repro: $(STAMP)
 	test -d .dvc || dvc init -q
 	dvc repro
 	dvc metrics show
+
+# The study suite: the pipeline on every study of studies/ (the default in this workspace, the
+# others in .science/<study>), then one fidelity table (metrics/science.json, docs/science.md).
+science: repro
+	$(BIN)/python -m semknobs.science studies/default.yaml studies/other_law.yaml studies/confounded.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

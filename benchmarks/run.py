@@ -240,8 +240,7 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
 
     from semknobs.config import from_mapping, load_params
     from semknobs.explain.bundle import StressInMPa
-    from semknobs.explain.counterfactual import KnobCounterfactual
-    from semknobs.explain.run import ExplainParams
+    from semknobs.explain.counterfactual import KnobCounterfactual, search_params_from
     from semknobs.models.attgan import Generator
     from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
     from semknobs.train.attgan import TrainAttGANStageParams
@@ -253,7 +252,7 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
     )
     torch.manual_seed(0)
     gen, reg = Generator(gan_cfg).eval(), StressInMPa(PeakStressRegressor(reg_cfg)).eval()
-    cf = from_mapping(ExplainParams, raw.get("explain", {})).counterfactual
+    cf = search_params_from(raw, args.params)
     cf = dataclasses.replace(cf, steps=20, restarts=1)
     explainer = KnobCounterfactual(gen, reg, stress_range=30.0)
     n, s = 64, gan_cfg.img_size

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 from semknobs import registry, tracking
-from semknobs.config import load_section
+from semknobs.config import load_params, load_section
 from semknobs.data.dataset import read_splits
 from semknobs.data.schemas import read_lots
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
 from semknobs.explain.bundle import save_explainer_dir
-from semknobs.explain.run import ExplainParams
+from semknobs.explain.counterfactual import search_params_from
 from semknobs.lifecycle.register import RegisterParams, register_models
 from semknobs.stage import stage_main, write_json
 
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regressor-dir", type=Path, required=True)
     parser.add_argument("--attgan-logged", type=Path, help="train_attgan's logged_model.json")
     parser.add_argument("--regressor-logged", type=Path, help="train_regressor's logged_model.json")
-    parser.add_argument("--attgan-metrics", type=Path, required=True)
+    parser.add_argument(
+        "--attgan-metrics", type=Path, nargs="+", required=True, help="evaluation + training"
+    )
     parser.add_argument("--regressor-metrics", type=Path, required=True)
     parser.add_argument("--explain-metrics", type=Path, required=True)
     parser.add_argument("--lots", type=Path, required=True)
@@ -47,14 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="registered versions (JSON)")
     args = parser.parse_args(argv)
     params = load_section(RegisterParams, "register", args.params)
-    explain = load_section(ExplainParams, "explain", args.params)
+    counterfactual = search_params_from(load_params(args.params), str(args.params))
     tile = load_section(TileParams, "tile", args.params)
 
     labels = read_lots(args.lots)
     train = labels[labels["lot"].isin(read_splits(args.splits)["train"])]
     stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
     metrics = {
-        "attgan": _read_json(args.attgan_metrics),
+        "attgan": {k: v for path in args.attgan_metrics for k, v in _read_json(path).items()},
         "regressor": _read_json(args.regressor_metrics),
         "explainer": _read_json(args.explain_metrics),
     }
@@ -67,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         attgan_dir=args.attgan_dir,
         regressor_dir=args.regressor_dir,
         stress_range=stress_range,
-        counterfactual=explain.counterfactual,
+        counterfactual=counterfactual,
         tile={k: v for k, v in vars(tile).items() if k != "n_jobs"},
         metrics=metrics["explainer"],
     )
     size = registry.read_config(args.explainer_dir)["img_size"]
     deps = [args.attgan_dir, args.regressor_dir, args.lots, args.splits]
-    run_params = {"register": params, "explain.counterfactual": explain.counterfactual}
+    run_params = {"register": params, "explain.counterfactual": counterfactual}
     with tracking.stage_run("register", params=run_params, deps=deps) as run:
         versions = register_models(
             params=params,

@@ -1,9 +1,10 @@
-"""DVC stage `train_attgan`: train the AttGAN on the training lots, evaluate it on the held-out
-test lots, log it to MLflow (the `register` stage registers it as `semknobs-attgan`).
+"""DVC stage `train_attgan`: train the AttGAN on the training lots and log it to MLflow (the
+`evaluate_attgan` stage measures it on the held-out test lots; `register` registers it as
+`semknobs-attgan`).
 
-Honest evaluation: the AttGAN never sees a test lot's tiles; reconstruction, concept control and
-realism are measured on the test lots only. Rerunning after an interruption resumes from the
-last checkpoint (--checkpoint-dir is a persistent DVC output).
+The AttGAN never sees a test lot's tiles (the sample grids it logs while training are pictures
+of test tiles, for people). Rerunning after an interruption resumes from the last checkpoint
+(--checkpoint-dir is a persistent DVC output).
 
 Data-parallel: ``torchrun --standalone --nproc-per-node N pipelines/train_attgan.py ...`` trains
 with DDP (see :mod:`semknobs.train.distributed`); rank 0 does everything else.
@@ -18,7 +19,7 @@ import torch
 from semknobs import registry, tracking
 from semknobs.config import deep_merge, from_mapping, load_overrides, load_params, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
-from semknobs.evaluation.attgan import evaluate_attgan, sample_grid
+from semknobs.evaluation.attgan import sample_grid
 from semknobs.stage import save_figure, stage_main, write_json, write_metrics
 from semknobs.train import distributed
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
@@ -81,9 +82,8 @@ def run(argv: list[str] | None, world: distributed.World) -> None:
         wall = time.perf_counter() - started
         if not world.is_main:
             return
-        metrics, figures, _ = evaluate_attgan(trainer.gen, test.images, test.attrs, params.eval)
         total = trainer.train_seconds  # all runs behind this model; None if unknown
-        metrics |= {
+        metrics = {
             "train/wall_s": float("nan") if total is None else total,
             "train/wall_s_this_run": wall,
             "train/steps": trainer.step,
@@ -92,10 +92,9 @@ def run(argv: list[str] | None, world: distributed.World) -> None:
             metrics["train/replica_max_abs_diff"] = trainer.replica_gap
         write_metrics(args.metrics, metrics)
         tracking.log_metrics(metrics)
-        for name, figure in figures.items():
-            tracking.log_dir(save_figure(figure, args.reports / name).parent, "figures")
         grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
         save_figure(grid, args.reports / "samples.png")
+        tracking.log_dir(args.reports, "figures")
         config = {
             "model": params.train.model.to_dict(),
             "scaler": scaler.to_dict(),

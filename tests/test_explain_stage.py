@@ -51,6 +51,9 @@ def models(tiny_study, tmp_path):
         lambdas=[1.0, 10.0],
     )
     params["explain"]["counterfactual"].update(steps=5, restarts=2)
+    params["explain"]["referee"].update(tiles_per_lot=3, bootstrap=50)
+    params["explain"]["referee"]["oracle"].update(seeds=2, n_jobs=1)
+    params["synthesize"].update(n_lots=6, scans_per_lot=1, fields_y=2, fields_x=3, n_jobs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
@@ -82,17 +85,27 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         "recon/shift_mean_mpa",
         "recon/shift_pct_range",
         "counterfactual/success_rate",
-        "fidelity/cosine_median",
-        "fidelity/sign_agreement",
-        "fidelity_sensitivity/cosine_median",
-        "fidelity_corr/sign_agreement",
+        "counterfactual/validity_model",
+        "counterfactual/validity_law",
+        "regressor/rl/cosine_median",
+        "oracle/se_size",
         "saliency/gradcam_similarity_after_randomisation",
     ):
         assert key in metrics, key
+    for explainer in ("knob_gradient", "counterfactual", "sensitivity", "correlation"):
+        for fid in ("er", "el"):
+            for metric in ("cosine_median", "centred_cosine", "sign_size", "rho_facetness"):
+                assert f"{explainer}/{fid}/{metric}" in metrics, (explainer, fid, metric)
+    assert not any(k.startswith("fidelity") for k in metrics)  # the old, weak keys are gone
+    # only the held-out lots are scored: 2 test lots x 3 tiles
+    assert metrics["referee/n_lots"] == 2 and metrics["referee/n_tiles"] == 6
+    # a constant explainer scores 0 across tiles, whatever its plain cosine
+    assert metrics["correlation/er/centred_cosine"] == 0.0
     assert metrics["saliency/gradcam_map_px"] > 2  # GradCAM maps finer than 2x2
     reports = root / "reports"
     table = pd.read_csv(reports / "counterfactual.csv")
-    assert len(table) == 6 * 2 and {"higher_delta_size", "lower_success"} <= set(table.columns)
+    assert len(table) == 4 * 2 + 2 * 3  # 2 tiles per training lot, 3 per test lot
+    assert {"higher_delta_size", "lower_success"} <= set(table.columns)
     for name in (
         "figure3.png",
         "sensitivity_curves.png",
@@ -102,6 +115,15 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         "sweep_strip.png",
         "sensitivity_size_porosity.png",
         "plots/sensitivity_size.csv",
+        "fidelity.png",
+        "fidelity.csv",
+        "knob_gradient_vs_oracle.png",
+        "referee_tiles.csv",
+        "validity.csv",
+        "knob_gradient.csv",
     ):
         assert (reports / name).exists(), name
-    assert np.isfinite(metrics["fidelity/cosine_median"])
+    assert np.isfinite(metrics["knob_gradient/er/cosine_median"])
+    fid = pd.read_csv(reports / "fidelity.csv")
+    finite = fid.dropna(subset=["low", "high"])
+    assert len(finite) > 0 and (finite["low"] <= finite["high"]).all()

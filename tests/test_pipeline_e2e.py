@@ -24,6 +24,7 @@ STAGES = [
     "measure",
     "meter",
     "train_attgan",
+    "evaluate_attgan",
     "tune_regressor",
     "train_regressor",
     "explain",
@@ -39,7 +40,8 @@ def tiny_params(params: dict) -> dict:
     gan = params["train_attgan"]
     gan["train"].update(steps=20, checkpoint_every=10, log_every=5, batch_size=8)
     gan["train"]["model"].update(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16)
-    gan["eval"].update(n_tiles=8, points=3)
+    params["evaluate_attgan"].update(n_tiles=8, points=3)
+    params["evaluate_attgan"]["ceiling"].update(n_tiles=4)
     gan["sample_every"] = 20
     params["tune_regressor"].update(n_trials=2, n_workers=1, n_startup_trials=1, epochs=2)
     params["tune_regressor"]["pruner"].update(n_startup_trials=1, n_warmup_steps=1)
@@ -55,6 +57,8 @@ def tiny_params(params: dict) -> dict:
         lambdas=[1.0, 10.0],
     )
     params["explain"]["counterfactual"].update(steps=5, restarts=1)
+    params["explain"]["referee"].update(tiles_per_lot=2, bootstrap=50)
+    params["explain"]["referee"]["oracle"].update(seeds=2)
     return params
 
 
@@ -200,6 +204,48 @@ def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
         np.testing.assert_allclose(served[f"delta_{a}"], stage[f"lower_delta_{a}"], atol=1e-4)
 
 
+def test_the_study_suite_on_the_tiny_pipeline(clone, tmp_path, monkeypatch):
+    """`make science`, shrunk: the default study in place plus the confounded overlay in its own
+    workspace, one table over both."""
+    from semknobs import science
+
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    studies = science.read_studies(
+        [ROOT / "studies" / "default.yaml", ROOT / "studies" / "confounded.yaml"]
+    )
+    out, table = tmp_path / "science.json", tmp_path / "science.md"
+    results = science.run_suite(
+        root=clone,
+        studies=studies,
+        workdir=tmp_path / "work",
+        out=out,
+        table=table,
+        figure=tmp_path / "science.png",
+    )
+    assert json.loads(out.read_text()) == pytest.approx(results, nan_ok=True)
+    for study in ("default", "confounded"):
+        for key in (
+            "knob_gradient/er/cosine_median",
+            "correlation/el/sign_porosity",
+            "counterfactual/validity_model",
+            "regressor/rl/cosine_median",
+            "test/lot_r2",
+        ):
+            assert f"{study}/{key}" in results, (study, key)
+    # the overlay reached the workspace: its lots are correlated, the default's are not
+    workspace = tmp_path / "work" / "confounded"
+    assert (
+        yaml.safe_load((workspace / "params.yaml").read_text())["synthesize"]["design"]["kind"]
+        == "correlated"
+    )
+    assert results["confounded/design/max_abs_correlation"] > 0.6
+    text = table.read_text()
+    assert "## default" in text and "## confounded" in text
+    assert (tmp_path / "science.png").stat().st_size > 10_000
+
+
 def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=repo, check=True, env=_env(), capture_output=True)
 
@@ -268,7 +314,7 @@ def test_kill_9_during_training_then_dvc_repro_resumes(clone):
     rerun = _dvc(clone, "repro", "train_attgan")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "train_attgan: resuming from checkpoints/attgan at step" in rerun.stdout
-    metrics = json.loads((clone / "metrics" / "attgan.json").read_text())
+    metrics = json.loads((clone / "metrics" / "train_attgan.json").read_text())
     assert metrics["train/steps"] == 400
     # the killed run's seconds count: training time is over every run behind the model
     assert metrics["train/wall_s"] > killed["train_seconds"]

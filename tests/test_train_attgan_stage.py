@@ -18,6 +18,8 @@ import yaml
 
 from semknobs.data.split import SplitParams, make_splits
 from semknobs.models.attgan import AttGANConfig
+from semknobs.stages.evaluate_attgan import EvaluateAttGANParams, EvaluateAttGANPaths
+from semknobs.stages.evaluate_attgan import run as run_evaluation
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 
 from .conftest import ROOT
@@ -33,7 +35,6 @@ def stage_inputs(tiny_study, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
     params["train_attgan"]["train"]["model"].update(TINY_MODEL)
-    params["train_attgan"]["eval"].update(n_tiles=8, points=3)
     params["train_attgan"]["sample_every"] = 30
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "tuned.yaml").write_text("{}\n")
@@ -102,17 +103,31 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
     assert metrics["train/steps"] == 60
     # the killed run's seconds count too: training time is over all runs behind the model
     assert metrics["train/wall_s"] > killed["train_seconds"] > 0
+    assert (root / "reports" / "samples.png").exists()
+
+    # the evaluate_attgan stage measures the resumed model on the test lots
+    evaluated = run_evaluation(
+        EvaluateAttGANParams(n_tiles=8, points=3),
+        EvaluateAttGANPaths(
+            attgan_dir=root / "model",
+            tiles_dir=tiny_study["tiles"],
+            lots=tiny_study["lots"],
+            splits=root / "splits.json",
+            metrics=root / "evaluated.json",
+            reports=root / "evaluation",
+        ),
+    )
     for key in (
         "test/psnr",
         "test/ssim",
         "control/spearman_size",
+        "control/slope_size",
         "control/max_leakage",
         "realism/w1_porosity",
     ):
-        assert key in metrics
-    assert (root / "reports" / "control.png").exists() and (
-        root / "reports" / "samples.png"
-    ).exists()
+        assert key in evaluated.metrics
+    assert json.loads((root / "evaluated.json").read_text())["test/psnr"] > 0
+    assert (root / "evaluation" / "control.png").exists()
     config = json.loads((root / "model" / "config.json").read_text())
     assert config["kind"] == "attgan" and set(config["train_lots"]).isdisjoint(
         json.loads((root / "splits.json").read_text())["test"]

@@ -76,3 +76,19 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def publish(stage: str, result: Any) -> None:
+    """Log a stage's :class:`~semknobs.stages.common.StageResult` to the active MLflow run
+    (metrics and artifact folders) and print its summary lines."""
+    from semknobs import tracking
+
+    tracking.log_metrics({k: v for k, v in result.metrics.items() if _finite(v)})
+    for artifact_path, folder in result.artifacts.items():
+        tracking.log_dir(folder, artifact_path)
+    for line in result.summary:
+        print(f"{stage}: {line}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

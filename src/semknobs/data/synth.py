@@ -145,10 +145,7 @@ def _render_lot(job: tuple, raw_dir: Path) -> pd.DataFrame:
         scan = f"scan_{k + 1:02d}"
         shape = (params.fields_y, params.fields_x, len(ATTRIBUTES))
         fields = np.clip(true + params.field_scatter * rng.standard_normal(shape), 0, 1)
-        image = render_scan(fields, params.field_px, params.render, rng)
-        gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.03, 0.05)  # microscope settings
-        image = np.clip(offset + gain * image, 0, 1)
-        scan_array = _quantize_with_bar(image, params, lot, scan)
+        scan_array = scan_image(fields, params, rng, f"{lot} {scan}")
         _write_scan(raw_dir / lot / f"{scan}.{params.file_format}", scan_array)
         for iy in range(params.fields_y):
             for ix in range(params.fields_x):
@@ -165,7 +162,21 @@ def _render_lot(job: tuple, raw_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _quantize_with_bar(image: np.ndarray, params: SynthParams, lot: str, scan: str) -> np.ndarray:
+def scan_image(
+    fields: np.ndarray, params: SynthParams, rng: np.random.Generator, caption: str = ""
+) -> np.ndarray:
+    """One raw scan as the microscope writes it: the fields (shape (ny, nx, 4), true attributes)
+    rendered, per-scan brightness/contrast, quantised to ``bit_depth`` with the information bar.
+
+    The study's scans and the oracle referee's interventions (:mod:`semknobs.evaluation.oracle`)
+    both come from here, so the referee renders exactly what the pipeline tiles."""
+    image = render_scan(fields, params.field_px, params.render, rng)
+    gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.03, 0.05)  # microscope settings
+    image = np.clip(offset + gain * image, 0, 1)
+    return _quantize_with_bar(image, params, caption)
+
+
+def _quantize_with_bar(image: np.ndarray, params: SynthParams, caption: str) -> np.ndarray:
     top = (1 << params.bit_depth) - 1
     dtype = np.uint16 if params.bit_depth == 16 else np.uint8
     body = np.round(image * top).astype(dtype)
@@ -174,7 +185,7 @@ def _quantize_with_bar(image: np.ndarray, params: SynthParams, lot: str, scan: s
     bar = Image.new("L", (body.shape[1], params.info_bar_px), 0)
     draw = ImageDraw.Draw(bar)
     font = ImageFont.load_default(size=max(8, params.info_bar_px // 3))
-    text = f"SEM HV: 5.00 kV   WD: 8.1 mm   Det: SE   px: 0.25 um   {lot} {scan}"
+    text = f"SEM HV: 5.00 kV   WD: 8.1 mm   Det: SE   px: 0.25 um   {caption}"
     draw.text((8, params.info_bar_px // 4), text, fill=255, font=font)
     x1 = body.shape[1] - 16
     draw.rectangle([x1 - 100, params.info_bar_px - 14, x1, params.info_bar_px - 10], fill=255)

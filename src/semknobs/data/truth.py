@@ -1,8 +1,9 @@
 """Ground truth of a synthetic study. EVALUATION ONLY.
 
-Only evaluation code may import this module: the meter check of the ``measure`` stage, explanation
-fidelity (``semknobs.explain.fidelity``) and tests. Training, tuning and explanation code must never
-see the truth; ``tests/test_truth_isolation.py`` enforces that by scanning imports.
+Only evaluation code may import this module: the ``meter`` stage, the referee of the explanations
+(``semknobs.evaluation.referee``), the AttGAN's meter ceiling (``evaluate_attgan``) and tests.
+Training, tuning and explanation code must never see the truth; ``tests/test_truth_isolation.py``
+enforces that on the import graph.
 """
 
 from __future__ import annotations

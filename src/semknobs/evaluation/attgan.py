@@ -98,23 +98,53 @@ def control_matrix(
         readings["tile"] = np.repeat(np.arange(len(images)), params.points)
         rows.append(readings)
     table = pd.concat(rows, ignore_index=True)
+    return control_from_table(table), table
+
+
+def _centred(group: pd.DataFrame, measured: str) -> pd.Series:
+    return group[measured] - group.groupby("tile")[measured].transform("mean")
+
+
+def control_from_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The 4x4 within-tile Spearman matrix of a sweep table (columns: the four readings,
+    ``requested_attr``, ``requested``, ``tile``: one sweep per tile and requested attribute)."""
     matrix = pd.DataFrame(index=list(ATTRIBUTES), columns=list(ATTRIBUTES), dtype=float)
     for name, group in table.groupby("requested_attr"):
         for measured in ATTRIBUTES:
-            centred = group[measured] - group.groupby("tile")[measured].transform("mean")
+            centred = _centred(group, measured)
             ok = centred.notna()
             matrix.loc[name, measured] = spearmanr(group.loc[ok, "requested"], centred[ok])[0]
-    return matrix, table
+    return matrix
+
+
+def control_slopes(table: pd.DataFrame) -> dict[str, float]:
+    """Per attribute: least-squares slope of its within-tile centred reading against the
+    requested value (meter units per knob unit): the size of the effect, not only its rank."""
+    out = {}
+    for a in ATTRIBUTES:
+        group = table[table["requested_attr"] == a]
+        y = _centred(group, a)
+        ok = y.notna().to_numpy()
+        x = group["requested"].to_numpy()[ok]
+        x = x - x.mean() if len(x) else x
+        out[a] = float((x * y.to_numpy()[ok]).sum() / (x**2).sum()) if ok.sum() > 2 else np.nan
+    return out
 
 
 def control_metrics(matrix: pd.DataFrame) -> dict[str, float]:
     metrics = {f"control/spearman_{a}": float(matrix.loc[a, a]) for a in ATTRIBUTES}
-    off = [abs(matrix.loc[a, b]) for a in ATTRIBUTES for b in ATTRIBUTES if a != b]
-    metrics["control/max_leakage"] = float(np.nanmax(off))
+    metrics["control/max_leakage"] = max_leakage(matrix)
     metrics["control/mean_spearman"] = float(
         np.mean([metrics[f"control/spearman_{a}"] for a in ATTRIBUTES])
     )
     return metrics
+
+
+def max_leakage(matrix: pd.DataFrame) -> float:
+    """The largest |rho| between a requested attribute and another attribute's reading."""
+    return float(
+        np.nanmax([abs(matrix.loc[a, b]) for a in ATTRIBUTES for b in ATTRIBUTES if a != b])
+    )
 
 
 def realism(
@@ -139,18 +169,25 @@ def realism(
     return metrics, real, fake
 
 
-def control_figure(matrix: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(matrix.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="RdBu_r")
+def control_figure(matrix: pd.DataFrame, ceiling: pd.DataFrame | None = None) -> Figure:
+    """The control matrix as a heat map; with ``ceiling`` (the same sweep on rendered true
+    interventions, :mod:`semknobs.evaluation.ceiling`) beside it."""
+    panels = {"AttGAN edits": matrix}
+    if ceiling is not None:
+        panels["renderer: true interventions (the meter's ceiling)"] = ceiling
+    fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     k = len(ATTRIBUTES)
-    ax.set_xticks(range(k), [f"measured\n{a}" for a in ATTRIBUTES], fontsize=8)
-    ax.set_yticks(range(k), [f"requested {a}" for a in ATTRIBUTES], fontsize=8)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{matrix.iloc[i, j]:+.2f}", ha="center", va="center", fontsize=9)
-    fig.colorbar(im, ax=ax, label="Spearman rho (within-tile)")
-    ax.set_title("Concept control, measured by the attribute meter")
+    for ax, (title, m) in zip(axes, panels.items()):
+        im = ax.imshow(m.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(k), [f"measured\n{a}" for a in ATTRIBUTES], fontsize=8)
+        ax.set_yticks(range(k), [f"requested {a}" for a in ATTRIBUTES], fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{m.iloc[i, j]:+.2f}", ha="center", va="center", fontsize=9)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=axes.tolist(), label="Spearman rho (within-tile)")
+    fig.suptitle("Concept control, measured by the attribute meter")
     return fig
 
 
@@ -189,9 +226,18 @@ def sample_grid(gen: Generator, images: np.ndarray, attrs: np.ndarray) -> Figure
     return fig
 
 
+@dataclass
+class AttGANEvaluation:
+    metrics: dict[str, float]
+    figures: dict[str, Figure]
+    control: pd.DataFrame  # every control edit's readings (see control_matrix)
+    matrix: pd.DataFrame  # the 4x4 control matrix
+    pick: np.ndarray  # rows of the evaluated tiles used for control and realism
+
+
 def evaluate_attgan(
     gen: Generator, images: np.ndarray, attrs: np.ndarray, params: AttGANEvalParams
-) -> tuple[dict[str, float], dict[str, Figure], pd.DataFrame]:
+) -> AttGANEvaluation:
     """All held-out metrics and figures; reconstruction uses every tile given, control and
     realism a seeded sample of ``params.n_tiles``."""
     metrics = reconstruction_metrics(images, generate(gen, images, attrs, params.batch_size))
@@ -199,10 +245,11 @@ def evaluate_attgan(
     pick = rng.choice(len(images), min(params.n_tiles, len(images)), replace=False)
     matrix, table = control_matrix(gen, images[pick], attrs[pick], params)
     metrics |= control_metrics(matrix)
+    metrics |= {f"control/slope_{a}": v for a, v in control_slopes(table).items()}
     real_metrics, real, fake = realism(gen, images[pick], attrs[pick], params)
     metrics |= real_metrics
     figures = {
         "control.png": control_figure(matrix),
         "realism.png": realism_figure(real, fake, real_metrics),
     }
-    return metrics, figures, table
+    return AttGANEvaluation(metrics, figures, table, matrix, pick)

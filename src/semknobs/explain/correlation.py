@@ -2,8 +2,12 @@
 
 What a materials scientist would do without deep learning: correlate the experts' lot scores
 with the measured peak stress (and with the regressor's lot-mean prediction), and fit a linear
-model ``stress ~ b0 + sum_k b_k a_k`` on the normalised attributes. Its coefficients are one
-explanation direction shared by every tile.
+model ``stress ~ b0 + sum_k b_k a_k`` on the normalised attributes.
+
+As an explainer (scored by the referee) the correlation analysis is the *marginal* slope of the
+regressor's lot-mean prediction on each attribute (:func:`marginal_slopes`): what a scientist
+reads off one scatter plot per attribute. It is one vector shared by every tile, and it blames
+an attribute for whatever its correlated neighbours do.
 """
 
 from __future__ import annotations
@@ -35,3 +39,15 @@ def linear_coefficients(lots: pd.DataFrame, target: str) -> np.ndarray:
     x = np.column_stack([np.ones(len(lots)), lots[list(ATTRIBUTES)].to_numpy()])
     coef, *_ = np.linalg.lstsq(x, lots[target].to_numpy(), rcond=None)
     return coef[1:]
+
+
+def marginal_slopes(lots: pd.DataFrame, target: str) -> np.ndarray:
+    """Per attribute, the least-squares slope of ``lots[target]`` on that attribute alone
+    (MPa per unit of normalised attribute): cov(a_k, y) / var(a_k)."""
+    y = lots[target].to_numpy(dtype=float)
+    out = []
+    for a in ATTRIBUTES:
+        x = lots[a].to_numpy(dtype=float)
+        var = np.var(x)
+        out.append(float(np.mean((x - x.mean()) * (y - y.mean())) / var) if var > 0 else 0.0)
+    return np.asarray(out)

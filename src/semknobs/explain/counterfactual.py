@@ -24,8 +24,9 @@ Departures from the paper, all deliberate:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -193,6 +194,17 @@ class KnobCounterfactual:
     def _distance(images: torch.Tensor, edited: torch.Tensor, p: int) -> torch.Tensor:
         diff = (images - edited).flatten(1)
         return diff.abs().mean(dim=1) if p == 1 else (diff.pow(2).mean(dim=1) + 1e-12).sqrt()
+
+
+def search_params_from(
+    params: Mapping[str, Any], where: str = "params.yaml"
+) -> CounterfactualParams:
+    """The ``explain.counterfactual`` section of a params mapping (the search defaults the
+    ``explain`` stage, the registered bundle and the benchmarks share)."""
+    from semknobs.config import from_mapping
+
+    section = params.get("explain", {}).get("counterfactual")
+    return from_mapping(CounterfactualParams, section, where=f"{where}: explain.counterfactual")
 
 
 def _row_noise(seed: int, start: int, row: int, k: int) -> torch.Tensor:

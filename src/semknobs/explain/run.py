@@ -1,10 +1,12 @@
 """The explanation study behind the ``explain`` stage: one call that runs every explainer on a
-sample of tiles and returns metrics, tables and figures (fidelity is added by the caller when a
-ground truth exists, see :mod:`semknobs.explain.fidelity`)."""
+sample of tiles and returns metrics, tables and figures. Nothing here reads a ground truth: on a
+synthetic study the stage hands the explanations to the referee afterwards
+(:mod:`semknobs.evaluation.referee`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +18,13 @@ from torch import nn
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain import figures
 from semknobs.explain.bundle import StressInMPa, in_batches
-from semknobs.explain.correlation import correlation_table, linear_coefficients
+from semknobs.explain.correlation import correlation_table, linear_coefficients, marginal_slopes
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
     CounterfactualResult,
     KnobCounterfactual,
 )
+from semknobs.explain.gradient import KnobAttribution, KnobGradient
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity, SweepResult
 
@@ -52,15 +55,20 @@ class ExplainOutput:
     sweep: SweepResult
     higher: CounterfactualResult
     lower: CounterfactualResult
+    knob_gradient: KnobAttribution
     tiles: pd.DataFrame  # the explained tiles (manifest rows + labels)
 
 
-def sample_tiles(manifest: pd.DataFrame, per_lot: int, seed: int) -> np.ndarray:
-    """Row positions of ``per_lot`` tiles from every lot (all of a lot's tiles if fewer)."""
+def sample_tiles(
+    manifest: pd.DataFrame, per_lot: int, seed: int, counts: Mapping[str, int] | None = None
+) -> np.ndarray:
+    """Row positions of ``per_lot`` tiles from every lot (``counts[lot]`` where given; all of a
+    lot's tiles if fewer)."""
     rng = np.random.default_rng(seed)
+    counts = counts or {}
     picks = [
-        np.sort(rng.choice(idx, min(per_lot, len(idx)), replace=False))
-        for _, idx in sorted(manifest.groupby("lot").indices.items())
+        np.sort(rng.choice(idx, min(counts.get(lot, per_lot), len(idx)), replace=False))
+        for lot, idx in sorted(manifest.groupby("lot").indices.items())
     ]
     return np.concatenate(picks)
 
@@ -102,7 +110,15 @@ def explain(
         figs[f"sensitivity_{a}_{b}.png"] = figures.pair_heatmap(levels, grid, a, b)
     figs["sweep_strip.png"] = figures.sweep_strip(gen, images[:1], attrs[:1], params.sweep_points)
 
-    # 3. counterfactual knob search, batched
+    # 3. the knob gradient: d R(G(I; A)) / d A, one backward pass per batch
+    knob_gradient = KnobGradient(gen, reg_mpa).attribute(images, attrs, params.batch_size)
+    tables["knob_gradient"] = (
+        tiles[["tile", "lot"]]
+        .reset_index(drop=True)
+        .assign(**{f"gradient_{a}": knob_gradient.gradient[:, j] for j, a in enumerate(ATTRIBUTES)})
+    )
+
+    # 4. counterfactual knob search, batched
     explainer = KnobCounterfactual(gen, reg_mpa, stress_range=stress_range)
     cf = params.counterfactual
     higher = explainer.attribute_batched(
@@ -147,7 +163,7 @@ def explain(
     tables["tradeoff"] = pd.DataFrame(curve)
     figs["tradeoff.png"] = figures.tradeoff_figure(tables["tradeoff"])
 
-    # 4. Captum baselines on the Figure-3 tiles, and the randomisation sanity check
+    # 5. Captum baselines on the Figure-3 tiles, and the randomisation sanity check
     sal = PixelSaliency(reg_mpa, layer, ig_steps=params.ig_steps)
     cam, ig = sal.attribute(images[rows])
     random_reg = randomized_copy(reg_mpa, seed=params.seed)
@@ -166,7 +182,7 @@ def explain(
     metrics["saliency/gradcam_map_px"] = float(_feature_side(reg_mpa, layer, images[:1]))
     figs["saliency.png"] = figures.saliency_figure(images[rows], cam, ig, cam_random, chosen)
 
-    # 5. correlation baseline (lot level)
+    # 6. correlation baseline (lot level)
     lot_pred = pd.Series(direct.numpy(), index=tiles["lot"].to_numpy()).groupby(level=0).mean()
     by_lot = (
         lots.set_index("lot")
@@ -184,7 +200,14 @@ def explain(
     tables["linear_model"] = (
         pd.DataFrame(coefs, index=list(ATTRIBUTES)).rename_axis("attribute").reset_index()
     )
-    return ExplainOutput(metrics, tables, figs, sweep, higher, lower, tiles)
+    slopes = {
+        "labels": marginal_slopes(by_lot, "peak_stress"),
+        "predicted": marginal_slopes(by_lot, "predicted"),
+    }
+    tables["correlation_slopes"] = (
+        pd.DataFrame(slopes, index=list(ATTRIBUTES)).rename_axis("attribute").reset_index()
+    )
+    return ExplainOutput(metrics, tables, figs, sweep, higher, lower, knob_gradient, tiles)
 
 
 def _same_layer(copy: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Module:

@@ -30,9 +30,10 @@ KEY_METRICS = {
     "attgan": ("test/psnr", "control/mean_spearman", "control/max_leakage"),
     "regressor": ("test/lot_r2", "test/lot_rmse", "baseline_rf/lot_r2"),
     "explainer": (
-        "counterfactual/success_rate",
-        "fidelity/cosine_median",
-        "fidelity/sign_agreement",
+        "knob_gradient/er/cosine_median",
+        "knob_gradient/er/centred_cosine",
+        "counterfactual/validity_model",
+        "counterfactual/validity_law",
         "recon/shift_pct_range",
     ),
 }

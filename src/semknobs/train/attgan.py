@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semknobs.config import to_mapping
-from semknobs.evaluation.attgan import AttGANEvalParams
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
 from semknobs.train.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from semknobs.train.device import autocast
@@ -298,6 +297,5 @@ class TrainAttGANStageParams:
     """The ``train_attgan`` params section."""
 
     train: AttGANTrainParams = field(default_factory=AttGANTrainParams)
-    eval: AttGANEvalParams = field(default_factory=AttGANEvalParams)
     sample_every: int = 500  # log a sample grid every N steps
     sample_tiles: int = 6

@@ -1,0 +1,128 @@
+"""Fidelity of an explanation to a reference gradient, per tile and across tiles, with bootstrap
+intervals. Pure arithmetic on arrays: it reads no truth (the referee hands it the references).
+
+An *explanation* gives each tile a vector over the four attributes (a gradient or a direction);
+the *reference* is what it should match: the regressor's oracle gradient ``g_R`` (fidelity
+``er``), the stress law's gradient (``el``), or the law for the regressor itself (``rl``).
+Both must be in the same units (true-attribute units; :mod:`semknobs.evaluation.referee` maps).
+
+Metrics (keys as in ``<explainer>/<fidelity>/<metric>``):
+
+* ``cosine_median`` -- median over tiles of cos(explanation, reference). Weak on its own: the
+  reference direction barely changes across tiles, so a constant vector can score ~1;
+* ``centred_cosine`` -- the cosine, pooled over all tiles and attributes, after removing each
+  side's study-mean vector: does the explanation follow how the reference *varies* from tile
+  to tile? A constant explanation scores exactly 0, a perfect one 1, its negation -1;
+* ``sign_<a>`` -- share of tiles whose sign of attribute ``a`` matches the reference's, over the
+  tiles where the reference's sign is known (``known``: e.g. a nonzero law gradient, or an
+  oracle component beyond twice its standard error); NaN where none is known. A negated
+  explainer scores 0, a constant one the share of tiles on its side;
+* ``rho_<a>`` -- Spearman rho across tiles of component ``a``: does the explanation see that an
+  effect is stronger in some lots than in others? 0 for a constant explanation (no across-tile
+  information), NaN when the reference itself is constant (e.g. an attribute the law ignores).
+
+Intervals: a cluster bootstrap over lots (tiles of one lot are not independent), percentile
+95 % intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from semknobs.attributes import ATTRIBUTES
+
+METRICS = (
+    "cosine_median",
+    "centred_cosine",
+    *(f"sign_{a}" for a in ATTRIBUTES),
+    *(f"rho_{a}" for a in ATTRIBUTES),
+)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine; 0 where either row is zero."""
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    ok = (na > 0) & (nb > 0)
+    return np.where(ok, np.sum(a * b, axis=-1) / np.where(ok, na * nb, 1.0), 0.0)
+
+
+def centred_cosine(explanation: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> float:
+    """Pooled cosine of the two after subtracting each one's mean over tiles; 0 when either is
+    constant (to rounding: a residual below ``tol`` of the vector's own size)."""
+    e = explanation - explanation.mean(axis=0)
+    r = reference - reference.mean(axis=0)
+    if np.linalg.norm(e) <= tol * np.linalg.norm(explanation) or np.linalg.norm(
+        r
+    ) <= tol * np.linalg.norm(reference):
+        return 0.0
+    return float(cosine(e.ravel(), r.ravel()))
+
+
+def rank_correlation(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-12) -> float:
+    """Spearman rho; 0 when ``x`` is constant, NaN when ``y`` is (or fewer than 3 rows)."""
+    if len(x) < 3 or np.ptp(y) <= tol * max(1.0, np.abs(y).max()):
+        return float("nan")
+    if np.ptp(x) <= tol * max(1.0, np.abs(x).max()):
+        return 0.0
+    rx, ry = rankdata(x), rankdata(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def scores(
+    explanation: np.ndarray, reference: np.ndarray, known: np.ndarray | None = None
+) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for (n, 4) arrays (``explanation`` may broadcast)."""
+    reference = np.asarray(reference, dtype=float)
+    explanation = np.broadcast_to(np.asarray(explanation, dtype=float), reference.shape)
+    known = reference != 0 if known is None else np.asarray(known, dtype=bool)
+    out = {
+        "cosine_median": float(np.median(cosine(explanation, reference))),
+        "centred_cosine": centred_cosine(explanation, reference),
+    }
+    match = np.sign(explanation) == np.sign(reference)
+    for k, a in enumerate(ATTRIBUTES):
+        m = known[:, k]
+        out[f"sign_{a}"] = float(match[m, k].mean()) if m.any() else float("nan")
+    for k, a in enumerate(ATTRIBUTES):
+        out[f"rho_{a}"] = rank_correlation(explanation[:, k], reference[:, k])
+    return out
+
+
+def scores_with_ci(
+    explanation: np.ndarray,
+    reference: np.ndarray,
+    groups: np.ndarray,
+    *,
+    known: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """:func:`scores` with a cluster-bootstrap interval over ``groups`` (one label per tile, the
+    lot): columns ``metric``, ``value``, ``low``, ``high``."""
+    reference = np.asarray(reference, dtype=float)
+    explanation = np.broadcast_to(np.asarray(explanation, dtype=float), reference.shape)
+    known = reference != 0 if known is None else np.asarray(known, dtype=bool)
+    point = scores(explanation, reference, known)
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        draws.append(scores(explanation[rows], reference[rows], known[rows]))
+    table = pd.DataFrame(draws)
+    alpha = (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        low = table.quantile(alpha)
+        high = table.quantile(1 - alpha)
+    return pd.DataFrame(
+        {
+            "metric": list(point),
+            "value": list(point.values()),
+            "low": [float(low.get(m, np.nan)) for m in point],
+            "high": [float(high.get(m, np.nan)) for m in point],
+        }
+    )

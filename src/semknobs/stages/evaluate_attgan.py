@@ -1,0 +1,118 @@
+"""Stage ``evaluate_attgan``: the trained AttGAN on the held-out test lots.
+
+Reconstruction (PSNR, SSIM), concept control by the attribute meter (within-tile Spearman, the
+largest leakage, and the effect size as a slope), realism of edits. On a synthetic study the
+same control sweep is also run on the renderer's true interventions (the meter's ceiling,
+:mod:`semknobs.evaluation.ceiling`), so every control figure stands beside the best the meter
+can show. Training never sees any of it: this stage runs after ``train_attgan``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semknobs import registry
+from semknobs.atomic import atomic_path
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.data.dataset import load_tileset, read_splits
+from semknobs.data.schemas import read_lots
+from semknobs.data.truth import read_truth, tile_truth
+from semknobs.evaluation.attgan import AttGANEvalParams, control_figure, evaluate_attgan
+from semknobs.evaluation.ceiling import ceiling
+from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
+from semknobs.evaluation.referee import label_fit
+from semknobs.stage import save_figure, write_metrics
+from semknobs.stages.common import StageResult
+
+
+@dataclass(frozen=True)
+class CeilingParams:
+    n_tiles: int = 48  # the first n of the control tiles are rendered (2 tiles per render)
+    fields: tuple[int, int] = (2, 1)  # fields per rendered scan
+    seed: int = 0
+    n_jobs: int = 2
+
+
+@dataclass(frozen=True)
+class EvaluateAttGANParams(AttGANEvalParams):
+    ceiling: CeilingParams = field(default_factory=CeilingParams)
+
+
+@dataclass(frozen=True)
+class EvaluateAttGANPaths:
+    attgan_dir: Path
+    tiles_dir: Path
+    lots: Path
+    splits: Path
+    metrics: Path
+    reports: Path
+    synthetic: Synthetic | None = None  # the study's truth: adds the meter's ceiling
+
+
+def run(params: EvaluateAttGANParams, paths: EvaluateAttGANPaths) -> StageResult:
+    gen, config = registry.load_attgan(paths.attgan_dir)
+    scaler = AttributeScaler.from_dict(config["scaler"])
+    splits = read_splits(paths.splits)
+    test = load_tileset(
+        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=splits["test"], scaler=scaler
+    )
+    ev = evaluate_attgan(gen, test.images, test.attrs, params)
+    metrics = dict(ev.metrics)
+    figures = dict(ev.figures)
+    summary = [f"test/psnr = {metrics['test/psnr']:.2f} dB"]
+    truth_matrix = None
+    if paths.synthetic is not None:
+        found = _ceiling(params, paths, test.manifest.iloc[ev.pick], scaler, metrics)
+        if found is None:
+            summary.append(
+                f"meter ceiling skipped: {paths.synthetic.truth_dir} is not these tiles' truth"
+            )
+        else:
+            truth_matrix, table = found
+            reports = paths.reports
+            with atomic_path(reports / "ceiling_readings.csv") as tmp:
+                table.to_csv(tmp, index=False, float_format="%.5g")
+            figures["control.png"] = control_figure(ev.matrix, truth_matrix)
+    for a in ATTRIBUTES:
+        line = f"control/spearman_{a} = {metrics[f'control/spearman_{a}']:+.2f}"
+        if truth_matrix is not None:
+            line += (
+                f" (ceiling {metrics[f'control/ceiling_{a}']:+.2f}, "
+                f"gain {metrics[f'control/gain_{a}']:.2f})"
+            )
+        summary.append(line)
+    write_metrics(paths.metrics, metrics)
+    with atomic_path(paths.reports / "control_readings.csv") as tmp:
+        ev.control.to_csv(tmp, index=False, float_format="%.5g")
+    for name, figure in figures.items():
+        save_figure(figure, paths.reports / name)
+    return StageResult(metrics, {"figures": paths.reports}, summary)
+
+
+def _ceiling(params, paths, tiles, scaler, metrics):
+    synthetic = paths.synthetic
+    truth = read_truth(synthetic.truth_dir)
+    true = tile_truth(truth.fields, tiles)[list(ATTRIBUTES)]
+    if true.isna().any(axis=None):
+        return None
+    labels = read_lots(paths.lots)
+    labels[list(ATTRIBUTES)] = scaler.transform(labels[list(ATTRIBUTES)].to_numpy())
+    n = min(params.ceiling.n_tiles, len(tiles))
+    oracle_params = OracleParams(
+        fields=params.ceiling.fields, seed=params.ceiling.seed, n_jobs=params.ceiling.n_jobs
+    )
+    slopes = {a: metrics[f"control/slope_{a}"] for a in ATTRIBUTES}
+    with Oracle(synthetic.study, synthetic.tiling, None, oracle_params) as oracle:
+        result = ceiling(
+            oracle,
+            true.to_numpy()[:n],
+            label_fit(truth.lots, labels),
+            np.linspace(0, 1, params.points),
+            tiles["tile"].to_numpy()[:n],
+            attgan_slopes=slopes,
+        )
+    metrics |= result.metrics
+    return result.matrix, result.table

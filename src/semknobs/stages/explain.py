@@ -1,0 +1,158 @@
+"""Stage ``explain``: concept explanations of the regressor through the AttGAN's knobs, their
+Captum and correlation baselines, and -- on a synthetic study -- the referee's verdict.
+
+Every lot gets ``tiles_per_lot`` explained tiles (the figures and per-lot tables); the held-out
+test lots get ``referee.tiles_per_lot``. Only test-lot tiles are scored: 24 of the 30 lots
+trained both models. The explainers (:mod:`semknobs.explain`) never see the truth; the referee
+(:mod:`semknobs.evaluation.referee`, evaluation only) scores what they said afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from semknobs import registry
+from semknobs.atomic import atomic_path
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.data.dataset import read_splits
+from semknobs.data.schemas import read_lots
+from semknobs.data.tiles import load_tiles
+from semknobs.data.truth import read_truth, tile_truth
+from semknobs.evaluation.oracle import Oracle, Synthetic
+from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.run import ExplainOutput, ExplainParams, explain, sample_tiles
+from semknobs.models.regressor import predict
+from semknobs.stage import save_figure, write_metrics
+from semknobs.stages.common import StageResult
+
+HEADLINE = (
+    "knob_gradient/er/cosine_median",
+    "knob_gradient/er/centred_cosine",
+    *(f"knob_gradient/er/sign_{a}" for a in ATTRIBUTES),
+    "regressor/rl/cosine_median",
+    "counterfactual/validity_model",
+    "counterfactual/validity_law",
+    "counterfactual/success_rate",
+    "recon/shift_pct_range",
+)
+
+
+@dataclass(frozen=True)
+class ExplainStageParams(ExplainParams):
+    referee: RefereeParams = field(default_factory=RefereeParams)
+
+
+@dataclass(frozen=True)
+class ExplainPaths:
+    attgan_dir: Path
+    regressor_dir: Path
+    tiles_dir: Path
+    lots: Path
+    splits: Path
+    metrics: Path
+    reports: Path
+    synthetic: Synthetic | None = None  # the study's truth: adds the referee's scores
+
+
+def run(params: ExplainStageParams, paths: ExplainPaths) -> StageResult:
+    torch.manual_seed(params.seed)
+    gen, gan_config = registry.load_attgan(paths.attgan_dir)
+    reg, _ = registry.load_regressor(paths.regressor_dir)
+    scaler = AttributeScaler.from_dict(gan_config["scaler"])
+    labels = read_lots(paths.lots)
+    splits = read_splits(paths.splits)
+    train = labels[labels["lot"].isin(splits["train"])]
+    stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
+    normalised = labels.copy()
+    normalised[list(ATTRIBUTES)] = np.clip(
+        scaler.transform(labels[list(ATTRIBUTES)].to_numpy()), 0, 1
+    )
+
+    all_tiles, manifest = load_tiles(paths.tiles_dir)
+    per_lot = {lot: params.referee.tiles_per_lot for lot in splits["test"]}
+    rows = sample_tiles(manifest, params.tiles_per_lot, params.seed, counts=per_lot)
+    tiles = manifest.iloc[rows].reset_index(drop=True)
+    images = torch.from_numpy(all_tiles[rows]).float().div(127.5).sub(1).unsqueeze(1)
+    attrs = torch.from_numpy(
+        normalised.set_index("lot").loc[tiles["lot"], list(ATTRIBUTES)].to_numpy()
+    ).float()
+
+    out = explain(
+        gen=gen,
+        reg=reg,
+        images=images,
+        attrs=attrs,
+        tiles=tiles,
+        lots=normalised,
+        stress_range=stress_range,
+        layer=reg.net.layer4,
+        params=params,
+    )
+    metrics = dict(out.metrics)
+    tables, figures = dict(out.tables), dict(out.figures)
+    summary = []
+    if paths.synthetic is not None:
+        test_rows = np.flatnonzero(tiles["lot"].isin(splits["test"]).to_numpy())
+        judged = _referee(params, paths.synthetic, out, test_rows, labels, scaler, reg)
+        if judged is None:
+            summary.append(
+                f"referee skipped: {paths.synthetic.truth_dir} is not these tiles' truth"
+            )
+        else:
+            metrics |= judged.metrics
+            tables |= judged.tables
+            figures |= judged.figures
+
+    write_metrics(paths.metrics, metrics)
+    _write_reports(paths.reports, tables, figures)
+    summary += [f"{key} = {metrics[key]:.3f}" for key in HEADLINE if key in metrics]
+    return StageResult(metrics, {"explain": paths.reports}, summary)
+
+
+def _referee(params, synthetic, out: ExplainOutput, rows, labels, scaler, reg):
+    truth = read_truth(synthetic.truth_dir)
+    scored = out.tiles.iloc[rows].reset_index(drop=True)
+    if tile_truth(truth.fields, scored).isna().any(axis=None):
+        return None
+    knob_labels = labels.copy()  # unclipped: the label fit is affine in the raw scores
+    knob_labels[list(ATTRIBUTES)] = scaler.transform(labels[list(ATTRIBUTES)].to_numpy())
+    corr = out.tables["correlation_slopes"].set_index("attribute").loc[list(ATTRIBUTES)]
+    gradients = {
+        "knob_gradient": out.knob_gradient.gradient[rows],
+        "sensitivity": out.sweep.slopes()[rows],
+        "correlation": np.broadcast_to(corr["predicted"].to_numpy(), (len(rows), len(ATTRIBUTES))),
+    }
+    directions = {"counterfactual": out.higher.delta_attrs[rows]}
+    counterfactuals = [
+        Counterfactuals(target, res.attrs[rows], res.new_attrs[rows], res.success[rows])
+        for target, res in (("higher", out.higher), ("lower", out.lower))
+    ]
+    oracle_predict = lambda x: predict(reg, x)  # noqa: E731
+    with Oracle(synthetic.study, synthetic.tiling, oracle_predict, params.referee.oracle) as oracle:
+        return referee(
+            truth=truth,
+            tiles=scored,
+            labels=knob_labels,
+            gradients=gradients,
+            directions=directions,
+            counterfactuals=counterfactuals,
+            oracle=oracle,
+            params=params.referee,
+        )
+
+
+def _write_reports(reports: Path, tables: dict[str, pd.DataFrame], figures: dict) -> None:
+    for name, table in tables.items():
+        with atomic_path(reports / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    for a in ATTRIBUTES:  # one file per attribute for `dvc plots`
+        curve = tables["sensitivity"].query("attribute == @a").drop(columns="attribute")
+        with atomic_path(reports / "plots" / f"sensitivity_{a}.csv") as tmp:
+            curve.to_csv(tmp, index=False, float_format="%.6g")
+    for name, figure in figures.items():
+        save_figure(figure, reports / name)

@@ -1,0 +1,83 @@
+"""Fidelity metrics with known answers: a perfect explainer scores 1, its negation -1, a
+constant one 0 on the across-tile and centred metrics (although it passes the plain cosine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.data.law import StressLaw
+from semknobs.evaluation import fidelity
+
+ACROSS = ["centred_cosine", *(f"rho_{a}" for a in ATTRIBUTES)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The default law's gradient at 60 tiles of 6 lots (lot values + tile scatter)."""
+    rng = np.random.default_rng(0)
+    lots = rng.uniform(0.05, 0.95, (6, 4))
+    truth = np.clip(np.repeat(lots, 10, axis=0) + 0.04 * rng.standard_normal((60, 4)), 0, 1)
+    return StressLaw().gradient(truth), np.repeat(np.arange(6), 10)
+
+
+def test_perfect_explainer_scores_one(reference):
+    g, _ = reference
+    s = fidelity.scores(3.0 * g, g)
+    assert all(s[m] == pytest.approx(1.0) for m in ["cosine_median", *ACROSS])
+    assert all(s[f"sign_{a}"] == 1.0 for a in ATTRIBUTES)
+
+
+def test_negated_explainer_scores_minus_one(reference):
+    g, _ = reference
+    s = fidelity.scores(-g, g)
+    assert all(s[m] == pytest.approx(-1.0) for m in ["cosine_median", *ACROSS])
+    assert all(s[f"sign_{a}"] == 0.0 for a in ATTRIBUTES)
+
+
+def test_constant_explainer_scores_zero_across_tiles_but_passes_the_plain_cosine(reference):
+    g, _ = reference
+    constant = g.mean(axis=0)  # the study-mean gradient: the best a constant vector can do
+    s = fidelity.scores(constant, g)
+    assert s["cosine_median"] > 0.9  # why the plain cosine alone is no metric
+    assert all(s[m] == 0.0 for m in ACROSS)
+
+
+def test_a_noisy_explainer_lands_in_between(reference):
+    g, _ = reference
+    noisy = g + np.random.default_rng(1).normal(0, 1, g.shape) * g.std(axis=0)
+    s = fidelity.scores(noisy, g)
+    assert 0.2 < s["centred_cosine"] < 0.95 and 0.2 < s["rho_size"] < 0.95
+
+
+def test_sign_accuracy_counts_only_known_references():
+    ref = np.array([[1.0, -1.0, 0.0, 2.0], [1.0, -2.0, 0.0, -2.0], [2.0, -1.0, 0.0, 2.0]])
+    expl = np.array([[1.0, 1.0, 5.0, 1.0], [1.0, -1.0, -5.0, 1.0], [1.0, -1.0, 5.0, 1.0]])
+    s = fidelity.scores(expl, ref)
+    assert s["sign_size"] == 1.0
+    assert s["sign_porosity"] == pytest.approx(2 / 3)
+    assert np.isnan(s["sign_dispersity"])  # the reference has no sign: not scored
+    known = np.ones_like(ref, dtype=bool)
+    known[2, 3] = False
+    assert fidelity.scores(expl, ref, known)["sign_facetness"] == 0.5
+    assert np.isnan(s["rho_dispersity"])  # a constant reference has no ranking to follow
+
+
+def test_intervals_cover_the_point_and_are_degenerate_for_a_perfect_explainer(reference):
+    g, lots = reference
+    perfect = fidelity.scores_with_ci(g, g, lots, n_boot=200).set_index("metric")
+    assert np.allclose(perfect.loc["centred_cosine", ["low", "high"]], 1.0)
+    noisy = g + np.random.default_rng(2).normal(0, 1, g.shape) * g.std(axis=0)
+    table = fidelity.scores_with_ci(noisy, g, lots, n_boot=300).set_index("metric")
+    for m in ["cosine_median", "centred_cosine", "rho_size"]:
+        low, value, high = table.loc[m, ["low", "value", "high"]]
+        assert low <= value <= high and high - low > 0.01, m
+
+
+def test_rank_correlation_edge_cases():
+    x = np.arange(5.0)
+    assert fidelity.rank_correlation(x, x) == pytest.approx(1.0)
+    assert fidelity.rank_correlation(np.ones(5), x) == 0.0
+    assert np.isnan(fidelity.rank_correlation(x, np.ones(5)))
+    assert np.isnan(fidelity.rank_correlation(x[:2], x[:2]))

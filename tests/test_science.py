@@ -1,0 +1,115 @@
+"""The study suite's studies are what they claim (the confounded design is confounded, the other
+law has a zero-effect attribute and flipped signs), and its machinery builds workspaces and
+tables. The suite itself runs end to end on the tiny pipeline in test_pipeline_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semknobs import science
+from semknobs.attributes import ATTRIBUTES
+from semknobs.config import deep_merge, from_mapping, load_params
+from semknobs.data.design import lot_design
+from semknobs.data.synth import SynthParams
+
+from .conftest import ROOT
+
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+
+
+def _synth(study: science.Study) -> SynthParams:
+    params = deep_merge(load_params(ROOT / "params.yaml"), study.overlay)
+    return from_mapping(SynthParams, params["synthesize"], where=study.name)
+
+
+def test_there_are_at_least_three_studies_and_each_is_valid_params():
+    studies = science.read_studies(STUDIES)
+    assert {"default", "other_law", "confounded"} <= {s.name for s in studies}
+    assert [s.name for s in studies if s.in_place] == ["default"]
+    for study in studies:
+        synth = _synth(study)
+        lots = lot_design(synth.n_lots, synth.design, np.random.default_rng([synth.seed, 0]))
+        assert np.all(synth.law(lots) > 0), study.name  # the synthesize stage would refuse
+
+
+def test_the_confounded_design_correlates_an_attribute_the_law_ignores():
+    (study,) = [s for s in science.read_studies(STUDIES) if s.name == "confounded"]
+    synth = _synth(study)
+    lots = lot_design(synth.n_lots, synth.design, np.random.default_rng([synth.seed, 0]))
+    corr = np.corrcoef(lots.T)
+    p, f = ATTRIBUTES.index("porosity"), ATTRIBUTES.index("facetness")
+    assert corr[p, f] >= 0.85
+    grad = synth.law.gradient(lots)
+    assert np.all(grad[:, f] == 0) and np.all(grad[:, p] < 0)
+    # what a correlation analysis sees: facetness "lowers" the stress
+    assert np.corrcoef(lots[:, f], synth.law(lots))[0, 1] < -0.5
+
+
+def test_the_other_law_flips_signs_and_has_a_zero_effect_attribute():
+    (study,) = [s for s in science.read_studies(STUDIES) if s.name == "other_law"]
+    synth = _synth(study)
+    lots = lot_design(synth.n_lots, synth.design, np.random.default_rng([synth.seed, 0]))
+    grad = synth.law.gradient(lots)
+    default = _synth(science.Study("default", {})).law.gradient(lots)
+    assert np.all(grad[:, 0] > 0) and np.all(default[:, 0] < 0)  # size: sign flipped
+    assert np.all(grad[:, 1] == 0)  # porosity: no effect
+    assert (grad[:, 2] > 0).any() and (grad[:, 2] < 0).any()  # dispersity: sign set by facetness
+
+
+def test_study_names_must_be_unique(tmp_path):
+    (tmp_path / "a").mkdir()
+    for folder in (tmp_path, tmp_path / "a"):
+        (folder / "x.yaml").write_text("{}\n")
+    with pytest.raises(science.SemknobsError, match="unique"):
+        science.read_studies([tmp_path / "x.yaml", tmp_path / "a" / "x.yaml"])
+
+
+def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "params.yaml").write_text("synthesize:\n  seed: 7  # a comment\n  n_lots: 30\n")
+    (root / "code.py").write_text("print(1)\n")
+    (root / ".gitignore").write_text("ignored.txt\n")
+    (root / "ignored.txt").write_text("no\n")
+    env = science._git_env()
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    study = science.Study("wide", {"synthesize": {"n_lots": 40}})
+    ws = science.prepare_workspace(root, study, tmp_path / "work")
+    assert (ws / "code.py").exists() and not (ws / "ignored.txt").exists()
+    assert load_params(ws / "params.yaml") == {"synthesize": {"seed": 7, "n_lots": 40}}
+    assert "study 'wide'" in (ws / "params.yaml").read_text()
+    again = science.prepare_workspace(root, study, tmp_path / "work")  # a rerun reuses it
+    assert again == ws and (ws / ".git").is_dir()
+
+
+def test_collect_and_the_table(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    explain = {"knob_gradient/er/cosine_median": 0.25, "counterfactual/validity_model": 0.5}
+    (tmp_path / "metrics" / "explain.json").write_text(json.dumps(explain))
+    (tmp_path / "metrics" / "regressor.json").write_text(json.dumps({"test/lot_r2": 0.9}))
+    got = science.collect(tmp_path, science.Study("s1", {"x": 1}))
+    assert got == {
+        "s1/knob_gradient/er/cosine_median": 0.25,
+        "s1/counterfactual/validity_model": 0.5,
+        "s1/test/lot_r2": 0.9,
+    }
+    text = science.markdown(got, ["s1"])
+    assert "## s1" in text and "| knob_gradient | er | 0.25 |" in text
+    assert "validity: model 0.50" in text
+    fig = science.suite_figure(got, ["s1"])
+    assert len(fig.axes) >= 1
+    with pytest.raises(science.DataError, match="unreadable"):
+        science.collect(tmp_path / "nowhere", science.Study("s2", {"x": 1}))
+
+
+def test_the_make_target_runs_every_study():
+    makefile = (ROOT / "Makefile").read_text()
+    line = next(x for x in makefile.splitlines() if "semknobs.science" in x)
+    assert all(f"studies/{p.name}" in line for p in STUDIES)
+    assert Path(ROOT / "studies" / "default.yaml").exists()
