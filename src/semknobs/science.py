@@ -184,7 +184,7 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
             f"max |corr| between true lot attributes {_fmt(get('design/max_abs_correlation'))}",
             f"counterfactual validity: model {_fmt(get('counterfactual/validity_model'))}, "
             f"law {_fmt(get('counterfactual/validity_law'))} "
-            f"(over {_fmt(get('counterfactual/validity_n'))} converged searches)",
+            f"(over {int(get('counterfactual/validity_n') or 0)} converged searches)",
         ]
         lines += [f"- {f}" for f in facts] + [""]
         head = ["explainer", "fidelity", *(m.replace("_", " ") for m in TABLE_METRICS)]
