@@ -169,7 +169,7 @@ _REGRESSOR_PROBE = """
 import json, resource, sys, time
 import numpy as np, torch
 from semknobs.config import deep_merge, from_mapping, load_overrides, load_params
-from semknobs.models.regressor import to_input
+from semknobs.pixels import to_model
 from semknobs.train.regressor import TrainRegressorStageParams, augment, make_trainer, set_threads
 raw = load_params(sys.argv[1])["train_regressor"]
 raw["train"] = deep_merge(raw.get("train", {}), load_overrides(sys.argv[2]))
@@ -189,7 +189,7 @@ start = time.perf_counter()
 order = torch.randperm(n, generator=g)
 for b in range(steps):
     idx = order[b * p.batch_size : (b + 1) * p.batch_size]
-    augment(to_input(images[idx]), p.augment, g).contiguous(memory_format=torch.channels_last)
+    augment(to_model(images[idx]), p.augment, g).contiguous(memory_format=torch.channels_last)
 load_s = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 tiles = steps * p.batch_size
@@ -286,6 +286,7 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
     """
     from semknobs import registry, tracking
     from semknobs.data.tiles import load_tiles
+    from semknobs.serving import explainer_model
     from semknobs.serving.client import frame_request, free_port, post, running_server
     from semknobs.serving.tile_codec import tiles_frame
 
@@ -296,7 +297,7 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     tracking.configure()
     with tracking.stage_run("bench", params={}, root=work):
-        ref = registry.log_model(bundle, name="explainer", kind="explainer")
+        ref = registry.log_model(bundle, name="explainer", spec=explainer_model.SPEC)
     tiles, _ = load_tiles(Path("data/tiles"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"

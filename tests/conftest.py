@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +69,14 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield root
 
 
-def load_stage(name: str):
-    """Import ``pipelines/<name>.py`` as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"stage_{name}", ROOT / "pipelines" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def stage_main(name: str):
+    """``main(argv) -> exit status`` of stage ``name``: the command line that
+    ``pipelines/<name>.py`` runs, built from ``semknobs.stages.<name>`` (no script import)."""
+    import importlib
+
+    from semknobs.stage import stage_cli
+
+    return stage_cli(importlib.import_module(f"semknobs.stages.{name}"))
 
 
 @pytest.fixture
@@ -87,7 +84,7 @@ def run_stage(mlflow_tmp, monkeypatch, tmp_path):
     """``run_stage(name, *argv) -> exit status``, with params from ``tmp_path/params.yaml``."""
 
     def run(name: str, *argv: str) -> int:
-        return load_stage(name).main(["--params", str(tmp_path / "params.yaml"), *map(str, argv)])
+        return stage_main(name)(["--params", str(tmp_path / "params.yaml"), *map(str, argv)])
 
     return run
 

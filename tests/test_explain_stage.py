@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from semknobs import registry
+from semknobs.config import to_mapping
 from semknobs.data.dataset import fit_scaler
-from semknobs.data.split import SplitParams, make_splits
+from semknobs.data.split import SplitParams, make_splits, write_splits
+from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Generator
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
 
@@ -23,23 +24,28 @@ from .conftest import ROOT
 def models(tiny_study, tmp_path):
     lots = pd.read_csv(tiny_study["lots"])
     splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
-    scaler = fit_scaler(tiny_study["lots"], splits["train"])
+    write_splits(tmp_path / "splits.json", splits)
+    scaler = fit_scaler(tiny_study["lots"], splits.train)
     torch.manual_seed(0)
     cfg = AttGANConfig(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16)
-    registry.save_model_dir(
+    save_model_dir(
         tmp_path / "attgan",
         kind="attgan",
         weights={"generator": Generator(cfg)},
-        config={"model": cfg.to_dict(), "scaler": scaler.to_dict(), "img_size": 64},
+        config={"model": to_mapping(cfg), "scaler": scaler.to_dict(), "img_size": 64},
     )
     rcfg = RegressorConfig(preset="tiny")
     reg = PeakStressRegressor(rcfg, target_mean=45.0, target_std=8.0)
-    registry.save_model_dir(
+    save_model_dir(
         tmp_path / "regressor",
         kind="regressor",
         weights={"regressor": reg},
-        config={"model": rcfg.to_dict(), "target": reg.target_stats, "scaler": scaler.to_dict()},
+        config={
+            "model": to_mapping(rcfg),
+            "img_size": 64,
+            "target": reg.target_stats,
+            "scaler": scaler.to_dict(),
+        },
     )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["explain"].update(

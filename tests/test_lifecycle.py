@@ -20,16 +20,20 @@ import torch
 
 from semknobs import cli, registry, tracking
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.config import to_mapping
 from semknobs.errors import ModelError, ParamsError
 from semknobs.explain.bundle import KnobExplainer, save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams
-from semknobs.explain.run import ExplainParams, explain
+from semknobs.explain.study import ExplainParams, explain
 from semknobs.lifecycle.promote import Gate, PromoteParams, champions, check_gates, promote
-from semknobs.lifecycle.register import RegisterParams, register_models
+from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+from semknobs.names import MODEL_NAMES
+from semknobs.serving import attgan_model, regressor_model
 from semknobs.serving.client import frame_request, free_port, post, running_server
 from semknobs.serving.tile_codec import tiles_frame
+from semknobs.stages.register import SPECS, register_models
 
 SIZE = 32
 GAN = AttGANConfig(
@@ -47,16 +51,16 @@ GAN = AttGANConfig(
 SEARCH = CounterfactualParams(delta=0.1, delta_unit="range", steps=8, restarts=2, lr=0.1)
 SCALER = AttributeScaler((1.0,) * 4, (9.0,) * 4)
 STRESS_RANGE = 30.0
-NAMES = {"attgan": "t-attgan", "regressor": "t-regressor", "explainer": "t-explainer"}
+NAMES = MODEL_NAMES
 GOOD = {"test/lot_r2": 0.95, "baseline_rf/lot_r2": 0.7, "test/lot_rmse": 1.5}
 BAD = {"test/lot_r2": 0.5, "baseline_rf/lot_r2": 0.7, "test/lot_rmse": 6.0}
 GATES = PromoteParams(
     gates={
-        "t-regressor": [
+        "regressor": [
             Gate("test/lot_r2", min=0.85),
             Gate("test/lot_r2", min="baseline_rf/lot_r2"),
         ],
-        "t-explainer": [Gate("counterfactual/success_rate", min=0.99)],
+        "explainer": [Gate("counterfactual/success_rate", min=0.99)],
     }
 )
 
@@ -68,18 +72,18 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gen, dis = Generator(GAN).eval(), Discriminator(GAN)
     reg = PeakStressRegressor(RegressorConfig(preset="tiny", img_size=SIZE), 40.0, 8.0).eval()
     paths = {kind: root / kind for kind in ("attgan", "regressor", "explainer")}
-    registry.save_model_dir(
+    save_model_dir(
         paths["attgan"],
         kind="attgan",
         weights={"generator": gen, "discriminator": dis},
-        config={"model": GAN.to_dict(), "scaler": SCALER.to_dict(), "img_size": SIZE},
+        config={"model": to_mapping(GAN), "scaler": SCALER.to_dict(), "img_size": SIZE},
     )
-    registry.save_model_dir(
+    save_model_dir(
         paths["regressor"],
         kind="regressor",
         weights={"regressor": reg},
         config={
-            "model": reg.cfg.to_dict(),
+            "model": to_mapping(reg.cfg),
             "img_size": SIZE,
             "target": {"mean": 40.0, "std": 8.0},
         },
@@ -108,7 +112,7 @@ def _register(folders: dict[str, Path], regressor_metrics: dict[str, float]) -> 
     refs = {}
     for kind in ("attgan", "regressor"):
         with tracking.stage_run(f"train_{kind}", params={}):
-            refs[kind] = registry.log_model(folders[kind], name=kind, kind=kind)
+            refs[kind] = registry.log_model(folders[kind], name=kind, spec=SPECS[kind])
     metrics = {
         "attgan": {"test/psnr": 25.0},
         "regressor": regressor_metrics,
@@ -116,7 +120,7 @@ def _register(folders: dict[str, Path], regressor_metrics: dict[str, float]) -> 
     }
     with tracking.stage_run("register", params={}):
         versions = register_models(
-            params=RegisterParams(names=NAMES),
+            alias="candidate",
             model_dirs=folders,
             logged=refs,
             metrics=metrics,
@@ -167,7 +171,8 @@ def test_register_links_each_version_to_its_run(store: Path, folders) -> None:
     assert "test/lot_r2 = 0.95" in versions["regressor"].description
     bundle = versions["explainer"]
     assert (
-        bundle.tags["semknobs.bundles.regressor"] == f"t-regressor/{versions['regressor'].version}"
+        bundle.tags["semknobs.bundles.regressor"]
+        == f"semknobs-regressor/{versions['regressor'].version}"
     )
     assert bundle.tags["semknobs.kind"] == "explainer"
 
@@ -177,41 +182,43 @@ def test_promotion_refuses_forces_and_moves_the_alias(store: Path, folders) -> N
 
     client = MlflowClient()
     bad = _register(folders, BAD)["versions"]["regressor"].version
-    refused = promote("t-regressor", params=GATES)
+    refused = promote("semknobs-regressor", params=GATES)
     assert not refused.promoted and refused.version == str(bad)
     assert [r.gate.min for r in refused.failed] == [0.85, "baseline_rf/lot_r2"]
-    assert "champion" not in (client.get_registered_model("t-regressor").aliases or {})
+    assert "champion" not in (client.get_registered_model("semknobs-regressor").aliases or {})
     with pytest.raises(ParamsError, match="reason"):
-        promote("t-regressor", params=GATES, force=True)
+        promote("semknobs-regressor", params=GATES, force=True)
     with pytest.raises(ParamsError, match="no promotion gates"):
-        promote("t-attgan", params=GATES)
+        promote("semknobs-attgan", params=GATES)
 
-    forced = promote("t-regressor", params=GATES, force=True, reason="demo", user="tester")
+    forced = promote("semknobs-regressor", params=GATES, force=True, reason="demo", user="tester")
     assert forced.promoted and forced.forced
-    tags = client.get_model_version("t-regressor", str(bad)).tags
+    tags = client.get_model_version("semknobs-regressor", str(bad)).tags
     assert tags["champion.forced"] == "true" and tags["champion.reason"] == "demo"
     assert (
         tags["champion.promoted_by"] == "tester" and "test/lot_r2" in tags["champion.failed_gates"]
     )
 
     good = _register(folders, GOOD)["versions"]["regressor"].version
-    passed = promote("t-regressor", params=GATES)
+    passed = promote("semknobs-regressor", params=GATES)
     assert passed.promoted and not passed.forced and passed.previous == str(bad)
-    assert str(client.get_model_version_by_alias("t-regressor", "champion").version) == str(good)
-    old = client.get_model_version("t-regressor", str(bad)).tags
+    assert str(client.get_model_version_by_alias("semknobs-regressor", "champion").version) == str(
+        good
+    )
+    old = client.get_model_version("semknobs-regressor", str(bad)).tags
     assert old["champion.superseded_by"] == str(good) and "champion.retired_at" in old
-    assert [c["version"] for c in champions("t-regressor")] == [str(bad), str(good)]
+    assert [c["version"] for c in champions("semknobs-regressor")] == [str(bad), str(good)]
 
     # the CLI names each failed gate and exits non-zero
     _register(folders, BAD)
     params = store / "params.yaml"
     params.write_text(
-        json.dumps(
-            {"promote": {"gates": {"t-regressor": [{"metric": "test/lot_r2", "min": 0.85}]}}}
-        )
+        json.dumps({"promote": {"gates": {"regressor": [{"metric": "test/lot_r2", "min": 0.85}]}}})
     )
-    assert cli.main(["promote", "--model", "t-regressor", "--params", str(params)]) == 1
-    assert str(client.get_model_version_by_alias("t-regressor", "champion").version) == str(good)
+    assert cli.main(["promote", "--model", "semknobs-regressor", "--params", str(params)]) == 1
+    assert str(client.get_model_version_by_alias("semknobs-regressor", "champion").version) == str(
+        good
+    )
 
 
 # Runs in a fresh interpreter: the explainer by alias through MLflow's pyfunc loader.
@@ -222,7 +229,7 @@ FRESH = textwrap.dedent(
     import pandas as pd
     columns = ["size", "porosity", "dispersity", "facetness"]
     frame = pd.read_json(sys.argv[1], orient="split", dtype={c: "float64" for c in columns})
-    model = mlflow.pyfunc.load_model("models:/t-explainer@champion")
+    model = mlflow.pyfunc.load_model("models:/semknobs-explainer@champion")
     out = model.predict(frame, params={"target": "higher"})
     out.to_json(sys.argv[2], orient="split")
     """
@@ -231,7 +238,7 @@ FRESH = textwrap.dedent(
 
 def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_path: Path) -> None:
     versions = _register(folders, GOOD)["versions"]
-    promote("t-explainer", params=GATES, force=True, reason="test the pyfunc")
+    promote("semknobs-explainer", params=GATES, force=True, reason="test the pyfunc")
     lots = pd.DataFrame({"lot": ["A", "B", "C", "D"], "peak_stress": [30.0, 40.0, 50.0, 60.0]})
     labels = np.array([[2, 3, 4, 5], [5, 5, 5, 5], [8, 2, 6, 1], [4, 7, 2, 8]], dtype=float)
     tile_lots = np.repeat(lots["lot"].to_numpy(), 2)
@@ -239,8 +246,8 @@ def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_pat
     tiles = _tiles(8)
 
     # the explain stage's computation, on the same models, tiles and settings
-    gen, _ = registry.load_attgan(folders["attgan"])
-    reg, _ = registry.load_regressor(folders["regressor"])
+    gen, _ = attgan_model.load(folders["attgan"])
+    reg, _ = regressor_model.load(folders["regressor"])
     norm = lots.copy()
     norm[list(ATTRIBUTES)] = np.clip(SCALER.transform(labels), 0, 1)
     params = ExplainParams(
@@ -319,11 +326,20 @@ def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path
     assert not fresh.exists() or not any(fresh.iterdir())
 
     assert (
-        cli.main(["explain", str(tile), "--model", "models:/t-explainer@nope", "--out", str(fresh)])
+        cli.main(
+            [
+                "explain",
+                str(tile),
+                "--model",
+                "models:/semknobs-explainer@nope",
+                "--out",
+                str(fresh),
+            ]
+        )
         == 2
     )
     err = capsys.readouterr().err
-    assert "t-explainer" in err and "'nope'" in err
+    assert "semknobs-explainer" in err and "'nope'" in err
     with pytest.raises(ModelError, match="does not exist"):
         KnobExplainer.load(tmp_path / "no-such-model")
 
@@ -335,7 +351,7 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
     base = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "semknobs.cli", "serve",
-        "--model", "models:/t-explainer@candidate", "--port", str(port),
+        "--model", "models:/semknobs-explainer@candidate", "--port", str(port),
     ]  # fmt: skip
     with running_server(command, base_url=base, log_path=tmp_path / "server.log", timeout_s=240):
         url = f"{base}/invocations"
@@ -383,10 +399,10 @@ def test_register_relogs_a_model_missing_from_the_store(store: Path, folders) ->
     """Models restored with `dvc pull` into a fresh store: the folder is logged again."""
     gone = registry.LoggedModelRef("models:/m-0000", "m-0000", "0" * 32)
     with tracking.stage_run("train_attgan", params={}):
-        attgan = registry.log_model(folders["attgan"], name="attgan", kind="attgan")
+        attgan = registry.log_model(folders["attgan"], name="attgan", spec=SPECS["attgan"])
     with tracking.stage_run("register", params={}) as run:
         versions = register_models(
-            params=RegisterParams(names=NAMES),
+            alias="candidate",
             model_dirs=folders,
             logged={"attgan": attgan, "regressor": gone},
             metrics={"regressor": GOOD},

@@ -11,7 +11,7 @@ from semknobs.data.synth import SynthParams
 from semknobs.data.tiles import TileParams
 from semknobs.errors import ParamsError
 from semknobs.evaluation.oracle import Oracle, OracleParams
-from semknobs.measure import measure_tiles
+from semknobs.meter import measure_tiles
 
 STUDY, TILING = SynthParams(), TileParams(n_jobs=1)
 TRUTH = np.array([[0.5, 0.3, 0.5, 0.5], [0.2, 0.6, 0.4, 0.7]])

@@ -117,7 +117,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     for attr in ("size", "porosity", "dispersity", "facetness"):
         assert -1 <= metrics[f"meter/spearman_{attr}"] <= 1
     splits = json.loads((clone / "data" / "splits.json").read_text())
-    assert len(splits["test"]) == 2 and len(splits["folds"]) == 2
+    assert len(splits.test) == 2 and len(splits.folds) == 2
     for path in (
         "reports/tile/contact_sheet.png",
         "reports/validate/data_docs/index.html",
@@ -135,6 +135,28 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     dag = _dvc(clone, "dag", "--md")
     assert dag.returncode == 0
     assert all(stage in dag.stdout for stage in STAGES)
+
+
+def test_editing_a_module_flags_exactly_the_stages_that_import_it(clone):
+    from semknobs.sources import stage_sources
+
+    for module in ("src/semknobs/evaluation/ceiling.py", "src/semknobs/data/split.py"):
+        path = clone / module
+        original = path.read_text()
+        expected = {stage for stage in STAGES if module in stage_sources(stage)}
+        try:
+            path.write_text(original + "\n# edited\n")
+            status = _dvc(clone, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            changed = {
+                stage
+                for stage, changes in json.loads(status.stdout).items()
+                if any(module in str(c) for c in changes)
+            }
+            assert changed == expected and expected, module
+        finally:
+            path.write_text(original)
+    assert "Data and pipelines are up to date" in _dvc(clone, "status").stdout
 
 
 def test_one_execution_tag_groups_the_stage_runs(clone):

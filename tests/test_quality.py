@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from semknobs.config import from_mapping
-from semknobs.data.quality import ValidateParams, check_quality, validate_dataset
+from semknobs.data.quality import ValidateParams, check_quality
 from semknobs.data.tiles import MANIFEST_COLUMNS, tile_statistics
 from semknobs.errors import ParamsError, ValidationFailed
+from semknobs.stages import validate
 
 OUT_PX = 16
 COLS = 4  # tiles per scan row
@@ -191,7 +192,13 @@ def test_params_are_strict(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# validate_dataset: files in, reports out
+# the validate stage: files in, reports out
+
+
+def validate_dataset(*, params, lots_csv, tiles_dir, report_dir):
+    """The stage's run; its summary.json, as later stages read it."""
+    validate.run(params, validate.Paths(lots=lots_csv, tiles_dir=tiles_dir, reports=report_dir))
+    return json.loads((Path(report_dir) / "summary.json").read_text())
 
 
 def write_dataset(root: Path, tiles: dict[str, np.ndarray], labelled: list[str]) -> tuple:

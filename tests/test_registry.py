@@ -16,9 +16,12 @@ from torch import nn
 
 from semknobs import registry, tracking
 from semknobs.attributes import AttributeScaler
+from semknobs.config import to_mapping
 from semknobs.errors import ModelError, SemknobsError
-from semknobs.evaluation.attgan import generate
+from semknobs.evaluation.samples import generate
+from semknobs.model_folder import read_config, save_model_dir
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+from semknobs.serving import attgan_model
 
 TINY = AttGANConfig(
     img_size=32,
@@ -41,17 +44,17 @@ FRESH = textwrap.dedent(
     import mlflow
     import numpy as np
     import torch
-    from semknobs import registry
+    from semknobs.serving import attgan_model
 
     uri, data, out = sys.argv[1:]
     inputs = dict(np.load(data))
-    gen, config = registry.load_attgan(uri)
+    gen, config = attgan_model.load(uri)
     x = torch.from_numpy(inputs["images"]).float().div(127.5).sub(1)[:, None]
     with torch.no_grad():
         y = gen(x, torch.from_numpy(inputs["attributes"]))
     direct = ((y.squeeze(1).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     served = mlflow.pyfunc.load_model(uri).predict(inputs)
-    np.savez(out, direct=direct, served=served, kind=config["kind"], training=gen.training)
+    np.savez(out, direct=direct, served=served, kind=attgan_model.KIND, training=gen.training)
     """
 )
 
@@ -70,12 +73,12 @@ def _save(path: Path, seed: int = 0) -> tuple[Path, Generator]:
     gen, dis = _tiny_model(seed)
     scaler = AttributeScaler((0.0,) * 4, (10.0,) * 4)
     config = {
-        "model": TINY.to_dict(),
+        "model": to_mapping(TINY),
         "scaler": scaler.to_dict(),
         "img_size": TINY.img_size,
         "metrics": {"test/psnr": np.float32(21.5)},
     }
-    folder = registry.save_model_dir(
+    folder = save_model_dir(
         path, kind="attgan", weights={"generator": gen, "discriminator": dis}, config=config
     )
     return folder, gen
@@ -84,7 +87,7 @@ def _save(path: Path, seed: int = 0) -> tuple[Path, Generator]:
 def _log(folder: Path, name: str, **kwargs) -> tuple[object, str]:
     with tracking.stage_run("test", params={}) as run:
         version = registry.log_model_dir(
-            folder, name="attgan", kind="attgan", registered_name=name, **kwargs
+            folder, name="attgan", spec=attgan_model.SPEC, registered_name=name, **kwargs
         )
     return version, run.info.run_id
 
@@ -98,9 +101,9 @@ def test_save_model_dir_layout(tmp_path: Path) -> None:
     ]
     config = json.loads((folder / "config.json").read_text())
     assert config["kind"] == "attgan" and config["weights"] == ["discriminator", "generator"]
-    assert config["model"] == TINY.to_dict() and config["metrics"]["test/psnr"] == 21.5
-    loaded, full = registry.load_attgan(folder)
-    assert not loaded.training and full["scaler"]["size"] == {"low": 0.0, "high": 10.0}
+    assert config["model"] == to_mapping(TINY) and config["metrics"]["test/psnr"] == 21.5
+    loaded, full = attgan_model.load(folder)
+    assert not loaded.training and full.scaler["size"] == {"low": 0.0, "high": 10.0}
     for key, value in gen.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
@@ -108,15 +111,13 @@ def test_save_model_dir_layout(tmp_path: Path) -> None:
 def test_local_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no config.json"):
-        registry.load_attgan(tmp_path / "empty")
+        attgan_model.load(tmp_path / "empty")
     with pytest.raises(ModelError, match="does not exist"):
-        registry.load_attgan(tmp_path / "missing")
+        attgan_model.load(tmp_path / "missing")
     gen, _ = _tiny_model(0)
-    other = registry.save_model_dir(
-        tmp_path / "reg", kind="regressor", weights={"net": gen}, config={}
-    )
+    other = save_model_dir(tmp_path / "reg", kind="regressor", weights={"net": gen}, config={})
     with pytest.raises(ModelError, match="'regressor' model, expected a 'attgan'"):
-        registry.load_attgan(other)
+        attgan_model.load(other)
     assert issubclass(ModelError, SemknobsError)
 
 
@@ -168,7 +169,7 @@ def test_missing_model_or_alias_is_a_clear_error(store: Path) -> None:
     ):
         registry.load_model_dir("models:/semknobs-alias-test@champion")
     with pytest.raises(ModelError, match="registered model 'semknobs-nope' does not exist"):
-        registry.load_attgan("models:/semknobs-nope@candidate")
+        attgan_model.load("models:/semknobs-nope@candidate")
 
 
 def test_registering_twice_moves_the_alias(store: Path) -> None:
@@ -185,9 +186,9 @@ def test_registering_twice_moves_the_alias(store: Path) -> None:
     folder = registry.load_model_dir(f"models:/{name}@candidate", dst_path=store / "dl")
     assert folder.is_relative_to(store / "dl")  # MLflow 3.17: <dl>/artifacts (pyfunc artifacts)
     assert (folder / "generator.safetensors").is_file()
-    config = registry.read_config(folder, kind="attgan")
-    assert config["model"] == TINY.to_dict()
+    config = read_config(folder, kind="attgan")
+    assert config["model"] == to_mapping(TINY)
     by_run = registry.load_model_dir(f"runs:/{run_id}/attgan", dst_path=store / "dl-run")
-    assert registry.read_config(by_run)["model"] == config["model"]
+    assert read_config(by_run)["model"] == config["model"]
     with pytest.raises(ModelError, match="'attgan' model, expected a 'regressor'"):
-        registry.read_config(by_run, kind="regressor")
+        read_config(by_run, kind="regressor")

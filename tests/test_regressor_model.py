@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from semknobs.config import from_mapping
+from semknobs.config import from_mapping, to_mapping
 from semknobs.errors import ParamsError
 from semknobs.models.regressor import (
     PRESETS,
@@ -65,7 +65,7 @@ def test_overrides_and_dict_round_trip():
         RegressorConfig, {"preset": "tiny", "channels": [8, 8, 16, 16], "drop_rate": 0.2}
     )
     assert cfg.resolved().channels == (8, 8, 16, 16) and cfg.resolved().stem_width == 8
-    assert RegressorConfig.from_dict(cfg.to_dict()) == cfg
+    assert from_mapping(RegressorConfig, to_mapping(cfg)) == cfg
     assert build_backbone(cfg).drop_rate == 0.2
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from semknobs.data.split import SplitParams, make_splits
+from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.errors import DataError
 from semknobs.evaluation.regressor import read_measurements, regression_metrics, rf_baseline
-from semknobs.measure import MeterParams, measure_tiles
+from semknobs.meter import MeterParams, measure_tiles
 from semknobs.train.regressor import BaselineParams
 
 from .conftest import ROOT
@@ -65,7 +65,7 @@ FRESH = textwrap.dedent(
 def stage_inputs(tiny_study, tmp_path):
     lots = pd.read_csv(tiny_study["lots"])
     splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    write_splits(tmp_path / "splits.json", splits)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_regressor"] = SECTION
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -105,12 +105,12 @@ def test_stage_registers_a_model_that_reproduces_its_test_predictions(
     assert metrics["train/epochs"] == 3
     report = pd.read_csv(root / "reports" / "test_predictions.csv")
     splits = json.loads((root / "splits.json").read_text())
-    assert sorted(report["lot"].unique()) == sorted(splits["test"])
+    assert sorted(report["lot"].unique()) == sorted(splits.test)
     assert {"tile", "true", "pred", "pred_rf", "pred_mean"} <= set(report.columns)
     assert (root / "reports" / "pred_vs_true.png").exists()
     config = json.loads((root / "model" / "config.json").read_text())
     assert config["kind"] == "regressor" and config["model"]["preset"] == "tiny"
-    assert set(config["train_lots"]).isdisjoint(splits["test"])
+    assert set(config["train_lots"]).isdisjoint(splits.test)
     assert {"mean", "std"} == set(config["target"]) and set(config["scaler"]) == {
         "size",
         "porosity",

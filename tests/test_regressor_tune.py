@@ -3,7 +3,6 @@ params, a real study (journal file, sqlite MLflow store) prunes, finishes and ne
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,31 +11,29 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 from semknobs.config import from_mapping, load_section
-from semknobs.data.split import SplitParams, make_splits
-from semknobs.errors import DataError
+from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.train.regressor import RegressorTrainParams
 from semknobs.train.tune_regressor import (
     SearchSpace,
     TuneRegressorParams,
     apply,
     create_study,
-    cv_folds,
-    make_storage,
     overrides_from_params,
     study_name,
     suggest,
-    training_lots,
 )
+from semknobs.train.tuning import make_storage
 
 from .conftest import ROOT
 
 # --------------------------------------------------------------------------------------------
 # folds
 # --------------------------------------------------------------------------------------------
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+SPACE = from_mapping(SearchSpace, PARAMS["tune_regressor"]["space"])  # declared there only
 
 
 def _lots(stresses):
@@ -45,61 +42,13 @@ def _lots(stresses):
     )
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    stresses=st.lists(st.floats(1, 500, allow_nan=False), min_size=6, max_size=60),
-    n_folds=st.integers(2, 6),
-    test_share=st.floats(0.05, 0.4),
-    seed=st.integers(0, 2**32 - 1),
-    stratify=st.sampled_from(["stress", "none"]),
-)
-def test_tuning_folds_and_training_lots_never_leak(stresses, n_folds, test_share, seed, stratify):
-    lots = _lots(stresses)
-    test_lots = max(1, int(len(lots) * test_share))
-    assume(len(lots) - test_lots >= n_folds)
-    splits = make_splits(
-        lots, SplitParams(n_folds=n_folds, test_lots=test_lots, stratify=stratify, seed=seed)
-    )
-    splits = json.loads(json.dumps(splits))  # as the stage reads it from splits.json
-    test = set(splits["test"])
-    folds = cv_folds(splits)
-    assert len(folds) == n_folds
-    seen_val: list[str] = []
-    for fit, val in folds:
-        assert val and fit
-        assert not set(fit) & set(val)  # a validation lot never trains its own fold's model
-        assert not (set(fit) | set(val)) & test  # tuning never sees a test lot
-        assert sorted(fit + val) == sorted(splits["train"])
-        assert len(set(fit)) == len(fit)
-        seen_val += val
-    assert sorted(seen_val) == sorted(splits["train"])  # every training lot validated once
-    final = training_lots(splits)
-    assert not set(final) & test and sorted(final) == sorted(splits["train"])
-
-
-@pytest.mark.parametrize(
-    ("splits", "message"),
-    [
-        ({"test": ["A"], "folds": [["A", "B"], ["C"]], "train": ["A", "B", "C"]}, "lot A is in"),
-        ({"test": ["X"], "folds": [["A", "B"], ["B"]], "train": ["A", "B"]}, "lot B is in folds"),
-        ({"test": ["X"], "folds": [["A"], ["B"]], "train": ["A", "B", "C"]}, "not the union"),
-        ({"test": ["X"], "folds": [["A", "B"]], "train": ["A", "B"]}, "at least 2 CV folds"),
-    ],
-)
-def test_bad_splits_are_refused_naming_the_lot(splits, message):
-    with pytest.raises(DataError, match=message):
-        cv_folds(splits, "splits.json")
-    with pytest.raises(DataError, match=message):
-        training_lots(splits, "splits.json")
-
-
 # --------------------------------------------------------------------------------------------
 # search space
 # --------------------------------------------------------------------------------------------
 
 
 def test_suggested_overrides_round_trip_into_strict_train_params():
-    space = SearchSpace()
+    space = SPACE
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(5):
         trial = study.ask()
@@ -116,11 +65,13 @@ def test_suggested_overrides_round_trip_into_strict_train_params():
 def test_study_name_changes_with_the_space_not_with_the_trial_count():
     import dataclasses
 
-    tune, base = TuneRegressorParams(), RegressorTrainParams()
+    tune, base = TuneRegressorParams(space=SPACE), RegressorTrainParams()
     name = study_name(tune, base, "data-v1")
     assert name.startswith("semknobs-regressor-")
     assert study_name(dataclasses.replace(tune, n_trials=20, n_workers=4), base, "data-v1") == name
-    wider = dataclasses.replace(tune, space=SearchSpace(preset=("tiny", "small", "medium")))
+    wider = dataclasses.replace(
+        tune, space=dataclasses.replace(SPACE, preset=("tiny", "small", "medium"))
+    )
     assert study_name(wider, base, "data-v1") != name
     assert study_name(tune, dataclasses.replace(base, epochs=3), "data-v1") != name
     assert study_name(tune, base, "data-v2") != name
@@ -128,7 +79,8 @@ def test_study_name_changes_with_the_space_not_with_the_trial_count():
 
 def test_tune_params_are_strict(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"tune_regressor": {"space": {"lr": [0.01, 0.001]}}}))
+    reversed_lr = {**PARAMS["tune_regressor"]["space"], "lr": [0.01, 0.001]}
+    path.write_text(yaml.safe_dump({"tune_regressor": {"space": reversed_lr}}))
     with pytest.raises(Exception, match=r"tune_regressor\.space: .*lr: low"):
         load_section(TuneRegressorParams, "tune_regressor", path)
     path.write_text(yaml.safe_dump({"tune_regressor": {"n_trails": 3}}))
@@ -177,7 +129,7 @@ TEST_SECTIONS = {
 def tune_inputs(tiny_study, tmp_path):
     lots = pd.read_csv(tiny_study["lots"])
     splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    write_splits(tmp_path / "splits.json", splits)
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TEST_SECTIONS
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from semknobs import cli
-from semknobs.explain.apply import _stem
+from semknobs.explain.files import _stem
 
 from .conftest import ROOT
 

@@ -10,7 +10,7 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.data.render import RenderParams, render_scan
 from semknobs.data.synth import synthesize
 from semknobs.data.tiles import TileParams, detect_info_bar, tile_scan
-from semknobs.measure import measure_tiles
+from semknobs.meter import measure_tiles
 
 from .conftest import tiny_synth_params
 

@@ -16,10 +16,9 @@ import pytest
 import torch
 import yaml
 
-from semknobs.data.split import SplitParams, make_splits
+from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.models.attgan import AttGANConfig
-from semknobs.stages.evaluate_attgan import EvaluateAttGANParams, EvaluateAttGANPaths
-from semknobs.stages.evaluate_attgan import run as run_evaluation
+from semknobs.stages import evaluate_attgan
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 
 from .conftest import ROOT
@@ -31,7 +30,7 @@ TINY_MODEL = {"enc_dim": 8, "dec_dim": 8, "dis_dim": 8, "dis_fc_dim": 16}
 def stage_inputs(tiny_study, tmp_path):
     lots = pd.read_csv(tiny_study["lots"])
     splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    write_splits(tmp_path / "splits.json", splits)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
     params["train_attgan"]["train"]["model"].update(TINY_MODEL)
@@ -106,9 +105,9 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
     assert (root / "reports" / "samples.png").exists()
 
     # the evaluate_attgan stage measures the resumed model on the test lots
-    evaluated = run_evaluation(
-        EvaluateAttGANParams(n_tiles=8, points=3),
-        EvaluateAttGANPaths(
+    evaluated = evaluate_attgan.run(
+        evaluate_attgan.Params(n_tiles=8, points=3),
+        evaluate_attgan.Paths(
             attgan_dir=root / "model",
             tiles_dir=tiny_study["tiles"],
             lots=tiny_study["lots"],
@@ -137,7 +136,7 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
     logged = json.loads((root / "reports" / "logged_model.json").read_text())
     probe = (
         "import numpy as np; from semknobs.registry import load_attgan; "
-        "from semknobs.evaluation.attgan import generate; "
+        "from semknobs.evaluation.samples import generate; "
         f"g, cfg = load_attgan({logged['model_uri']!r}); "
         "x = np.load('tile.npy'); y = generate(g, x, np.full((1, 4), 0.5, np.float32)); "
         "print(y.shape, y.dtype, cfg['kind'])"
@@ -158,7 +157,7 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
 def test_unchanged_attributes_give_a_close_copy(tiny_study):
     """After a short training, G(I; A_I) is much closer to I than to other tiles."""
     from semknobs.data.tiles import load_tiles
-    from semknobs.evaluation.attgan import generate
+    from semknobs.evaluation.samples import generate
 
     tiles, _ = load_tiles(tiny_study["tiles"])
     rng = np.random.default_rng(0)

@@ -29,8 +29,23 @@ MUST_NOT_SEE = [
     "semknobs.lifecycle",
     "semknobs.registry",
     "semknobs.cli",
-    "semknobs.measure",
+    "semknobs.meter",
 ]
+TRAINING_STAGES = [
+    f"semknobs.stages.{s}"
+    for s in (
+        "train_attgan",
+        "train_regressor",
+        "tune_attgan",
+        "tune_regressor",
+        "register",
+        "measure",
+        "tile",
+        "validate",
+        "split",
+    )
+]
+MUST_NOT_SEE += TRAINING_STAGES
 SCRIPTS = [
     "train_attgan",
     "train_regressor",
@@ -43,7 +58,7 @@ SCRIPTS = [
     "split",
 ]
 # The evaluation stages, allowed to read it.
-TRUTH_STAGES = {"meter", "explain", "evaluate_attgan"}
+TRUTH_STAGES = {"check_meter", "explain", "evaluate_attgan"}
 
 
 def _module_name(path: Path) -> str:

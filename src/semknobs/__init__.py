@@ -2,12 +2,10 @@
 
 import os as _os
 
+from semknobs.names import TELEMETRY_OFF as _TELEMETRY_OFF
+
 # Telemetry off before any tool is imported (MLflow starts its telemetry on import).
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}.items():
+for _key, _value in _TELEMETRY_OFF.items():
     _os.environ.setdefault(_key, _value)
 
 __version__ = "0.1.0"

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from semknobs import __version__
 from semknobs.errors import SemknobsError
-
-EXPLAINER_URI = "models:/semknobs-explainer@champion"
+from semknobs.names import EXPLAINER_URI
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +111,7 @@ def _measure(args: argparse.Namespace) -> int:
     from semknobs.config import load_section
     from semknobs.data.scans import read_scan
     from semknobs.data.tiles import TileParams, tile_scan
-    from semknobs.measure import measure_tiles
+    from semknobs.meter import measure_tiles
 
     params = TileParams()
     if args.tile and Path(args.params).exists():
@@ -143,21 +142,20 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    import yaml
-
-    from semknobs.atomic import write_text
-    from semknobs.config import deep_merge, load_overrides, load_params
+    from semknobs.config import load_overrides
+    from semknobs.profiles import apply_overlay, dvc_set_args
 
     overrides = load_overrides(Path(args.dir) / f"{args.name}.yaml")
-    merged = deep_merge(load_params(args.params), overrides)
-    write_text(args.params, yaml.safe_dump(merged, sort_keys=False))
-    print(f"semknobs: laid profile {args.name!r} over {args.params}; review with `git diff`")
+    apply_overlay(Path(args.params), overrides)
+    print(f"semknobs: laid profile {args.name!r} over {args.params} (comments kept); review with")
+    print("  git diff; the same as a DVC experiment instead:")
+    print("  git checkout params.yaml && dvc exp run " + " ".join(dvc_set_args(overrides)))
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from semknobs.explain.apply import explain_paths
     from semknobs.explain.bundle import KnobExplainer
+    from semknobs.explain.files import explain_paths
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
@@ -195,7 +193,7 @@ def _promote(args: argparse.Namespace) -> int:
     if args.all and args.version:
         raise SemknobsError("--version goes with --model, not --all")
     tracking.configure()
-    names = list(params.gates) if args.all else [args.model]
+    names = params.names() if args.all else [args.model]
     refused = 0
     for name in names:
         result = promote(

@@ -41,6 +41,19 @@ def load_section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T
     return from_mapping(cls, params[name], where=f"{path}: {name}")
 
 
+def load_tuned_section(
+    cls: type[T], name: str, path: str | Path, tuned: str | Path | None, under: str = "train"
+) -> T:
+    """Section ``name`` with a tuner's overrides file (``tuned``, written by ``tune_*``) laid over
+    its ``under`` part, strictly converted; errors name both files."""
+    section = load_params(path).get(name, {})
+    overrides = load_overrides(tuned)
+    if overrides:
+        section = deep_merge(section, {under: overrides})
+    where = f"{path}: {name}" + (f" (+ {tuned})" if overrides else "")
+    return from_mapping(cls, section, where=where)
+
+
 def from_mapping(cls: type[T], data: Any, where: str = "params") -> T:
     """Strictly convert ``data`` (a mapping) to the dataclass ``cls``; defaults fill gaps."""
     if data is None:

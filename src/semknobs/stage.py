@@ -1,7 +1,20 @@
-"""Plumbing shared by the thin stage scripts in ``pipelines/``: errors, metrics files, figures.
+"""Plumbing shared by every stage: the command line, the MLflow run, errors, metrics files,
+figures.
 
-A stage script parses its paths, loads its params section, opens its MLflow run and calls pure
-functions; everything here keeps those scripts short and their failures readable.
+A stage is a module ``semknobs.stages.<name>`` with ``NAME``, a typed ``Params`` dataclass (its
+``params.yaml`` section), a ``Paths`` dataclass (its command-line paths) and
+``run(params, paths, ctx) -> StageResult`` holding all of its logic; tests call ``run``
+directly. ``pipelines/<name>.py`` is ``main = stage_cli(module)``: :func:`stage_cli` builds the
+argparse interface from ``Paths``, loads the params, opens the stage's MLflow run, calls ``run``
+and logs its result. Optional hooks of a stage module:
+
+* ``load(params_file, paths) -> Params`` -- default: the ``NAME`` section, strictly typed;
+* ``DEPS`` -- the ``Paths`` fields whose DVC hashes tag the run (its data version);
+* ``tags(params, paths, ctx) -> dict`` -- extra run tags; ``logged_params(params)`` -- what is
+  logged as the run's params (default: ``params``);
+* ``DISTRIBUTED = True`` -- runs under torchrun: one process group, the MLflow run on rank 0;
+* ``LOG_ON_FAILURE`` -- ``{artifact path: Paths field}`` folders logged even when ``run`` fails;
+* ``untracked(paths) -> bool`` -- True: run without a stage run of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +24,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +43,7 @@ def stage_main(func: Callable[..., Any]) -> Callable[..., int]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> int:
-        name = Path(func.__code__.co_filename).stem
+        name = getattr(func, "stage_name", None) or Path(func.__code__.co_filename).stem
         try:
             func(*args, **kwargs)
         except SemknobsError as exc:
@@ -78,17 +94,151 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     return path
 
 
-def publish(stage: str, result: Any) -> None:
-    """Log a stage's :class:`~semknobs.stages.common.StageResult` to the active MLflow run
-    (metrics and artifact folders) and print its summary lines."""
+@dataclass
+class StageResult:
+    """What a stage's ``run`` returns: metrics (already written to its metrics file, if it has
+    one), the folders to log to MLflow (artifact path -> local folder) and the lines the script
+    prints at the end."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+
+
+def _no_log(metrics: Mapping[str, float], step: int | None = None) -> None:
+    return None
+
+
+def _close(fig: Any, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+@dataclass
+class StageContext:
+    """What ``run`` may use of its surroundings. The defaults (a plain test call) log nothing;
+    :func:`stage_cli` wires them to the stage's MLflow run and the torchrun process group."""
+
+    log: Callable[[Mapping[str, float], int | None], None] = _no_log
+    log_figure: Callable[[Any, str], None] = _close
+    world: Any = None  # semknobs.train.distributed.World; None: one process
+    run_id: str | None = None  # the stage's MLflow run (None: not tracked)
+    experiment_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.world is None:
+            from semknobs.train.distributed import World
+
+            self.world = World()
+
+
+def stage_cli(module: types.ModuleType) -> Callable[[list[str] | None], int]:
+    """``main(argv) -> exit status`` of a stage module (see the module docstring)."""
+
+    def main(argv: list[str] | None = None) -> None:
+        parser = argparse_for(module)
+        args = vars(parser.parse_args(argv))
+        params_file = Path(args.pop("params"))
+        paths = module.Paths(**args)
+        load = getattr(module, "load", None)
+        if load is not None:
+            params = load(params_file, paths)
+        else:
+            from semknobs.config import load_section
+
+            params = load_section(module.Params, module.NAME, params_file)
+        if getattr(module, "DISTRIBUTED", False):
+            from semknobs.train import distributed
+
+            with distributed.session() as world:
+                _run(module, params, paths, world)
+        else:
+            _run(module, params, paths, None)
+
+    main.stage_name = module.NAME  # type: ignore[attr-defined]  (names the error messages)
+    return stage_main(main)
+
+
+def _run(module: types.ModuleType, params: Any, paths: Any, world: Any) -> None:
+    from semknobs import tracking
+
+    ctx = StageContext(world=world)
+    if hasattr(module, "untracked") and module.untracked(paths):
+        result = module.run(params, paths, ctx)  # e.g. a worker joining another machine's run
+        for line in result.summary if result is not None else ():
+            print(f"{module.NAME}: {line}")
+        return
+    deps = [getattr(paths, name) for name in getattr(module, "DEPS", ())]
+    tags = module.tags(params, paths, ctx) if hasattr(module, "tags") else {}
+    logged = module.logged_params(params) if hasattr(module, "logged_params") else params
+    mlflow_run = tracking.stage_run(
+        module.NAME, params=logged, deps=[d for d in deps if d is not None], tags=tags
+    )
+    main_only = ctx.world.main_only(mlflow_run)
+    with main_only as run:
+        if ctx.world.is_main:
+            ctx.log, ctx.log_figure = tracking.log_metrics, tracking.log_figure
+            ctx.run_id, ctx.experiment_id = run.info.run_id, run.info.experiment_id
+        try:
+            result = module.run(params, paths, ctx)
+        except BaseException:
+            for artifact_path, name in getattr(module, "LOG_ON_FAILURE", {}).items():
+                folder = Path(getattr(paths, name))
+                if ctx.run_id is not None and folder.exists():
+                    tracking.log_dir(folder, artifact_path)
+            raise
+        if ctx.world.is_main and result is not None:
+            publish(module.NAME, result)
+
+
+def argparse_for(module: types.ModuleType):
+    """``--params`` plus one option per field of ``module.Paths`` (``attgan_dir`` ->
+    ``--attgan-dir``; required unless it has a default; help from the field's metadata)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=f"pipelines/{module.NAME}.py",
+        description=(module.__doc__ or "").strip().split("\n\n")[0],
+    )
+    parser.add_argument("--params", default="params.yaml", help="default params.yaml")
+    hints = typing.get_type_hints(module.Paths)
+    for f in fields(module.Paths):
+        kind = _plain_type(hints[f.name])
+        option = f"--{f.name.replace('_', '-')}"
+        extra: dict[str, Any] = {"help": f.metadata.get("help")}
+        if kind is bool:
+            parser.add_argument(option, action="store_true", **extra)
+            continue
+        has_default = f.default is not MISSING
+        if has_default:
+            extra["default"] = f.default
+        if kind is list:
+            extra["nargs"] = "+"
+            kind = Path
+        parser.add_argument(option, type=kind, required=not has_default, **extra)
+    return parser
+
+
+def _plain_type(tp: Any) -> Any:
+    """``Path | None`` -> Path, ``list[Path]`` -> list, ``int`` -> int."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return list if typing.get_origin(tp) is list else tp
+
+
+def publish(stage: str, result: StageResult) -> None:
+    """Log a stage's result to the active MLflow run (metrics and artifact folders) and print
+    its summary lines."""
     from semknobs import tracking
 
     tracking.log_metrics({k: v for k, v in result.metrics.items() if _finite(v)})
     for artifact_path, folder in result.artifacts.items():
-        tracking.log_dir(folder, artifact_path)
+        if Path(folder).exists():
+            tracking.log_dir(folder, artifact_path)
     for line in result.summary:
         print(f"{stage}: {line}")
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

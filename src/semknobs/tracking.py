@@ -15,38 +15,29 @@ imports this module for every command.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import posixpath
-import re
-import subprocess
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semknobs.config import flatten, to_mapping
+from semknobs.lineage import _safe_key, data_version, git_info
+from semknobs.names import EXPERIMENT, TRACKING_DB, telemetry_off
 
 if TYPE_CHECKING:
     import mlflow
 
 # MLflow's telemetry client starts when ``mlflow`` is imported, so switch it off before anything
 # in this process can import it (configure() repeats this in case someone reset the variable).
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+telemetry_off()
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-EXPERIMENT = "semknobs"
-
-UNTRACKED = "untracked"
 
 # MLflow limits (mlflow.utils.validation): params/tags per batch, param value length, key length.
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
-_MAX_KEY = 250
-_GIT_TIMEOUT_S = 5.0
-_DVC_SUBCOMMANDS = frozenset({"repro", "exp"})
 
 _configured_uri: str | None = None  # the URI configure() last set
 _default_written: str | None = None  # a default URI that mlflow then exported to the env
@@ -66,15 +57,15 @@ def configure(root: Path | str | None = None) -> str:
     so the store does not move when a stage changes directory. Cheap to call repeatedly.
     """
     global _configured_uri, _default_written
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    telemetry_off()
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     # mlflow.set_tracking_uri() exports the URI to MLFLOW_TRACKING_URI (for subprocesses), so a
     # value there that we wrote ourselves is not a user override.
     from_default = not uri or uri == _default_written
     if from_default:
-        mlruns = Path(root if root is not None else Path.cwd()).resolve() / "mlruns"
-        mlruns.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{(mlruns / 'mlflow.db').as_posix()}"
+        db = Path(root if root is not None else Path.cwd()).resolve() / TRACKING_DB
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db.as_posix()}"
     import mlflow
 
     mlflow.set_tracking_uri(uri)  # a no-op when unchanged
@@ -165,264 +156,26 @@ def ensure_experiment(name: str | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time in clock ticks since boot) from ``/proc/<pid>/stat``."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 2 (comm) is parenthesised and may contain spaces or ')': split after the last ')'.
-    fields = raw.rsplit(")", 1)[-1].split()
-    # fields[0] is field 3 (state); ppid is field 4, starttime is field 22.
-    if len(fields) < 20:
-        return None
-    try:
-        return int(fields[1]), fields[19]
-    except ValueError:
-        return None
-
-
-def _read_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-
-
-def is_dvc_pipeline_cmdline(argv: list[str]) -> bool:
-    """True for ``dvc repro ...`` / ``dvc exp ...`` in any launcher form.
-
-    Matches ``dvc repro``, ``/venv/bin/dvc repro``, ``python /venv/bin/dvc repro`` and
-    ``python -m dvc repro``; global options before the subcommand (``-v``, ``--cd DIR``) are
-    skipped.
-    """
-    for i, arg in enumerate(argv):
-        if posixpath.basename(arg.replace("\\", "/")) not in ("dvc", "dvc.exe"):
-            continue
-        rest = iter(argv[i + 1 :])
-        for word in rest:
-            if word == "--cd":
-                next(rest, None)
-            elif not word.startswith("-"):
-                return word in _DVC_SUBCOMMANDS
-        return False
-    return False
-
-
-def _dvc_ancestor_id() -> str | None:
-    """``dvc-<pid>-<starttime>`` of the nearest ``dvc repro``/``dvc exp`` ancestor, if any."""
-    pid = os.getppid()
-    seen: set[int] = set()
-    while pid > 1 and pid not in seen:
-        seen.add(pid)
-        stat = _read_stat(pid)
-        if stat is None:
-            return None
-        ppid, start = stat
-        if is_dvc_pipeline_cmdline(_read_cmdline(pid)):
-            return f"dvc-{pid}-{start}"
-        pid = ppid
-    return None
-
-
 def execution_id() -> str:
-    """One id for all stage runs of one pipeline execution.
+    """One id for all stage runs of one pipeline execution, from the environment.
 
-    ``SEMKNOBS_EXECUTION_ID`` if set; else derived from the ``dvc repro``/``dvc exp`` process
-    that (indirectly) launched this one, found through ``/proc`` (pid plus start time, so a
-    recycled pid gives a different id); else a fresh ``run-<12 hex>``, fixed for this process.
+    ``SEMKNOBS_EXECUTION_ID`` if set (``make repro`` and ``make science`` set a unique one);
+    else, for a stage DVC runs (DVC exports ``DVC_STAGE`` to stage commands, which it starts
+    directly): ``dvc-exp-<name>`` inside ``dvc exp run`` (``DVC_EXP_NAME``), otherwise
+    ``dvc-<pid of the dvc process>`` -- shared by every stage of that ``dvc repro``, though a pid
+    can recur in an execution much later; else a fresh ``run-<12 hex>``, fixed for this process.
     Never raises.
     """
     global _fallback_execution_id
     env = os.environ.get("SEMKNOBS_EXECUTION_ID", "").strip()
     if env:
         return env
-    try:
-        found = _dvc_ancestor_id()
-    except Exception:
-        found = None
-    if found:
-        return found
+    if os.environ.get("DVC_STAGE"):
+        exp = os.environ.get("DVC_EXP_NAME", "").strip()
+        return f"dvc-exp-{exp}" if exp else f"dvc-{os.getppid()}"
     if _fallback_execution_id is None:
         _fallback_execution_id = f"run-{uuid.uuid4().hex[:12]}"
     return _fallback_execution_id
-
-
-# --------------------------------------------------------------------------------------------
-# git and data versions
-# --------------------------------------------------------------------------------------------
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=_GIT_TIMEOUT_S,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"},
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def git_info(root: Path | str | None = None) -> dict[str, str]:
-    """``git.commit`` (full sha or "unknown"), ``git.dirty`` ("true"/"false"/"unknown") and
-    ``git.branch`` (name, "HEAD" when detached, or "unknown"). Never raises.
-
-    Untracked files count as dirty: the commit alone would not reproduce the run.
-    """
-    root = Path(root if root is not None else Path.cwd())
-    commit = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    status = _git(root, "status", "--porcelain")
-    branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
-    if branch is None and commit:
-        branch = "HEAD"
-    return {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else ("true" if status else "false"),
-        "git.branch": branch or "unknown",
-    }
-
-
-def _norm(path: str | os.PathLike[str], base: Path | None = None) -> str:
-    """A dependency path as DVC writes it: relative to ``base``, POSIX separators, no './'."""
-    p = Path(path)
-    if p.is_absolute() and base is not None:
-        with contextlib.suppress(ValueError):
-            p = p.relative_to(base.resolve())
-    return posixpath.normpath(p.as_posix())
-
-
-def _entry_hash(entry: Any) -> str | None:
-    """The content hash of one ``outs``/``deps`` entry of dvc.lock or a .dvc file.
-
-    DVC 3 writes ``md5`` plus ``hash: md5`` (the algorithm's name); cloud-versioned entries may
-    carry ``etag``/``checksum`` instead.
-    """
-    if not isinstance(entry, dict):
-        return None
-    for key in ("md5", "checksum", "etag", "hash"):
-        value = entry.get(key)
-        if isinstance(value, str) and value and value.lower() not in ("md5", "md5-dos2unix"):
-            return value
-    return None
-
-
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-
-
-def _lock_hashes(lock: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """(outs, deps): path -> hash over every stage of a parsed dvc.lock."""
-    outs: dict[str, str] = {}
-    deps: dict[str, str] = {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    if not isinstance(stages, dict):
-        return outs, deps
-    for stage in stages.values():
-        if not isinstance(stage, dict):
-            continue
-        for kind, table in (("outs", outs), ("deps", deps)):
-            entries = stage.get(kind)
-            if not isinstance(entries, list):
-                continue
-            for entry in entries:
-                digest = _entry_hash(entry)
-                path = entry.get("path") if isinstance(entry, dict) else None
-                if digest and isinstance(path, str):
-                    table.setdefault(_norm(path), digest)
-    return outs, deps
-
-
-def _dvc_file_hash(base: Path, path: str) -> str | None:
-    """The hash recorded in ``<path>.dvc`` (as written by ``dvc add``), if there is one."""
-    dvc_file = base / f"{path}.dvc"
-    if not dvc_file.is_file():
-        return None
-    data = _load_yaml(dvc_file)
-    entries = data.get("outs") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        return None
-    name = posixpath.basename(path)
-    hashes = [
-        (e.get("path"), _entry_hash(e)) for e in entries if isinstance(e, dict) and _entry_hash(e)
-    ]
-    for out_path, digest in hashes:
-        if isinstance(out_path, str) and posixpath.normpath(out_path) == name:
-            return digest
-    return hashes[0][1] if len(hashes) == 1 else None
-
-
-def _ancestors(path: str) -> Iterator[str]:
-    """``a/b/c`` -> ``a/b/c``, ``a/b``, ``a``."""
-    while path and path not in (".", "/"):
-        yield path
-        parent = posixpath.dirname(path)
-        if parent == path:
-            return
-        path = parent
-
-
-def _lookup(path: str, base: Path, outs: dict[str, str], deps: dict[str, str]) -> str:
-    # Exact path first, then the nearest tracked parent directory (a file inside a DVC-tracked
-    # directory is versioned by the directory's hash). For each, a producing stage's output is
-    # freshest, then a .dvc file; a stage's recorded dep hash is from that stage's last run.
-    for candidate in _ancestors(path):
-        digest = outs.get(candidate) or _dvc_file_hash(base, candidate) or deps.get(candidate)
-        if digest:
-            return digest
-    return UNTRACKED
-
-
-def _safe_key(key: str) -> str:
-    """An MLflow-acceptable param/tag/metric key: bad characters become '_', length capped."""
-    key = re.sub(r"[^/\w.\- :]", "_", key)
-    key = re.sub(r"/{2,}", "/", key).strip("/") or "_"
-    if posixpath.normpath(key) != key:  # e.g. 'a/./b' or 'a/../b'
-        key = key.replace("/", "_")
-    if len(key) > _MAX_KEY:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-        key = f"{key[: _MAX_KEY - 9]}~{digest}"
-    return key
-
-
-def data_version(
-    deps: Iterable[str | os.PathLike[str]], lock_path: str | os.PathLike[str] = "dvc.lock"
-) -> dict[str, str]:
-    """Data-version tags for ``deps``: ``data.<path>`` = hash (or "untracked"), ``data.version``.
-
-    Hashes come from ``dvc.lock`` (any stage's outs, then deps) or a ``<path>.dvc`` file; paths
-    are taken relative to the lock file's directory, as DVC writes them. ``data.version`` is the
-    first 12 hex digits of sha256 over the sorted ``path=hash`` lines, so equal inputs give an
-    equal version. A missing or malformed lock just means "untracked"; this never raises.
-    """
-    lock_file = Path(lock_path)
-    base = lock_file.parent
-    try:
-        lock = _load_yaml(lock_file) if lock_file.is_file() else None
-        outs, dep_hashes = _lock_hashes(lock)
-    except Exception:
-        outs, dep_hashes = {}, {}
-    versions: dict[str, str] = {}
-    for dep in deps:
-        path = _norm(dep, base)
-        try:
-            versions[path] = _lookup(path, base, outs, dep_hashes)
-        except Exception:
-            versions[path] = UNTRACKED
-    summary = "\n".join(f"{p}={h}" for p, h in sorted(versions.items()))
-    tags = {_safe_key(f"data.{p}"): h for p, h in versions.items()}
-    tags["data.version"] = hashlib.sha256(summary.encode()).hexdigest()[:12]
-    return tags
 
 
 # --------------------------------------------------------------------------------------------

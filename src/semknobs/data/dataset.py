@@ -6,7 +6,6 @@ Every tile carries its lot's labels: the four attributes normalised to [0, 1] wi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.data.schemas import read_lots
 from semknobs.data.tiles import load_tiles
 from semknobs.errors import DataError
+from semknobs.pixels import to_model
 
 
 @dataclass
@@ -34,21 +34,7 @@ class TileSet:
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Images as float (n, 1, s, s) in [-1, 1] and attributes as float (n, 4)."""
-        x = torch.from_numpy(np.ascontiguousarray(self.images)).to(device)
-        x = x.float().div_(127.5).sub_(1).unsqueeze(1)
-        return x, torch.from_numpy(self.attrs).float().to(device)
-
-
-def read_splits(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        splits = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable splits file ({exc}); run the split stage") from None
-    for key in ("test", "folds", "train"):
-        if key not in splits:
-            raise DataError(f"{path}: splits file lacks '{key}'")
-    return splits
+        return to_model(self.images, device), torch.from_numpy(self.attrs).float().to(device)
 
 
 def load_tileset(

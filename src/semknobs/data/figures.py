@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from semknobs.attributes import ATTRIBUTES
+
+if TYPE_CHECKING:
+    from semknobs.data.split import Splits
 
 
 def design_figure(lots: pd.DataFrame) -> Figure:
@@ -31,10 +36,20 @@ def design_figure(lots: pd.DataFrame) -> Figure:
 
 
 def contact_sheet(
-    tiles: np.ndarray, manifest: pd.DataFrame, lots: pd.DataFrame, n_lots: int = 8, per_lot: int = 2
+    tiles: np.ndarray,
+    manifest: pd.DataFrame,
+    lots: pd.DataFrame | None,
+    n_lots: int = 8,
+    per_lot: int = 2,
 ) -> Figure:
     """One row per attribute: lots at evenly spaced ranks of that attribute's label (low to
-    high), ``per_lot`` tiles each, so a person sees each knob turn at a glance."""
+    high), ``per_lot`` tiles each, so a person sees each knob turn at a glance. Without
+    readable labels (``lots`` None) the lots are shown in name order, every row alike."""
+    title = "Lots ordered by each attribute's label, low → high (lot: label)"
+    if lots is None:
+        names = sorted(manifest["lot"].unique())
+        lots = pd.DataFrame({"lot": names, **{a: np.nan for a in ATTRIBUTES}})
+        title = "Labels unreadable (see the validate stage): lots in name order"
     lots = lots[lots["lot"].isin(manifest["lot"])]
     first = {lot: g.index.to_numpy()[:per_lot] for lot, g in manifest.groupby("lot")}
     n_lots = min(n_lots, len(lots))
@@ -59,16 +74,16 @@ def contact_sheet(
         )
         ax.set_yticks([])
         ax.set_ylabel(a, fontsize=10)
-    fig.suptitle("Lots ordered by each attribute's label, low → high (lot: label)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
-def split_figure(lots: pd.DataFrame, splits: dict) -> Figure:
-    role = {lot: "test" for lot in splits["test"]}
-    for i, fold in enumerate(splits["folds"]):
+def split_figure(lots: pd.DataFrame, splits: Splits) -> Figure:
+    role = {lot: "test" for lot in splits.test}
+    for i, fold in enumerate(splits.folds):
         role.update({lot: f"fold {i}" for lot in fold})
     ordered = lots.sort_values("peak_stress")
-    names = ["test"] + [f"fold {i}" for i in range(len(splits["folds"]))]
+    names = ["test"] + [f"fold {i}" for i in range(len(splits.folds))]
     colours = dict(zip(names, ["black", *[f"C{i}" for i in range(len(names))]]))
     fig = Figure(figsize=(max(6.0, 0.3 * len(lots)), 3.2), layout="constrained")
     ax = fig.subplots()

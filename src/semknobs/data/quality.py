@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,7 @@ import numpy as np
 import pandas as pd
 
 from semknobs.atomic import atomic_path
-from semknobs.data.schemas import read_lots, read_manifest
-from semknobs.errors import DataError, ParamsError, ValidationFailed
+from semknobs.errors import DataError, ParamsError
 
 SITE_NAME = "semknobs"
 MAX_LOCATIONS = 10  # tile locations listed per failure line before "(+N more)"
@@ -78,52 +76,67 @@ def _expectations(
 
     lo, hi = params.mean_range
 
-    def meta(check: str) -> dict[str, str]:
-        return {"check": check}
+    def meta(check: str, **report: str) -> dict[str, str]:
+        return {"check": check, **report}
+
+    def tiles_between(column: str, what: str, why: str, description: str, **bounds: float):
+        """A per-tile range check whose failures the report names as ``what`` (``why``)."""
+        return gxe.ExpectColumnValuesToBeBetween(
+            column=column,
+            meta=meta("tile", what=what, why=why),
+            description=description,
+            **bounds,
+        )
 
     return {
         "tiles": [
             gxe.ExpectTableRowCountToBeBetween(
                 min_value=1, meta=meta("no_tiles"), description="The manifest lists tiles."
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="std",
+            tiles_between(
+                "std",
+                "blank tile",
+                f"std < {params.min_std:g}",
+                f"No blank tiles: pixel std >= {params.min_std:g}.",
                 min_value=params.min_std,
-                meta=meta("blank"),
-                description=f"No blank tiles: pixel std >= {params.min_std:g}.",
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="frac_bright",
+            tiles_between(
+                "frac_bright",
+                "saturated tile",
+                f"frac_bright > {params.max_frac_bright:g}",
+                f"No saturated tiles: <= {params.max_frac_bright:g} of pixels >= 253.",
                 max_value=params.max_frac_bright,
-                meta=meta("bright"),
-                description=f"No saturated tiles: <= {params.max_frac_bright:g} of pixels >= 253.",
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="frac_dark",
+            tiles_between(
+                "frac_dark",
+                "saturated tile",
+                f"frac_dark > {params.max_frac_dark:g}",
+                f"No saturated tiles: <= {params.max_frac_dark:g} of pixels <= 2.",
                 max_value=params.max_frac_dark,
-                meta=meta("dark"),
-                description=f"No saturated tiles: <= {params.max_frac_dark:g} of pixels <= 2.",
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="mean",
+            tiles_between(
+                "mean",
+                "too dark or too bright tile",
+                f"mean outside [{lo:g}, {hi:g}]",
+                f"Tile mean intensity within [{lo:g}, {hi:g}].",
                 min_value=lo,
                 max_value=hi,
-                meta=meta("mean"),
-                description=f"Tile mean intensity within [{lo:g}, {hi:g}].",
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="min",
+            tiles_between(
+                "min",
+                "invalid tile",
+                "pixel min outside [0, 255]",
+                "Pixel minimum within [0, 255].",
                 min_value=0,
                 max_value=255,
-                meta=meta("min"),
-                description="Pixel minimum within [0, 255].",
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="max",
+            tiles_between(
+                "max",
+                "invalid tile",
+                "pixel max outside [0, 255]",
+                "Pixel maximum within [0, 255].",
                 min_value=0,
                 max_value=255,
-                meta=meta("max"),
-                description="Pixel maximum within [0, 255].",
             ),
             gxe.ExpectColumnValuesToBeUnique(
                 column="sha1", meta=meta("duplicate"), description="No duplicate tiles (sha1)."
@@ -251,26 +264,17 @@ def _plural(n: int, word: str) -> str:
 def _failure_lines(result: Any, params: ValidateParams) -> list[str]:
     """Readable lines for one failed expectation result, naming lots and scan files."""
     config = result.expectation_config
-    check = (config.meta or {}).get("check", config.type)
+    meta = config.meta or {}
+    check = meta.get("check", config.type)
     info = result.exception_info or {}
     if info.get("raised_exception"):
         message = " ".join(str(info.get("exception_message")).split())
         column = config.kwargs.get("column", "table")
         return [f"check {config.type} on {column} could not run: {message}"]
     rows: list[dict[str, Any]] = list(result.result.get("unexpected_index_list") or [])
-    lo, hi = params.mean_range
-    tile_problems = {
-        "blank": ("blank", f"(std < {params.min_std:g})"),
-        "bright": ("saturated", f"(frac_bright > {params.max_frac_bright:g})"),
-        "dark": ("saturated", f"(frac_dark > {params.max_frac_dark:g})"),
-        "mean": ("too dark or too bright", f"(mean outside [{lo:g}, {hi:g}])"),
-        "min": ("invalid", "(pixel min outside [0, 255])"),
-        "max": ("invalid", "(pixel max outside [0, 255])"),
-    }
-    if check in tile_problems:
-        what, why = tile_problems[check]
+    if check == "tile":  # the expectation's own meta says what the failing tiles are
         return [
-            f"lot {lot}: {_plural(len(group), what + ' tile')} {why}: {_locations(group)}"
+            f"lot {lot}: {_plural(len(group), meta['what'])} ({meta['why']}): {_locations(group)}"
             for lot, group in _by_lot(rows).items()
         ]
     if check == "duplicate":
@@ -400,119 +404,6 @@ def check_shards(manifest: pd.DataFrame, tiles_dir: str | Path) -> list[str]:
                 f"the shard holds {len(array)} tiles"
             )
     return problems
-
-
-def validate_dataset(
-    *,
-    params: ValidateParams,
-    lots_csv: str | Path,
-    tiles_dir: str | Path,
-    report_dir: str | Path,
-) -> dict[str, Any]:
-    """Validate labels and tiles; write ``summary.json``, ``report.txt`` and Data Docs.
-
-    Schema problems of both files are collected before giving up; the quality suites run only on
-    tables that passed their schemas (they assume well-typed columns). Raises
-    :class:`ValidationFailed` with the report text after the reports are written.
-    """
-    if not isinstance(params, ValidateParams):
-        raise ParamsError("validate: expected ValidateParams")
-    lots_csv, tiles_dir, report_dir = Path(lots_csv), Path(tiles_dir), Path(report_dir)
-    manifest_csv = tiles_dir / "manifest.csv"
-    docs_dir = report_dir / "data_docs"
-
-    schema_failures: list[str] = []
-    lots = manifest = None
-    try:
-        lots = read_lots(lots_csv)
-    except DataError as exc:
-        schema_failures += _problem_lines(exc)
-    try:
-        manifest = read_manifest(manifest_csv)
-    except DataError as exc:
-        schema_failures += _problem_lines(exc)
-    if manifest is not None:
-        schema_failures += check_shards(manifest, tiles_dir)
-
-    quality: QualityResult | None = None
-    if lots is not None and manifest is not None and not schema_failures:
-        quality = check_quality(manifest=manifest, lots=lots, params=params, docs_dir=docs_dir)
-    elif docs_dir.exists():  # docs of an earlier run would describe other data
-        shutil.rmtree(docs_dir)
-
-    quality_failures = quality.failures if quality else []
-    success = not schema_failures and quality is not None and quality.success
-    tiles_per_lot: dict[str, int] = {}
-    if manifest is not None:
-        tiles_per_lot = {str(k): int(v) for k, v in manifest["lot"].value_counts().items()}
-    if lots is not None:
-        tiles_per_lot = {str(lot): tiles_per_lot.get(str(lot), 0) for lot in lots["lot"]} | {
-            lot: n for lot, n in tiles_per_lot.items() if lot not in set(lots["lot"])
-        }
-    summary: dict[str, Any] = {
-        "success": success,
-        "lots_csv": str(lots_csv),
-        "tiles_dir": str(tiles_dir),
-        "n_lots": None if lots is None else len(lots),
-        "n_tiles": None if manifest is None else len(manifest),
-        "tiles_per_lot": dict(sorted(tiles_per_lot.items())),
-        "failures": schema_failures + quality_failures,
-        "schema_failures": schema_failures,
-        "quality_failures": quality_failures,
-        "params": {
-            "min_std": params.min_std,
-            "max_frac_bright": params.max_frac_bright,
-            "max_frac_dark": params.max_frac_dark,
-            "mean_range": list(params.mean_range),
-            "min_tiles_per_lot": params.min_tiles_per_lot,
-        },
-        "statistics": quality.statistics if quality else None,
-        "data_docs": str(docs_dir / "index.html") if quality else None,
-        # flat numbers for experiment tracking (the stage logs keys starting with "data/")
-        "data/n_lots": 0 if lots is None else len(lots),
-        "data/n_tiles": 0 if manifest is None else len(manifest),
-        "data/min_tiles_per_lot": min(tiles_per_lot.values(), default=0),
-        "data/n_failures": len(schema_failures) + len(quality_failures),
-    }
-    report = _report_text(summary, quality is not None)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(report_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    with atomic_path(report_dir / "report.txt") as tmp:
-        tmp.write_text(report)
-    if not success:
-        raise ValidationFailed(report.rstrip("\n"))
-    return summary
-
-
-def _problem_lines(exc: DataError) -> list[str]:
-    """The problems in a schema error; a ValidationFailed's first line only heads the list."""
-    lines = str(exc).splitlines()
-    return lines[1:] if isinstance(exc, ValidationFailed) and len(lines) > 1 else lines
-
-
-def _report_text(summary: dict[str, Any], quality_ran: bool) -> str:
-    failures = summary["failures"]
-    head = "PASSED" if summary["success"] else f"FAILED ({_plural(len(failures), 'problem')})"
-    n_lots, n_tiles = (("?" if n is None else n) for n in (summary["n_lots"], summary["n_tiles"]))
-    lines = [
-        f"Data validation {head}",
-        f"labels: {summary['lots_csv']} ({n_lots} lots)",
-        f"tiles:  {summary['tiles_dir']} ({n_tiles} tiles)",
-    ]
-    if summary["schema_failures"]:
-        lines += ["", "Schema (pandera):", *(f"  {x}" for x in summary["schema_failures"])]
-    if summary["quality_failures"]:
-        lines += ["", "Quality (Great Expectations):"]
-        lines += [f"  {x}" for x in summary["quality_failures"]]
-    if not quality_ran:
-        lines += ["", "Quality checks not run: fix the schema problems above first."]
-    counts = summary["tiles_per_lot"]
-    if counts:
-        lines += ["", "Tiles per lot:", *(f"  {lot}: {n}" for lot, n in counts.items())]
-    if summary["data_docs"]:
-        lines += ["", f"Data Docs: {summary['data_docs']}"]
-    return "\n".join(lines) + "\n"
 
 
 def require_validated(summary_json: str | Path) -> dict[str, Any]:

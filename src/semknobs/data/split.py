@@ -10,13 +10,16 @@ to the folds, so the test set and every fold span the whole stress range.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from semknobs.errors import ParamsError
+from semknobs.config import from_mapping, to_mapping
+from semknobs.errors import DataError, ParamsError
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,70 @@ class SplitParams:
     seed: int = 17
 
 
-def make_splits(lots: pd.DataFrame, params: SplitParams) -> dict:
-    """``{"test": [...], "folds": [[...], ...], "train": [...]}`` of lot ids (JSON-ready)."""
+@dataclass(frozen=True)
+class Splits:
+    """The lot-wise splits (``data/splits.json``): test lots, CV folds, and ``train`` (the union
+    of the folds: what final models train on)."""
+
+    test: list[str]
+    folds: list[list[str]]
+    train: list[str]
+    method: str = ""
+    seed: int | None = None
+
+    def check(self, where: str = "splits") -> None:
+        """Refuse (naming the lot) a lot in two folds, a fold lot that is also a test lot,
+        fewer than 2 or empty folds, and a ``train`` list that is not the union of the folds."""
+        if len(self.folds) < 2:
+            raise DataError(f"{where}: need at least 2 CV folds, got {len(self.folds)}")
+        test = set(self.test)
+        seen: dict[str, int] = {}
+        for k, fold in enumerate(self.folds):
+            if not fold:
+                raise DataError(f"{where}: fold {k} is empty")
+            for lot in fold:
+                if lot in test:
+                    raise DataError(f"{where}: lot {lot} is in fold {k} and in the test lots")
+                if lot in seen:
+                    raise DataError(f"{where}: lot {lot} is in folds {seen[lot]} and {k}")
+                seen[lot] = k
+        if sorted(seen) != sorted(self.train):
+            raise DataError(f"{where}: 'train' is not the union of the folds")
+
+    def cv_folds(self, where: str = "splits") -> list[tuple[list[str], list[str]]]:
+        """``[(fit lots, validation lots), ...]``, one per fold, after :meth:`check`."""
+        self.check(where)
+        return [
+            ([lot for j, f in enumerate(self.folds) if j != k for lot in f], list(fold))
+            for k, fold in enumerate(self.folds)
+        ]
+
+    def training_lots(self, where: str = "splits") -> list[str]:
+        """The lots a final model trains on (all folds), after :meth:`check`."""
+        self.check(where)
+        return sorted(self.train)
+
+
+def read_splits(path: str | Path) -> Splits:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable splits file ({exc}); run the split stage") from None
+    try:
+        return from_mapping(Splits, data, where=str(path))
+    except ParamsError as exc:
+        raise DataError(f"{exc}; run the split stage") from None
+
+
+def write_splits(path: str | Path, splits: Splits) -> None:
+    from semknobs.stage import write_json
+
+    write_json(path, to_mapping(splits))
+
+
+def make_splits(lots: pd.DataFrame, params: SplitParams) -> Splits:
+    """Test lots and folds of lot ids, checked for leaks."""
     n = len(lots)
     if params.n_folds < 2:
         raise ParamsError(f"split.n_folds: need at least 2 folds, got {params.n_folds}")
@@ -50,22 +115,12 @@ def make_splits(lots: pd.DataFrame, params: SplitParams) -> dict:
     folds: list[list[str]] = [[] for _ in range(params.n_folds)]
     for i, lot in enumerate(rest):
         folds[(i + offset) % params.n_folds].append(lot)
-    return {
-        "method": f"lot-wise, stratified by {params.stratify}",
-        "seed": params.seed,
-        "test": test,
-        "folds": [sorted(f) for f in folds],
-        "train": sorted(rest),
-    }
-
-
-def check_disjoint(splits: dict) -> None:
-    """Raise if any lot appears twice across the test set and the folds."""
-    seen: dict[str, str] = {}
-    for name, members in [("test", splits["test"])] + [
-        (f"fold {i}", f) for i, f in enumerate(splits["folds"])
-    ]:
-        for lot in members:
-            if lot in seen:
-                raise AssertionError(f"lot {lot} is in both {seen[lot]} and {name}")
-            seen[lot] = name
+    splits = Splits(
+        test=test,
+        folds=[sorted(f) for f in folds],
+        train=sorted(rest),
+        method=f"lot-wise, stratified by {params.stratify}",
+        seed=params.seed,
+    )
+    splits.check()
+    return splits

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr, wasserstein_distance
 from skimage.metrics import structural_similarity
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.measure import MeterParams, measure_tiles
+from semknobs.evaluation.samples import generate
+from semknobs.meter import MeterParams, measure_tiles
 from semknobs.models.attgan import Generator
 
 
@@ -37,34 +37,6 @@ class AttGANEvalParams:
     points: int = 5  # requested values per attribute sweep
     batch_size: int = 64
     seed: int = 0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(n, 1, s, s) in [-1, 1] -> (n, s, s) uint8."""
-    return ((x.squeeze(1).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-
-
-def from_uint8(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    return (
-        torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div(127.5).sub(1)[:, None]
-    )
-
-
-@torch.no_grad()
-def generate(
-    gen: Generator, images: np.ndarray, attrs: np.ndarray, batch_size: int = 64
-) -> np.ndarray:
-    """Edits G(I; A) as uint8 tiles; ``attrs`` (n, 4) in [0, 1], one row per image."""
-    device = next(gen.parameters()).device
-    was_training = gen.training
-    gen.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = from_uint8(images[i : i + batch_size], device)
-        a = torch.as_tensor(attrs[i : i + batch_size], dtype=torch.float32, device=device)
-        out.append(to_uint8(gen(x, a)))
-    gen.train(was_training)
-    return np.concatenate(out)
 
 
 def reconstruction_metrics(real: np.ndarray, rec: np.ndarray) -> dict[str, float]:
@@ -200,29 +172,6 @@ def realism_figure(real: pd.DataFrame, fake: pd.DataFrame, metrics: dict[str, fl
         ax.hist(fake[a].dropna(), bins=bins, alpha=0.5, density=True, label="edited")
         ax.set(title=f"{a}: W1/sd = {metrics[f'realism/w1_{a}']:.2f}", xlabel="meter reading")
     ax.legend()
-    return fig
-
-
-def sample_grid(gen: Generator, images: np.ndarray, attrs: np.ndarray) -> Figure:
-    """Figure-2 style: original | reconstruction | each attribute pushed to 0 and to 1."""
-    columns = ["original", "reconstruction"]
-    cols = [images, generate(gen, images, attrs)]
-    for k, name in enumerate(ATTRIBUTES):
-        for value in (0.0, 1.0):
-            edit = attrs.copy()
-            edit[:, k] = value
-            cols.append(generate(gen, images, edit))
-            columns.append(f"{name} {'low' if value == 0 else 'high'}")
-    n = len(images)
-    fig = Figure(figsize=(1.1 * len(cols), 1.1 * n + 0.5), layout="constrained")
-    axes = fig.subplots(n, len(cols), squeeze=False)
-    for j, (title, col) in enumerate(zip(columns, cols)):
-        for i in range(n):
-            ax = axes[i, j]
-            ax.imshow(col[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0, j].set_title(title, fontsize=7)
     return fig
 
 

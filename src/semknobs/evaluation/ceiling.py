@@ -20,7 +20,7 @@ import pandas as pd
 from semknobs.attributes import ATTRIBUTES
 from semknobs.evaluation.attgan import control_from_table, control_slopes, max_leakage
 from semknobs.evaluation.oracle import Oracle
-from semknobs.measure import MeterParams, measure_tiles
+from semknobs.meter import MeterParams, measure_tiles
 
 
 @dataclass

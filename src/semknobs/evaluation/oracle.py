@@ -58,24 +58,20 @@ class OracleParams:
 
 @dataclass(frozen=True)
 class Synthetic:
-    """A synthetic study's ground truth and how it was made: what evaluation stages need to
-    render interventions (never handed to training or explanation code)."""
+    """How a synthetic study was made (its ``synthesize`` and ``tile`` sections): what the
+    evaluation stages need, beside the truth files, to render interventions. Never handed to
+    training or explanation code."""
 
-    truth_dir: Path
     study: SynthParams
     tiling: TileParams
 
     @classmethod
-    def from_params(cls, truth_dir: Path | None, params: str | Path) -> Synthetic | None:
-        """The study behind ``truth_dir`` as the params file describes it (None: no truth)."""
-        if truth_dir is None:
-            return None
+    def from_params(cls, params_file: str | Path) -> Synthetic:
         from semknobs.config import load_section
 
         return cls(
-            truth_dir=Path(truth_dir),
-            study=load_section(SynthParams, "synthesize", params),
-            tiling=load_section(TileParams, "tile", params),
+            study=load_section(SynthParams, "synthesize", params_file),
+            tiling=load_section(TileParams, "tile", params_file),
         )
 
 

@@ -40,7 +40,7 @@ from semknobs.evaluation.referee_figures import fidelity_figure, scatter_figure
 
 @dataclass(frozen=True)
 class RefereeParams:
-    tiles_per_lot: int = 8  # held-out tiles scored per test lot
+    tiles_per_lot: int = 6  # held-out tiles scored per test lot
     oracle: OracleParams = field(default_factory=OracleParams)
     bootstrap: int = 1000  # cluster-bootstrap resamples (over test lots) for the intervals
     seed: int = 0

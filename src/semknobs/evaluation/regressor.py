@@ -11,7 +11,7 @@ Baselines, evaluated on the same test lots:
 * ``baseline_mean``: the mean stress of the training tiles, for every tile;
 * ``baseline_rf``: the classical approach (Gallagher et al. 2020): a seeded random forest trained
   per tile on the attribute meter's four readings (size, porosity, dispersity, facetness; see
-  :mod:`semknobs.measure`) of the training lots' tiles. A reading the meter could not take (NaN,
+  :mod:`semknobs.meter`) of the training lots' tiles. A reading the meter could not take (NaN,
   e.g. dispersity of a tile with too few particles) is imputed with that reading's median over the
   *training* tiles, so nothing about the test lots leaks into the imputation.
 """

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,45 @@ import torch
 from torch import nn
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.config import to_mapping
 from semknobs.errors import ModelError
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
     CounterfactualResult,
     KnobCounterfactual,
 )
+from semknobs.model_folder import read_folder
+from semknobs.models.attgan import AttGANConfig
+from semknobs.models.regressor import RegressorConfig, TargetStats
+from semknobs.pixels import to_model
 
 KIND = "explainer"
 TARGETS = ("higher", "lower")
+
+
+@dataclass(frozen=True)
+class AttGANPart:
+    model: AttGANConfig
+    scaler: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class RegressorPart:
+    model: RegressorConfig
+    target: TargetStats
+
+
+@dataclass(frozen=True)
+class ExplainerFolder:
+    """``config.json`` of an explainer bundle folder (besides the bookkeeping entries)."""
+
+    img_size: int
+    attgan: AttGANPart
+    regressor: RegressorPart
+    stress_range: float  # MPa, of the training lots: the unit of ``counterfactual.delta``
+    counterfactual: CounterfactualParams  # the ``explain`` stage's search settings
+    tile: dict[str, Any] = field(default_factory=dict)  # the ``tile`` stage's settings
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class StressInMPa(nn.Module):
@@ -131,26 +161,20 @@ class KnobExplainer:
 
     @classmethod
     def from_folder(cls, folder: str | Path, **kwargs: Any) -> KnobExplainer:
-        from semknobs.registry import build_attgan_module, build_regressor_module, read_config
+        from semknobs.serving import attgan_model, regressor_model
 
         folder = Path(folder)
-        config = read_config(folder, kind=KIND)
-        try:
-            gan, regressor = config["attgan"], config["regressor"]
-            scaler = AttributeScaler.from_dict(gan["scaler"])
-            defaults = CounterfactualParams(**config["counterfactual"])
-            stress_range = float(config["stress_range"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{folder}/config.json: bad explainer config ({exc})") from exc
+        config = read_folder(folder, ExplainerFolder, kind=KIND)
+        gan = attgan_model.AttGANFolder(config.attgan.model, config.attgan.scaler, config.img_size)
         return cls(
-            build_attgan_module(folder, gan["model"], "generator"),
-            build_regressor_module(folder, regressor["model"], regressor["target"]),
-            dis=build_attgan_module(folder, gan["model"], "discriminator"),
-            scaler=scaler,
-            stress_range=stress_range,
-            defaults=defaults,
-            img_size=int(config["img_size"]),
-            tile=config.get("tile"),
+            attgan_model.build(folder, gan, "generator"),
+            regressor_model.build(folder, config.regressor.model, config.regressor.target),
+            dis=attgan_model.build(folder, gan, "discriminator"),
+            scaler=AttributeScaler.from_dict(config.attgan.scaler),
+            stress_range=config.stress_range,
+            defaults=config.counterfactual,
+            img_size=config.img_size,
+            tile=config.tile,
             **kwargs,
         )
 
@@ -170,8 +194,7 @@ class KnobExplainer:
             raise ValueError(
                 f"tiles must be uint8 (n, {size}, {size}), got {tiles.dtype} {tiles.shape}"
             )
-        # a copy: inputs may be read-only (memory maps, decoded buffers)
-        return torch.from_numpy(np.array(tiles)).float().div(127.5).sub(1)[:, None]
+        return to_model(tiles)
 
     def start_attributes(
         self, images: torch.Tensor, attributes: np.ndarray | None
@@ -239,33 +262,28 @@ def save_explainer_dir(
     metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write a bundle folder from the AttGAN and regressor model folders."""
-    from semknobs.registry import (
-        build_attgan_module,
-        build_regressor_module,
-        read_config,
-        save_model_dir,
-    )
+    from semknobs.model_folder import save_model_dir
+    from semknobs.serving import attgan_model, regressor_model
 
     gan_dir, reg_dir = Path(attgan_dir), Path(regressor_dir)
-    gan = read_config(gan_dir, kind="attgan")
-    reg = read_config(reg_dir, kind="regressor")
-    if int(gan["img_size"]) != int(reg["img_size"]):
+    gan = read_folder(gan_dir, attgan_model.AttGANFolder, kind=attgan_model.KIND)
+    reg = read_folder(reg_dir, regressor_model.RegressorFolder, kind=regressor_model.KIND)
+    if gan.img_size != reg.img_size:
         raise ModelError(
-            f"{gan_dir} edits {gan['img_size']}-px tiles but {reg_dir} scores "
-            f"{reg['img_size']}-px tiles"
+            f"{gan_dir} edits {gan.img_size}-px tiles but {reg_dir} scores {reg.img_size}-px tiles"
         )
     weights = {
-        "generator": build_attgan_module(gan_dir, gan["model"], "generator"),
-        "discriminator": build_attgan_module(gan_dir, gan["model"], "discriminator"),
-        "regressor": build_regressor_module(reg_dir, reg["model"], reg["target"]),
+        "generator": attgan_model.build(gan_dir, gan, "generator"),
+        "discriminator": attgan_model.build(gan_dir, gan, "discriminator"),
+        "regressor": regressor_model.build(reg_dir, reg.model, reg.target),
     }
-    config = {
-        "img_size": int(gan["img_size"]),
-        "attgan": {"model": gan["model"], "scaler": gan["scaler"]},
-        "regressor": {"model": reg["model"], "target": reg["target"]},
-        "stress_range": float(stress_range),
-        "counterfactual": dataclasses.asdict(counterfactual),
-        "tile": tile,
-        "metrics": metrics or {},
-    }
-    return save_model_dir(path, kind=KIND, weights=weights, config=config)
+    config = ExplainerFolder(
+        img_size=gan.img_size,
+        attgan=AttGANPart(gan.model, gan.scaler),
+        regressor=RegressorPart(reg.model, reg.target),
+        stress_range=float(stress_range),
+        counterfactual=counterfactual,
+        tile=tile,
+        metrics=metrics or {},
+    )
+    return save_model_dir(path, kind=KIND, weights=weights, config=to_mapping(config))

@@ -36,8 +36,8 @@ from torch import nn
 @dataclass(frozen=True)
 class CounterfactualParams:
     target: Literal["higher", "lower", "value"] = "higher"
-    delta: float = 5.0  # MPa, or a share of the stress range when delta_unit is "range"
-    delta_unit: Literal["mpa", "range"] = "mpa"
+    delta: float = 0.1  # a share of the stress range (delta_unit "range"), or MPa ("mpa")
+    delta_unit: Literal["mpa", "range"] = "range"
     value: float | None = None  # MPa, for target "value"
     lam: float = 1.0
     p: Literal[1, 2] = 1

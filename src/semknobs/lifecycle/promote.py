@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from semknobs.errors import ModelError, ParamsError
+from semknobs.names import CANDIDATE, CHAMPION, MODEL_NAMES
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,24 @@ class Gate:
 
 @dataclass(frozen=True)
 class PromoteParams:
-    alias: str = "champion"
-    from_alias: str = "candidate"
-    gates: dict[str, list[Gate]] = field(default_factory=dict)
+    alias: str = CHAMPION
+    from_alias: str = CANDIDATE
+    gates: dict[str, list[Gate]] = field(default_factory=dict)  # by model kind (names.MODEL_NAMES)
+
+    def gates_of(self, name: str) -> list[Gate]:
+        """The gates of registered model ``name``; ParamsError if it has none."""
+        kinds = {n: k for k, n in MODEL_NAMES.items()}
+        if kinds.get(name) not in self.gates:
+            known = ", ".join(MODEL_NAMES[k] for k in sorted(self.gates) if k in MODEL_NAMES)
+            raise ParamsError(
+                f"no promotion gates for {name!r} in params (promote.gates covers: "
+                f"{known or 'none'})"
+            )
+        return self.gates[kinds[name]]
+
+    def names(self) -> list[str]:
+        """The registered models that have gates."""
+        return [MODEL_NAMES[k] for k in self.gates if k in MODEL_NAMES]
 
 
 @dataclass(frozen=True)
@@ -133,11 +149,7 @@ def promote(
 
     if force and not (reason and reason.strip()):
         raise ParamsError("--force needs --reason TEXT (it is recorded on the version)")
-    if name not in params.gates:
-        raise ParamsError(
-            f"no promotion gates for {name!r} in params (promote.gates has: "
-            f"{', '.join(sorted(params.gates)) or 'none'})"
-        )
+    gates = params.gates_of(name)
     client = MlflowClient()
     try:
         registered = client.get_registered_model(name)
@@ -153,7 +165,7 @@ def promote(
     except MlflowException as exc:
         raise ModelError(f"{name} version {version}: {exc.message}") from None
 
-    results = check_gates(params.gates[name], version_metrics(mv.tags or {}))
+    results = check_gates(gates, version_metrics(mv.tags or {}))
     previous = aliases.get(params.alias)
     previous = str(previous) if previous is not None else None
     failed = [r for r in results if not r.passed and not r.skipped]

@@ -16,7 +16,7 @@ described in :mod:`semknobs.train.attgan`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,15 +27,15 @@ class AttGANConfig:
     img_size: int = 64
     channels: int = 1
     n_attrs: int = 4
-    enc_dim: int = 32
+    enc_dim: int = 16
     enc_layers: int = 4
-    dec_dim: int = 32
+    dec_dim: int = 16
     dec_layers: int = 4
     shortcut_layers: int = 1
-    inject_layers: int = 1
-    dis_dim: int = 32
+    inject_layers: int = 2
+    dis_dim: int = 16
     dis_layers: int = 4
-    dis_fc_dim: int = 256
+    dis_fc_dim: int = 128
     max_dim: int = 512
 
     def __post_init__(self) -> None:
@@ -49,9 +49,6 @@ class AttGANConfig:
             raise ValueError("need 0 <= shortcut_layers < dec_layers")
         if not 0 <= self.inject_layers < self.dec_layers:
             raise ValueError("need 0 <= inject_layers < dec_layers")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:

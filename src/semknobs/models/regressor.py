@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from semknobs.pixels import to_model
+
 ARCH = "wide_resnet50_2"
 
 
@@ -150,18 +152,13 @@ class RegressorConfig:
             "drop_rate": r.drop_rate,
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with lists for tuples (round-trips through :meth:`from_dict`)."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RegressorConfig:
-        data = dict(data)
-        for key in ("layers", "channels"):
-            if data.get(key) is not None:
-                data[key] = tuple(int(v) for v in data[key])
-        return cls(**data)
+@dataclass(frozen=True)
+class TargetStats:
+    """The training tiles' stress statistics the regressor standardises with (MPa)."""
+
+    mean: float
+    std: float
 
 
 def build_backbone(cfg: RegressorConfig) -> nn.Module:
@@ -200,12 +197,6 @@ class PeakStressRegressor(nn.Module):
         return {"mean": float(self.target_mean), "std": float(self.target_std)}
 
 
-def to_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 tiles (n, S, S) -> float (n, 1, S, S) in [-1, 1] (as ``TileSet.tensors``)."""
-    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    return x.to(device).float().div(127.5).sub(1).unsqueeze(1)
-
-
 @torch.no_grad()
 def predict(model: PeakStressRegressor, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Predicted peak stress in MPa, float64 (n,), for uint8 tiles (n, S, S); eval mode."""
@@ -214,7 +205,7 @@ def predict(model: PeakStressRegressor, images: np.ndarray, batch_size: int = 25
     model.eval()
     try:
         out = [
-            model.predict_mpa(to_input(images[i : i + batch_size], device)).double().cpu()
+            model.predict_mpa(to_model(images[i : i + batch_size], device)).double().cpu()
             for i in range(0, len(images), batch_size)
         ]
     finally:

@@ -1,9 +1,10 @@
-"""MLflow models-from-code entry point for the AttGAN generator (kind ``attgan``).
+"""The AttGAN generator as a model kind (``attgan``): its folder config, builder, MLflow spec and
+models-from-code entry point.
 
 MLflow copies this file into every logged AttGAN model and runs it when the model is loaded
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``); it needs only the installed
 ``semknobs`` package, not a repo checkout. The weights come from the model's artifacts
-(``generator.safetensors`` + ``config.json``, see :mod:`semknobs.registry`): nothing is
+(``generator.safetensors`` + ``config.json``, see :mod:`semknobs.model_folder`): nothing is
 unpickled.
 
 Input (tensor signature): ``{"images": uint8 (n, S, S), "attributes": float32 (n, 4)}`` with
@@ -14,6 +15,8 @@ the edited tiles, uint8 (n, S, S). Load-time options via ``model_config``: ``dev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +24,71 @@ import mlflow
 import numpy as np
 import torch
 
-CONFIG_ARTIFACT = "config.json"
+from semknobs.model_folder import CONFIG_FILE, img_size, load_weights, read_folder
+from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+from semknobs.pixels import to_model, to_uint8
+from semknobs.registry import ModelKind
+
+KIND = "attgan"
 
 
-def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (n, S, S) -> float (n, 1, S, S) in [-1, 1], as in semknobs.evaluation.attgan."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.float().div(127.5).sub(1)[:, None]
+@dataclass(frozen=True)
+class AttGANFolder:
+    """``config.json`` of an AttGAN model folder (besides the bookkeeping entries)."""
+
+    model: AttGANConfig
+    scaler: dict[str, dict[str, float]]  # AttributeScaler.to_dict() of the training lots
+    img_size: int
+    train_lots: list[str] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)  # the training params, for the record
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(n, 1, S, S) in [-1, 1] -> uint8 (n, S, S), as in semknobs.evaluation.attgan."""
-    return ((x.squeeze(1).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+def build(folder: Path, config: AttGANFolder, weights: str = "generator") -> torch.nn.Module:
+    """The ``generator`` or ``discriminator`` of a folder, in eval mode on the CPU."""
+    module = {"generator": Generator, "discriminator": Discriminator}[weights](config.model)
+    return load_weights(module, folder, weights, "AttGAN")
+
+
+def load(model_uri_or_dir: str | Path) -> tuple[Generator, AttGANFolder]:
+    """The generator (eval mode, CPU) and the folder config of a folder or logged model."""
+    from semknobs.registry import local_model_dir
+
+    with local_model_dir(model_uri_or_dir) as folder:
+        config = read_folder(folder, AttGANFolder, kind=KIND)
+        return build(folder, config), config
+
+
+def _size(config: Mapping[str, Any]) -> tuple[int, int]:
+    return img_size(config, "AttGAN"), int((config.get("model") or {}).get("n_attrs", 4))
+
+
+def _signature(config: Mapping[str, Any]):
+    """Tensor signature: uint8 images (n, S, S) + float32 attributes (n, A) -> uint8 (n, S, S)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size, n_attrs = _size(config)
+    inputs = Schema(
+        [
+            TensorSpec(np.dtype(np.uint8), (-1, size, size), "images"),
+            TensorSpec(np.dtype(np.float32), (-1, n_attrs), "attributes"),
+        ]
+    )
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _example(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    size, n_attrs = _size(config)
+    ramp = np.linspace(0, 255, size * size).reshape(1, size, size)
+    return {
+        "images": ramp.round().astype(np.uint8),
+        "attributes": np.full((1, n_attrs), 0.5, dtype=np.float32),
+    }
+
+
+SPEC = ModelKind(KIND, "semknobs.serving.attgan_model", _signature, _example)
 
 
 class AttGANModel(mlflow.pyfunc.PythonModel):
@@ -45,13 +101,11 @@ class AttGANModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from semknobs.registry import load_attgan
-
         options = dict(context.model_config or {})
         self.device = torch.device(options.get("device", "cpu"))
         self.batch_size = int(options.get("batch_size", 64))
-        folder = Path(context.artifacts[CONFIG_ARTIFACT]).parent
-        generator, config = load_attgan(folder)
+        folder = Path(context.artifacts[CONFIG_FILE]).parent
+        generator, config = load(folder)
         self.generator = generator.to(self.device)
         self.img_size = int(generator.cfg.img_size)
         self.n_attrs = int(generator.cfg.n_attrs)
@@ -74,9 +128,9 @@ class AttGANModel(mlflow.pyfunc.PythonModel):
         out = np.empty_like(images)
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
-                x = _to_tensor(images[i : i + self.batch_size], self.device)
+                x = to_model(images[i : i + self.batch_size], self.device)
                 a = torch.from_numpy(np.ascontiguousarray(attrs[i : i + self.batch_size]))
-                out[i : i + self.batch_size] = _to_uint8(self.generator(x, a.to(self.device)))
+                out[i : i + self.batch_size] = to_uint8(self.generator(x, a.to(self.device)))
         return out
 
 

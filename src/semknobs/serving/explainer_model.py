@@ -18,6 +18,7 @@ Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,57 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-CONFIG_ARTIFACT = "config.json"
+from semknobs.attributes import ATTRIBUTES
+from semknobs.model_folder import CONFIG_FILE, img_size
+from semknobs.registry import ModelKind
+
+KIND = "explainer"
 PARAMS = ("target", "lam", "steps", "delta", "restarts")
+
+
+def _signature(config: Mapping[str, Any]):
+    """Columns: ``image`` (base64 PNG/TIFF) + optional attribute scores -> one row per tile;
+    params: the Eq. 2 settings, defaulting to the bundle's."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [ColSpec("string", "image")] + [ColSpec("double", a, required=False) for a in ATTRIBUTES]
+    )
+    numbers = ["prediction_mpa", "baseline_mpa", "target_mpa", "achieved_mpa", "distance"]
+    columns = [ColSpec("double", c) for c in numbers]
+    columns += [ColSpec("boolean", "success"), ColSpec("string", "attributes_from")]
+    for a in ATTRIBUTES:
+        columns += [ColSpec("double", f"{k}_{a}") for k in ("start", "delta", "new")]
+    cf = config.get("counterfactual") or {}
+    params = ParamSchema(
+        [
+            ParamSpec("target", "string", str(cf.get("target", "higher"))),
+            ParamSpec("lam", "double", float(cf.get("lam", 1.0))),
+            ParamSpec("steps", "long", int(cf.get("steps", 100))),
+            ParamSpec("delta", "double", float(cf.get("delta", 0.1))),
+            ParamSpec("restarts", "long", int(cf.get("restarts", 3))),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema(columns), params=params)
+
+
+def _example(config: Mapping[str, Any]) -> Any:
+    from semknobs.serving.tile_codec import tiles_frame
+
+    size = img_size(config, "explainer")
+    yy, xx = np.mgrid[:size, :size]
+    tile = (127 + 100 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).round().astype(np.uint8)
+    return tiles_frame(tile[None])
+
+
+SPEC = ModelKind(
+    KIND,
+    "semknobs.serving.explainer_model",
+    _signature,
+    _example,
+    ("timm", "pandas", "pillow", "tifffile"),
+)
 
 
 class ExplainerModel(mlflow.pyfunc.PythonModel):
@@ -42,7 +92,7 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
         options = dict(context.model_config or {})
         torch.set_num_threads(int(options.get("threads", torch.get_num_threads())))
-        folder = Path(context.artifacts[CONFIG_ARTIFACT]).parent
+        folder = Path(context.artifacts[CONFIG_FILE]).parent
         self.explainer = KnobExplainer.from_folder(
             folder, batch_size=int(options.get("batch_size", 64))
         )

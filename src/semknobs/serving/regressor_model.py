@@ -1,10 +1,10 @@
-"""MLflow models-from-code entry point for the peak-stress regressor (kind ``regressor``).
+"""The peak-stress regressor as a model kind (``regressor``): its folder config, builder, MLflow
+spec and models-from-code entry point.
 
 MLflow copies this file into every logged regressor and runs it when the model is loaded
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``); it needs only the installed
 ``semknobs`` package. The weights come from the model's artifacts (``regressor.safetensors`` +
-``config.json`` with the preset/config and target statistics, see :mod:`semknobs.registry`):
-nothing is unpickled.
+``config.json`` with the preset/config and target statistics): nothing is unpickled.
 
 Input (tensor signature): uint8 tiles (n, S, S). Output: predicted peak stress in MPa, float32
 (n,), one value per tile; a lot's prediction is the mean over its tiles. Load-time options via
@@ -13,6 +13,8 @@ Input (tensor signature): uint8 tiles (n, S, S). Output: predicted peak stress i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,58 @@ import mlflow
 import numpy as np
 import torch
 
-CONFIG_ARTIFACT = "config.json"
+from semknobs.model_folder import CONFIG_FILE, img_size, load_weights, read_folder
+from semknobs.models.regressor import PeakStressRegressor, RegressorConfig, TargetStats
+from semknobs.registry import ModelKind
+
+KIND = "regressor"
+
+
+@dataclass(frozen=True)
+class RegressorFolder:
+    """``config.json`` of a regressor model folder (besides the bookkeeping entries)."""
+
+    model: RegressorConfig
+    target: TargetStats
+    img_size: int
+    scaler: dict[str, dict[str, float]] = field(default_factory=dict)
+    train_lots: list[str] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def build(folder: Path, model: RegressorConfig, target: TargetStats) -> PeakStressRegressor:
+    """The regressor of a folder, in eval mode on the CPU."""
+    module = PeakStressRegressor(model, target.mean, target.std)
+    return load_weights(module, folder, "regressor", "regressor")
+
+
+def load(model_uri_or_dir: str | Path) -> tuple[PeakStressRegressor, RegressorFolder]:
+    """The regressor (eval mode, CPU) and the folder config of a folder or logged model."""
+    from semknobs.registry import local_model_dir
+
+    with local_model_dir(model_uri_or_dir) as folder:
+        config = read_folder(folder, RegressorFolder, kind=KIND)
+        return build(folder, config.model, config.target), config
+
+
+def _signature(config: Mapping[str, Any]):
+    """Tensor signature: uint8 tiles (n, S, S) -> float32 peak stress in MPa (n,)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size = img_size(config, "regressor")
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _example(config: Mapping[str, Any]) -> np.ndarray:
+    size = img_size(config, "regressor")
+    return np.linspace(0, 255, size * size).reshape(1, size, size).round().astype(np.uint8)
+
+
+SPEC = ModelKind(KIND, "semknobs.serving.regressor_model", _signature, _example, ("timm",))
 
 
 class RegressorModel(mlflow.pyfunc.PythonModel):
@@ -31,13 +84,11 @@ class RegressorModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from semknobs.registry import load_regressor
-
         options = dict(context.model_config or {})
         self.device = torch.device(options.get("device", "cpu"))
         self.batch_size = int(options.get("batch_size", 256))
-        folder = Path(context.artifacts[CONFIG_ARTIFACT]).parent
-        model, config = load_regressor(folder)
+        folder = Path(context.artifacts[CONFIG_FILE]).parent
+        model, config = load(folder)
         self.model = model.to(self.device)
         self.img_size = int(model.cfg.img_size)
         self.config = config

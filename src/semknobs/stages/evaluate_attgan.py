@@ -9,23 +9,24 @@ can show. Training never sees any of it: this stage runs after ``train_attgan``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from semknobs import registry
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
-from semknobs.data.dataset import load_tileset, read_splits
+from semknobs.config import load_section
+from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.attgan import AttGANEvalParams, control_figure, evaluate_attgan
 from semknobs.evaluation.ceiling import ceiling
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
-from semknobs.stage import save_figure, write_metrics
-from semknobs.stages.common import StageResult
+from semknobs.serving import attgan_model
+from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 
 
 @dataclass(frozen=True)
@@ -38,38 +39,53 @@ class CeilingParams:
 
 @dataclass(frozen=True)
 class EvaluateAttGANParams(AttGANEvalParams):
+    """The ``evaluate_attgan`` section (and, on a synthetic study, how the study was made)."""
+
     ceiling: CeilingParams = field(default_factory=CeilingParams)
+    synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
+
+
+NAME = "evaluate_attgan"
+Params = EvaluateAttGANParams
+DEPS = ("attgan_dir", "tiles_dir", "lots", "splits")
 
 
 @dataclass(frozen=True)
-class EvaluateAttGANPaths:
+class Paths:
     attgan_dir: Path
     tiles_dir: Path
     lots: Path
     splits: Path
     metrics: Path
     reports: Path
-    synthetic: Synthetic | None = None  # the study's truth: adds the meter's ceiling
+    truth_dir: Path | None = field(
+        default=None, metadata={"help": "synthetic ground truth: adds the meter's ceiling"}
+    )
 
 
-def run(params: EvaluateAttGANParams, paths: EvaluateAttGANPaths) -> StageResult:
-    gen, config = registry.load_attgan(paths.attgan_dir)
-    scaler = AttributeScaler.from_dict(config["scaler"])
+def load(params_file: Path, paths: Paths) -> EvaluateAttGANParams:
+    params = load_section(EvaluateAttGANParams, NAME, params_file)
+    if paths.truth_dir is None:
+        return params
+    return replace(params, synthetic=Synthetic.from_params(params_file))
+
+
+def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = None) -> StageResult:
+    gen, config = attgan_model.load(paths.attgan_dir)
+    scaler = AttributeScaler.from_dict(config.scaler)
     splits = read_splits(paths.splits)
     test = load_tileset(
-        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=splits["test"], scaler=scaler
+        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=splits.test, scaler=scaler
     )
     ev = evaluate_attgan(gen, test.images, test.attrs, params)
     metrics = dict(ev.metrics)
     figures = dict(ev.figures)
     summary = [f"test/psnr = {metrics['test/psnr']:.2f} dB"]
     truth_matrix = None
-    if paths.synthetic is not None:
+    if paths.truth_dir is not None and params.synthetic is not None:
         found = _ceiling(params, paths, test.manifest.iloc[ev.pick], scaler, metrics)
         if found is None:
-            summary.append(
-                f"meter ceiling skipped: {paths.synthetic.truth_dir} is not these tiles' truth"
-            )
+            summary.append(f"meter ceiling skipped: {paths.truth_dir} is not these tiles' truth")
         else:
             truth_matrix, table = found
             reports = paths.reports
@@ -93,8 +109,8 @@ def run(params: EvaluateAttGANParams, paths: EvaluateAttGANPaths) -> StageResult
 
 
 def _ceiling(params, paths, tiles, scaler, metrics):
-    synthetic = paths.synthetic
-    truth = read_truth(synthetic.truth_dir)
+    synthetic = params.synthetic
+    truth = read_truth(paths.truth_dir)
     true = tile_truth(truth.fields, tiles)[list(ATTRIBUTES)]
     if true.isna().any(axis=None):
         return None

@@ -9,26 +9,27 @@ trained both models. The explainers (:mod:`semknobs.explain`) never see the trut
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from semknobs import registry
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
-from semknobs.data.dataset import read_splits
+from semknobs.config import load_section
 from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
-from semknobs.explain.run import ExplainOutput, ExplainParams, explain, sample_tiles
+from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
 from semknobs.models.regressor import predict
-from semknobs.stage import save_figure, write_metrics
-from semknobs.stages.common import StageResult
+from semknobs.pixels import to_model
+from semknobs.serving import attgan_model, regressor_model
+from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 
 HEADLINE = (
     "knob_gradient/er/cosine_median",
@@ -44,11 +45,19 @@ HEADLINE = (
 
 @dataclass(frozen=True)
 class ExplainStageParams(ExplainParams):
+    """The ``explain`` section (and, on a synthetic study, how the study was made)."""
+
     referee: RefereeParams = field(default_factory=RefereeParams)
+    synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
+
+
+NAME = "explain"
+Params = ExplainStageParams
+DEPS = ("attgan_dir", "regressor_dir", "tiles_dir", "lots")
 
 
 @dataclass(frozen=True)
-class ExplainPaths:
+class Paths:
     attgan_dir: Path
     regressor_dir: Path
     tiles_dir: Path
@@ -56,17 +65,26 @@ class ExplainPaths:
     splits: Path
     metrics: Path
     reports: Path
-    synthetic: Synthetic | None = None  # the study's truth: adds the referee's scores
+    truth_dir: Path | None = field(
+        default=None, metadata={"help": "synthetic ground truth: adds the referee"}
+    )
 
 
-def run(params: ExplainStageParams, paths: ExplainPaths) -> StageResult:
+def load(params_file: Path, paths: Paths) -> ExplainStageParams:
+    params = load_section(ExplainStageParams, NAME, params_file)
+    if paths.truth_dir is None:
+        return params
+    return replace(params, synthetic=Synthetic.from_params(params_file))
+
+
+def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = None) -> StageResult:
     torch.manual_seed(params.seed)
-    gen, gan_config = registry.load_attgan(paths.attgan_dir)
-    reg, _ = registry.load_regressor(paths.regressor_dir)
-    scaler = AttributeScaler.from_dict(gan_config["scaler"])
+    gen, gan_config = attgan_model.load(paths.attgan_dir)
+    reg, _ = regressor_model.load(paths.regressor_dir)
+    scaler = AttributeScaler.from_dict(gan_config.scaler)
     labels = read_lots(paths.lots)
     splits = read_splits(paths.splits)
-    train = labels[labels["lot"].isin(splits["train"])]
+    train = labels[labels["lot"].isin(splits.train)]
     stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
     normalised = labels.copy()
     normalised[list(ATTRIBUTES)] = np.clip(
@@ -74,10 +92,10 @@ def run(params: ExplainStageParams, paths: ExplainPaths) -> StageResult:
     )
 
     all_tiles, manifest = load_tiles(paths.tiles_dir)
-    per_lot = {lot: params.referee.tiles_per_lot for lot in splits["test"]}
+    per_lot = {lot: params.referee.tiles_per_lot for lot in splits.test}
     rows = sample_tiles(manifest, params.tiles_per_lot, params.seed, counts=per_lot)
     tiles = manifest.iloc[rows].reset_index(drop=True)
-    images = torch.from_numpy(all_tiles[rows]).float().div(127.5).sub(1).unsqueeze(1)
+    images = to_model(all_tiles[rows])
     attrs = torch.from_numpy(
         normalised.set_index("lot").loc[tiles["lot"], list(ATTRIBUTES)].to_numpy()
     ).float()
@@ -96,13 +114,11 @@ def run(params: ExplainStageParams, paths: ExplainPaths) -> StageResult:
     metrics = dict(out.metrics)
     tables, figures = dict(out.tables), dict(out.figures)
     summary = []
-    if paths.synthetic is not None:
-        test_rows = np.flatnonzero(tiles["lot"].isin(splits["test"]).to_numpy())
-        judged = _referee(params, paths.synthetic, out, test_rows, labels, scaler, reg)
+    if paths.truth_dir is not None and params.synthetic is not None:
+        test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
+        judged = _referee(params, paths.truth_dir, out, test_rows, labels, scaler, reg)
         if judged is None:
-            summary.append(
-                f"referee skipped: {paths.synthetic.truth_dir} is not these tiles' truth"
-            )
+            summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")
         else:
             metrics |= judged.metrics
             tables |= judged.tables
@@ -114,8 +130,9 @@ def run(params: ExplainStageParams, paths: ExplainPaths) -> StageResult:
     return StageResult(metrics, {"explain": paths.reports}, summary)
 
 
-def _referee(params, synthetic, out: ExplainOutput, rows, labels, scaler, reg):
-    truth = read_truth(synthetic.truth_dir)
+def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg):
+    synthetic = params.synthetic
+    truth = read_truth(truth_dir)
     scored = out.tiles.iloc[rows].reset_index(drop=True)
     if tile_truth(truth.fields, scored).isna().any(axis=None):
         return None

@@ -25,34 +25,27 @@ and of the generator's edit-and-reconstruct pass.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from semknobs.config import to_mapping
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
-from semknobs.train.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from semknobs.pixels import to_model
+from semknobs.train.base import LogFn, Trainer, fingerprint, fit
 from semknobs.train.device import autocast
 from semknobs.train.distributed import World
-
-LogFn = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
 class AttGANTrainParams:
     model: AttGANConfig = field(default_factory=AttGANConfig)
-    steps: int = 2000  # generator updates
+    steps: int = 3000  # generator updates
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 4e-4
     beta1: float = 0.5
     beta2: float = 0.999
     n_critic: int = 2  # critic updates per generator update
@@ -68,11 +61,7 @@ class AttGANTrainParams:
 
     def fingerprint(self, data_key: str = "") -> str:
         """Identifies the run a checkpoint belongs to (params that change the result + data)."""
-        keep = {
-            k: v for k, v in to_mapping(self).items() if k not in ("checkpoint_every", "log_every")
-        }
-        blob = json.dumps(keep, sort_keys=True) + data_key
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return fingerprint(self, data_key, ignore=("checkpoint_every", "log_every"))
 
 
 class EditAndReconstruct(torch.nn.Module):
@@ -92,30 +81,25 @@ class EditAndReconstruct(torch.nn.Module):
         return self.gen.decode(feats, b), self.gen.decode(feats, a)
 
 
-@dataclass
-class AttGANTrainer:
+class AttGANTrainer(Trainer):
     """Holds the models, optimizers and RNG of one training run (of this rank, under DDP)."""
 
-    params: AttGANTrainParams
-    device: torch.device
-    world: World = field(default_factory=World)
-    gen: Generator = field(init=False)
-    dis: Discriminator = field(init=False)
+    name = "train_attgan"
+    unit = "step"
 
-    def __post_init__(self) -> None:
-        torch.manual_seed(self.params.seed)  # weight init
-        self.gen = Generator(self.params.model).to(self.device)
-        self.dis = Discriminator(self.params.model).to(self.device)
-        betas = (self.params.beta1, self.params.beta2)
-        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=self.params.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.dis.parameters(), lr=self.params.lr, betas=betas)
-        self.rng = torch.Generator().manual_seed(self.params.seed)
+    def __init__(self, params: AttGANTrainParams, device: torch.device, world: World | None = None):
+        super().__init__(world)
+        self.params = params
+        self.device = device
+        torch.manual_seed(params.seed)  # weight init
+        self.gen = Generator(params.model).to(device)
+        self.dis = Discriminator(params.model).to(device)
+        betas = (params.beta1, params.beta2)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=params.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.dis.parameters(), lr=params.lr, betas=betas)
+        self.rng = torch.Generator().manual_seed(params.seed)
         self.step = 0
-        # training seconds over all runs that led here; None after resuming a checkpoint that
-        # did not record them (then the total is unknown, not the last run's share)
-        self.train_seconds: float | None = 0.0
-        self.replica_gap = 0.0  # under DDP: max |weight - rank 0's| at the end (0.0: in sync)
-        self.world.shard(self.params.batch_size, "train_attgan.train.batch_size")  # divisible?
+        self.world.shard(params.batch_size, "train_attgan.train.batch_size")  # divisible?
         self._dis: torch.nn.Module = self.dis
         self._edit: torch.nn.Module = EditAndReconstruct(self.gen)
 
@@ -125,29 +109,21 @@ class AttGANTrainer:
         self._edit = self.world.wrap(EditAndReconstruct(self.gen), self.device)
 
     # -- state -------------------------------------------------------------------------------
-    def _parts(self) -> dict[str, Any]:
+    def parts(self) -> dict[str, dict[str, Any]]:
         return {
             "modules": {"gen": self.gen, "dis": self.dis},
             "optimizers": {"gen": self.opt_g, "dis": self.opt_d},
-            "rng": self.rng,
         }
 
-    def save(self, path: Path, fingerprint: str) -> None:
-        meta = {"step": self.step, "fingerprint": fingerprint, "train_seconds": self.train_seconds}
-        save_checkpoint(path, **self._parts(), meta=meta)
+    @property
+    def position(self) -> int:
+        return self.step
 
-    def try_resume(self, path: Path, fingerprint: str) -> bool:
-        meta = read_meta(path)
-        if meta is None or meta.get("fingerprint") != fingerprint:
-            return False
-        meta = load_checkpoint(path, **self._parts())
+    def position_meta(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def restore_position(self, meta: Mapping[str, Any]) -> None:
         self.step = int(meta["step"])
-        self.train_seconds = meta.get("train_seconds")
-        return True
-
-    def add_time(self, seconds: float) -> None:
-        if self.train_seconds is not None:
-            self.train_seconds += seconds
 
     # -- one update --------------------------------------------------------------------------
     def targets(self, a: torch.Tensor) -> torch.Tensor:
@@ -227,69 +203,30 @@ def train_attgan(
     """
     world = world or World()
     trainer = AttGANTrainer(params, world.device(params.device), world)
-    fingerprint = params.fingerprint(data_key)
-    resumed = checkpoint_dir is not None and trainer.try_resume(checkpoint_dir, fingerprint)
-    if resumed and world.is_main:
-        print(f"train_attgan: resuming from {checkpoint_dir} at step {trainer.step}")
-    trainer.distribute()
-    if not world.is_main:
-        log, on_checkpoint, checkpoint_dir, progress = None, None, None, False
     device = trainer.device
     images = images.to(device)
     attrs = attrs.to(device)
     n = len(images)
-    end = params.steps if stop_after is None else min(stop_after, params.steps)
-    window: dict[str, list[float]] = {}
-    bar = tqdm(
-        total=params.steps,
-        initial=trainer.step,
-        desc="train_attgan",
-        unit="step",
-        disable=not progress,
-    )
-    started = mark = time.perf_counter()
-    first_step = trainer.step
-    while trainer.step < end:
+
+    def advance() -> dict[str, float]:
         idx = torch.randint(0, n, (params.batch_size,), generator=trainer.rng).to(device)
-        x = images[idx].float().div(127.5).sub(1).unsqueeze(1)
-        losses = trainer.train_step(x, attrs[idx])
-        bar.update(1)
-        for key, value in losses.items():
-            window.setdefault(key, []).append(value)
-        if log is not None and (trainer.step % params.log_every == 0 or trainer.step == end):
-            metrics = {k: sum(v) / len(v) for k, v in window.items()}
-            elapsed = time.perf_counter() - started
-            metrics["train/steps_per_s"] = (trainer.step - first_step) / max(elapsed, 1e-9)
-            log(metrics, trainer.step)
-            window.clear()
-        if checkpoint_dir is not None and (
-            trainer.step % params.checkpoint_every == 0 or trainer.step == end
-        ):
-            trainer.add_time(time.perf_counter() - mark)
-            mark = time.perf_counter()
-            trainer.save(checkpoint_dir, fingerprint)
-            if on_checkpoint is not None:
-                on_checkpoint(trainer)
-    trainer.add_time(time.perf_counter() - mark)
-    bar.close()
-    trainer.replica_gap = max(
-        world.replica_gap(trainer.gen, device), world.replica_gap(trainer.dis, device)
+        return trainer.train_step(to_model(images[idx], device), attrs[idx])
+
+    fit(
+        trainer,
+        advance,
+        total=params.steps,
+        end=params.steps if stop_after is None else min(stop_after, params.steps),
+        fingerprint=params.fingerprint(data_key),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=params.checkpoint_every,
+        log=log,
+        log_every=params.log_every,
+        rate="train/steps_per_s",
+        on_checkpoint=on_checkpoint,
+        progress=progress,
     )
     return trainer
-
-
-@contextlib.contextmanager
-def evaluation(*modules: torch.nn.Module):
-    """Eval mode and no grad for the block; training mode restored after."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 @dataclass(frozen=True)

@@ -19,33 +19,44 @@ import numpy as np
 import optuna
 import torch
 
-from semknobs.config import to_mapping
 from semknobs.evaluation.attgan import (
     AttGANEvalParams,
     control_matrix,
     control_metrics,
-    generate,
     reconstruction_metrics,
 )
+from semknobs.evaluation.samples import generate
+from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
+
+METRICS = ["val/psnr", "val/mean_control"]
+
+
+@dataclass(frozen=True)
+class AttGANSearchSpace:
+    """Declared in ``params.yaml`` only (``tune_attgan.space``): no defaults here."""
+
+    lambda_rec: tuple[float, float]  # log-uniform
+    lambda_att_g: tuple[float, float]  # log-uniform
+    lr: tuple[float, float]  # log-uniform
+    enc_layers: tuple[int, int]
+    shortcut_layers: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class TuneAttGANParams:
-    n_trials: int = 6
-    trial_steps: int = 300
+    """The ``tune_attgan`` params section."""
+
+    space: AttGANSearchSpace
+    n_trials: int = 0
+    trial_steps: int = 1000
     seed: int = 0
     val_fold: int = 0
     psnr_floor: float = 22.0
-    lambda_rec: tuple[float, float] = (10.0, 300.0)
-    lambda_att_g: tuple[float, float] = (1.0, 50.0)
-    lr: tuple[float, float] = (5e-5, 1e-3)
-    enc_layers: tuple[int, int] = (3, 4)
-    shortcut_layers: tuple[int, int] = (0, 2)
     eval: AttGANEvalParams = field(default_factory=lambda: AttGANEvalParams(n_tiles=48, points=4))
 
 
-def suggest(trial: optuna.Trial, space: TuneAttGANParams) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: AttGANSearchSpace) -> dict[str, Any]:
     """The overrides one trial tries (the same shape as the tuned-params file)."""
     layers = trial.suggest_int("enc_layers", *space.enc_layers)
     shortcut_hi = min(space.shortcut_layers[1], layers - 1)
@@ -86,13 +97,25 @@ def objective_factory(
     base: AttGANTrainParams,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    on_trial: Callable[[optuna.Trial, dict[str, Any], dict[str, float]], None] | None = None,
+    tracking: tuning.TrialTracking | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
     rng = np.random.default_rng(space.seed)
     pick = rng.choice(len(val[0]), min(space.eval.n_tiles, len(val[0])), replace=False)
+    tracked = tracking or tuning.TrialTracking("tune_attgan", "")
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        overrides = suggest(trial, space)
+        overrides = suggest(trial, space.space)
+        with tuning.trial_run(tracked, trial, overrides) as run:
+            metrics = _score(overrides)
+            for key, value in metrics.items():
+                trial.set_user_attr(key, value)
+            if run is not None:
+                from semknobs import tracking as stage_tracking
+
+                stage_tracking.log_metrics(metrics)
+        return metrics["val/psnr"], metrics["val/mean_control"]
+
+    def _score(overrides: dict[str, Any]) -> dict[str, float]:
         params = apply(base, overrides, space.trial_steps)
         trainer = train_attgan(
             params=params,
@@ -109,11 +132,7 @@ def objective_factory(
             **{k.replace("control/", "val/control_"): v for k, v in control.items()},
         }
         metrics["val/mean_control"] = control["control/mean_spearman"]
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        if on_trial is not None:
-            on_trial(trial, overrides, metrics)
-        return metrics["val/psnr"], metrics["val/mean_control"]
+        return metrics
 
     return objective
 
@@ -146,5 +165,6 @@ def study_summary(study: optuna.Study, chosen: optuna.trial.FrozenTrial) -> dict
         "values": {"val/psnr": chosen.values[0], "val/mean_control": chosen.values[1]},
         "pareto_trials": [t.number for t in study.best_trials],
         "n_trials": len(study.trials),
-        "space": to_mapping(study.user_attrs.get("space", {})),
+        "states": tuning.state_counts(study),
+        "trials": tuning.trial_table(study),
     }

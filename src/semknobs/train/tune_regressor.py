@@ -45,22 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-import torch
-from tqdm import tqdm
 
 from semknobs.config import deep_merge, from_mapping, to_mapping
-from semknobs.data.dataset import fit_scaler, load_tileset, read_splits
-from semknobs.errors import DataError, SemknobsError
-from semknobs.evaluation.regressor import lot_rmse
-from semknobs.models.regressor import predict
+from semknobs.errors import SemknobsError
+from semknobs.train import tuning
 from semknobs.train.regressor import (
     RegressorTrainParams,
-    make_trainer,
     set_threads,
-    torch_threads,
 )
+from semknobs.train.regressor_cv import Fold, cross_validate, load_folds
 
 METRIC = "val/lot_rmse"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -73,14 +67,16 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 @dataclass(frozen=True)
 class SearchSpace:
-    lr: tuple[float, float] = (3e-4, 1e-2)  # log-uniform
-    weight_decay: tuple[float, float] = (1e-6, 1e-2)  # log-uniform
-    batch_size: tuple[int, ...] = (32, 64)
-    preset: tuple[str, ...] = ("tiny", "small")
-    drop_rate: tuple[float, float] = (0.0, 0.3)
-    flips: tuple[bool, ...] = (True, False)
-    rot90: tuple[bool, ...] = (True, False)
-    intensity: tuple[float, ...] = (0.0, 0.1)
+    """Declared in ``params.yaml`` only (``tune_regressor.space``): no defaults here."""
+
+    lr: tuple[float, float]  # log-uniform
+    weight_decay: tuple[float, float]  # log-uniform
+    batch_size: tuple[int, ...]
+    preset: tuple[str, ...]
+    drop_rate: tuple[float, float]
+    flips: tuple[bool, ...]
+    rot90: tuple[bool, ...]
+    intensity: tuple[float, ...]
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "drop_rate"):
@@ -109,13 +105,13 @@ class PrunerParams:
 class TuneRegressorParams:
     """The ``tune_regressor`` params section."""
 
+    space: SearchSpace
     n_trials: int = 8
     n_workers: int = 2  # local worker processes (each with train.threads torch threads)
     seed: int = 0
     n_startup_trials: int = 4  # TPE's random trials before it models the space
     epochs: int | None = None  # per trial; null: train_regressor.train.epochs (same schedule)
     pruner: PrunerParams = field(default_factory=PrunerParams)
-    space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.n_workers < 1:
@@ -185,152 +181,8 @@ def apply(
 
 
 # --------------------------------------------------------------------------------------------
-# data: lot-wise CV folds
-# --------------------------------------------------------------------------------------------
-
-
-def cv_folds(splits: dict[str, Any], where: str = "splits") -> list[tuple[list[str], list[str]]]:
-    """``[(fit lots, validation lots), ...]``, one per fold of ``splits``; checks for leaks.
-
-    Refuses (naming the lot) a lot in two folds, a fold lot that is also a test lot, and a
-    ``train`` list that is not exactly the union of the folds.
-    """
-    folds = [list(f) for f in splits["folds"]]
-    test = set(splits["test"])
-    if len(folds) < 2:
-        raise DataError(f"{where}: need at least 2 CV folds, got {len(folds)}")
-    seen: dict[str, int] = {}
-    for k, fold in enumerate(folds):
-        if not fold:
-            raise DataError(f"{where}: fold {k} is empty")
-        for lot in fold:
-            if lot in test:
-                raise DataError(f"{where}: lot {lot} is in fold {k} and in the test lots")
-            if lot in seen:
-                raise DataError(f"{where}: lot {lot} is in folds {seen[lot]} and {k}")
-            seen[lot] = k
-    if sorted(seen) != sorted(splits["train"]):
-        raise DataError(f"{where}: 'train' is not the union of the folds")
-    return [
-        ([lot for j, f in enumerate(folds) if j != k for lot in f], list(fold))
-        for k, fold in enumerate(folds)
-    ]
-
-
-def training_lots(splits: dict[str, Any], where: str = "splits") -> list[str]:
-    """The lots the final model trains on (all folds), checked disjoint from the test lots."""
-    cv_folds(splits, where)
-    return sorted(splits["train"])
-
-
-@dataclass
-class Fold:
-    fit_images: np.ndarray
-    fit_stress: np.ndarray
-    val_images: np.ndarray
-    val_stress: np.ndarray
-    val_lots: np.ndarray  # lot id per validation tile
-
-
-def load_folds(tiles_dir: Path, lots_csv: Path, splits_path: Path) -> list[Fold]:
-    """The tiles of the training lots, cut into the CV folds of ``splits_path``."""
-    splits = read_splits(splits_path)
-    folds = cv_folds(splits, str(splits_path))
-    lots = training_lots(splits, str(splits_path))
-    tiles = load_tileset(
-        tiles_dir=tiles_dir, lots_csv=lots_csv, lots=lots, scaler=fit_scaler(lots_csv, lots)
-    )
-    tile_lots = tiles.manifest["lot"].to_numpy()
-    out = []
-    for fit, val in folds:
-        f = np.isin(tile_lots, fit)
-        v = np.isin(tile_lots, val)
-        out.append(
-            Fold(tiles.images[f], tiles.stress[f], tiles.images[v], tiles.stress[v], tile_lots[v])
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# cross-validation
-# --------------------------------------------------------------------------------------------
-
-EpochFn = Callable[[int, float, list[float]], None]
-
-
-def cross_validate(
-    params: RegressorTrainParams,
-    folds: list[Fold],
-    on_epoch: EpochFn | None = None,
-    progress: str | None = None,
-) -> tuple[float, list[float]]:
-    """Train one model per fold in lockstep; returns (mean lot RMSE, per-fold lot RMSE).
-
-    ``on_epoch(epoch, mean, per_fold)`` runs after every epoch (1-based) and may raise
-    ``optuna.TrialPruned`` to stop early.
-    """
-    with torch_threads(params.threads):
-        return _cross_validate(params, folds, on_epoch, progress)
-
-
-def _cross_validate(
-    params: RegressorTrainParams,
-    folds: list[Fold],
-    on_epoch: EpochFn | None,
-    progress: str | None,
-) -> tuple[float, list[float]]:
-    trainers = [make_trainer(params, f.fit_stress) for f in folds]
-    data = []
-    for trainer, fold in zip(trainers, folds):
-        x = torch.from_numpy(np.ascontiguousarray(fold.fit_images)).to(trainer.device)
-        y = trainer.model.standardise(torch.as_tensor(fold.fit_stress)).to(trainer.device)
-        data.append((x, y))
-    scores: list[float] = []
-    bar = tqdm(total=params.epochs, desc=progress, unit="epoch", disable=progress is None)
-    for epoch in range(1, params.epochs + 1):
-        scores = []
-        for trainer, fold, (x, y) in zip(trainers, folds, data):
-            trainer.train_epoch(x, y)
-            pred = predict(trainer.model, fold.val_images, params.eval_batch_size)
-            scores.append(lot_rmse(fold.val_lots, fold.val_stress, pred))
-        mean = float(np.mean(scores))
-        bar.update(1)
-        bar.set_postfix(lot_rmse=f"{mean:.2f}")
-        if not np.isfinite(mean):
-            bar.close()
-            raise optuna.TrialPruned(f"non-finite validation RMSE at epoch {epoch}")
-        if on_epoch is not None:
-            try:
-                on_epoch(epoch, mean, scores)
-            except optuna.TrialPruned:
-                bar.close()
-                raise
-    bar.close()
-    return float(np.mean(scores)), scores
-
-
-# --------------------------------------------------------------------------------------------
 # storage, study, workers
 # --------------------------------------------------------------------------------------------
-
-
-def make_storage(spec: str, heartbeat_s: int = 60) -> optuna.storages.BaseStorage:
-    """A journal file (a path) or an RDB (a URL such as ``postgresql://...``/``sqlite:///...``).
-
-    RDB storages get a heartbeat, so a trial whose worker died is failed instead of counting as
-    running forever; journal files have no heartbeat in Optuna.
-    """
-    if "://" in spec:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                spec, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s
-            )
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    Path(spec).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(spec)))
 
 
 def make_sampler(params: TuneRegressorParams, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -346,20 +198,18 @@ def make_pruner(params: TuneRegressorParams) -> optuna.pruners.BasePruner:
     )
 
 
-def create_study(storage: optuna.storages.BaseStorage, name: str, params: TuneRegressorParams):
+def create_study(
+    storage: str | optuna.storages.BaseStorage, name: str, params: TuneRegressorParams
+) -> optuna.Study:
     """Create (or reopen) the study; done once by the coordinator before workers start."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        load_if_exists=True,
-        direction="minimize",
+    return tuning.create_study(
+        storage,
+        name,
+        metric_names=[METRIC],
+        directions=["minimize"],
         sampler=make_sampler(params),
         pruner=make_pruner(params),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC])
-    return study
 
 
 def n_counted(study: optuna.Study, since: dt.datetime) -> int:
@@ -386,10 +236,7 @@ class WorkerJob:
     lots_csv: Path
     splits: Path
     worker: int = 0
-    tracking_uri: str | None = None  # None: no MLflow logging
-    experiment_id: str | None = None
-    parent_run_id: str | None = None
-    execution: str = ""
+    tracking: tuning.TrialTracking | None = None  # None: no MLflow logging
     since: dt.datetime = field(default_factory=lambda: dt.datetime.now())
     progress: bool = True
 
@@ -402,85 +249,49 @@ def objective_factory(job: WorkerJob, folds: list[Fold]) -> Callable[[optuna.Tri
         overrides = suggest(trial, job.tune.space)
         params = apply(job.base, overrides, epochs)
         trial.set_user_attr("worker", job.worker)
-        run = _start_trial_run(job, trial, overrides)
         started = time.perf_counter()
-        state = "COMPLETE"
+        tracked = job.tracking or tuning.TrialTracking("tune_regressor", job.study_name)
+        with tuning.trial_run(tracked, trial, overrides, job.worker) as run:
 
-        def on_epoch(epoch: int, mean: float, per_fold: list[float]) -> None:
-            trial.report(mean, epoch)
-            if run is not None:
-                from semknobs import tracking
+            def on_epoch(epoch: int, mean: float, per_fold: list[float]) -> None:
+                trial.report(mean, epoch)
+                if run is not None:
+                    from semknobs import tracking
 
-                tracking.log_metrics(
-                    {METRIC: mean, **{f"{METRIC}_fold{k}": v for k, v in enumerate(per_fold)}},
-                    step=epoch,
+                    tracking.log_metrics(
+                        {METRIC: mean, **{f"{METRIC}_fold{k}": v for k, v in enumerate(per_fold)}},
+                        step=epoch,
+                    )
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} ({METRIC} {mean:.3f})")
+
+            try:
+                value, per_fold = cross_validate(
+                    params,
+                    folds,
+                    on_epoch=on_epoch,
+                    progress=f"trial {trial.number} (worker {job.worker})"
+                    if job.progress
+                    else None,
                 )
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({METRIC} {mean:.3f})")
+            finally:
+                if run is not None:
+                    from semknobs import tracking
 
-        try:
-            value, per_fold = cross_validate(
-                params,
-                folds,
-                on_epoch=on_epoch,
-                progress=f"trial {trial.number} (worker {job.worker})" if job.progress else None,
-            )
+                    tracking.log_metrics({"trial/wall_s": time.perf_counter() - started})
             trial.set_user_attr("per_fold", per_fold)
             return value
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            raise
-        except Exception:
-            state = "FAIL"
-            raise
-        finally:
-            if run is not None:
-                _end_trial_run(state, time.perf_counter() - started)
 
     return objective
 
 
-def _start_trial_run(job: WorkerJob, trial: optuna.Trial, overrides: dict[str, Any]):
-    if job.tracking_uri is None:
-        return None
-    import mlflow
-
-    from semknobs import tracking
-
-    run = mlflow.start_run(
-        experiment_id=job.experiment_id,
-        run_name=f"trial-{trial.number}",
-        parent_run_id=job.parent_run_id,
-        nested=True,  # in-process (one worker) the stage's run is active: nest under it
-        tags={
-            "semknobs.stage": "tune_regressor",
-            "semknobs.execution": job.execution,
-            "optuna.study": job.study_name,
-            "optuna.trial": str(trial.number),
-            "optuna.worker": str(job.worker),
-        },
-    )
-    mlflow.log_params(tracking.params_for_mlflow(overrides))
-    return run
-
-
-def _end_trial_run(state: str, wall_s: float) -> None:
-    import mlflow
-
-    from semknobs import tracking
-
-    tracking.log_metrics({"trial/wall_s": wall_s})
-    mlflow.set_tag("optuna.state", state)
-    mlflow.end_run("FAILED" if state == "FAIL" else "FINISHED")
-
-
 def run_worker(job: WorkerJob) -> int:
     """Run trials of the (existing) study until it holds ``n_trials``; returns trials run here."""
-    if job.tracking_uri is not None:
+    if job.tracking is not None and job.tracking.tracking_uri is not None:
         import mlflow
 
-        mlflow.set_tracking_uri(job.tracking_uri)
-    storage = make_storage(job.storage)
+        mlflow.set_tracking_uri(job.tracking.tracking_uri)
+    storage = tuning.make_storage(job.storage)
     try:
         study = optuna.load_study(
             study_name=job.study_name,
@@ -567,27 +378,14 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def study_summary(study: optuna.Study, best: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
     return {
         "study": study.study_name,
         "best_trial": best.number,
         "best_value": {METRIC: best.value},
         "best_per_fold": best.user_attrs.get("per_fold"),
         "n_trials": len(study.trials),
-        "states": states,
-        "trials": [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "last_epoch": t.last_step,
-                "params": t.params,
-                "worker": t.user_attrs.get("worker"),
-            }
-            for t in study.get_trials(deepcopy=False)
-        ],
+        "states": tuning.state_counts(study),
+        "trials": tuning.trial_table(study),
     }
 
 

@@ -4,7 +4,7 @@ from skimage.draw import disk, polygon
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.data.tiles import load_tiles
-from semknobs.measure import measure_tile, measure_tiles
+from semknobs.meter import measure_tile, measure_tiles
 
 
 def _canvas(

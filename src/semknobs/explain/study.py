@@ -37,9 +37,7 @@ class ExplainParams:
         default_factory=lambda: [["size", "porosity"], ["dispersity", "facetness"]]
     )
     pair_points: int = 7
-    counterfactual: CounterfactualParams = field(
-        default_factory=lambda: CounterfactualParams(delta=0.1, delta_unit="range")
-    )
+    counterfactual: CounterfactualParams = field(default_factory=CounterfactualParams)
     lambdas: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     tradeoff_tiles: int = 16
     batch_size: int = 64

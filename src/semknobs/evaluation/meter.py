@@ -20,7 +20,11 @@ def spearman_matrix(readings: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame
     for a in ATTRIBUTES:
         for b in ATTRIBUTES:
             ok = readings[a].notna() & truth[b].notna()
-            out.loc[a, b] = spearmanr(readings.loc[ok, a], truth.loc[ok, b])[0] if ok.sum() > 2 else float("nan")
+            out.loc[a, b] = (
+                spearmanr(readings.loc[ok, a], truth.loc[ok, b])[0]
+                if ok.sum() > 2
+                else float("nan")
+            )
     return out
 
 

@@ -23,6 +23,7 @@ from scipy import stats
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain.bundle import Explanation, KnobExplainer
+from semknobs.pixels import model_to_uint8
 from semknobs.stage import save_figure, write_json
 
 FIGURE_TILES = 4
@@ -77,7 +78,7 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
         first = next(iter(runs.values())).table.iloc[r]
         panels = [(tiles[r], f"tile {r}: {first['prediction_mpa']:.1f} MPa")]
         for target, run in runs.items():
-            edited = ((run.result.edited[r, 0] + 1) * 127.5).clip(0, 255)
+            edited = model_to_uint8(run.result.edited[r, 0])
             panels.append((edited, f"{target}: {run.table.iloc[r]['achieved_mpa']:.1f} MPa"))
         for c, (img, title) in enumerate(panels):
             axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)

@@ -1,0 +1,238 @@
+"""Stage ``register``: build the explainer bundle and register the AttGAN, the regressor and
+the explainer as new versions (alias ``candidate``) in the MLflow model registry.
+
+The training stages *log* their models (MLflow LoggedModels linked to the training run) and
+write a reference (``logged_model.json``); registering them here makes the registry's version
+links point at the training runs. Every version carries:
+
+* ``semknobs.run_id`` / ``semknobs.model_id`` and the run's ``git.*``, ``data.version`` and
+  ``semknobs.execution`` tags (see :func:`semknobs.registry.register`);
+* ``semknobs.register_execution``: the pipeline execution that registered it;
+* ``metric.<key>`` for every metric of its metrics files: the promotion gates read these;
+* a description with its key metrics.
+
+If a logged model is missing from the tracking store (a fresh store, models restored with
+``dvc pull``), the folder is logged again in this run and the version says so
+(``semknobs.relogged = true``). The bundle carries the ``explain`` stage's search settings and
+the ``tile`` stage's tiling, so ``semknobs explain`` and the served explainer reproduce the
+stage's numbers. Promotion to ``champion`` is a separate, gated step: ``semknobs promote``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semknobs import registry, tracking
+from semknobs.config import load_params, load_section
+from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
+from semknobs.data.tiles import TileParams
+from semknobs.errors import DataError
+from semknobs.explain.bundle import save_explainer_dir
+from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.model_folder import read_config
+from semknobs.names import CANDIDATE, MODEL_NAMES
+from semknobs.serving import attgan_model, explainer_model, regressor_model
+from semknobs.stage import StageContext, StageResult, write_json
+
+NAME = "register"
+DEPS = ("attgan_dir", "regressor_dir", "lots", "splits")
+SPECS = {"attgan": attgan_model.SPEC, "regressor": regressor_model.SPEC}
+KEY_METRICS = {
+    "attgan": ("test/psnr", "control/mean_spearman", "control/max_leakage"),
+    "regressor": ("test/lot_r2", "test/lot_rmse", "baseline_rf/lot_r2"),
+    "explainer": (
+        "knob_gradient/er/cosine_median",
+        "knob_gradient/er/centred_cosine",
+        "counterfactual/validity_model",
+        "counterfactual/validity_law",
+        "recon/shift_pct_range",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    alias: str = CANDIDATE  # the alias the new versions get
+
+
+@dataclass(frozen=True)
+class Params:
+    register: RegisterParams
+    counterfactual: CounterfactualParams  # explain.counterfactual: the bundle's search defaults
+    tile: TileParams  # how the bundle tiles whole scans
+
+
+@dataclass(frozen=True)
+class Paths:
+    attgan_dir: Path
+    regressor_dir: Path
+    attgan_metrics: list[Path] = field(metadata={"help": "evaluation + training metrics"})
+    regressor_metrics: Path
+    explain_metrics: Path
+    lots: Path
+    splits: Path
+    explainer_dir: Path
+    out: Path = field(metadata={"help": "registered versions (JSON)"})
+    attgan_logged: Path | None = field(default=None, metadata={"help": "logged_model.json"})
+    regressor_logged: Path | None = field(default=None, metadata={"help": "logged_model.json"})
+
+
+def load(params_file: Path, paths: Paths) -> Params:
+    return Params(
+        register=load_section(RegisterParams, NAME, params_file),
+        counterfactual=search_params_from(load_params(params_file), str(params_file)),
+        tile=load_section(TileParams, "tile", params_file),
+    )
+
+
+def logged_params(params: Params) -> dict[str, Any]:
+    return {"register": params.register, "explain.counterfactual": params.counterfactual}
+
+
+def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageResult:
+    labels = read_lots(paths.lots)
+    train = labels[labels["lot"].isin(read_splits(paths.splits).train)]
+    stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
+    metrics = {
+        "attgan": {k: v for path in paths.attgan_metrics for k, v in _read_json(path).items()},
+        "regressor": _read_json(paths.regressor_metrics),
+        "explainer": _read_json(paths.explain_metrics),
+    }
+    logged = {
+        kind: registry.LoggedModelRef.from_dict(_read_json(path)) if path else None
+        for kind, path in (("attgan", paths.attgan_logged), ("regressor", paths.regressor_logged))
+    }
+    save_explainer_dir(
+        paths.explainer_dir,
+        attgan_dir=paths.attgan_dir,
+        regressor_dir=paths.regressor_dir,
+        stress_range=stress_range,
+        counterfactual=params.counterfactual,
+        tile={k: v for k, v in asdict(params.tile).items() if k != "n_jobs"},
+        metrics=metrics["explainer"],
+    )
+    size = read_config(paths.explainer_dir)["img_size"]
+    versions = register_models(
+        alias=params.register.alias,
+        model_dirs={
+            "attgan": paths.attgan_dir,
+            "regressor": paths.regressor_dir,
+            "explainer": paths.explainer_dir,
+        },
+        logged=logged,
+        metrics=metrics,
+        descriptions={
+            "attgan": f"AttGAN knob editor for {size}-px SEM tiles",
+            "regressor": f"Peak-stress regressor for {size}-px SEM tiles",
+            "explainer": "AttGAN + regressor + Eq. 2 knob search",
+        },
+        execution=tracking.execution_id(),
+    )
+    summary = {
+        kind: {
+            "name": v.name,
+            "version": str(v.version),
+            "alias": params.register.alias,
+            "uri": f"models:/{v.name}/{v.version}",
+            "run_id": v.run_id,
+        }
+        for kind, v in versions.items()
+    }
+    write_json(paths.out, {"register_run": ctx.run_id if ctx else None, "versions": summary})
+    lines = [
+        f"{v['name']} v{v['version']} @{v['alias']} (run {v['run_id']})" for v in summary.values()
+    ]
+    lines.append("promote with `semknobs promote --all` (gates in params.yaml: promote)")
+    return StageResult({}, {}, lines)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+
+
+def metric_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """``metric.<key>`` = value for every numeric metric (NaN/None left out)."""
+    tags = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and value == value:  # not NaN
+            tags[f"metric.{key}"] = repr(float(value))
+    return tags
+
+
+def describe(kind: str, metrics: Mapping[str, Any], what: str) -> str:
+    shown = [f"{k} = {metrics[k]:.4g}" for k in KEY_METRICS[kind] if metrics.get(k) is not None]
+    return f"{what}; " + ", ".join(shown) if shown else what
+
+
+def _ensure_logged(
+    ref: registry.LoggedModelRef | None, model_dir: Path, kind: str
+) -> tuple[registry.LoggedModelRef, bool]:
+    """``ref`` if its logged model is in the store, else the folder logged in the active run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if ref is not None:
+        try:
+            MlflowClient().get_logged_model(ref.model_id)
+            return ref, False
+        except MlflowException:
+            print(f"register: {ref.model_uri} is not in this tracking store; logging {model_dir}")
+    return registry.log_model(model_dir, name=kind, spec=SPECS[kind]), True
+
+
+def register_models(
+    *,
+    alias: str,
+    model_dirs: Mapping[str, Path],
+    logged: Mapping[str, registry.LoggedModelRef | None],
+    metrics: Mapping[str, Mapping[str, Any]],
+    descriptions: Mapping[str, str],
+    execution: str,
+) -> dict[str, Any]:
+    """Register the ``attgan`` and ``regressor`` logged models and log + register the
+    ``explainer`` bundle (in the active run); returns ``{kind: ModelVersion}``.
+
+    ``model_dirs``/``metrics``/``descriptions`` are keyed by kind; ``logged`` holds the
+    training stages' references (None: log the folder here).
+    """
+    from semknobs.errors import ModelError
+
+    missing = {"attgan", "regressor", "explainer"} - set(model_dirs)
+    if missing:
+        raise ModelError(f"register needs model folders for {sorted(missing)}")
+    versions: dict[str, Any] = {}
+    for kind in ("attgan", "regressor"):
+        ref, relogged = _ensure_logged(logged.get(kind), Path(model_dirs[kind]), kind)
+        tags = {**metric_tags(metrics.get(kind, {})), "semknobs.register_execution": execution}
+        if relogged:
+            tags["semknobs.relogged"] = "true"
+        versions[kind] = registry.register(
+            ref,
+            registered_name=MODEL_NAMES[kind],
+            alias=alias,
+            tags=tags,
+            description=describe(kind, metrics.get(kind, {}), descriptions[kind]),
+        )
+    ref = registry.log_model(model_dirs["explainer"], name="explainer", spec=explainer_model.SPEC)
+    tags = {
+        **metric_tags(metrics.get("explainer", {})),
+        "semknobs.register_execution": execution,
+    }
+    for kind in ("attgan", "regressor"):
+        tags[f"semknobs.bundles.{kind}"] = f"{MODEL_NAMES[kind]}/{versions[kind].version}"
+    versions["explainer"] = registry.register(
+        ref,
+        registered_name=MODEL_NAMES["explainer"],
+        alias=alias,
+        tags=tags,
+        description=describe("explainer", metrics.get("explainer", {}), descriptions["explainer"]),
+    )
+    return versions

@@ -1,0 +1,121 @@
+"""Stage ``train_attgan``: the AttGAN on the training lots, with checkpoints and exact resume,
+logged to MLflow (``evaluate_attgan`` measures it on the held-out lots; ``register`` registers
+it as ``semknobs-attgan``).
+
+The AttGAN never sees a test lot's tiles for training (the sample grids it logs while training
+are pictures of test tiles, for people). Rerunning after an interruption resumes from the last
+checkpoint (``checkpoint_dir`` is a persistent DVC output). Data-parallel with ``torchrun``
+(:mod:`semknobs.train.distributed`): rank 0 does everything but the training itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semknobs import tracking
+from semknobs.config import load_overrides, load_tuned_section, to_mapping
+from semknobs.data.dataset import fit_scaler, load_tileset
+from semknobs.data.split import read_splits
+from semknobs.evaluation.samples import sample_grid
+from semknobs.model_folder import save_model_dir
+from semknobs.registry import log_model
+from semknobs.serving import attgan_model
+from semknobs.stage import StageContext, StageResult, save_figure, write_json, write_metrics
+from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
+
+NAME = "train_attgan"
+Params = TrainAttGANStageParams
+DEPS = ("tiles_dir", "lots", "splits")
+DISTRIBUTED = True
+
+
+@dataclass(frozen=True)
+class Paths:
+    tiles_dir: Path
+    lots: Path
+    splits: Path
+    checkpoint_dir: Path
+    model_dir: Path
+    metrics: Path
+    reports: Path
+    tuned: Path | None = field(default=None, metadata={"help": "overrides from tune_attgan"})
+
+
+def load(params_file: Path, paths: Paths) -> TrainAttGANStageParams:
+    """The section with the tuned overrides (``paths.tuned``) laid over its ``train`` part."""
+    return load_tuned_section(Params, NAME, params_file, paths.tuned)
+
+
+def tags(params: TrainAttGANStageParams, paths: Paths, ctx: StageContext) -> dict[str, Any]:
+    return {"tuned": bool(load_overrides(paths.tuned)), "ddp.world_size": ctx.world.size}
+
+
+def run(
+    params: TrainAttGANStageParams, paths: Paths, ctx: StageContext | None = None
+) -> StageResult | None:
+    ctx = ctx or StageContext()
+    splits = read_splits(paths.splits)
+    train_lots = splits.training_lots(str(paths.splits))
+    scaler = fit_scaler(paths.lots, train_lots)
+    train = load_tileset(
+        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=train_lots, scaler=scaler
+    )
+    test = load_tileset(
+        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=splits.test, scaler=scaler
+    )
+    samples = slice(0, params.sample_tiles)
+
+    def on_checkpoint(trainer) -> None:
+        if trainer.step % params.sample_every == 0 or trainer.step == params.train.steps:
+            grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+            ctx.log_figure(grid, f"samples/step_{trainer.step:06d}.png")
+
+    started = time.perf_counter()
+    deps = [paths.tiles_dir, paths.lots, paths.splits]
+    trainer = train_attgan(
+        params=params.train,
+        images=torch.from_numpy(train.images),
+        attrs=torch.from_numpy(train.attrs),
+        checkpoint_dir=paths.checkpoint_dir,
+        data_key=tracking.data_version(deps).get("data.version", ""),
+        log=ctx.log,
+        on_checkpoint=on_checkpoint,
+        world=ctx.world,
+    )
+    wall = time.perf_counter() - started
+    if not ctx.world.is_main:
+        return None
+    total = trainer.train_seconds  # all runs behind this model; None if unknown
+    metrics = {
+        "train/wall_s": float("nan") if total is None else total,
+        "train/wall_s_this_run": wall,
+        "train/steps": trainer.step,
+    }
+    if ctx.world.size > 1:
+        metrics["train/replica_max_abs_diff"] = trainer.replica_gap
+    write_metrics(paths.metrics, metrics)
+    grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+    save_figure(grid, paths.reports / "samples.png")
+    config = attgan_model.AttGANFolder(
+        model=params.train.model,
+        scaler=scaler.to_dict(),
+        img_size=params.train.model.img_size,
+        train_lots=train_lots,
+        train=to_mapping(params.train),
+        metrics=metrics,
+    )
+    save_model_dir(
+        paths.model_dir,
+        kind=attgan_model.KIND,
+        weights={"generator": trainer.gen, "discriminator": trainer.dis},
+        config=to_mapping(config),
+    )
+    if ctx.run_id is not None:  # logged here, linked to this run; `register` registers it
+        ref = log_model(paths.model_dir, name="attgan", spec=attgan_model.SPEC)
+        write_json(paths.reports / "logged_model.json", ref.to_dict())
+    return StageResult(metrics, {"figures": paths.reports})
