@@ -61,4 +61,3 @@ def fit_scaler(lots_csv: str | Path, lots: list[str]) -> AttributeScaler:
     """Min/max of the expert scores over ``lots`` (the training lots)."""
     labels = read_lots(lots_csv).set_index("lot").loc[lots]
     return AttributeScaler.fit(labels[list(ATTRIBUTES)].to_numpy())
-

@@ -84,7 +84,9 @@ def sample_particles(
                 for _ in range(30):  # rejection: little overlap, like a spread-out powder
                     y = (iy + rng.random()) * field_px
                     x = (ix + rng.random()) * field_px
-                    if not placed_r or _clear(y, x, diameter / 2, placed_yx, placed_r, params.separation):
+                    if not placed_r or _clear(
+                        y, x, diameter / 2, placed_yx, placed_r, params.separation
+                    ):
                         break
                 else:
                     continue
@@ -206,7 +208,9 @@ def _add_pores(
         lo_y, hi_y = int(max(0, cy - r - 2)), int(min(shade.shape[0], cy + r + 3))
         lo_x, hi_x = int(max(0, cx - r - 2)), int(min(shade.shape[1], cx + r + 3))
         d = np.hypot(yy[lo_y:hi_y, lo_x:hi_x] - cy, xx[lo_y:hi_y, lo_x:hi_x] - cx)
-        np.maximum(pit[lo_y:hi_y, lo_x:hi_x], np.clip(r + 0.5 - d, 0, 1), out=pit[lo_y:hi_y, lo_x:hi_x])
+        np.maximum(
+            pit[lo_y:hi_y, lo_x:hi_x], np.clip(r + 0.5 - d, 0, 1), out=pit[lo_y:hi_y, lo_x:hi_x]
+        )
     shade *= 1 - 0.8 * pit
 
 

@@ -49,7 +49,9 @@ def find_scans(raw_dir: Path) -> list[ScanFile]:
             if path.name.startswith(".") or path.suffix.lower() not in SCAN_SUFFIXES:
                 continue
             if path.stem in stems:
-                raise DataError(f"{path}: same scan name as {stems[path.stem].name} in lot {entry.name}")
+                raise DataError(
+                    f"{path}: same scan name as {stems[path.stem].name} in lot {entry.name}"
+                )
             stems[path.stem] = path
             scans.append(ScanFile(lot=entry.name, scan=path.stem, path=path))
     if not scans:
@@ -103,7 +105,9 @@ def _as_greyscale(array: np.ndarray, path: Path) -> np.ndarray:
             )
         array = colour[..., 0]
     if array.ndim != 2:
-        raise DataError(f"{path}: expected one greyscale image, got an array of shape {array.shape}")
+        raise DataError(
+            f"{path}: expected one greyscale image, got an array of shape {array.shape}"
+        )
     if array.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: pixel type {array.dtype} not supported; expected 8- or 16-bit")
     return np.ascontiguousarray(array)

@@ -87,9 +87,11 @@ def read_splits(path: str | Path) -> Splits:
 
 
 def write_splits(path: str | Path, splits: Splits) -> None:
+    """``splits.json``: method and seed first, then the lots (the layout DVC has hashed)."""
     from semknobs.stage import write_json
 
-    write_json(path, to_mapping(splits))
+    data = to_mapping(splits)
+    write_json(path, {key: data[key] for key in ("method", "seed", "test", "folds", "train")})
 
 
 def make_splits(lots: pd.DataFrame, params: SplitParams) -> Splits:

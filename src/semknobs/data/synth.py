@@ -96,7 +96,9 @@ def synthesize(
         lots_tmp = stack.enter_context(atomic_path(lots_csv))
         with ProcessPoolExecutor(max_workers=max(1, params.n_jobs)) as pool:
             results = pool.map(_render_lot, jobs, [raw_tmp] * len(jobs))
-            bar = tqdm(results, total=len(jobs), desc="synthesize", unit="lot", disable=not progress)
+            bar = tqdm(
+                results, total=len(jobs), desc="synthesize", unit="lot", disable=not progress
+            )
             fields = pd.concat(list(bar), ignore_index=True)
 
         lots = pd.DataFrame({"lot": ids})

@@ -29,8 +29,25 @@ from semknobs.data.scans import ScanFile, find_scans, read_scan
 from semknobs.errors import DataError, ParamsError
 
 MANIFEST_COLUMNS = (
-    "tile", "lot", "scan", "file", "row", "col", "y0", "x0", "tile_px", "out_px", "shard",
-    "index", "mean", "std", "min", "max", "frac_dark", "frac_bright", "sha1",
+    "tile",
+    "lot",
+    "scan",
+    "file",
+    "row",
+    "col",
+    "y0",
+    "x0",
+    "tile_px",
+    "out_px",
+    "shard",
+    "index",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "frac_dark",
+    "frac_bright",
+    "sha1",
 )
 
 
@@ -64,7 +81,7 @@ def detect_info_bar(image: np.ndarray, flat_fraction: float = 0.3) -> int:
     """
     rows = 0
     for row in image[::-1]:
-        values, counts = np.unique(row, return_counts=True)
+        _values, counts = np.unique(row, return_counts=True)
         if counts.max() < flat_fraction * row.size:
             break
         rows += 1
@@ -194,7 +211,9 @@ def tile_dataset(
     return manifest[list(MANIFEST_COLUMNS)]
 
 
-def load_tiles(tiles_dir: Path, manifest: pd.DataFrame | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def load_tiles(
+    tiles_dir: Path, manifest: pd.DataFrame | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """All tiles in manifest order (uint8, (n, out, out)) and the manifest; shards memory-mapped."""
     tiles_dir = Path(tiles_dir)
     if manifest is None:

@@ -37,8 +37,12 @@ def read_truth(truth_dir: Path) -> Truth:
     law_params = {k: v for k, v in meta["law"].items() if k != "name"}
     lots = pd.DataFrame(
         [
-            {"lot": lot, **v["true"], "stress_law_mpa": v["stress_law_mpa"],
-             "peak_stress_mpa": v["peak_stress_mpa"]}
+            {
+                "lot": lot,
+                **v["true"],
+                "stress_law_mpa": v["stress_law_mpa"],
+                "peak_stress_mpa": v["peak_stress_mpa"],
+            }
             for lot, v in meta["lots"].items()
         ]
     )
