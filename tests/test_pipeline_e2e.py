@@ -22,7 +22,8 @@ STAGES = [
     "validate",
     "split",
     "measure",
-    "meter",
+    "check_meter",
+    "tune_attgan",
     "train_attgan",
     "evaluate_attgan",
     "tune_regressor",
@@ -117,11 +118,11 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     for attr in ("size", "porosity", "dispersity", "facetness"):
         assert -1 <= metrics[f"meter/spearman_{attr}"] <= 1
     splits = json.loads((clone / "data" / "splits.json").read_text())
-    assert len(splits.test) == 2 and len(splits.folds) == 2
+    assert len(splits["test"]) == 2 and len(splits["folds"]) == 2
     for path in (
         "reports/tile/contact_sheet.png",
         "reports/validate/data_docs/index.html",
-        "reports/meter/meter.png",
+        "reports/check_meter/meter.png",
         "data/measurements.csv",
         "dvc.lock",
     ):
@@ -359,5 +360,5 @@ def test_bring_your_own_data_through_dvc(clone):
     manifest = (clone / "data" / "tiles" / "manifest.csv").read_text()
     assert "Alpha" in manifest and "L01" not in manifest
     # the synthetic-only meter check refuses user tiles with a clear message
-    meter = _dvc(clone, "repro", "meter")
+    meter = _dvc(clone, "repro", "check_meter")
     assert meter.returncode != 0 and "synthetic study only" in meter.stdout + meter.stderr

@@ -43,11 +43,11 @@ FRESH = textwrap.dedent(
     import mlflow
     import numpy as np
     import pandas as pd
-    from semknobs import registry
+    from semknobs.serving import regressor_model
     from semknobs.models.regressor import predict
 
     tiles_path, out, uri, run_id = sys.argv[1:]
-    model, config = registry.load_regressor(uri)
+    model, config = regressor_model.load(uri)  # checks the folder's kind
     csv = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="reports/test_predictions.csv"
     )
@@ -56,7 +56,7 @@ FRESH = textwrap.dedent(
     direct = predict(model, tiles)
     served = mlflow.pyfunc.load_model(uri).predict(tiles)
     np.savez(out, direct=direct, served=served, logged=logged["pred"].to_numpy(),
-             kind=config["kind"], training=model.training, mean=config["target"]["mean"])
+             training=model.training, mean=config.target.mean)
     """
 )
 
@@ -105,12 +105,12 @@ def test_stage_registers_a_model_that_reproduces_its_test_predictions(
     assert metrics["train/epochs"] == 3
     report = pd.read_csv(root / "reports" / "test_predictions.csv")
     splits = json.loads((root / "splits.json").read_text())
-    assert sorted(report["lot"].unique()) == sorted(splits.test)
+    assert sorted(report["lot"].unique()) == sorted(splits["test"])
     assert {"tile", "true", "pred", "pred_rf", "pred_mean"} <= set(report.columns)
     assert (root / "reports" / "pred_vs_true.png").exists()
     config = json.loads((root / "model" / "config.json").read_text())
     assert config["kind"] == "regressor" and config["model"]["preset"] == "tiny"
-    assert set(config["train_lots"]).isdisjoint(splits.test)
+    assert set(config["train_lots"]).isdisjoint(splits["test"])
     assert {"mean", "std"} == set(config["target"]) and set(config["scaler"]) == {
         "size",
         "porosity",
@@ -145,7 +145,8 @@ def test_stage_registers_a_model_that_reproduces_its_test_predictions(
     )
     assert out.returncode == 0, out.stderr[-3000:]
     probe = np.load(root / "probe.npz")
-    assert str(probe["kind"]) == "regressor" and not bool(probe["training"])
+    assert not bool(probe["training"])
+    assert float(probe["mean"]) == pytest.approx(config["target"]["mean"])
     np.testing.assert_allclose(probe["direct"], probe["logged"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(probe["served"], probe["logged"], rtol=0, atol=1e-3)
     assert probe["served"].dtype == np.float32

@@ -4,6 +4,7 @@ The end-to-end half (edit a module in a scratch clone, `dvc status`) is in test_
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from semknobs.sources import closure, stage_sources
@@ -41,3 +42,8 @@ def test_the_closure_follows_imports_inside_functions_but_not_type_hints(tmp_pat
     )
     found = {p.name for p in closure(script)}
     assert "pixels.py" in found and "split.py" not in found and "__init__.py" in found
+
+
+def test_an_unknown_stage_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"no stage 'meter'.*check_meter"):
+        stage_sources("meter")

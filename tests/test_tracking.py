@@ -244,24 +244,28 @@ def _stage_project(root: Path) -> Path:
 
 def test_execution_id_under_dvc_repro_is_shared_by_its_stages(tmp_path: Path) -> None:
     """DVC exports DVC_STAGE to the commands it starts: the stages of one `dvc repro` share
-    one id (the dvc process's); a second repro gets another. No /proc walking."""
+    one id (its process group's); a second repro, started as a terminal would start it (a new
+    process group), gets another. Both under a shell that forks and one that execs the stage
+    command. No /proc walking."""
     env = {k: v for k, v in os.environ.items() if k != "SEMKNOBS_EXECUTION_ID"}
     env["DVC_NO_ANALYTICS"] = "1"
     root = _stage_project(tmp_path)
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-m", "dvc", "repro", "-f"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        runs.append([line for line in out.split() if line.startswith("dvc-")])
-    (a1, b1), (a2, b2) = runs
-    assert a1 == b1 and a2 == b2 and a1 != a2
-    assert a1.split("-", 1)[1].isdigit()
+    for shell in ("/bin/sh", "/bin/bash"):
+        runs = []
+        for _ in range(2):
+            out = subprocess.run(
+                [sys.executable, "-m", "dvc", "repro", "-f"],
+                cwd=root,
+                env={**env, "SHELL": shell},
+                capture_output=True,
+                text=True,
+                check=True,
+                start_new_session=True,
+            ).stdout
+            runs.append([line for line in out.split() if line.startswith("dvc-")])
+        (a1, b1), (a2, b2) = runs
+        assert a1 == b1 and a2 == b2 and a1 != a2, (shell, runs)
+        assert a1.split("-", 1)[1].isdigit()
 
 
 def test_execution_id_outside_dvc_is_per_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,11 +135,11 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
     # the logged model loads in a fresh process and edits a tile
     logged = json.loads((root / "reports" / "logged_model.json").read_text())
     probe = (
-        "import numpy as np; from semknobs.registry import load_attgan; "
+        "import numpy as np; from semknobs.serving.attgan_model import load; "
         "from semknobs.evaluation.samples import generate; "
-        f"g, cfg = load_attgan({logged['model_uri']!r}); "
+        f"g, cfg = load({logged['model_uri']!r}); "
         "x = np.load('tile.npy'); y = generate(g, x, np.full((1, 4), 0.5, np.float32)); "
-        "print(y.shape, y.dtype, cfg['kind'])"
+        "print(y.shape, y.dtype, cfg.img_size)"
     )
     np.save(root / "tile.npy", np.load(tiny_study["tiles"] / "L01.npy")[:1])
     out = subprocess.run(
@@ -151,7 +151,7 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "(1, 64, 64) uint8 attgan" in out.stdout
+    assert "(1, 64, 64) uint8 64" in out.stdout
 
 
 def test_unchanged_attributes_give_a_close_copy(tiny_study):

@@ -75,6 +75,9 @@ def closure(script: Path) -> set[Path]:
 def stage_sources(stage: str) -> list[str]:
     """``dvc.yaml``-style paths (repo-relative) of the script and the sources it runs."""
     script = ROOT / "pipelines" / f"{stage}.py"
+    if not script.is_file():
+        known = sorted(p.stem for p in (ROOT / "pipelines").glob("*.py"))
+        raise ValueError(f"no stage {stage!r}: {script} does not exist (stages: {known})")
     files = {script, *closure(script)}
     return sorted(p.relative_to(ROOT).as_posix() for p in files)
 

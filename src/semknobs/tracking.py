@@ -160,11 +160,14 @@ def execution_id() -> str:
     """One id for all stage runs of one pipeline execution, from the environment.
 
     ``SEMKNOBS_EXECUTION_ID`` if set (``make repro`` and ``make science`` set a unique one);
-    else, for a stage DVC runs (DVC exports ``DVC_STAGE`` to stage commands, which it starts
-    directly): ``dvc-exp-<name>`` inside ``dvc exp run`` (``DVC_EXP_NAME``), otherwise
-    ``dvc-<pid of the dvc process>`` -- shared by every stage of that ``dvc repro``, though a pid
-    can recur in an execution much later; else a fresh ``run-<12 hex>``, fixed for this process.
-    Never raises.
+    else, for a stage DVC runs (DVC exports ``DVC_STAGE`` to stage commands):
+    ``dvc-exp-<name>`` inside ``dvc exp run`` (``DVC_EXP_NAME``), otherwise
+    ``dvc-<process group>``. DVC starts each stage through ``$SHELL -c``, and whether that shell
+    execs the command or stays as its parent varies, so the parent pid is not shared by the
+    stages; the process group is (DVC does not start new ones). A shell with job control (a
+    terminal) gives every ``dvc repro`` its own group; two repros started by one script share
+    it -- scripts set ``SEMKNOBS_EXECUTION_ID``, as the Makefile does. A group id can recur much
+    later. Outside DVC: a fresh ``run-<12 hex>``, fixed for this process. Never raises.
     """
     global _fallback_execution_id
     env = os.environ.get("SEMKNOBS_EXECUTION_ID", "").strip()
@@ -172,7 +175,7 @@ def execution_id() -> str:
         return env
     if os.environ.get("DVC_STAGE"):
         exp = os.environ.get("DVC_EXP_NAME", "").strip()
-        return f"dvc-exp-{exp}" if exp else f"dvc-{os.getppid()}"
+        return f"dvc-exp-{exp}" if exp else f"dvc-{os.getpgrp()}"
     if _fallback_execution_id is None:
         _fallback_execution_id = f"run-{uuid.uuid4().hex[:12]}"
     return _fallback_execution_id

@@ -1,0 +1,1 @@
+"""Held-out evaluation and the referee (evaluation only: see docs/architecture.md)."""

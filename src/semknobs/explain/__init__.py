@@ -1,0 +1,1 @@
+"""The explainers (Captum-shaped) and the registered explainer bundle."""

@@ -1,0 +1,1 @@
+"""The networks: AttGAN, regressor."""

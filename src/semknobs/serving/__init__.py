@@ -1,0 +1,1 @@
+"""One module per model kind: folder config, builder, MLflow spec, models-from-code."""

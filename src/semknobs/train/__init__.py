@@ -1,0 +1,1 @@
+"""Training loops, the trainer base, tuning, DDP."""
