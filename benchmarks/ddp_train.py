@@ -86,6 +86,7 @@ def run(args: argparse.Namespace, world) -> dict:
             batch_size=args.batch,
             device=args.device,
             seed=args.seed,
+            lambda_concept=0.0,  # throughput of the GAN updates; no meter readings here
         )
         trainer = train_attgan(
             params=params,

@@ -165,6 +165,108 @@ def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     ]
 
 
+# One train_step at a fixed architecture, 1 thread: s/step. argv: overrides (JSON) of
+# train_attgan.train; with lambda_concept > 0 a concept network is attached (random readings).
+_STEP_PROBE = """
+import json, sys, time
+import numpy as np, torch
+from semknobs.config import deep_merge, from_mapping, load_params
+from semknobs.train.attgan import TrainAttGANStageParams, AttGANTrainer
+torch.set_num_threads(1)
+torch.manual_seed(0)
+raw = load_params(sys.argv[1])["train_attgan"]
+raw["train"] = deep_merge(raw["train"], json.loads(sys.argv[2]))
+p = from_mapping(TrainAttGANStageParams, raw).train
+trainer = AttGANTrainer(p, torch.device("cpu"))
+s = p.model.img_size
+x = torch.rand(p.batch_size, 1, s, s) * 2 - 1
+a = torch.rand(p.batch_size, 4)
+if getattr(p, "lambda_concept", 0) > 0:
+    from semknobs.meter import MeterParams
+    n = 64
+    images = torch.randint(0, 256, (n, s, s), dtype=torch.uint8)
+    lots = np.repeat(np.arange(8).astype(str), 8)
+    trainer.attach_concept(images, np.random.default_rng(0).random((n, 4)),
+                           torch.rand(8, 4).repeat_interleave(8, 0), lots, MeterParams())
+    trainer.concept_ready = True  # pre-training is not a step
+for _ in range(3):
+    trainer.train_step(x, a)
+times = []
+for _ in range(15):
+    start = time.perf_counter()
+    trainer.train_step(x, a)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"s_per_step": sorted(times)[len(times) // 2]}))
+"""
+
+# tune_attgan's architecture before issue 14 (tuned/attgan.yaml of that commit), two designs
+_TUNED_ARCH = {"model": {"enc_layers": 3, "dec_layers": 3, "shortcut_layers": 2}}
+_STEP_DESIGNS = {
+    "wgan-gp, 2 critic updates": {"critic": "wgan-gp", "n_critic": 2, "lambda_concept": 0.0},
+    "r1, 1 critic update, concept loss": {
+        "critic": "r1",
+        "n_critic": 1,
+        "lambda_concept": 30.0,
+        "one_knob_share": 0.5,
+        "lambda_att_g": 0.0,
+        "lambda_att_d": 0.0,
+    },
+}
+
+
+@bench("attgan_step")
+def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
+    """AttGAN step time at the pre-issue-14 tuned architecture, 1 thread, interleaved: the
+    code of ``--baseline-ref`` (its own design) against this tree with the old and new design."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    base = work / "baseline"
+    base.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", args.baseline_ref, "src"], cwd=root, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    old_params = work / "baseline_params.yaml"
+    old_params.write_bytes(
+        subprocess.run(
+            ["git", "show", f"{args.baseline_ref}:params.yaml"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    legacy = {"n_critic": 2}  # the old code has no critic/concept fields
+    runs = {
+        f"{args.baseline_ref}: wgan-gp, 2 critic updates": (base / "src", old_params, legacy),
+        **{
+            f"this tree: {name}": (root / "src", Path(args.params), design)
+            for name, design in _STEP_DESIGNS.items()
+        },
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, (src, params, design) in runs.items():  # interleaved
+            out = subprocess.run(
+                [sys.executable, "-c", _STEP_PROBE, str(params),
+                 json.dumps(_deep(_TUNED_ARCH, design))],
+                capture_output=True, text=True, check=True,
+                env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
+            )  # fmt: skip
+            times[name].append(json.loads(out.stdout.strip().splitlines()[-1])["s_per_step"])
+    note = "enc/dec 3 layers, 32x32 shortcut, batch from params, 15 steps (median), 1 thread"
+    rows = [_row(f"AttGAN step, {name}", "s", values, note=note) for name, values in times.items()]
+    first, last = next(iter(times.values())), list(times.values())[-1]
+    ratios = [b / a for a, b in zip(first, last, strict=True)]
+    rows.append(_row("AttGAN step, new design / baseline", "ratio", ratios, target="<= 0.8"))
+    return rows
+
+
+def _deep(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
+
+
 _REGRESSOR_PROBE = """
 import json, resource, sys, time
 import numpy as np, torch
@@ -372,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results.md"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline-ref",
+        default="6995e1c",
+        help="attgan_step: the commit whose trainer is the baseline (before issue 14)",
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=sorted(BENCHES))
     args = parser.parse_args(argv)
     rows: list[dict] = []

@@ -34,6 +34,7 @@ CONFIGS = {
 }
 
 TINY = CONFIGS["tiny32"]
+NO_CONCEPT = {"lambda_concept": 0.0}  # these tests need no meter readings (test_concept does)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -73,7 +74,7 @@ def _data(n=16, size=32, seed=0):
 
 
 def test_one_training_step_on_a_fixed_batch_lowers_the_reconstruction_loss():
-    params = AttGANTrainParams(model=TINY, batch_size=8, n_critic=1, lr=1e-3, seed=1)
+    params = AttGANTrainParams(model=TINY, batch_size=8, n_critic=1, lr=1e-3, seed=1, **NO_CONCEPT)
     trainer = AttGANTrainer(params, torch.device("cpu"))
     images, attrs = _data(8)
     x = images.float().div(127.5).sub(1).unsqueeze(1)
@@ -97,7 +98,7 @@ def _weights(trainer):
 
 
 def test_checkpoint_round_trip(tmp_path):
-    params = AttGANTrainParams(model=TINY, batch_size=4, steps=3, n_critic=1, seed=2)
+    params = AttGANTrainParams(model=TINY, batch_size=4, steps=3, n_critic=1, seed=2, **NO_CONCEPT)
     images, attrs = _data()
     trainer = train_attgan(
         params=params, images=images, attrs=attrs, checkpoint_dir=tmp_path / "ck", progress=False
@@ -117,8 +118,9 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     params = AttGANTrainParams(
-        model=TINY, batch_size=4, steps=6, n_critic=2, checkpoint_every=2, seed=3
-    )
+        model=TINY, batch_size=4, steps=6, n_critic=2, checkpoint_every=2, seed=3,
+        critic="wgan-gp", **NO_CONCEPT,
+    )  # fmt: skip
     images, attrs = _data()
     straight = train_attgan(params=params, images=images, attrs=attrs, progress=False)
     ck = tmp_path / "ck"

@@ -164,7 +164,13 @@ def test_unchanged_attributes_give_a_close_copy(tiny_study):
     attrs = rng.random((len(tiles), 4)).astype(np.float32)
     train_idx, test_idx = np.arange(0, len(tiles), 2), np.arange(1, len(tiles), 2)
     params = AttGANTrainParams(
-        model=AttGANConfig(**TINY_MODEL), steps=150, batch_size=8, lr=1e-3, n_critic=1, seed=0
+        model=AttGANConfig(**TINY_MODEL),
+        steps=150,
+        batch_size=8,
+        lr=1e-3,
+        n_critic=1,
+        seed=0,
+        lambda_concept=0.0,
     )
     trainer = train_attgan(
         params=params,

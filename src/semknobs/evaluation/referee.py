@@ -90,12 +90,15 @@ def referee(
     counterfactuals: list[Counterfactuals],
     oracle: Oracle,
     params: RefereeParams,
+    support: pd.DataFrame | None = None,
 ) -> RefereeOutput:
     """Score every explanation of the rows of ``tiles`` (manifest rows of held-out tiles).
 
     ``gradients``: name -> (n, 4) MPa per knob unit (knob gradient, sensitivity slopes,
     correlation slopes); ``directions``: name -> (n, 4) knob displacements (counterfactual
-    delta-A); ``labels``: normalised lot labels (lot + the four attributes).
+    delta-A); ``labels``: normalised lot labels (lot + the four attributes); ``support``: the
+    explain stage's proxy flags (:func:`semknobs.explain.lot_support.lot_support`), checked
+    against the same rule applied to the regressor's measured use.
     """
     started = time.perf_counter()
     tiles = tiles.reset_index(drop=True)
@@ -144,6 +147,10 @@ def referee(
     )
     metrics["oracle/split_half_cosine_median"] = float(np.median(fidelity.cosine(first, second)))
     metrics["oracle/split_half_centred_cosine"] = fidelity.centred_cosine(first, second)
+    tables = {}
+    if support is not None:
+        tables["lot_support"], flags = _check_flags(support, g_r / slopes)
+        metrics |= flags
     metrics["oracle/renders"] = float(oracle.renders)
     metrics["oracle/wall_s"] = time.perf_counter() - started
     metrics["referee/n_tiles"] = float(len(tiles))
@@ -161,8 +168,25 @@ def referee(
         "fidelity.png": fidelity_figure(table),
         "knob_gradient_vs_oracle.png": scatter_figure(per_tile, list(mapped)),
     }
-    tables = {"fidelity": table, "referee_tiles": per_tile, "validity": validity}
+    tables |= {"fidelity": table, "referee_tiles": per_tile, "validity": validity}
     return RefereeOutput(metrics, tables, figures)
+
+
+def _check_flags(support: pd.DataFrame, oracle_use: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """The proxy rule on the regressor's measured use (MPa per knob unit, per tile): its flags
+    (``regressor/lots/flag_<a>``) and each explainer's agreement with them."""
+    median = np.median(oracle_use, axis=0)
+    fit = support.drop_duplicates("attribute").set_index("attribute").loc[list(ATTRIBUTES)]
+    truth_flag = (median < fit["lot_fit_lo"].to_numpy()) | (median > fit["lot_fit_hi"].to_numpy())
+    metrics = {f"regressor/lots/flag_{a}": float(truth_flag[k]) for k, a in enumerate(ATTRIBUTES)}
+    metrics |= {f"regressor/lots/use_{a}": float(median[k]) for k, a in enumerate(ATTRIBUTES)}
+    for name, part in support.groupby("source"):
+        said = part.set_index("attribute").loc[list(ATTRIBUTES), "flag"].to_numpy(bool)
+        metrics[f"{name}/lots/flag_agreement"] = float(np.mean(said == truth_flag))
+    oracle_rows = fit.reset_index()[["attribute", "lot_fit", "lot_fit_lo", "lot_fit_hi"]].assign(
+        source="regressor (oracle)", use=median, flag=truth_flag
+    )
+    return pd.concat([support, oracle_rows[support.columns]], ignore_index=True), metrics
 
 
 def _rows(explainer: str, fid: str, table: pd.DataFrame) -> pd.DataFrame:

@@ -1,1 +1,1 @@
-"""The networks: AttGAN, regressor."""
+"""The networks: AttGAN, concept network, regressor."""

@@ -25,6 +25,7 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
 from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
@@ -113,10 +114,27 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     )
     metrics = dict(out.metrics)
     tables, figures = dict(out.tables), dict(out.figures)
-    summary = []
+    # what the training lots support, beside what the regressor is said to use (proxy flags)
+    knob_train = train.copy()  # unclipped knob units: the fit is affine in the raw scores
+    knob_train[list(ATTRIBUTES)] = scaler.transform(train[list(ATTRIBUTES)].to_numpy())
+    uses = {"knob_gradient": out.knob_gradient.gradient, "sensitivity": out.sweep.slopes()}
+    support, summary = None, []
+    if len(knob_train) < MIN_SUPPORT_LOTS:
+        summary.append(
+            f"lot support skipped: {len(knob_train)} training lots, need {MIN_SUPPORT_LOTS}"
+        )
+    else:
+        support = lot_support(knob_train, uses, seed=params.seed)
+        tables["lot_support"] = support
+        fits = support.drop_duplicates("attribute")
+        metrics |= {f"lots/fit_{r.attribute}": r.lot_fit for r in fits.itertuples()}
+        metrics |= {
+            f"{r.source}/lots/flag_{r.attribute}": float(r.flag) for r in support.itertuples()
+        }
+        summary += flag_lines(support)
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
-        judged = _referee(params, paths.truth_dir, out, test_rows, labels, scaler, reg)
+        judged = _referee(params, paths.truth_dir, out, test_rows, labels, scaler, reg, support)
         if judged is None:
             summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")
         else:
@@ -130,7 +148,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     return StageResult(metrics, {"explain": paths.reports}, summary)
 
 
-def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg):
+def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support):
     synthetic = params.synthetic
     truth = read_truth(truth_dir)
     scored = out.tiles.iloc[rows].reset_index(drop=True)
@@ -160,6 +178,7 @@ def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg):
             counterfactuals=counterfactuals,
             oracle=oracle,
             params=params.referee,
+            support=support,
         )
 
 

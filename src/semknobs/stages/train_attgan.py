@@ -11,17 +11,22 @@ checkpoint (``checkpoint_dir`` is a persistent DVC output). Data-parallel with `
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from semknobs import tracking
-from semknobs.config import load_overrides, load_tuned_section, to_mapping
+from semknobs.attributes import ATTRIBUTES
+from semknobs.config import load_overrides, load_section, load_tuned_section, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
+from semknobs.errors import DataError, ParamsError
 from semknobs.evaluation.samples import sample_grid
+from semknobs.meter import MeasureParams
 from semknobs.model_folder import save_model_dir
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model
@@ -44,11 +49,16 @@ class Paths:
     metrics: Path
     reports: Path
     tuned: Path | None = field(default=None, metadata={"help": "overrides from tune_attgan"})
+    measurements: Path | None = field(
+        default=None, metadata={"help": "the measure stage's readings (for the concept loss)"}
+    )
 
 
 def load(params_file: Path, paths: Paths) -> TrainAttGANStageParams:
-    """The section with the tuned overrides (``paths.tuned``) laid over its ``train`` part."""
-    return load_tuned_section(Params, NAME, params_file, paths.tuned)
+    """The section with the tuned overrides (``paths.tuned``) laid over its ``train`` part, and
+    the measure stage's meter (the concept network learns from its readings)."""
+    params = load_tuned_section(Params, NAME, params_file, paths.tuned)
+    return replace(params, meter=load_section(MeasureParams, "measure", params_file).meter)
 
 
 def tags(params: TrainAttGANStageParams, paths: Paths, ctx: StageContext) -> dict[str, Any]:
@@ -75,6 +85,9 @@ def run(
             grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
             ctx.log_figure(grid, f"samples/step_{trainer.step:06d}.png")
 
+    readings = None
+    if params.train.lambda_concept > 0:
+        readings = _readings(paths.measurements, train.manifest)
     started = time.perf_counter()
     deps = [paths.tiles_dir, paths.lots, paths.splits]
     trainer = train_attgan(
@@ -86,6 +99,9 @@ def run(
         log=ctx.log,
         on_checkpoint=on_checkpoint,
         world=ctx.world,
+        readings=readings,
+        lots=train.manifest["lot"].to_numpy(),
+        meter=params.meter,
     )
     wall = time.perf_counter() - started
     if not ctx.world.is_main:
@@ -119,3 +135,15 @@ def run(
         ref = log_model(paths.model_dir, name="attgan", spec=attgan_model.SPEC)
         write_json(paths.reports / "logged_model.json", ref.to_dict())
     return StageResult(metrics, {"figures": paths.reports})
+
+
+def _readings(measurements: Path | None, manifest: pd.DataFrame) -> np.ndarray:
+    """The meter's readings (n, 4) of the manifest's tiles, in its order."""
+
+    if measurements is None:
+        raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure stage)")
+    table = pd.read_csv(measurements, dtype={"lot": str}).set_index("tile")
+    missing = sorted(set(manifest["tile"]) - set(table.index))
+    if missing:
+        raise DataError(f"{measurements}: no readings for tiles {missing[:5]}; rerun measure")
+    return table.loc[manifest["tile"], list(ATTRIBUTES)].to_numpy(dtype=np.float64)

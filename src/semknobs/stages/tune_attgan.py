@@ -19,6 +19,7 @@ from semknobs import tracking
 from semknobs.config import from_mapping, load_params, load_section, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
+from semknobs.errors import ParamsError
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
@@ -76,6 +77,12 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         write_json(reports / "study.json", {"n_trials": 0, "note": "tuning is off (n_trials: 0)"})
         return StageResult({}, {}, [f"n_trials is 0: keeping {paths.out} as it is (no tuning)"])
 
+    if params.base.lambda_concept > 0:  # the trials would need the meter readings too
+        raise ParamsError(
+            "tune_attgan: tuning the concept-loss design (train_attgan.train.lambda_concept > 0) "
+            "is not supported yet; set tune_attgan.n_trials: 0, or tune the critic-head design "
+            "with -S train_attgan.train.lambda_concept=0"
+        )
     splits = read_splits(paths.splits)
     fit_lots, val_lots = splits.cv_folds(str(paths.splits))[space.val_fold]
     scaler = fit_scaler(paths.lots, fit_lots)

@@ -1,17 +1,29 @@
-"""Training the AttGAN: WGAN-GP critic with an attribute head, generator with reconstruction.
+"""Training the AttGAN: a realism critic, a generator with reconstruction, and a concept loss.
 
-Losses (He et al. 2019, WGAN-GP variant):
+Losses (He et al. 2019, with two critics to choose from):
 
-* critic:    D(fake) - D(real) + lambda_gp * GP + lambda_att_d * BCE(att(real), a)
-* generator: -D(fake) + lambda_att_g * BCE(att(fake), b) + lambda_rec * |G(x, a) - x|_1
+* critic ``wgan-gp``: D(fake) - D(real) + lambda_gp * GP + lambda_att_d * BCE(att(real), a);
+  critic ``r1``: softplus(D(fake)) + softplus(-D(real)) + lambda_att_d * BCE(att(real), a), with
+  a lazy R1 penalty (gamma / 2 * |grad D(real)|^2 every ``r1_every`` steps, scaled by it) -- one
+  critic update per generator step buys about twice the generator steps for the same CPU time;
+* generator: adversarial + lambda_att_g * BCE(att(fake), b) + lambda_rec * |G(x, a) - x|_1
+  + lambda_concept * |C(G(x, b)) - C(G(x, a)) - (b - a)|^2,
 
-with ``a`` the tile's (lot) attributes and ``b`` the target attributes of the edit.
+with ``a`` the tile's (lot) attributes, ``b`` the target attributes of the edit and ``C`` the
+frozen concept network (:mod:`semknobs.train.concept`, refreshed on meter-measured edits during
+training). The concept loss asks for what an explanation needs: the change the edit makes, as
+the meter would read it, equals the requested change on every knob (so the others stay put),
+measured against the reconstruction so that C's per-tile bias cancels. With the concept loss on,
+the critic's attribute head can be switched off (``lambda_att_d = lambda_att_g = 0``): realism
+only.
 
 Target attributes (a documented choice for *continuous* control): ``b`` starts as the labels of
 other tiles in the batch (a shuffle, so realistic attribute combinations), then each attribute is
 independently replaced, with probability ``resample_prob``, by a uniform draw over [0, 1]. The
 uniform draws cover the whole range, also between and beyond the 24-ish training lots, and break
-the correlations between attributes that the few lots happen to have.
+the correlations between attributes that the few lots happen to have. A share ``one_knob_share``
+of the rows instead turns one knob: ``b = a + delta e_k`` (``|delta| <= one_knob_delta``), the
+edit that explanations (sweeps, the knob gradient) ask for.
 
 Resume: a checkpoint (weights, optimizer moments, RNG state, step) every ``checkpoint_every``
 steps; rerunning with the same params continues from it. All randomness (batches, targets, GP
@@ -28,14 +40,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
-from semknobs.pixels import to_model
+from semknobs.meter import MeterParams
+from semknobs.models.attgan import (
+    AttGANConfig,
+    Discriminator,
+    Generator,
+    gradient_penalty,
+    r1_penalty,
+)
+from semknobs.models.concept import dihedral
+from semknobs.pixels import to_model, to_uint8
 from semknobs.train.base import LogFn, Trainer, fingerprint, fit
+from semknobs.train.concept import ConceptParams, ConceptTrainer, calibration
 from semknobs.train.device import autocast
 from semknobs.train.distributed import World
 
@@ -45,14 +67,21 @@ class AttGANTrainParams:
     model: AttGANConfig = field(default_factory=AttGANConfig)
     steps: int = 3000  # generator updates
     batch_size: int = 32
-    lr: float = 4e-4
+    lr: float = 5e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    n_critic: int = 2  # critic updates per generator update
-    lambda_rec: float = 100.0
-    lambda_att_g: float = 10.0
-    lambda_att_d: float = 1.0
+    n_critic: int = 1  # critic updates per generator update
+    lambda_rec: float = 10.7
+    lambda_att_g: float = 0.0
+    lambda_att_d: float = 0.0
     lambda_gp: float = 10.0
+    critic: Literal["wgan-gp", "r1"] = "r1"
+    r1_gamma: float = 1.0  # critic "r1": weight of the R1 penalty
+    r1_every: int = 4  # critic "r1": lazy regularisation interval
+    lambda_concept: float = 30.0  # 0: no concept network
+    concept: ConceptParams = field(default_factory=ConceptParams)
+    one_knob_share: float = 0.5  # rows whose target turns one knob
+    one_knob_delta: float = 0.5
     resample_prob: float = 0.5
     seed: int = 0
     device: str = "auto"
@@ -102,18 +131,40 @@ class AttGANTrainer(Trainer):
         self.world.shard(params.batch_size, "train_attgan.train.batch_size")  # divisible?
         self._dis: torch.nn.Module = self.dis
         self._edit: torch.nn.Module = EditAndReconstruct(self.gen)
+        self.concept: ConceptTrainer | None = None
+        self.concept_ready = True
 
     def distribute(self) -> None:
         """Wrap the trained passes in DDP (after resuming: DDP copies rank 0's weights)."""
         self._dis = self.world.wrap(self.dis, self.device)
         self._edit = self.world.wrap(EditAndReconstruct(self.gen), self.device)
 
+    def attach_concept(
+        self,
+        images: torch.Tensor,
+        readings: np.ndarray,
+        labels: torch.Tensor,
+        lots: np.ndarray,
+        meter: MeterParams,
+    ) -> None:
+        """The concept network for the concept loss, calibrated on these training tiles (uint8),
+        their meter readings (n, 4), lot labels (n, 4, knob units) and lot ids."""
+        per_lot = {str(lot): labels[lots == lot][0].cpu().numpy() for lot in np.unique(lots)}
+        calib = calibration(readings, lots, per_lot)
+        self.concept = ConceptTrainer(
+            self.params.concept, self.device, self.rng, calib, meter, self.params.model.img_size
+        )
+        self.concept.set_real(images.cpu(), readings, labels.cpu())
+        self.concept_ready = False
+
     # -- state -------------------------------------------------------------------------------
     def parts(self) -> dict[str, dict[str, Any]]:
-        return {
-            "modules": {"gen": self.gen, "dis": self.dis},
-            "optimizers": {"gen": self.opt_g, "dis": self.opt_d},
-        }
+        modules = {"gen": self.gen, "dis": self.dis}
+        optimizers = {"gen": self.opt_g, "dis": self.opt_d}
+        if self.concept is not None:
+            modules |= self.concept.modules()
+            optimizers["concept"] = self.concept.opt
+        return {"modules": modules, "optimizers": optimizers}
 
     @property
     def position(self) -> int:
@@ -124,13 +175,44 @@ class AttGANTrainer(Trainer):
 
     def restore_position(self, meta: Mapping[str, Any]) -> None:
         self.step = int(meta["step"])
+        self.concept_ready = True  # a checkpoint holds the trained concept network
 
     # -- one update --------------------------------------------------------------------------
     def targets(self, a: torch.Tensor) -> torch.Tensor:
+        p = self.params
         b = a[torch.randperm(len(a), generator=self.rng)]
-        swap = torch.rand(b.shape, generator=self.rng) < self.params.resample_prob
+        swap = torch.rand(b.shape, generator=self.rng) < p.resample_prob
         uniform = torch.rand(b.shape, generator=self.rng)
-        return torch.where(swap, uniform, b.cpu()).to(a.device)
+        b = torch.where(swap, uniform, b.cpu())
+        if p.one_knob_share > 0:  # some rows turn one knob of their own attributes
+            one = torch.rand(len(a), generator=self.rng) < p.one_knob_share
+            knob = torch.randint(0, a.shape[1], (len(a),), generator=self.rng)
+            delta = (torch.rand(len(a), generator=self.rng) * 2 - 1) * p.one_knob_delta
+            turned = a.cpu().clone()
+            turned[torch.arange(len(a)), knob] += delta
+            b = torch.where(one[:, None], turned.clamp(0, 1), b)
+        return b.to(a.device)
+
+    def _critic_loss(self, x: torch.Tensor, fake: torch.Tensor, a: torch.Tensor, alpha):
+        """The critic's loss on one real batch and its edits, one pass for both (instance norm
+        is per sample); returns (loss, logged terms)."""
+        p = self.params
+        with autocast(self.device):
+            score, att = self._dis(torch.cat([x, fake.float()]))
+        score_real, score_fake = score.float().chunk(2)
+        att_d = F.binary_cross_entropy_with_logits(att[: len(x)].float(), a)
+        if p.critic == "wgan-gp":
+            wasserstein = score_real.mean() - score_fake.mean()
+            gp = gradient_penalty(self._dis, x, fake.float(), alpha=alpha)
+            loss = -wasserstein + p.lambda_gp * gp + p.lambda_att_d * att_d
+            return loss, {"train/wasserstein": wasserstein, "train/gp": gp, "train/att_d": att_d}
+        loss = F.softplus(score_fake).mean() + F.softplus(-score_real).mean()
+        terms = {"train/d_real": score_real.mean(), "train/d_fake": score_fake.mean()}
+        if self.step % p.r1_every == 0:  # lazy R1, scaled by its interval
+            r1 = r1_penalty(self._dis, x)
+            loss = loss + 0.5 * p.r1_gamma * p.r1_every * r1
+            terms["train/r1"] = r1
+        return loss + p.lambda_att_d * att_d, terms | {"train/att_d": att_d}
 
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
         """One generator update after ``n_critic`` critic updates on the same real batch.
@@ -142,45 +224,60 @@ class AttGANTrainer(Trainer):
         x, a = x_all[rows], a_all[rows]
         self.gen.train()
         self.dis.train()
+        self.dis.requires_grad_(True)
+        logged: dict[str, torch.Tensor] = {}
         for _ in range(p.n_critic):
             b = self.targets(a_all)[rows]
             with torch.no_grad(), autocast(self.device):
                 fake = self.gen(x, b)
-            with autocast(self.device):
-                score_real, att_real = self._dis(x)
-                score_fake, _ = self._dis(fake.float())
-                wasserstein = score_real.float().mean() - score_fake.float().mean()
-                att_d = F.binary_cross_entropy_with_logits(att_real.float(), a)
-            alpha = torch.rand(len(x_all), 1, 1, 1, generator=self.rng)[rows].to(x.device)
-            gp = gradient_penalty(self._dis, x, fake.float(), alpha=alpha)
-            loss_d = -wasserstein + p.lambda_gp * gp + p.lambda_att_d * att_d
+            alpha = None
+            if p.critic == "wgan-gp":
+                alpha = torch.rand(len(x_all), 1, 1, 1, generator=self.rng)[rows].to(x.device)
+            loss_d, logged = self._critic_loss(x, fake, a, alpha)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
 
         b = self.targets(a_all)[rows]
+        self.dis.requires_grad_(False)  # the generator step needs no critic weight gradients
         with autocast(self.device):
             fake, rec = self._edit(x, a, b)
-            # the plain critic: its gradients here are discarded, so DDP need not reduce them
             score_fake, att_fake = self.dis(fake)
-            adv_g = -score_fake.float().mean()
+            score_fake = score_fake.float()
+            adv_g = -score_fake.mean() if p.critic == "wgan-gp" else F.softplus(-score_fake).mean()
             att_g = F.binary_cross_entropy_with_logits(att_fake.float(), b)
             rec_l1 = F.l1_loss(rec.float(), x)
         loss_g = adv_g + p.lambda_att_g * att_g + p.lambda_rec * rec_l1
+        terms = {"train/adv_g": adv_g, "train/att_g": att_g, "train/rec_l1": rec_l1}
+        if self.concept is not None and p.lambda_concept > 0:
+            k = int(torch.randint(0, 8, (1,), generator=self.rng))  # C is symmetric: any view
+            both = self.concept.net(dihedral(torch.cat([fake, rec]).float(), k))
+            change, wanted = both[: len(x)] - both[len(x) :], b - a
+            concept = (change - wanted).pow(2).mean()
+            loss_g = loss_g + p.lambda_concept * concept
+            terms["train/concept"] = concept
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        self.dis.requires_grad_(True)
         self.step += 1
-        return {
-            "train/loss_d": float(loss_d.detach()),
-            "train/wasserstein": float(wasserstein.detach()),
-            "train/gp": float(gp.detach()),
-            "train/att_d": float(att_d.detach()),
-            "train/loss_g": float(loss_g.detach()),
-            "train/adv_g": float(adv_g.detach()),
-            "train/att_g": float(att_g.detach()),
-            "train/rec_l1": float(rec_l1.detach()),
-        }
+        out = {"train/loss_d": loss_d, "train/loss_g": loss_g, **logged, **terms}
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def refresh_concept(self, images: torch.Tensor, attrs: torch.Tensor) -> None:
+        """Edit ``refresh_tiles`` training tiles along one knob each; the meter measures them
+        and the concept network learns from them (see :mod:`semknobs.train.concept`)."""
+        cp = self.params.concept
+        idx = torch.randint(0, len(images), (cp.refresh_tiles,), generator=self.rng)
+        a = attrs[idx].cpu()
+        knob = torch.randint(0, a.shape[1], (len(a),), generator=self.rng)
+        b = a.clone()
+        b[torch.arange(len(a)), knob] = torch.rand(len(a), generator=self.rng)
+        self.gen.eval()
+        with torch.no_grad():
+            edits = to_uint8(self.gen(to_model(images[idx], self.device), b.to(self.device)))
+        self.gen.train()
+        self.concept.refresh(edits)
 
 
 def train_attgan(
@@ -195,8 +292,14 @@ def train_attgan(
     stop_after: int | None = None,
     progress: bool = True,
     world: World | None = None,
+    readings: np.ndarray | None = None,
+    lots: np.ndarray | None = None,
+    meter: MeterParams | None = None,
 ) -> AttGANTrainer:
     """Train (or resume) on uint8 ``images`` (n, s, s) with ``attrs`` (n, 4) in [0, 1].
+
+    With the concept loss (``lambda_concept > 0``): ``readings`` (n, 4), the attribute meter's
+    readings of the tiles, ``lots`` (n,) their lot ids and ``meter`` the meter's settings.
 
     ``stop_after`` ends the run early at that step (tests use it to simulate an interruption).
     Under DDP (``world`` of several ranks) only rank 0 logs, shows progress and checkpoints.
@@ -208,9 +311,21 @@ def train_attgan(
     attrs = attrs.to(device)
     n = len(images)
 
+    if params.lambda_concept > 0:
+        if readings is None or lots is None or meter is None:
+            raise ValueError("lambda_concept > 0 needs the tiles' meter readings, lots and meter")
+        trainer.attach_concept(images.cpu(), readings, attrs.cpu(), np.asarray(lots), meter)
+    refresh = params.concept.refresh_every if trainer.concept is not None else 0
+
     def advance() -> dict[str, float]:
+        if not trainer.concept_ready:  # pre-train the concept network on the real tiles
+            trainer.concept.fit(params.concept.steps)
+            trainer.concept_ready = True
         idx = torch.randint(0, n, (params.batch_size,), generator=trainer.rng).to(device)
-        return trainer.train_step(to_model(images[idx], device), attrs[idx])
+        metrics = trainer.train_step(to_model(images[idx], device), attrs[idx])
+        if refresh and trainer.step % refresh == 0 and trainer.step < params.steps:
+            trainer.refresh_concept(images, attrs)
+        return metrics
 
     fit(
         trainer,
@@ -236,3 +351,4 @@ class TrainAttGANStageParams:
     train: AttGANTrainParams = field(default_factory=AttGANTrainParams)
     sample_every: int = 500  # log a sample grid every N steps
     sample_tiles: int = 6
+    meter: MeterParams | None = None  # the measure stage's meter (for the concept network)
