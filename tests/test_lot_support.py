@@ -43,9 +43,19 @@ def test_a_proxy_is_flagged_and_the_law_is_not():
     table = lot_support(lots, uses)
     flags = table.pivot(index="source", columns="attribute", values="flag")[list(ATTRIBUTES)]
     assert not flags.loc["faithful"].any()
-    assert flags.loc["proxy"].tolist() == [False, True, False, True]
+    # porosity is under-used (its effect moved to facetness), not a proxy: only facetness
+    assert flags.loc["proxy"].tolist() == [False, False, False, True]
     lines = flag_lines(table)
-    assert len(lines) == 2 and "facetness" in lines[1] and "proxy" in lines[1]
+    assert len(lines) == 1 and "facetness" in lines[0] and "proxy" in lines[0]
+
+
+def test_a_weaker_use_of_a_real_driver_is_not_a_proxy():
+    lots = _confounded_lots()
+    weaker = LAW * np.array([0.5, 0.5, 1.0, 1.0])  # outside the interval, right sign
+    table = lot_support(lots, {"weaker": weaker[None], "flipped": -LAW[None]})
+    flags = table.pivot(index="source", columns="attribute", values="flag")[list(ATTRIBUTES)]
+    assert not flags.loc["weaker"].any()
+    assert flags.loc["flipped"].tolist() == [True, True, True, False]  # facetness: -0 is 0
 
 
 def test_flags_are_checked_against_the_measured_use():
@@ -54,7 +64,7 @@ def test_flags_are_checked_against_the_measured_use():
     table = lot_support(lots, {"right": proxy[None], "wrong": LAW[None]})
     checked, metrics = _check_flags(table, np.tile(proxy, (5, 1)))  # the regressor uses a proxy
     assert metrics["right/lots/flag_agreement"] == 1.0
-    assert metrics["wrong/lots/flag_agreement"] == 0.5
+    assert metrics["wrong/lots/flag_agreement"] == 0.75  # misses the facetness flag
     assert metrics["regressor/lots/flag_facetness"] == 1.0
     assert "regressor (oracle)" in set(checked["source"])
 

@@ -17,6 +17,8 @@ import torch
 import yaml
 
 from semknobs.data.split import SplitParams, make_splits, write_splits
+from semknobs.data.tiles import load_tiles
+from semknobs.meter import MeterParams, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.stages import evaluate_attgan
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
@@ -24,6 +26,16 @@ from semknobs.train.attgan import AttGANTrainParams, train_attgan
 from .conftest import ROOT
 
 TINY_MODEL = {"enc_dim": 8, "dec_dim": 8, "dis_dim": 8, "dis_fc_dim": 16}
+# the default design (concept loss) shrunk: pre-training, and a refresh on measured edits at 20
+TINY_CONCEPT = {
+    "steps": 10,
+    "batch_size": 16,
+    "refresh_every": 20,
+    "refresh_tiles": 8,
+    "refresh_steps": 5,
+    "pool_size": 32,
+    "model": {"width": 8, "blocks": 3},
+}
 
 
 @pytest.fixture
@@ -34,9 +46,15 @@ def stage_inputs(tiny_study, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
     params["train_attgan"]["train"]["model"].update(TINY_MODEL)
+    params["train_attgan"]["train"]["concept"].update(TINY_CONCEPT)
     params["train_attgan"]["sample_every"] = 30
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "tuned.yaml").write_text("{}\n")
+    tiles, manifest = load_tiles(tiny_study["tiles"])  # the concept network's meter readings
+    readings = measure_tiles(tiles, MeterParams(), n_jobs=1)
+    manifest[["tile", "lot", "scan", "row", "col"]].join(readings).to_csv(
+        tmp_path / "measurements.csv", index=False
+    )
     return tmp_path
 
 
@@ -47,6 +65,7 @@ def _command(study, root):
         "tiles-dir": study["tiles"],
         "lots": study["lots"],
         "splits": root / "splits.json",
+        "measurements": root / "measurements.csv",
         "checkpoint-dir": root / "ck",
         "model-dir": root / "model",
         "metrics": root / "attgan.json",

@@ -36,6 +36,7 @@ from semknobs.errors import DataError
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, OracleParams
 from semknobs.evaluation.referee_figures import fidelity_figure, scatter_figure
+from semknobs.explain.lot_support import proxy_flags
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _check_flags(support: pd.DataFrame, oracle_use: np.ndarray) -> tuple[pd.Data
     (``regressor/lots/flag_<a>``) and each explainer's agreement with them."""
     median = np.median(oracle_use, axis=0)
     fit = support.drop_duplicates("attribute").set_index("attribute").loc[list(ATTRIBUTES)]
-    truth_flag = (median < fit["lot_fit_lo"].to_numpy()) | (median > fit["lot_fit_hi"].to_numpy())
+    truth_flag = proxy_flags(median, fit["lot_fit_lo"].to_numpy(), fit["lot_fit_hi"].to_numpy())
     metrics = {f"regressor/lots/flag_{a}": float(truth_flag[k]) for k, a in enumerate(ATTRIBUTES)}
     metrics |= {f"regressor/lots/use_{a}": float(median[k]) for k, a in enumerate(ATTRIBUTES)}
     for name, part in support.groupby("source"):

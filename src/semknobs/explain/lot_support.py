@@ -6,9 +6,12 @@ whether the lots themselves support it, so nobody reads a proxy as physics. The 
 is a multivariate least-squares fit of lot stress on the four lot labels (normalised knob units),
 which separates correlated attributes where a marginal correlation cannot, with a bootstrap over
 lots for its 95 % interval. An attribute is flagged for an explainer when the explainer's median
-attribution (MPa per knob unit) lies outside that interval: the regressor's use, as explained,
-disagrees with what the lots support. On a synthetic study the referee applies the same rule to
-the regressor's measured (oracle) use, which says whether a flag is right.
+attribution (MPa per knob unit) lies outside that interval *and* the lots do not support an
+effect of that sign (the interval includes 0 or lies on the other side): the regressor, as
+explained, leans on something the lots do not show. A use that is merely weaker or stronger than
+the fit (a regressor that under-uses a real driver) is not a proxy and is not flagged; the table
+keeps both numbers. On a synthetic study the referee applies the same rule to the regressor's
+measured (oracle) use, which says whether a flag is right.
 
 Uses the labels and stresses only: it runs unchanged on real SEM lots.
 """
@@ -43,6 +46,13 @@ def lot_fit_interval(
     return coef, lo, hi
 
 
+def proxy_flags(use: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per attribute: ``use`` outside [lo, hi] and the lots support no effect of its sign."""
+    use, lo, hi = (np.asarray(v, dtype=float) for v in (use, lo, hi))
+    supported = np.where(use > 0, lo > 0, hi < 0)
+    return ((use < lo) | (use > hi)) & ~supported
+
+
 def lot_support(
     lots: pd.DataFrame,
     uses: dict[str, np.ndarray],
@@ -56,6 +66,7 @@ def lot_support(
     rows = []
     for name, use in uses.items():
         median = np.median(np.asarray(use, dtype=float).reshape(-1, len(ATTRIBUTES)), axis=0)
+        flags = proxy_flags(median, lo, hi)
         for k, a in enumerate(ATTRIBUTES):
             rows.append(
                 {
@@ -65,7 +76,7 @@ def lot_support(
                     "lot_fit": float(coef[k]),
                     "lot_fit_lo": float(lo[k]),
                     "lot_fit_hi": float(hi[k]),
-                    "flag": bool(median[k] < lo[k] or median[k] > hi[k]),
+                    "flag": bool(flags[k]),
                 }
             )
     return pd.DataFrame(rows)
