@@ -278,6 +278,9 @@ class AttGANTrainer(Trainer):
             edits = to_uint8(self.gen(to_model(images[idx], self.device), b.to(self.device)))
         self.gen.train()
         self.concept.refresh(edits)
+        # each rank edited with its own batch-norm statistics: rank 0's network is the judge
+        for module in self.concept.modules().values():
+            self.world.sync_from_main(module, self.device)
 
 
 def train_attgan(

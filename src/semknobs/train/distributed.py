@@ -82,14 +82,25 @@ class World:
         dist.all_reduce(t)
         return float(t) / self.size
 
+    def sync_from_main(self, module: nn.Module, device: torch.device) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``module`` (in place)."""
+        if self.size == 1:
+            return
+        for t in [*module.parameters(), *module.buffers()]:
+            moved = t.detach().to(device)
+            dist.broadcast(moved, src=0)
+            t.data.copy_(moved.to(t.device))
+
     def replica_gap(self, module: nn.Module, device: torch.device) -> float:
         """Largest |weight - rank 0's weight| over all parameters and ranks (0.0: in sync).
 
         A check that DDP did its job: the replicas must end bit-identical. Every rank must call it.
+        Buffers are left out: batch-norm statistics last saw each rank's own batch.
         """
-        if self.size == 1:
+        weights = list(module.parameters())
+        if self.size == 1 or not weights:  # e.g. the concept network's pool: buffers only
             return 0.0
-        flat = torch.cat([p.detach().float().flatten() for p in module.parameters()]).to(device)
+        flat = torch.cat([p.detach().float().flatten() for p in weights]).to(device)
         reference = flat.clone()
         dist.broadcast(reference, src=0)
         gap = (flat - reference).abs().max().reshape(1)
