@@ -58,6 +58,13 @@ def test_a_weaker_use_of_a_real_driver_is_not_a_proxy():
     assert flags.loc["flipped"].tolist() == [True, True, True, False]  # facetness: -0 is 0
 
 
+def test_over_use_of_a_real_driver_is_flagged():
+    lots = _confounded_lots()
+    stronger = LAW * np.array([2.0, 1.0, 1.0, 1.0])  # twice the size effect the lots allow
+    table = lot_support(lots, {"stronger": stronger[None]})
+    assert table["flag"].tolist() == [True, False, False, False]
+
+
 def test_flags_are_checked_against_the_measured_use():
     lots = _confounded_lots()
     proxy = LAW + np.array([0.0, 10.0, 0.0, -12.0])

@@ -6,12 +6,12 @@ whether the lots themselves support it, so nobody reads a proxy as physics. The 
 is a multivariate least-squares fit of lot stress on the four lot labels (normalised knob units),
 which separates correlated attributes where a marginal correlation cannot, with a bootstrap over
 lots for its 95 % interval. An attribute is flagged for an explainer when the explainer's median
-attribution (MPa per knob unit) lies outside that interval *and* the lots do not support an
-effect of that sign (the interval includes 0 or lies on the other side): the regressor, as
-explained, leans on something the lots do not show. A use that is merely weaker or stronger than
-the fit (a regressor that under-uses a real driver) is not a proxy and is not flagged; the table
-keeps both numbers. On a synthetic study the referee applies the same rule to the regressor's
-measured (oracle) use, which says whether a flag is right.
+attribution (MPa per knob unit) lies outside that interval with a sign the lots do not support
+(the interval includes 0 or lies on the other side) or beyond its far end (a larger effect than
+any the lots allow): the regressor, as explained, leans on more than the lots show. A use
+weaker than the fit (a regressor that under-uses a real driver) is not a proxy and is not
+flagged; the table keeps both numbers. On a synthetic study the referee applies the same rule
+to the regressor's measured (oracle) use, which says whether a flag is right.
 
 Uses the labels and stresses only: it runs unchanged on real SEM lots.
 """
@@ -47,10 +47,12 @@ def lot_fit_interval(
 
 
 def proxy_flags(use: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per attribute: ``use`` outside [lo, hi] and the lots support no effect of its sign."""
+    """Per attribute: ``use`` outside [lo, hi], and either the lots support no effect of its
+    sign or it is larger than the interval's far end (over-use); under-use is not flagged."""
     use, lo, hi = (np.asarray(v, dtype=float) for v in (use, lo, hi))
     supported = np.where(use > 0, lo > 0, hi < 0)
-    return ((use < lo) | (use > hi)) & ~supported
+    over = np.where(use > 0, use > hi, use < lo)
+    return ((use < lo) | (use > hi)) & (~supported | over)
 
 
 def lot_support(
