@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from semknobs.config import load_section
+from semknobs.config import deep_merge, load_section
 from semknobs.data.scans import find_scans, read_scan
 from semknobs.data.synth import SynthParams, synthesize
 from semknobs.data.tiles import TileParams, bar_rows, tile_dataset
@@ -252,7 +252,7 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         for name, (src, params, design) in runs.items():  # interleaved
             out = subprocess.run(
                 [sys.executable, "-c", _STEP_PROBE, str(params),
-                 json.dumps({} if design is None else _deep(_TUNED_ARCH, design))],
+                 json.dumps({} if design is None else deep_merge(_TUNED_ARCH, design))],
                 capture_output=True, text=True, check=True,
                 env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
             )  # fmt: skip
@@ -264,13 +264,6 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         ratios = [b / a for a, b in zip(series[0], series[k], strict=True)]
         rows.append(_row(f"AttGAN step, {label}", "ratio", ratios, target="<= 0.8"))
     return rows
-
-
-def _deep(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = _deep(out[key], value) if isinstance(value, dict) and key in out else value
-    return out
 
 
 _REGRESSOR_PROBE = """

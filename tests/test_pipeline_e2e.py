@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
+from .test_train_attgan_stage import TINY_CONCEPT
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +42,7 @@ def tiny_params(params: dict) -> dict:
     gan = params["train_attgan"]
     gan["train"].update(steps=20, checkpoint_every=10, log_every=5, batch_size=8)
     gan["train"]["model"].update(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16)
-    gan["train"]["concept"].update(
-        steps=10, batch_size=16, refresh_every=10, refresh_tiles=8, refresh_steps=5, pool_size=32
-    )
-    gan["train"]["concept"]["model"].update(width=8, blocks=3)
+    gan["train"]["concept"] = {**TINY_CONCEPT, "refresh_every": 10}  # a refresh within 20 steps
     params["evaluate_attgan"].update(n_tiles=8, points=3)
     params["evaluate_attgan"]["ceiling"].update(n_tiles=4)
     gan["sample_every"] = 20

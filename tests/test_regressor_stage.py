@@ -18,8 +18,8 @@ import yaml
 from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.errors import DataError
-from semknobs.evaluation.regressor import read_measurements, regression_metrics, rf_baseline
-from semknobs.meter import MeterParams, measure_tiles
+from semknobs.evaluation.regressor import regression_metrics, rf_baseline
+from semknobs.meter import MeterParams, measure_tiles, read_measurements
 from semknobs.train.regressor import BaselineParams
 
 from .conftest import ROOT

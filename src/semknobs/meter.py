@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from skimage import filters, measure, morphology, segmentation
 from tqdm import tqdm
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.errors import DataError
 
 _ANGLES = np.linspace(0, 2 * np.pi, 72, endpoint=False)
 
@@ -184,3 +186,32 @@ class MeasureParams:
 
     n_jobs: int = 2
     meter: MeterParams = field(default_factory=MeterParams)
+
+
+def read_measurements(path: str | Path, tiles: pd.DataFrame) -> pd.DataFrame:
+    """The measure stage's readings of the four attributes for the rows of ``tiles`` (by
+    ``tile`` id, in their order)."""
+    try:
+        readings = pd.read_csv(path, dtype={"lot": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: unreadable meter readings ({exc}); run the measure stage"
+        ) from None
+    missing_cols = sorted({"tile", "lot", *ATTRIBUTES} - set(readings.columns))
+    if missing_cols:
+        raise DataError(f"{path}: lacks column(s) {missing_cols}")
+    readings = readings.set_index("tile")
+    absent = sorted(set(tiles["tile"]) - set(readings.index))
+    if absent:
+        lots = sorted(set(tiles.set_index("tile").loc[absent, "lot"]))
+        raise DataError(
+            f"{path}: no readings for {len(absent)} tile(s) of lots {lots}; rerun the measure stage"
+        )
+    rows = readings.loc[tiles["tile"].to_numpy()]
+    wrong = rows["lot"].to_numpy() != tiles["lot"].to_numpy()
+    if wrong.any():
+        raise DataError(
+            f"{path}: tile ids do not match the tile manifest (e.g. tile "
+            f"{int(tiles['tile'].to_numpy()[wrong][0])}); rerun the measure stage"
+        )
+    return rows[list(ATTRIBUTES)].reset_index(drop=True).astype(float)

@@ -78,34 +78,6 @@ def lot_rmse(lots: np.ndarray, true: np.ndarray, pred: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def read_measurements(path: str, tiles: pd.DataFrame) -> pd.DataFrame:
-    """The meter's readings (``FEATURES``) for the rows of ``tiles`` (by ``tile`` id, in order)."""
-    try:
-        readings = pd.read_csv(path, dtype={"lot": str})
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: unreadable meter readings ({exc}); run the measure stage"
-        ) from None
-    missing_cols = sorted({"tile", "lot", *FEATURES} - set(readings.columns))
-    if missing_cols:
-        raise DataError(f"{path}: lacks column(s) {missing_cols}")
-    readings = readings.set_index("tile")
-    absent = sorted(set(tiles["tile"]) - set(readings.index))
-    if absent:
-        lots = sorted(set(tiles.set_index("tile").loc[absent, "lot"]))
-        raise DataError(
-            f"{path}: no readings for {len(absent)} tile(s) of lots {lots}; rerun the measure stage"
-        )
-    rows = readings.loc[tiles["tile"].to_numpy()]
-    wrong = rows["lot"].to_numpy() != tiles["lot"].to_numpy()
-    if wrong.any():
-        raise DataError(
-            f"{path}: tile ids do not match the tile manifest (e.g. tile "
-            f"{int(tiles['tile'].to_numpy()[wrong][0])}); rerun the measure stage"
-        )
-    return rows[list(FEATURES)].reset_index(drop=True).astype(float)
-
-
 def mean_baseline(train_stress: np.ndarray, n: int) -> np.ndarray:
     return np.full(n, float(np.mean(train_stress)))
 

@@ -15,18 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
 from semknobs import tracking
-from semknobs.attributes import ATTRIBUTES
 from semknobs.config import load_overrides, load_section, load_tuned_section, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
-from semknobs.errors import DataError, ParamsError
+from semknobs.errors import ParamsError
 from semknobs.evaluation.samples import sample_grid
-from semknobs.meter import MeasureParams
+from semknobs.meter import MeasureParams, read_measurements
 from semknobs.model_folder import save_model_dir
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model
@@ -87,7 +84,9 @@ def run(
 
     readings = None
     if params.train.lambda_concept > 0:
-        readings = _readings(paths.measurements, train.manifest)
+        if paths.measurements is None:
+            raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure)")
+        readings = read_measurements(paths.measurements, train.manifest).to_numpy()
     started = time.perf_counter()
     deps = [paths.tiles_dir, paths.lots, paths.splits]
     trainer = train_attgan(
@@ -135,15 +134,3 @@ def run(
         ref = log_model(paths.model_dir, name="attgan", spec=attgan_model.SPEC)
         write_json(paths.reports / "logged_model.json", ref.to_dict())
     return StageResult(metrics, {"figures": paths.reports})
-
-
-def _readings(measurements: Path | None, manifest: pd.DataFrame) -> np.ndarray:
-    """The meter's readings (n, 4) of the manifest's tiles, in its order."""
-
-    if measurements is None:
-        raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure stage)")
-    table = pd.read_csv(measurements, dtype={"lot": str}).set_index("tile")
-    missing = sorted(set(manifest["tile"]) - set(table.index))
-    if missing:
-        raise DataError(f"{measurements}: no readings for tiles {missing[:5]}; rerun measure")
-    return table.loc[manifest["tile"], list(ATTRIBUTES)].to_numpy(dtype=np.float64)

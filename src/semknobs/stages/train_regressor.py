@@ -25,10 +25,10 @@ from semknobs.evaluation.regressor import (
     mean_baseline,
     pred_vs_true_figure,
     predictions_frame,
-    read_measurements,
     regression_metrics,
     rf_baseline,
 )
+from semknobs.meter import read_measurements
 from semknobs.model_folder import save_model_dir
 from semknobs.models.regressor import TargetStats, predict
 from semknobs.registry import log_model

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.meter import MeterParams, measure_tiles
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
 from semknobs.pixels import to_model
 
-K = 4
+K = len(ATTRIBUTES)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ def calibration(
     for k in range(K):
         ok = np.isfinite(means[:, k])
         if ok.sum() < 2 or np.ptp(means[ok, k]) == 0:
-            raise ValueError(f"concept calibration: attribute {k} has too few lots with readings")
+            raise ValueError(
+                f"concept calibration: {ATTRIBUTES[k]} has too few lots with meter readings"
+            )
         alpha[k], beta[k] = np.polyfit(means[ok, k], target[ok, k], 1)
     return alpha, beta
 
@@ -123,7 +126,7 @@ class ConceptTrainer:
     def refresh(self, edits_uint8: np.ndarray) -> None:
         """Measure edits with the meter, add them to the pool, fine-tune."""
         readings = measure_tiles(edits_uint8, self.meter, progress=False)
-        values = readings[["size", "porosity", "dispersity", "facetness"]].to_numpy(float)
+        values = readings[list(ATTRIBUTES)].to_numpy(float)
         self.pool.add(torch.tensor(edits_uint8), self.calibrate(torch.from_numpy(values)))
         with torch.enable_grad():
             self.fit(self.params.refresh_steps)
