@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 # One id groups the MLflow runs of one `make repro` (plain `dvc repro` derives one itself).
 export SEMKNOBS_EXECUTION_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)-$(shell echo $$$$)
 
-.PHONY: setup repro science test test-fast bench ui lint format dag clean-venv
+.PHONY: setup repro science test test-fast bench compare ui lint format dag clean-venv
 
 setup: $(STAMP)
 
@@ -45,7 +45,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --out benchmarks/results.json --table benchmarks/results.md
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+	$(BIN)/python -m semknobs.cli ui --host 127.0.0.1 --port $${PORT:-5000}
+
+# The last executions side by side (N of them, default 5): the promotion gates' metrics and the
+# params that differ, metrics as rows and executions as columns, at most 100 characters wide.
+compare: $(STAMP)
+	$(BIN)/semknobs compare --last $(or $(N),5)
 
 dag: $(STAMP)
 	dvc dag

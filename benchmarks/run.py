@@ -49,8 +49,11 @@ def _timed(func: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def _row(name: str, unit: str, values: list[float], target: str = "", note: str = "") -> dict:
-    return {
+def _row(
+    name: str, unit: str, values: list[float], target: str = "", note: str = "", key: str = ""
+) -> dict:
+    """One table row; ``key`` (``group/metric``) also files its median under ``keys``."""
+    row = {
         "name": name,
         "unit": unit,
         "median": statistics.median(values),
@@ -58,6 +61,7 @@ def _row(name: str, unit: str, values: list[float], target: str = "", note: str 
         "target": target,
         "note": note,
     }
+    return row | ({"key": key} if key else {})
 
 
 @bench("data")
@@ -331,7 +335,7 @@ def regressor_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
 
 @bench("counterfactual")
 def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
-    """Eq. 2 over 64 tiles: one batched optimisation vs 64 one-by-one, same steps and restarts.
+    """Eq. 2 over 64 tiles: one batched search vs 64 one-by-one, the default starts, 20 steps.
 
     Default-size models from params.yaml with random weights (speed does not depend on training).
     """
@@ -353,8 +357,7 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
     )
     torch.manual_seed(0)
     gen, reg = Generator(gan_cfg).eval(), StressInMPa(PeakStressRegressor(reg_cfg)).eval()
-    cf = search_params_from(raw, args.params)
-    cf = dataclasses.replace(cf, steps=20, restarts=1)
+    cf = dataclasses.replace(search_params_from(raw, args.params), steps=20)
     explainer = KnobCounterfactual(gen, reg, stress_range=30.0)
     n, s = 64, gan_cfg.img_size
     x = torch.rand(n, 1, s, s) * 2 - 1
@@ -369,22 +372,29 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
             explainer.attribute(x[i : i + 1], a[i : i + 1], cf, ids=[i])
         single.append(time.perf_counter() - start)
     speedup = [b / a_ for a_, b in zip(batched, single)]
-    note = f"{n} tiles, {cf.steps} Adam steps, 1 start; {s}-px AttGAN + {reg_cfg.preset} regressor"
+    note = (
+        f"{n} tiles, {cf.steps} Adam steps x {cf.restarts} starts (as rows); "
+        f"{s}-px AttGAN + {reg_cfg.preset} regressor"
+    )
     return [
         _row("counterfactual search, 64 tiles batched", "s", batched, note=note),
         _row("counterfactual search, 64 tiles one by one", "s", single),
-        _row("counterfactual speed-up, batched vs one by one", "x", speedup, target=">= 10"),
-    ]
+        _row("counterfactual speed-up, batched vs one by one", "x", speedup, target=">= 10",
+             key="counterfactual/batched_speedup"),
+    ]  # fmt: skip
 
 
 @bench("serve")
 def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
-    """The served explainer (`semknobs serve`): sequential requests of 1 and 16 tiles.
+    """The served explainer (`semknobs serve`), default search settings (the explain stage's):
+    single-tile requests one at a time (median, p95), then 20 single-tile requests 4 at a time
+    (requests/s), then 16-tile requests.
 
     Uses the pipeline's bundle (models/explainer, from `dvc repro register`), registered in a
-    throw-away store; default search settings (the explain stage's). One client, so requests/s
-    is 1 / latency; p95 over the repeats.
+    throw-away store.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from semknobs import registry, tracking
     from semknobs.data.tiles import load_tiles
     from semknobs.serving import explainer_model
@@ -406,21 +416,66 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
                "--port", str(port)]  # fmt: skip
     with running_server(command, base_url=base, log_path=work / "server.log", timeout_s=300) as up:
         url = f"{base}/invocations"
-        rows = [_row("explainer server start-up", "s", [up])]
-        for n, repeats in ((1, 4 * args.repeats), (16, 2 * args.repeats)):
-            body = frame_request(tiles_frame(tiles[:n]))
-            status, text = post(url, body)  # warm-up
+
+        def ask(body: bytes) -> None:
+            status, text = post(url, body)
             if status != 200:
                 raise RuntimeError(f"bench serve: HTTP {status}: {text[:500]}")
-            latency = _timed(lambda body=body: post(url, body), repeats)
-            p95 = float(np.percentile(latency, 95))
-            rows += [
-                _row(f"served explainer, {n} tile(s)/request: latency", "s", latency,
-                     note=f"p95 {p95:.3g} s over {repeats} requests"),
-                _row(f"served explainer, {n} tile(s)/request: requests/s", "1/s",
-                     [1 / t for t in latency]),
-            ]  # fmt: skip
+
+        bodies = [frame_request(tiles_frame(tiles[i : i + 1])) for i in range(20)]
+        ask(bodies[0])  # warm-up
+        single = [
+            t for i in range(4 * args.repeats) for t in _timed(lambda i=i: ask(bodies[i % 20]), 1)
+        ]
+        p95 = [float(np.percentile(single, 95))]
+        rows = [
+            _row("explainer server start-up", "s", [up]),
+            _row("served explainer, 1 tile/request: latency", "s", single, target="<= 1 s",
+                 note=f"{len(single)} sequential requests", key="serve/single_tile_median_s"),
+            _row("served explainer, 1 tile/request: p95 latency", "s", p95,
+                 key="serve/single_tile_p95_s"),
+        ]  # fmt: skip
+        rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(ask, bodies))
+            rates.append(len(bodies) / (time.perf_counter() - start))
+        rows.append(
+            _row("served explainer, 20 single-tile requests 4 at a time", "req/s", rates,
+                 key="serve/concurrent4_req_per_s")
+        )  # fmt: skip
+        body = frame_request(tiles_frame(tiles[:16]))
+        latency = _timed(lambda: ask(body), args.repeats)
+        rows.append(_row("served explainer, 16 tiles/request: latency", "s", latency))
     return rows
+
+
+@bench("explain")
+def bench_explain(args: argparse.Namespace, work: Path) -> list[dict]:
+    """`semknobs explain` on one whole scan (both targets, the bundle's defaults): the work
+    after the model is loaded (reading, tiling, both searches, the meter on the edits, CSV,
+    JSON and figure)."""
+    from semknobs.explain.bundle import KnobExplainer
+    from semknobs.explain.files import explain_paths
+
+    bundle = Path("models/explainer")
+    scans = sorted(Path("data/synthetic/raw").glob("*/*"))
+    if not (bundle / "config.json").is_file() or not scans:
+        print("bench explain: skipped (no models/explainer or scans; run `make repro` first)")
+        return []
+    explainer = KnobExplainer.from_folder(bundle)
+    times, tiles = [], 0
+    for i in range(args.repeats):
+        start = time.perf_counter()
+        (summary,) = explain_paths([scans[0]], explainer=explainer, out_dir=work / f"out{i}",
+                                   progress=False)  # fmt: skip
+        times.append(time.perf_counter() - start)
+        tiles = summary["tiles"]
+    return [
+        _row(f"semknobs explain, one scan ({tiles} tiles, higher + lower)", "s", times,
+             target="<= 10 s", key="explain/scan_s")
+    ]  # fmt: skip
 
 
 @bench("ddp")
@@ -465,6 +520,29 @@ def _table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_OLD_PREFIXES = {  # rows written before rows named their bench
+    "counterfactual": ("counterfactual",),
+    "serve": ("served explainer", "explainer server"),
+}
+
+
+def _kept_rows(out: Path, rerun: set[str]) -> list[dict]:
+    """A partial run (``--only``) keeps the other benches' rows of the previous results,
+    marked with that run's date."""
+    if not out.is_file():
+        return []
+    old = json.loads(out.read_text())
+    kept = []
+    for row in old.get("rows", []):
+        bench = row.get("bench") or next(
+            (b for b, pre in _OLD_PREFIXES.items() if row["name"].startswith(pre)), ""
+        )
+        if bench not in rerun:
+            kept.append(row | {"note": (row["note"] + f" (run {old.get('date', '?')})").strip()}
+                        if "(run " not in row["note"] else row)  # fmt: skip
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -485,14 +563,20 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix=f"semknobs-bench-{name}-"))
         try:
             print(f"bench {name} ...", flush=True)
-            rows += BENCHES[name](args, work)
+            rows += [r | {"bench": name} for r in BENCHES[name](args, work)]
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        row.setdefault("bench", "")
+    kept = _kept_rows(args.out, set(args.only)) if set(args.only) != set(BENCHES) else []
+    rows = kept + rows
     results = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "repeats": args.repeats,
+        "benches": sorted(args.only),
+        "keys": {r["key"]: r["median"] for r in rows if r.get("key")},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

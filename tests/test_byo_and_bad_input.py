@@ -7,13 +7,17 @@ Every bad input must give exit status 2, a message naming the culprit, and no pa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from semknobs.data.render import RenderParams, render_scan
+from semknobs.stage import StageResult
 
 from .conftest import ROOT, write_scan
 
@@ -234,3 +238,191 @@ def test_full_disk_message_names_the_path():
     assert "no space left" in text and "/data/x.npy" in text
     text = describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/ro/out"))
     assert "cannot write /ro/out" in text
+
+
+# --------------------------------------------------------------------------------------------
+# every problem at once; every output or none; no temporary files
+
+
+def _temporaries(root) -> list[str]:
+    """Temporary names atomic writes use (``.<name>.<random>.<host>.<pid>.tmp``) under root."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob(".*.tmp"))
+
+
+def test_label_and_tile_problems_are_listed_together(run_stage, user, capsys):
+    """The README's example: bad label cells (schema) do not hide the tile quality suite; every
+    line names its file and row (CSV line or scan tile) and column."""
+    import tifffile
+
+    scan = tifffile.imread(user["raw"] / "B-7" / "img1.tif")
+    scan[:128, 128:256] = 30000  # one blank tile: row 0 col 1
+    write_scan(user["raw"] / "B-7" / "img1.tif", scan)
+    (user["raw"] / "Alpha" / "notes.txt").write_text("not a scan")
+    (user["raw"] / "Alpha" / "img9.jpg").write_bytes(b"\xff\xd8\xff")
+    lots = user["lots"]
+    lots.write_text(  # no facetness column, a negative stress, B-7 twice, L31 without scans
+        "lot,size,porosity,dispersity,peak_stress\n"
+        "Alpha,2,3.5,4,30\nB-7,3,2.5,4,35\nc_3,4,1.5,4,-40\nB-7,1,1,1,20\nL31,1,1,1,10\n"
+    )
+
+    assert _tile(run_stage, user) == 0  # labels are not the tile stage's business
+    out = capsys.readouterr().out
+    assert "Alpha/img9.jpg, Alpha/notes.txt" in out  # skipped files are named, not hidden
+    assert "contact sheet in lot-name order" in out
+    assert (user["reports"] / "tile" / "contact_sheet.png").is_file()
+
+    status = _validate(run_stage, user)
+    err = capsys.readouterr().err
+    expected = [
+        f"{lots}: lot label table lacks required column(s) facetness",
+        f"{lots}: lot 'B-7' appears 2 times (line 3, line 5); lot values must be unique",
+        f"{lots}: line 4 (lot 'c_3'): peak_stress = -40.0 fails greater_than(0)",
+        "lot B-7: 1 blank tile (std < 4): B-7/img1.tif row 0 col 1",
+        f"{lots}: line 6: lot L31 has a label row but no scans",
+    ]
+    assert status == 2 and "Data validation FAILED (5 problems)" in err, err
+    for line in expected:
+        assert sum(line in x for x in err.splitlines()) == 1, (line, err)
+    assert "not run" not in err and "Traceback" not in err
+    report = (user["reports"] / "validate" / "report.txt").read_text()
+    assert err.strip() == f"validate: error: {report.strip()}"
+    assert _temporaries(user["root"]) == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        None,
+        b"",
+        b"\xff\xfe\x00garbage",
+        b"lot,size\nAlpha,1\n",
+        b"lot,size,porosity,dispersity,facetness,peak_stress\nL1,1,1,1,1,1\n",
+        b'lot,size\n"Alpha,1\n',
+    ],
+    ids=["missing", "empty", "binary", "few-columns", "no-tiled-lot", "unparsable"],
+)
+def test_contact_sheet_labels_are_read_leniently(tmp_path, labels):
+    """The tile stage's only use of lots.csv: anything unusable means name order, never an
+    error (the stage above writes its sheet either way)."""
+    from semknobs.stages.tile import sheet_labels
+
+    path = tmp_path / "lots.csv"
+    if labels is not None:
+        path.write_bytes(labels)
+    assert sheet_labels(path, pd.Series(LOTS)) is None
+
+
+def test_contact_sheet_labels_tolerate_bad_cells(tmp_path):
+    from semknobs.stages.tile import sheet_labels
+
+    path = tmp_path / "lots.csv"
+    path.write_text(
+        "lot,size,porosity,dispersity,facetness,peak_stress\n"
+        "Alpha,x,1,1,1,-5\nB-7,2,,1,1,1\nAlpha,3,3,3,3,3\nZeta,1,1,1,1,1\n"
+    )
+    lots = sheet_labels(path, pd.Series(LOTS))
+    assert lots["lot"].tolist() == ["Alpha", "B-7"]  # first row of a repeated lot; tiled only
+    assert np.isnan(lots.loc[0, "size"]) and np.isnan(lots.loc[1, "porosity"])
+
+
+@dataclass(frozen=True)
+class _ForgetfulPaths:
+    out: Path
+    reports: Path
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+def _forget(params: _NoParams, paths: _ForgetfulPaths, ctx=None) -> StageResult:
+    paths.out.write_text("written")
+    return StageResult()  # and forgot paths.reports
+
+
+def test_a_stage_that_returns_without_its_outputs_fails(tmp_path, mlflow_tmp, capsys):
+    """The generic guard (``OUTS``): exit 2 naming the output, never 0 for DVC to find it
+    missing; the MLflow run ends FAILED."""
+    import types
+
+    import mlflow
+
+    from semknobs.stage import stage_cli
+
+    stage = types.ModuleType("forgetful")
+    stage.__dict__.update(NAME="forgetful", Params=_NoParams, Paths=_ForgetfulPaths, run=_forget)
+    stage.OUTS = ("out", "reports")
+    (tmp_path / "params.yaml").write_text("forgetful: {}\n")
+    argv = ["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "o.txt")]
+    status = stage_cli(stage)([*argv, "--reports", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert status == 2 and f"{tmp_path / 'r'} (--reports)" in err and "o.txt" not in err, err
+    assert mlflow.search_runs(experiment_names=["semknobs"])["status"].tolist() == ["FAILED"]
+    stage.OUTS = ("out",)
+    assert stage_cli(stage)([*argv, "--reports", str(tmp_path / "r")]) == 0
+
+
+def test_sigterm_mid_validation_leaves_no_partial_report(run_stage, user, mlflow_tmp):
+    """A real interrupt of the real script, as DVC runs it: ``python pipelines/validate.py``
+    killed while its report folder is being built (the GX suite takes seconds)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    assert _tile(run_stage, user) == 0
+    reports = user["reports"]
+    argv = ["--params", user["root"] / "params.yaml", "--lots", user["lots"],
+            "--tiles-dir", user["tiles"], "--reports", reports / "validate"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, ROOT / "pipelines" / "validate.py", *map(str, argv)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(reports.glob(".validate.*.tmp")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the report folder never appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert not (reports / "validate").exists()  # no report rather than half of one
+    assert _temporaries(user["root"]) == []
+    runs = mlflow.search_runs(experiment_names=["semknobs"])
+    validate = runs[runs["tags.semknobs.stage"] == "validate"]
+    assert validate["status"].tolist() == ["FAILED"]  # not left RUNNING
+
+
+def test_declared_outputs_are_the_dvc_outs():
+    """``OUTS`` of a stage names the paths that hold dvc.yaml's outs of that stage: each out is
+    a declared path or lies inside one, and each declared path holds an out."""
+    import importlib
+    import shlex
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    checked = []
+    for name, spec in stages.items():
+        module = importlib.import_module(f"semknobs.stages.{name}")
+        if not hasattr(module, "OUTS"):
+            continue
+        words = shlex.split(spec["cmd"])
+        args = {words[i][2:]: words[i + 1] for i in range(len(words) - 1) if words[i][:2] == "--"}
+        declared = [Path(args[field.replace("_", "-")]) for field in module.OUTS]
+        outs = [Path(next(iter(o)) if isinstance(o, dict) else o) for o in spec.get("outs", [])]
+        for out in outs:
+            assert any(out == d or d in out.parents for d in declared), (name, out)
+        for path in declared:
+            assert any(out == path or path in out.parents for out in outs), (name, path)
+        checked.append(name)
+    assert {"tile", "validate"} <= set(checked)

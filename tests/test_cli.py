@@ -51,3 +51,20 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
     merged = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert merged["split"] == yaml.safe_load((ROOT / "params.yaml").read_text())["split"]
     assert main(["profile", "nope", "--params", str(tmp_path / "params.yaml")]) == 2
+
+
+def test_serve_refuses_a_negative_stop_timeout(capsys):
+    assert main(["serve", "--stop-timeout", "-1"]) == 2
+    assert "--stop-timeout must be >= 0 seconds, got -1" in capsys.readouterr().err
+
+
+def test_compare_refuses_fewer_than_one_execution_and_a_missing_store(
+    tmp_path, monkeypatch, capsys
+):
+    assert main(["compare", "--last", "0"]) == 2
+    assert "--last must be at least 1, got 0" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["compare"]) == 2
+    assert "no MLflow store here (mlruns/mlflow.db)" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # nothing created

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from semknobs.data.tiles import load_tiles
-from semknobs.meter import MeterParams, measure_tiles
+from semknobs.meter import MeterParams, calibration, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
-from semknobs.train.concept import ConceptParams, calibration, masked_mse
+from semknobs.train.concept import ConceptParams, masked_mse
 
 TINY = AttGANConfig(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16, film=True)
 

@@ -58,7 +58,14 @@ def test_eq2_on_linear_models_matches_the_closed_form():
     gen, reg, x, a = _problem()
     delta, lam = 1.0, 4.0
     params = CounterfactualParams(
-        target="higher", delta=delta, lam=lam, p=2, steps=3000, lr=0.002, restarts=1, margin=5.0
+        target="higher",
+        delta=delta,
+        lam=lam,
+        p=2,
+        steps=3000,
+        lr=0.002,
+        restarts=1,
+        margin=5.0,
     )
     res = KnobCounterfactual(gen, reg).attribute(x, a, params)
     # RMS image distance = ||W da|| / sqrt(S^2) = sqrt(2S/S^2) ||da||
@@ -180,3 +187,40 @@ def test_randomised_weights_change_the_maps():
     rand = randomized_copy(net, seed=1)
     other = PixelSaliency(rand, rand[2]).gradcam(x)
     assert map_similarity(same, other) < 0.9
+
+
+class _EncodedG(LinearG):
+    """LinearG with an encoder/decoder split, counting encoder calls."""
+
+    encodes = 0
+
+    def encode(self, x):
+        self.encodes += 1
+        return [x]
+
+    def decode(self, feats, a):
+        return super().forward(feats[0], a)
+
+    def forward(self, x, a):
+        return self.decode(self.encode(x), a)
+
+
+def test_the_encoder_runs_once_and_restarts_are_rows():
+    gen, reg, x, a = _problem(n=3)
+    enc = _EncodedG()
+    params = CounterfactualParams(delta=0.3, steps=20, restarts=4)
+    res = KnobCounterfactual(enc, reg).attribute(x, a, params)
+    plain = KnobCounterfactual(gen, reg).attribute(x, a, params)
+    assert enc.encodes == 1
+    np.testing.assert_allclose(res.new_attrs, plain.new_attrs, atol=1e-6)
+
+
+def test_a_passed_deadline_stops_the_search():
+    import time
+
+    from semknobs.explain.counterfactual import SearchDeadline
+
+    gen, reg, x, a = _problem()
+    params = CounterfactualParams(steps=10_000)
+    with pytest.raises(SearchDeadline, match="deadline"):
+        KnobCounterfactual(gen, reg).attribute(x, a, params, deadline=time.monotonic() - 1)

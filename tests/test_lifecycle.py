@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,7 @@ def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_pat
     np.testing.assert_allclose(served["baseline_mpa"], stage["baseline_mpa"], atol=1e-3)
     np.testing.assert_allclose(served["achieved_mpa"], stage["higher_achieved_mpa"], atol=1e-3)
     for a in ATTRIBUTES:
-        np.testing.assert_allclose(served[f"delta_{a}"], stage[f"higher_delta_{a}"], atol=1e-4)
+        np.testing.assert_allclose(served[f"knob_delta_{a}"], stage[f"higher_delta_{a}"], atol=1e-4)
     assert (served["success"].to_numpy() == stage["higher_success"].to_numpy()).all()
     assert versions["explainer"].version  # registered, then promoted above
 
@@ -352,9 +353,12 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
     command = [
         sys.executable, "-m", "semknobs.cli", "serve",
         "--model", "models:/semknobs-explainer@candidate", "--port", str(port),
+        "--deadline", "3",
     ]  # fmt: skip
     with running_server(command, base_url=base, log_path=tmp_path / "server.log", timeout_s=240):
         url = f"{base}/invocations"
+        one = frame_request(tiles_frame(_tiles(1)))
+        before = _timed(lambda: post(url, one), 3)
 
         status, text = post(url, frame_request(tiles_frame(_tiles(1)), steps=3))
         assert status == 200, text
@@ -379,6 +383,46 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
             assert 400 <= status < 500, (what, status, text[:500])
         assert "row 0" in post(url, bad_requests["bad base64"])[1]
 
+        # hostile settings: refused before any work, each named, all answered at once
+        tile = tiles_frame(_tiles(1))
+        hostile = {
+            "steps": (frame_request(tile, steps=10_000_000), "steps=10000000"),
+            "nan target": (frame_request(tile, target="nan"), "target=nan"),
+            "inf target": (frame_request(tile, target="inf"), "target=inf"),
+            "unknown param": (frame_request(tile, stepz=3), "stepz"),
+            "NaN literal": (frame_request(tile).replace(b'"data"', b'"x": NaN, "data"'), "NaN"),
+            "restarts": (frame_request(tile, restarts=10_000), "restarts=10000"),
+            "lam": (frame_request(tile, lam=-1.0), "lam=-1.0"),
+            "too many tiles": (frame_request(tiles_frame(_tiles(300))), "at most 256"),
+        }
+        for what, (payload, named) in hostile.items():
+            start = time.monotonic()
+            status, text = post(url, payload, timeout_s=60)
+            assert status == 400 and named in text, (what, status, text[:300])
+            assert time.monotonic() - start < 10, what
+        status, text = post(url, frame_request(tile, target=70.0, steps=3))
+        assert status == 200, text  # a numeric target is a stress in MPa
+        assert json.loads(text)["predictions"][0]["target_mpa"] == 70.0
+        # past the deadline (3 s here) the search stops: 504 naming it, the server free again
+        heavy = frame_request(tiles_frame(_tiles(200)), steps=1000, restarts=16)
+        start = time.monotonic()
+        status, text = post(url, heavy, timeout_s=120)
+        assert status == 504 and "deadline" in text, (status, text[:300])
+        # uncut, this search is >1000 s; the deadline is checked once per Adam step of a batch
+        assert time.monotonic() - start < 60
+        after = _timed(lambda: post(url, one), 3)
+        assert np.median(after) < 3 * np.median(before) + 1.0, (before, after)
+
+
+def _timed(call, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.monotonic()
+        status, text = call()
+        assert status == 200, text[:300]
+        times.append(time.monotonic() - start)
+    return times
+
 
 def test_search_params_rejects_bad_settings(folders) -> None:
     explainer = KnobExplainer.load(folders["explainer"])
@@ -393,6 +437,22 @@ def test_search_params_rejects_bad_settings(folders) -> None:
     with pytest.raises(ValueError, match="uint8"):
         explainer.attribute(np.zeros((1, 8, 8), np.uint8))
     assert dataclasses.asdict(explainer.defaults) == dataclasses.asdict(SEARCH)
+
+
+def test_a_folder_finds_the_model_it_was_logged_as(store: Path, folders, tmp_path: Path) -> None:
+    """How `register` finds what a training stage logged: by the folder's digest, newest first;
+    a copy finds it too, an edited folder does not."""
+    import shutil
+
+    with tracking.stage_run("train_attgan", params={}) as run:
+        ref = registry.log_model(folders["attgan"], name="attgan", spec=SPECS["attgan"])
+    experiment = run.info.experiment_id
+    assert registry.find_logged(folders["attgan"], experiment) == ref
+    copy = tmp_path / "attgan"
+    shutil.copytree(folders["attgan"], copy)
+    assert registry.find_logged(copy, experiment) == ref
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
+    assert registry.find_logged(copy, experiment) is None
 
 
 def test_register_relogs_a_model_missing_from_the_store(store: Path, folders) -> None:

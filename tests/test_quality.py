@@ -174,12 +174,12 @@ def test_too_few_tiles_for_a_lot(tmp_path: Path) -> None:
 
 def test_labelled_lot_without_tiles(tmp_path: Path) -> None:
     result = check(tmp_path, labelled=["L01", "L02", "L03", "L31"])
-    assert result.failures == ["lot L31 has a label row but no scans"]
+    assert result.failures == ["lots.csv: line 5: lot L31 has a label row but no scans"]
 
 
 def test_tiled_lot_without_label(tmp_path: Path) -> None:
     result = check(tmp_path, labelled=["L01", "L02"])
-    assert result.failures == ["lot L03 has scans but no label row (L03/scan_01.tif)"]
+    assert result.failures == ["lot L03 has scans but no label row in lots.csv (L03/scan_01.tif)"]
 
 
 def test_params_are_strict(tmp_path: Path) -> None:
@@ -266,10 +266,70 @@ def test_validate_dataset_collects_schema_failures_of_both_files(tmp_path: Path)
             report_dir=tmp_path / "report",
         )
     report = str(info.value)
-    assert "lot 'B': peak_stress = -3.0 fails greater_than(0)" in report
+    assert "lots.csv: line 3 (lot 'B'): peak_stress = -3.0 fails greater_than(0)" in report
     assert "line 4 (lot 'A', tile 2): frac_dark = 2.0 fails in_range(0, 1)" in report
-    assert "Quality checks not run" in report
+    assert "Quality checks not run: " in report  # a broken manifest stops the tile suite
     assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.txt", "summary.json"]
+    assert not list(tmp_path.glob(".report*"))  # the folder was built aside and swapped in
+
+
+def test_validate_lists_label_schema_and_tile_quality_problems_together(tmp_path: Path) -> None:
+    """A bad label cell does not hide the tile suite: one round lists everything (the README)."""
+    tiles = make_tiles({"A": 8, "B": 8})
+    tiles["A"][5] = 60  # blank: row 1 col 1
+    lots_csv, tiles_dir = write_dataset(tmp_path, tiles, ["A", "B", "L31"])
+    lots = pd.read_csv(lots_csv).drop(columns=["facetness"])
+    lots.loc[1, "peak_stress"] = -3.0
+    lots.to_csv(lots_csv, index=False)
+    with pytest.raises(ValidationFailed) as info:
+        validate_dataset(
+            params=ValidateParams(),
+            lots_csv=lots_csv,
+            tiles_dir=tiles_dir,
+            report_dir=tmp_path / "report",
+        )
+    report = str(info.value)
+    expected = [
+        f"{lots_csv}: lot label table lacks required column(s) facetness",
+        f"{lots_csv}: line 3 (lot 'B'): peak_stress = -3.0 fails greater_than(0)",
+        "lot A: 1 blank tile (std < 4): A/scan_01.tif row 1 col 1",
+        f"{lots_csv}: line 4: lot L31 has a label row but no scans",
+    ]
+    for text in expected:
+        assert sum(text in line for line in report.splitlines()) == 1, (text, report)
+    assert report.startswith("Data validation FAILED (4 problems)")
+    assert "not run" not in report and "not checked" not in report
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["success"] is False
+    assert len(summary["schema_failures"]) == 2 and len(summary["quality_failures"]) == 2
+    assert summary["tiles_per_lot"] == {"A": 8, "B": 8, "L31": 0}
+    assert (tmp_path / "report" / "data_docs" / "index.html").is_file()
+
+
+def test_quality_without_labels_still_checks_the_tiles(tmp_path: Path) -> None:
+    tiles = make_tiles({"L01": 8, "L02": 8})
+    tiles["L02"][0] = 90
+    result = check_quality(
+        manifest=manifest_of(tiles), lots=None, params=ValidateParams(), docs_dir=tmp_path / "d"
+    )
+    assert result.failures == ["lot L02: 1 blank tile (std < 4): L02/scan_01.tif row 0 col 0"]
+    assert result.statistics["n_lots_labelled"] is None
+    assert result.statistics["evaluated_expectations"] == 9  # no label coverage checks
+
+
+def test_repeated_label_rows_are_named_by_their_lines(tmp_path: Path) -> None:
+    lots = labels_of(["L01", "L09", "L02", "L09"])  # CSV lines 2..5
+    result = check_quality(
+        manifest=manifest_of(make_tiles({"L01": 8, "L02": 8})),
+        lots=lots,
+        params=ValidateParams(),
+        docs_dir=tmp_path / "d",
+        lots_source="data/user/lots.csv",
+    )
+    assert result.failures == [
+        "data/user/lots.csv: lines 3, 5: lot L09 has a label row but no scans"
+    ]
 
 
 def test_validate_dataset_checks_shards_against_the_manifest(tmp_path: Path) -> None:

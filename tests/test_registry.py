@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from semknobs.errors import ModelError, SemknobsError
 from semknobs.evaluation.samples import generate
 from semknobs.model_folder import read_config, save_model_dir
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
+from semknobs.names import MODEL_NAMES
 from semknobs.serving import attgan_model
 
 TINY = AttGANConfig(
@@ -164,12 +166,44 @@ def test_missing_model_or_alias_is_a_clear_error(store: Path) -> None:
     _log(folder, "semknobs-alias-test")
     with pytest.raises(
         ModelError,
-        match=r"'semknobs-alias-test' has no version with alias "
-        r"'champion' \(aliases: @candidate -> v1\)\. Promote",
+        match=r"'semknobs-alias-test' has no version with alias 'champion' \(aliases: "
+        r"@candidate -> v1\)\. Load an alias it has or a version "
+        r"\(models:/semknobs-alias-test/<version>\); `semknobs promote` moves @champion of",
     ):
         registry.load_model_dir("models:/semknobs-alias-test@champion")
     with pytest.raises(ModelError, match="registered model 'semknobs-nope' does not exist"):
         attgan_model.load("models:/semknobs-nope@candidate")
+
+
+def test_no_champion_hint_is_a_promote_command_that_runs(store: Path, capsys) -> None:
+    """The hint for a missing @champion of one of our models is the gated `semknobs promote`
+    with the arguments that work (run here: it reaches the gates, which refuse: exit 1)."""
+    from mlflow import MlflowClient
+
+    from semknobs import cli
+
+    from .conftest import ROOT
+
+    name = MODEL_NAMES["attgan"]
+    folder, _ = _save(store / "models" / "hint")
+
+    def hinted_command() -> list[str]:
+        with pytest.raises(ModelError) as err:
+            registry.check_registered(f"models:/{name}@champion")
+        assert "set_registered_model_alias" not in str(err.value)
+        command = re.search(r"`semknobs (promote [^`]+)`", str(err.value))
+        assert command, str(err.value)
+        return command[1].split()
+
+    _log(folder, name)  # v1 @candidate
+    assert hinted_command() == ["promote", "--model", name]
+    assert cli.main([*hinted_command(), "--params", str(ROOT / "params.yaml")]) == 1
+    assert f"refused to promote {name} v1" in capsys.readouterr().err
+    _log(folder, name, alias=None)  # v2, then no candidate at all
+    MlflowClient().delete_registered_model_alias(name, "candidate")
+    assert hinted_command() == ["promote", "--model", name, "--version", "2"]
+    assert cli.main([*hinted_command(), "--params", str(ROOT / "params.yaml")]) == 1
+    assert f"refused to promote {name} v2" in capsys.readouterr().err
 
 
 def test_registering_twice_moves_the_alias(store: Path) -> None:

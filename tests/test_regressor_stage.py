@@ -124,7 +124,9 @@ def test_stage_registers_a_model_that_reproduces_its_test_predictions(
     tiles, manifest = load_tiles(tiny_study["tiles"])
     order = manifest.set_index("tile").index.get_indexer(report["tile"])
     np.save(root / "test_tiles.npy", tiles[order])
-    logged = json.loads((root / "reports" / "logged_model.json").read_text())
+    from semknobs import registry, tracking
+
+    logged = registry.find_logged(root / "model", tracking.ensure_experiment()).to_dict()
     assert logged["model_uri"] == f"models:/{logged['model_id']}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.run(

@@ -89,6 +89,80 @@ def test_tune_params_are_strict(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# batch-synchronous trials
+# --------------------------------------------------------------------------------------------
+
+
+def _batched_study(pool_kind: str) -> list[tuple]:
+    """Eight trials of a cheap objective, two at a time, pruned by a median pruner. With a pool,
+    the first trial of every batch is the slow one: its later epochs run after the second has
+    finished, so a runner that told results as they came would let the pruner (and the next
+    asks) see a different history than the sequential run."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from semknobs.train import tuning
+
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=2),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+    )
+    lock = threading.Lock()  # the in-memory storage is not for concurrent writers
+
+    def evaluate(asked, trial=None):
+        trial = trial or optuna.trial.Trial(study, asked.trial_id)
+        x = asked.params["x"]
+        for step in range(4):
+            if pool_kind == "threads":
+                time.sleep(0.03 if asked.slot == 0 else 0.0)
+            with lock:
+                trial.report((x - 0.3) ** 2 + 1.0 / (step + 1), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        return (x - 0.3) ** 2
+
+    pool = ThreadPoolExecutor(2) if pool_kind == "threads" else None
+    ran = tuning.run_batches(
+        study,
+        n_trials=8,
+        n_workers=2,
+        suggest=lambda t: {"x": t.suggest_float("x", -1.0, 1.0)},
+        evaluate=evaluate,
+        pool=pool,
+    )
+    assert ran == 8
+    return [(t.number, t.state.name, t.params, t.value) for t in study.trials]
+
+
+def test_batch_synchronous_trials_do_not_depend_on_timing():
+    sequential = _batched_study("none")
+    assert _batched_study("threads") == sequential
+    assert {"COMPLETE", "PRUNED"} <= {state for _, state, _, _ in sequential}
+
+
+def test_a_failing_trial_is_told_fail_after_its_batch():
+    from semknobs.train import tuning
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def evaluate(asked, trial=None):
+        if asked.slot == 0 and trial.number == 2:
+            raise RuntimeError("trial 2 broke")
+        return asked.params["x"]
+
+    with pytest.raises(RuntimeError, match="trial 2 broke"):
+        tuning.run_batches(
+            study,
+            n_trials=6,
+            n_workers=2,
+            suggest=lambda t: {"x": t.suggest_float("x", 0.0, 1.0)},
+            evaluate=evaluate,
+        )
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+
+
+# --------------------------------------------------------------------------------------------
 # the stage on the tiny study
 # --------------------------------------------------------------------------------------------
 
@@ -203,51 +277,55 @@ def test_two_trial_study_with_pruning_completes(tiny_study, tune_inputs, run_sta
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["journal", "rdb"])
-def test_two_worker_processes_share_one_study(tiny_study, tune_inputs, tmp_path, kind):
-    """Two spawned workers on one journal file (or sqlite RDB URL) finish every trial; all runs
-    land, nested under the stage's run, in the stage's experiment."""
+def test_two_worker_processes_reproduce_the_study(tiny_study, tune_inputs, tmp_path):
+    """The stage with two spawned worker processes, once on a journal file and once on a sqlite
+    RDB URL: the same trials (params, states, values) and the same tuned file both times; all
+    runs land, nested under the stage's run, in the stage's experiment."""
     root = tune_inputs
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["tune_regressor"] |= {"n_trials": 6, "n_workers": 2, "epochs": 3}
-    params["tune_regressor"]["pruner"]["n_startup_trials"] = 6  # every trial runs to the end
+    params["tune_regressor"]["pruner"]["n_startup_trials"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    journal = root / "optuna" / "reg.journal"
-    storage = str(journal) if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(
-        os.environ,
-        MLFLOW_TRACKING_URI=db,
-        SEMKNOBS_EXPERIMENT="regressor-tuning",  # not the default name
-        SEMKNOBS_EXECUTION_ID="pytest-tune",
-    )
-    script = ROOT / "pipelines" / "tune_regressor.py"
-    argv = ["--params", root / "params.yaml", *_argv(tiny_study, root, storage)]
-    proc = subprocess.run(
-        [sys.executable, str(script), *map(str, argv)],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    studies, tuned = [], []
+    for kind in ("journal", "rdb"):
+        storage = str(root / "optuna" / "reg.journal")
+        if kind == "rdb":
+            storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+        db = f"sqlite:///{tmp_path / f'mlflow-{kind}.db'}"
+        env = dict(
+            os.environ,
+            MLFLOW_TRACKING_URI=db,
+            SEMKNOBS_EXPERIMENT="regressor-tuning",  # not the default name
+            SEMKNOBS_EXECUTION_ID="pytest-tune",
+        )
+        script = ROOT / "pipelines" / "tune_regressor.py"
+        argv = ["--params", root / "params.yaml", *_argv(tiny_study, root, storage)]
+        proc = subprocess.run(
+            [sys.executable, str(script), *map(str, argv)],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        tuned.append((root / "tuned.yaml").read_text())
 
-    study = optuna.load_study(study_name="semknobs-regressor", storage=make_storage(storage))
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert 6 <= len(finished) <= 7 and len(finished) == len(study.trials)
-    assert {t.user_attrs["worker"] for t in finished} == {0, 1}
+        study = optuna.load_study(study_name="semknobs-regressor", storage=make_storage(storage))
+        assert len(study.trials) == 6
+        assert [t.user_attrs["worker"] for t in study.trials] == [0, 1] * 3  # place in batch
+        studies.append([(t.state, t.params, t.value) for t in study.trials])
 
-    experiments, runs = _runs(db)
-    assert [r for r in runs if r.info.experiment_id == "0"] == []  # nothing in Default
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parent) == 1
-    assert experiments[parent[0].info.experiment_id] == "regressor-tuning"
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [
-        t.number for t in study.trials
-    ]
-    for run in children:
-        assert run.info.experiment_id == parent[0].info.experiment_id
-        assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
-        assert run.info.status == "FINISHED" and "val/lot_rmse" in run.data.metrics
+        experiments, runs = _runs(db)
+        assert [r for r in runs if r.info.experiment_id == "0"] == []  # nothing in Default
+        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parent) == 1
+        assert experiments[parent[0].info.experiment_id] == "regressor-tuning"
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(6))
+        for run in children:
+            assert run.info.experiment_id == parent[0].info.experiment_id
+            assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+            assert run.info.status == "FINISHED" and "val/lot_rmse" in run.data.metrics
+    assert studies[0] == studies[1]
+    assert tuned[0] == tuned[1]

@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from semknobs.data.schemas import (
     LOTS_SCHEMA,
     MANIFEST_SCHEMA,
+    check_lots,
+    check_manifest,
     read_lots,
     read_manifest,
     validate_lots,
@@ -94,21 +98,21 @@ def test_nan_score_names_lot_and_column() -> None:
     df = lots_frame()
     df.loc[1, "porosity"] = np.nan
     message = failure_report(df)
-    assert "data/lots.csv: lot 'L02': porosity is missing" in message
+    assert "data/lots.csv: line 3 (lot 'L02'): porosity is missing" in message
     assert "Traceback" not in message and "SchemaErrors" not in message
 
 
 def test_infinite_score_fails() -> None:
     df = lots_frame()
     df.loc[0, "size"] = np.inf
-    assert "lot 'L01': size = inf fails finite" in failure_report(df)
+    assert "line 2 (lot 'L01'): size = inf fails finite" in failure_report(df)
 
 
-def test_negative_stress_names_lot_value_and_check() -> None:
+def test_negative_stress_names_line_lot_column_value_and_check() -> None:
     df = lots_frame(7)
     df.loc[6, "peak_stress"] = -3.0
     message = failure_report(df)
-    assert "data/lots.csv: lot 'L07': peak_stress = -3.0 fails greater_than(0)" in message
+    assert "data/lots.csv: line 8 (lot 'L07'): peak_stress = -3.0 fails greater_than(0)" in message
 
 
 def test_duplicate_lot_is_named_with_its_lines(tmp_path: Path) -> None:
@@ -131,7 +135,7 @@ def test_unreadable_number_names_lot(tmp_path: Path) -> None:
     text = LOTS_CSV.replace("L02,2,3", "L02,big,3")
     with pytest.raises(ValidationFailed) as info:
         read_lots(write(tmp_path, text))
-    assert "lot 'L02': size = 'big' cannot be read as float64" in str(info.value)
+    assert "line 3 (lot 'L02'): size = 'big' cannot be read as float64" in str(info.value)
 
 
 def test_several_failures_are_all_listed_one_per_line() -> None:
@@ -144,8 +148,8 @@ def test_several_failures_are_all_listed_one_per_line() -> None:
     lines = message.splitlines()
     assert lines[0] == "data/lots.csv does not match its schema:"
     expected = [
-        "lot 'L01': peak_stress = 0.0 fails greater_than(0)",
-        "lot 'L02': facetness is missing",
+        "line 2 (lot 'L01'): peak_stress = 0.0 fails greater_than(0)",
+        "line 3 (lot 'L02'): facetness is missing",
         "lot '../x' fails",
         "lot 'L01' appears 2 times",
     ]
@@ -153,6 +157,44 @@ def test_several_failures_are_all_listed_one_per_line() -> None:
         assert sum(text in line for line in lines) == 1, (text, message)
     assert len(lines) == 1 + len(expected)
     assert all(line.startswith("data/lots.csv: ") for line in lines[1:])
+
+
+def test_check_lots_lists_a_missing_column_and_the_bad_cells_together(tmp_path: Path) -> None:
+    text = "lot,size,porosity,dispersity,peak_stress\nA,1,1,1,30\nB,x,1,1,-2\nA,1,1,1,5\n"
+    checked = check_lots(write(tmp_path, text))
+    assert not checked.ok and checked.table is None
+    assert list(checked.rows["lot"]) == ["A", "B", "A"]  # as read, for label coverage
+    path = tmp_path / "lots.csv"
+    assert checked.problems == [
+        f"{path}: lot label table lacks required column(s) facetness "
+        "(found: lot, size, porosity, dispersity, peak_stress)",
+        f"{path}: lot 'A' appears 2 times (line 2, line 4); lot values must be unique",
+        f"{path}: line 3 (lot 'B'): size = 'x' cannot be read as float64",
+        f"{path}: line 3 (lot 'B'): peak_stress = -2.0 fails greater_than(0)",
+    ]
+    with pytest.raises(DataError, match="lacks required column"):
+        read_lots(path)  # the raising reader stops at the first structural problem
+
+
+def test_check_lots_of_good_missing_and_headless_files(tmp_path: Path) -> None:
+    good = check_lots(write(tmp_path, LOTS_CSV))
+    assert good.ok and list(good.table["lot"]) == ["L01", "L02", "007", "NA"]
+    missing = check_lots(tmp_path / "nope.csv")
+    assert missing.rows is None and missing.problems == [
+        f"{tmp_path / 'nope.csv'}: lot label table not found"
+    ]
+    headless = check_lots(write(tmp_path, "lot,size\n", "h.csv"))
+    assert len(headless.problems) == 2 and "no lot rows" in headless.problems[1]
+
+
+def test_check_manifest_without_a_unique_key_column(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    frame = manifest_frame().drop(columns=["shard"])
+    frame.loc[1, "std"] = -1.0
+    frame.to_csv(path, index=False)
+    checked = check_manifest(path)
+    assert "lacks required column(s) shard" in checked.problems[0]
+    assert any("line 3 (lot 'L01', tile 1): std = -1.0" in x for x in checked.problems[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,3 +273,23 @@ def test_long_manifest_failures_are_capped_per_check() -> None:
     lines = str(info.value).splitlines()
     assert sum("std = -1.0" in line for line in lines) == 5
     assert "m.csv: ... and 35 more rows failing std in_range(0, 255)" in lines
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    header=st.lists(
+        st.sampled_from(["lot", "size", "porosity", "dispersity", "facetness", "peak_stress", ""]),
+        max_size=7,
+    ),
+    rows=st.lists(st.lists(st.sampled_from(["", "A", "../x", "1", "-1", "inf", "x"]), max_size=7)),
+)
+def test_check_lots_reports_any_file_without_raising(tmp_path: Path, header, rows) -> None:
+    """Whatever the file holds, the validate stage gets report lines naming it, not an
+    exception (random headers, ragged rows, repeated columns, partial schemas)."""
+    lines = [",".join(header)] + [",".join(r) for r in rows[:5]]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    checked = check_lots(path)
+    assert checked.ok == (checked.table is not None)
+    assert all(line.startswith(str(path)) for line in checked.problems), checked.problems

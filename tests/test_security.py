@@ -39,10 +39,14 @@ def test_servers_bind_to_loopback_by_default(monkeypatch, tmp_path) -> None:
     (the server processes themselves are replaced by a recorder)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from semknobs.serving import supervise
+
     seen: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda argv, **kw: seen.append(argv) or 0)
+    monkeypatch.setattr(supervise, "supervise", lambda argv, **kw: seen.append(argv) or 0)
+    (tmp_path / "some-model-folder").mkdir()
     assert cli.main(["ui"]) == 0
     assert cli.main(["serve", "--model", str(tmp_path / "some-model-folder")]) == 0
+    assert len(seen) == 2
     for argv in seen:
         assert argv[argv.index("--host") + 1] == "127.0.0.1", argv
     makefile = (ROOT / "Makefile").read_text()

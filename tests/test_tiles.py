@@ -9,6 +9,7 @@ from semknobs.data.tiles import (
     TileParams,
     detect_info_bar,
     load_tiles,
+    skipped_files,
     tile_dataset,
     tile_scan,
 )
@@ -120,3 +121,26 @@ def test_synthetic_and_user_data_take_the_same_path(tiny_study):
     tiles, manifest = load_tiles(tiny_study["tiles"])
     assert len(manifest) == 6 * 6 and tiles.shape[1:] == (64, 64)
     assert manifest["std"].min() > 10  # no blank tiles from the generator
+
+
+def test_skipped_files_and_scanless_lot_folders_are_named(tmp_path):
+    raw = tmp_path / "raw"
+    write_scan(raw / "L1" / "a.tif", _scan(130, 130, bar=0))
+    (raw / "L1" / "notes.txt").write_text("settings")
+    (raw / "L1" / ".DS_Store").write_text("")  # hidden: not worth a word
+    (raw / "L2").mkdir()
+    (raw / "L2" / "scan.jpg").write_bytes(b"\xff\xd8")
+    (raw / "L3").mkdir()
+    assert skipped_files(raw) == [
+        f"skipped 2 file(s) in {raw} that are not .tif/.tiff/.png scans: L1/notes.txt, L2/scan.jpg",
+        f"lot folder(s) without any scan in {raw}: L2, L3",
+    ]
+    manifest = tile_dataset(
+        params=TileParams(n_jobs=1), raw_dir=raw, tiles_dir=tmp_path / "t", progress=False
+    )
+    assert set(manifest["lot"]) == {"L1"}  # skipped, as named; validation reports L2 and L3
+    write_scan(raw / "L2" / "b.png", _scan(130, 130, bar=0, dtype=np.uint8))
+    (raw / "L3").rmdir()
+    (raw / "L1" / "notes.txt").unlink()
+    (raw / "L2" / "scan.jpg").unlink()
+    assert skipped_files(raw) == []

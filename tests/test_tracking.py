@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semknobs import tracking
+from semknobs import lineage, tracking
+from semknobs.tracking import EXPERIMENT_KIND
 
 LOCK = """\
 schema: '2.0'
@@ -193,6 +194,28 @@ def test_experiment_name_from_env(in_project: Path, monkeypatch: pytest.MonkeyPa
     assert tracking.ensure_experiment() == run.info.experiment_id
 
 
+def test_experiment_kind_is_model_development(in_project: Path) -> None:
+    """MLflow's experiment-type tag, read back from the sqlite store: set on creation, added to
+    an experiment created without it, a kind chosen in the UI left alone."""
+    tracking.configure(in_project)
+    created = tracking.ensure_experiment("kind-new")
+    tags = _client().get_experiment(created).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    assert (tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND) == (
+        "mlflow.experimentKind",
+        "custom_model_development",
+    )
+    old = _client().create_experiment("kind-old")  # as an earlier version of semknobs made it
+    assert tracking.EXPERIMENT_KIND_TAG not in _client().get_experiment(old).tags
+    assert tracking.ensure_experiment("kind-old") == old
+    assert _client().get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    _client().set_experiment_tag(old, tracking.EXPERIMENT_KIND_TAG, "genai_development")
+    tracking.ensure_experiment("kind-old")
+    assert _client().get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+    page = tracking.experiment_page("http://127.0.0.1:5000/", old)
+    assert page == f"http://127.0.0.1:5000/#/experiments/{old}/runs?workflowType=machine_learning"
+
+
 def test_deleted_experiment_is_restored(in_project: Path) -> None:
     tracking.configure(in_project)
     exp_id = tracking.ensure_experiment("gone")
@@ -222,6 +245,105 @@ def test_git_info_dirty_and_outside_repo(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     assert tracking.git_info(tmp_path)["git.dirty"] == "true"
     assert tracking.git_info(tmp_path / "missing")["git.commit"] == "unknown"
+
+
+PIPELINE = """\
+stages:
+  train:
+    cmd: python train.py
+    deps: [src/train.py, "${data.raw}"]
+    outs:
+      - models
+      - "${data.tuned}":
+          cache: false
+    metrics:
+      - metrics/train.json:
+          cache: false
+  each:
+    foreach: [a, b]
+    do:
+      cmd: echo ${item}
+      outs:
+        - out/${item}.txt
+"""
+
+
+@pytest.mark.parametrize("below", ["", "project/"])
+def test_git_dirty_counts_sources_not_what_dvc_writes(tmp_path: Path, below: str) -> None:
+    """A real repo (the project at its top level, or in a subfolder of a bigger one): what
+    `dvc repro` rewrites -- dvc.lock, declared outs (templated from params.yaml), metrics, the
+    .gitignore beside an out -- leaves git.dirty false; any source edit makes it true."""
+    top = tmp_path
+    root = top / below
+    files = {
+        "dvc.yaml": PIPELINE,
+        "dvc.lock": "schema: '2.0'\n",
+        "params.yaml": "data: {raw: data/raw, tuned: tuned/train.yaml}\n",
+        "src/train.py": "print('v1')\n",
+        "metrics/train.json": "{}\n",
+        "tuned/train.yaml": "{}\n",
+        "models/.gitignore": "/model.bin\n",
+        "out/a.txt": "a\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    _git(top, "init", "-q", "-b", "main")
+    _git(top, "add", ".")
+    _git(top, "commit", "-q", "-m", "init")
+    assert tracking.git_info(root)["git.dirty"] == "false"
+
+    # what DVC writes during a repro
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (root / "metrics" / "train.json").write_text('{"rmse": 1}\n')
+    (root / "tuned" / "train.yaml").write_text("lr: 0.1\n")  # a templated out
+    (root / "models" / "card.txt").write_text("new file inside a folder out\n")
+    (root / "metrics" / ".gitignore").write_text("/cached.json\n")
+    assert lineage.changed_sources(root) == []
+    assert tracking.git_info(root)["git.dirty"] == "false"
+
+    # sources: a module, params, the pipeline, an untracked file, a foreach out (not resolved)
+    for rel, text in (
+        ("src/train.py", "print('v2')\n"),
+        ("params.yaml", "data: {raw: data/raw, tuned: tuned/train.yaml, x: 1}\n"),
+        ("dvc.yaml", PIPELINE + "# edited\n"),
+        ("src/helper.py", "X = 1\n"),
+        ("out/a.txt", "b\n"),
+        ("models.txt", "a sibling of an out, not inside it\n"),
+    ):
+        before = (root / rel).read_text() if (root / rel).exists() else None
+        (root / rel).write_text(text)
+        assert lineage.changed_sources(root) == [below + rel], rel
+        assert tracking.git_info(root)["git.dirty"] == "true", rel
+        if before is None:
+            (root / rel).unlink()
+        else:
+            (root / rel).write_text(before)
+    _git(top, "mv", f"{below}src/train.py", f"{below}src/fit.py")  # a staged rename
+    assert lineage.changed_sources(root) == [f"{below}src/fit.py"]
+    _git(top, "mv", f"{below}src/fit.py", f"{below}src/train.py")
+    assert tracking.git_info(root)["git.dirty"] == "false"
+
+
+def test_dvc_written_of_the_repo_pipeline() -> None:
+    """The repo's own dvc.yaml: every tracked file DVC rewrites is an out or dvc.lock."""
+    from .conftest import ROOT
+
+    written = lineage.dvc_written(ROOT)
+    for rel in ("dvc.lock", "metrics/explain.json", "tuned/regressor.yaml", "data/synthetic/raw"):
+        assert rel in written, rel
+    assert "params.yaml" not in written and "dvc.yaml" not in written
+    assert not any(p.startswith(("src/", "pipelines/")) for p in written)
+
+
+def test_timing_keys_are_declared_once() -> None:
+    timings = ["train/wall_s", "train/wall_s_this_run", "oracle/wall_s", "default/oracle/wall_s"]
+    timings += ["tune/wall_s", "trial/wall_s", "train/steps_per_s", "train/tiles_per_s"]
+    results = ["test/psnr", "control/slope_size", "train/steps", "oracle/step", "a/wall", "per_s"]
+    assert [k for k in timings + results if lineage.is_timing(k)] == timings
+    assert lineage.reproducible(dict.fromkeys(timings + results, 1.0)) == dict.fromkeys(
+        results, 1.0
+    )
 
 
 def test_execution_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

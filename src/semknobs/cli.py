@@ -5,6 +5,7 @@ semknobs explain IMAGE... --out DIR
                                  which knob changes raise or lower the predicted peak stress
 semknobs promote --model NAME | --all
                                  move alias `champion` to a version that passes its gates
+semknobs compare [-n N]          headline metrics and changed params of the last N executions
 semknobs serve                   the explainer as a REST service on 127.0.0.1
 semknobs ui                      the MLflow UI over mlruns/, bound to 127.0.0.1
 """
@@ -12,13 +13,13 @@ semknobs ui                      the MLflow UI over mlruns/, bound to 127.0.0.1
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
 from semknobs import __version__
 from semknobs.errors import SemknobsError
-from semknobs.names import EXPLAINER_URI
+from semknobs.names import EXPLAINER_URI, TRACKING_DB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +75,48 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("--reason", help="why (required with --force; recorded)")
     promote.add_argument("--params", default="params.yaml", help="the promote section")
 
-    serve = commands.add_parser("serve", help="serve the explainer (mlflow models serve)")
+    cmp = commands.add_parser(
+        "compare", help="headline metrics and changed params of the last pipeline executions"
+    )
+    cmp.add_argument("-n", "--last", type=int, default=5, help="how many executions (default 5)")
+    cmp.add_argument(
+        "--execution", action="append", metavar="ID", help="these executions (repeatable)"
+    )
+    cmp.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="[KIND:]GLOB",
+        help="more metric rows, e.g. 'test/*' or 'regressor:test/*_rmse' (repeatable)",
+    )
+    cmp.add_argument("--params", default="params.yaml", help="the promote gates (metric rows)")
+    cmp.add_argument(
+        "--all-workspaces",
+        action="store_true",
+        help="also runs made outside this git repository (e.g. make science's studies)",
+    )
+    cmp.add_argument("--width", type=int, help="table width (default: terminal, at most 100)")
+    cmp.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    serve = commands.add_parser("serve", help="serve the explainer over HTTP (gated)")
     serve.add_argument("--model", default=EXPLAINER_URI, help=f"default {EXPLAINER_URI}")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     serve.add_argument("--port", type=int, default=5001)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds a request's search may run before it is stopped with a 504 "
+        "(default: the bundle's explain.limits.deadline_s, 30)",
+    )
+    serve.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT: seconds the server gets to finish before it is killed "
+        "(default 10)",
+    )
 
     ui = commands.add_parser("ui", help="MLflow UI over the local store")
     ui.add_argument("--host", default="127.0.0.1")
@@ -95,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "promote":
             return _promote(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "serve":
             return _serve(args)
-        ui_args = ["--backend-store-uri", args.store, "--host", args.host, "--port", str(args.port)]
-        return subprocess.call([sys.executable, "-m", "mlflow", "ui", *ui_args])
+        return _ui(args)
     except SemknobsError as exc:
         print(f"semknobs: error: {exc}", file=sys.stderr)
         return 2
@@ -217,22 +256,110 @@ def _promote(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import shutil
+
+    from semknobs import compare, tracking
+    from semknobs.config import load_params, load_section
+    from semknobs.lifecycle.promote import PromoteParams
+
+    if args.last < 1:
+        raise SemknobsError(f"--last must be at least 1, got {args.last}")
+    promote = PromoteParams()
+    if Path(args.params).exists() and "promote" in load_params(args.params):
+        promote = load_section(PromoteParams, "promote", args.params)
+    elif not args.metric:
+        print(f"semknobs: no promote gates in {args.params}: no metric rows", file=sys.stderr)
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not Path(TRACKING_DB).is_file():
+        raise SemknobsError(
+            f"no MLflow store here ({TRACKING_DB}): run in the project folder after `make repro`, "
+            "or set MLFLOW_TRACKING_URI"
+        )
+    uri = tracking.configure()
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.experiment_name())
+    if experiment is None:
+        raise SemknobsError(
+            f"no experiment {tracking.experiment_name()!r} in {uri}; run make repro"
+        )
+    executions, not_shown = compare.load_executions(
+        client,
+        experiment.experiment_id,
+        last=args.last,
+        only=args.execution or (),
+        commits=None if args.all_workspaces else compare.repo_commits(),
+    )
+    if not executions:
+        raise SemknobsError(
+            f"no pipeline execution has registered models in {uri} yet: run `make repro`"
+        )
+    result = compare.compare(executions, promote, args.metric, not_shown)
+    if args.json:
+        print(compare.to_json(result))
+        return 0
+    width = args.width or min(shutil.get_terminal_size((100, 24)).columns, 100)
+    print(compare.render(result, width=width))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from semknobs import registry, tracking
-    from semknobs.serving.client import interpreter_env
+    from semknobs.serving.supervise import supervise
 
+    if args.stop_timeout < 0:
+        raise SemknobsError(f"--stop-timeout must be >= 0 seconds, got {args.stop_timeout:g}")
     uri = tracking.configure()
     registry.check_registered(args.model)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"semknobs: warning: serving on {args.host}, reachable from other machines")
-    command = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model,
-        "--env-manager", "local", "--host", args.host, "--port", str(args.port),
-        "--workers", str(args.workers),
-    ]  # fmt: skip
-    env = interpreter_env(MLFLOW_TRACKING_URI=uri)  # mlflow execs `uvicorn` by name
-    print(f"semknobs: serving {args.model} on http://{args.host}:{args.port}/invocations")
-    return subprocess.call(command, env=env)
+    if args.deadline is not None and not (0 < args.deadline <= 3600):
+        raise SemknobsError(f"--deadline must be in (0, 3600] seconds, got {args.deadline:g}")
+    import tempfile
+
+    import mlflow
+
+    from semknobs.serving.app import serve_command
+
+    with tempfile.TemporaryDirectory(prefix="semknobs-serve-") as tmp:
+        # the model's files, as `mlflow models serve` fetches them; served by our gated app
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=args.model, dst_path=tmp)
+        command, env = serve_command(
+            folder, host=args.host, port=args.port, workers=args.workers, deadline_s=args.deadline
+        )
+        env = {**env, "MLFLOW_TRACKING_URI": uri}
+        print(f"semknobs: serving {args.model} on http://{args.host}:{args.port}/invocations")
+        print("semknobs: stop with Ctrl-C or SIGTERM (the whole server stops; exit status 0)")
+        sys.stdout.flush()
+        return supervise(command, env=env, stop_timeout_s=args.stop_timeout)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from semknobs.serving.client import interpreter_env
+    from semknobs.serving.supervise import supervise
+
+    ui_args = ["--backend-store-uri", args.store, "--host", args.host, "--port", str(args.port)]
+    command = [sys.executable, "-m", "mlflow", "ui", *ui_args]
+    _print_runs_page(args.store, f"http://{args.host}:{args.port}")
+    return supervise(command, env=interpreter_env())  # mlflow ui starts its own web workers
+
+
+def _print_runs_page(store: str, base_url: str) -> None:
+    """Where the runs table is (MLflow 3's UI otherwise lands on its GenAI Traces page)."""
+    from semknobs import tracking
+    from semknobs.names import EXPERIMENT
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=store).get_experiment_by_name(EXPERIMENT)
+    except Exception:
+        experiment = None
+    if experiment is not None:
+        page = tracking.experiment_page(base_url, experiment.experiment_id)
+        print(f"semknobs: runs table: {page}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Where a run's inputs come from: the git commit of the code and the DVC hashes of the data.
+"""Where a run's inputs come from: the git commit of the code and the DVC hashes of the data,
+and what a rerun of the same inputs cannot reproduce.
 
-* :func:`git_info` -- ``git.commit``, ``git.dirty`` and ``git.branch`` of the working tree;
+* :func:`git_info` -- ``git.commit``, ``git.dirty`` (of the *sources*, not of the files DVC
+  writes) and ``git.branch`` of the working tree;
 * :func:`data_version` -- per input path the hash DVC recorded (``dvc.lock``: any stage's outs,
   then deps; or a ``<path>.dvc`` file written by ``dvc add``), read with a plain YAML load, and
-  one ``data.version`` over them all.
+  one ``data.version`` over them all;
+* :func:`is_timing` / :func:`reproducible` -- the metric keys that measure the machine, not the
+  result (wall times, throughputs): MLflow gets them, DVC metrics files and model folders do not,
+  so a rerun of the same inputs rewrites those files byte for byte.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import os
 import posixpath
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+V = TypeVar("V")
 UNTRACKED = "untracked"
 _GIT_TIMEOUT_S = 5.0
 _MAX_KEY = 250
 
 
-def _git(root: Path, *args: str) -> str | None:
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
     try:
         proc = subprocess.run(
             ["git", "-C", str(root), *args],
@@ -35,26 +41,129 @@ def _git(root: Path, *args: str) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() if strip else proc.stdout
 
 
 def git_info(root: Path | str | None = None) -> dict[str, str]:
     """``git.commit`` (full sha or "unknown"), ``git.dirty`` ("true"/"false"/"unknown") and
     ``git.branch`` (name, "HEAD" when detached, or "unknown"). Never raises.
 
-    Untracked files count as dirty: the commit alone would not reproduce the run.
+    ``git.dirty`` says whether the *sources* differ from the commit: every file git sees
+    (tracked, or untracked and not ignored -- the commit alone would not reproduce a run that
+    used an uncommitted file) except the files DVC itself writes while it runs the pipeline:
+    ``dvc.lock``, the ``outs``/``metrics``/``plots`` that ``<root>/dvc.yaml`` declares (files,
+    or everything under a folder) and the ``.gitignore`` files beside them, where DVC lists its
+    cached outs (see :func:`dvc_written`). Those are results, versioned by their DVC hashes (the
+    ``data.*`` tags), and DVC rewrites them mid-run: counting them made every stage after the
+    first of a ``dvc repro`` dirty. An edited ``params.yaml``, ``dvc.yaml``, module or ``.dvc``
+    file is dirty.
     """
     root = Path(root if root is not None else Path.cwd())
     commit = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    status = _git(root, "status", "--porcelain")
     branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
     if branch is None and commit:
         branch = "HEAD"
+    changed = changed_sources(root)
     return {
         "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else ("true" if status else "false"),
+        "git.dirty": "unknown" if changed is None else ("true" if changed else "false"),
         "git.branch": branch or "unknown",
     }
+
+
+def changed_sources(root: Path | str) -> list[str] | None:
+    """The paths (relative to the repository's top level) that make ``git.dirty`` true: what
+    ``git status`` reports, less :func:`dvc_written` (see :func:`git_info`); None outside a git
+    repository or when git fails."""
+    root = Path(root)
+    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", strip=False)
+    prefix = _git(root, "rev-parse", "--show-prefix")
+    if status is None or prefix is None:
+        return None
+    written = {prefix + p for p in dvc_written(root)}  # prefix: root below the top level
+    parts = status.split("\0")
+    changed: list[str] = []
+    i = 0
+    while i < len(parts):
+        entry = parts[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        code, path = entry[:2], entry[3:]
+        if "R" in code or "C" in code:
+            i += 1  # a rename's or copy's original path follows: the new one is what counts
+        if not any(path == w or path.startswith(f"{w}/") for w in written):
+            changed.append(path)
+    return changed
+
+
+def dvc_written(root: Path | str) -> set[str]:
+    """What ``dvc repro`` writes in the project ``root`` (paths relative to it, POSIX):
+    ``dvc.lock``, every ``outs``/``metrics``/``plots`` entry of the stages of ``dvc.yaml`` and the
+    ``.gitignore`` of each such entry's folder. ``${...}`` in a path is filled from
+    ``params.yaml`` (DVC's templating); an entry that cannot be filled (``foreach`` items) is
+    left out, so its files count as sources. Never raises: an unreadable dvc.yaml gives just
+    ``dvc.lock``."""
+    root = Path(root)
+    written = {"dvc.lock"}
+    try:
+        pipeline = _load_yaml(root / "dvc.yaml") if (root / "dvc.yaml").is_file() else None
+        stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
+        if not isinstance(stages, dict):
+            return written
+        params = _load_yaml(root / "params.yaml") if (root / "params.yaml").is_file() else None
+        variables = params if isinstance(params, dict) else {}
+        for stage in stages.values():
+            for kind in ("outs", "metrics", "plots"):
+                entries = stage.get(kind) if isinstance(stage, dict) else None
+                for entry in entries if isinstance(entries, list) else ():
+                    path = next(iter(entry), None) if isinstance(entry, dict) else entry
+                    path = _fill(path, variables) if isinstance(path, str) else None
+                    if path:
+                        out = _norm(path)
+                        written.add(out)
+                        written.add(posixpath.join(posixpath.dirname(out), ".gitignore"))
+    except Exception:
+        return written
+    return written
+
+
+def _fill(path: str, variables: dict[str, Any]) -> str | None:
+    """``path`` with every ``${a.b}`` replaced from ``variables``; None if one is missing."""
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = variables
+        for part in match.group(1).strip().split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(part)
+            node = node[part]
+        if isinstance(node, (dict, list)):
+            raise KeyError(match.group(1))
+        return str(node)
+
+    try:
+        return re.sub(r"\$\{([^}]*)\}", value, path)
+    except KeyError:
+        return None
+
+
+# A metric key whose last part is ``wall_s`` or ``wall_s_<anything>``, or ends in ``_per_s``.
+_TIMING = re.compile(r"(?:^|/)(?:wall_s(?:_\w*)?|\w+_per_s)$")
+
+
+def is_timing(key: str) -> bool:
+    """True for the metric keys that time the run (``train/wall_s``, ``oracle/wall_s``,
+    ``train/wall_s_this_run``, ``train/steps_per_s``): they differ on every rerun of the same
+    inputs, so they belong in MLflow, not in a DVC-tracked file. The one declaration of them."""
+    return bool(_TIMING.search(key))
+
+
+def reproducible(metrics: Mapping[str, V]) -> dict[str, V]:
+    """``metrics`` without its :func:`is_timing` keys: what a DVC metrics file or a model
+    folder's config may hold."""
+    return {k: v for k, v in metrics.items() if not is_timing(k)}
 
 
 def _norm(path: str | os.PathLike[str], base: Path | None = None) -> str:

@@ -215,3 +215,23 @@ def read_measurements(path: str | Path, tiles: pd.DataFrame) -> pd.DataFrame:
             f"{int(tiles['tile'].to_numpy()[wrong][0])}); rerun the measure stage"
         )
     return rows[list(ATTRIBUTES)].reset_index(drop=True).astype(float)
+
+
+def calibration(
+    readings: np.ndarray, lots: np.ndarray, labels: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per attribute (alpha, beta) of ``label ~ alpha * lot-mean reading + beta`` over lots:
+    the meter's readings in the labels' units (the concept network's targets, the explainer's
+    measured changes). ``labels``: lot -> (4,) label vector."""
+    names = sorted(labels)
+    means = np.array([np.nanmean(readings[lots == lot], axis=0) for lot in names])
+    target = np.array([labels[lot] for lot in names])
+    alpha, beta = np.zeros(len(ATTRIBUTES)), np.zeros(len(ATTRIBUTES))
+    for k in range(len(ATTRIBUTES)):
+        ok = np.isfinite(means[:, k])
+        if ok.sum() < 2 or np.ptp(means[ok, k]) == 0:
+            raise ValueError(
+                f"meter calibration: {ATTRIBUTES[k]} has too few lots with meter readings"
+            )
+        alpha[k], beta[k] = np.polyfit(means[ok, k], target[ok, k], 1)
+    return alpha, beta

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import semknobs
 from semknobs.errors import ModelError
 from semknobs.model_folder import CONFIG_FILE, WEIGHTS_SUFFIX, find_model_dir, read_config
-from semknobs.names import CANDIDATE, MODEL_NAMES
+from semknobs.names import CANDIDATE, CHAMPION, MODEL_NAMES
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -136,6 +136,42 @@ class LoggedModelRef:
             raise ModelError(f"not a logged-model reference ({exc}): {dict(data)}") from None
 
 
+FOLDER_TAG = "semknobs.folder_sha256"  # a logged model's tag: the digest of its folder
+
+
+def folder_digest(model_dir: str | Path) -> str:
+    """sha256 over a model folder's files (names and bytes, sorted): equal folders, equal
+    digests, so a folder finds the logged model it was logged as (:func:`find_logged`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    folder = Path(model_dir)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def find_logged(
+    model_dir: str | Path, experiment_id: str, tracking_uri: str | None = None
+) -> LoggedModelRef | None:
+    """The newest logged model of ``experiment_id`` whose folder equals ``model_dir``
+    (:data:`FOLDER_TAG`), or None. How ``register`` finds the models the training stages logged:
+    no pointer file with MLflow ids in a DVC out (ids differ on every run)."""
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri).search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{FOLDER_TAG}` = '{folder_digest(model_dir)}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+    )
+    if not found:
+        return None
+    model = found[0]
+    return LoggedModelRef(f"models:/{model.model_id}", model.model_id, model.source_run_id)
+
+
 def log_model(
     model_dir: str | Path,
     *,
@@ -171,6 +207,7 @@ def log_model(
 
     extra = {str(k): str(v) for k, v in (tags or {}).items()}
     model_tags = {**extra, "semknobs.kind": kind, "semknobs.version": semknobs.__version__}
+    model_tags[FOLDER_TAG] = folder_digest(folder)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=str(spec.code_path),
@@ -265,6 +302,28 @@ def _creation_hint(registered_name: str) -> str:
     return "semknobs.registry.log_model_dir registers model folders"
 
 
+def _alias_hint(client: Any, name: str, alias: str, aliases: Mapping[str, Any]) -> str:
+    """How to get alias ``alias`` of ``name``: for one of our models' @champion, the gated
+    ``semknobs promote`` command that moves it (never a bare alias move past the gates)."""
+    if alias != CHAMPION or name not in MODEL_NAMES.values():
+        return (
+            f"Load an alias it has or a version (models:/{name}/<version>); "
+            f"`semknobs promote` moves @{CHAMPION} of {', '.join(MODEL_NAMES.values())}"
+        )
+    if CANDIDATE in aliases:
+        command = f"`semknobs promote --model {name}` checks @{CANDIDATE} (v{aliases[CANDIDATE]})"
+    else:
+        found = client.search_model_versions(f"name = '{name}'")
+        newest = max((int(v.version) for v in found), default=None)
+        if newest is None:
+            return f"It has no versions: {_creation_hint(name)}"
+        command = f"`semknobs promote --model {name} --version {newest}` checks the newest version"
+    return (
+        f"Promote a version past its quality gates (params.yaml: promote): {command} and moves "
+        f"@{CHAMPION} to it if it passes; or register a new one ({_creation_hint(name)})"
+    )
+
+
 def check_registered(model_uri: str) -> None:
     """Turn a missing registered model, version or alias into a :class:`ModelError`."""
     from mlflow import MlflowClient
@@ -292,9 +351,7 @@ def check_registered(model_uri: str) -> None:
         if alias not in aliases:
             raise ModelError(
                 f"registered model {name!r} has no version with alias {alias!r} "
-                f"(aliases: {shown}). Promote a version past its quality gates with "
-                f"`semknobs promote --model {name}`, or register a new one "
-                f"({_creation_hint(name)})"
+                f"(aliases: {shown}). {_alias_hint(client, name, alias, aliases)}"
             )
     elif version_match["version"] != "latest":
         version = version_match["version"]

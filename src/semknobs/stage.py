@@ -14,6 +14,8 @@ and logs its result. Optional hooks of a stage module:
   logged as the run's params (default: ``params``);
 * ``DISTRIBUTED = True`` -- runs under torchrun: one process group, the MLflow run on rank 0;
 * ``LOG_ON_FAILURE`` -- ``{artifact path: Paths field}`` folders logged even when ``run`` fails;
+* ``OUTS`` -- the ``Paths`` fields that are the stage's DVC outs: a run that returns without
+  writing one of them fails (exit 2, naming it) instead of exiting 0 for DVC to find it missing;
 * ``untracked(paths) -> bool`` -- True: run without a stage run of its own.
 """
 
@@ -72,8 +74,15 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:
-    """A flat JSON of ``split/metric`` keys (DVC metrics); NaN becomes null."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    """A flat JSON of ``split/metric`` keys (DVC metrics); NaN becomes null. Timings
+    (:func:`semknobs.lineage.is_timing`) are left out: a rerun of the same inputs rewrites the
+    file byte for byte; the stage's MLflow run has them (:func:`publish` logs the result)."""
+    from semknobs.lineage import reproducible
+
+    clean = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in reproducible(metrics).items()
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
 
@@ -188,8 +197,25 @@ def _run(module: types.ModuleType, params: Any, paths: Any, world: Any) -> None:
                 if ctx.run_id is not None and folder.exists():
                     tracking.log_dir(folder, artifact_path)
             raise
+        if ctx.world.is_main:
+            require_outputs(module, paths)
         if ctx.world.is_main and result is not None:
             publish(module.NAME, result)
+
+
+def require_outputs(module: types.ModuleType, paths: Any) -> None:
+    """Raise :class:`SemknobsError` naming the declared outputs (``module.OUTS``) that do not
+    exist after a successful ``run``: a stage must never exit 0 without them."""
+    missing = []
+    for name in getattr(module, "OUTS", ()):
+        path = getattr(paths, name)
+        if path is not None and not Path(path).exists():
+            missing.append(f"{path} (--{name.replace('_', '-')})")
+    if missing:
+        raise SemknobsError(
+            f"finished without writing its declared output(s) {', '.join(missing)}; "
+            "this is a bug of the stage, please report it"
+        )
 
 
 def argparse_for(module: types.ModuleType):

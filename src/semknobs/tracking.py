@@ -8,6 +8,12 @@ wrote to ``dvc.lock`` or ``*.dvc`` files) and an *execution id* shared by all st
 The default store is ``sqlite:///mlruns/mlflow.db`` (MLflow 3 refuses the plain file store), with
 artifacts in ``mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` overrides both (e.g. a team server).
 
+The experiment is tagged ``mlflow.experimentKind = custom_model_development`` (MLflow's own tag for
+the experiment type; the other kind is ``genai_development``), so the MLflow UI treats it as model
+development -- runs and models, not GenAI traces. MLflow 3.17's UI also keeps a per-browser
+"workflow type" (GenAI or machine learning) that picks the landing tab: :func:`experiment_page`
+is the experiment's address with ``workflowType=machine_learning``.
+
 ``mlflow`` is imported inside the functions that need it: importing it takes seconds and the CLI
 imports this module for every command.
 """
@@ -38,6 +44,11 @@ telemetry_off()
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
+
+# MLflow's experiment-type tag (mlflow/demo/generators/traces.py sets "genai_development"; the UI
+# bundle's ExperimentKind enum): ours is classic model development.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 _configured_uri: str | None = None  # the URI configure() last set
 _default_written: str | None = None  # a default URI that mlflow then exported to the env
@@ -128,7 +139,9 @@ def ensure_experiment(name: str | None = None) -> str:
     With a local sqlite store the experiment's artifacts go to ``<db dir>/artifacts`` (for the
     default store: ``<root>/mlruns/artifacts``); with a server, the server decides. Two processes
     racing to create it both end up with the same id: the loser's "already exists" error is
-    caught and the experiment re-read. A deleted experiment of that name is restored.
+    caught and the experiment re-read. A deleted experiment of that name is restored. The
+    experiment carries :data:`EXPERIMENT_KIND_TAG` = :data:`EXPERIMENT_KIND` (set at creation,
+    and on an older experiment that lacks it; a kind someone chose is left alone).
     """
     from mlflow.exceptions import MlflowException
 
@@ -140,7 +153,11 @@ def ensure_experiment(name: str | None = None) -> str:
         db = _sqlite_file(uri)
         location = (db.parent / "artifacts").as_uri() if db is not None else None
         try:
-            return str(client.create_experiment(name, artifact_location=location))
+            return str(
+                client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            )
         except MlflowException as exc:
             # Another process created it between our read and our create: read theirs.
             exp = client.get_experiment_by_name(name)
@@ -148,7 +165,18 @@ def ensure_experiment(name: str | None = None) -> str:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return str(exp.experiment_id)
+
+
+def experiment_page(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI address of an experiment's runs, e.g.
+    ``http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning``: the query
+    switches MLflow 3.17's UI to its machine-learning workflow, whose landing tab is Runs (its
+    default, GenAI, opens on Traces whatever the experiment's kind tag says)."""
+    base = base_url.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,9 +69,12 @@ class QualityResult:
 
 
 def _expectations(
-    params: ValidateParams, labelled: list[str], tiled: list[str]
+    params: ValidateParams, labelled: list[str] | None, tiled: list[str]
 ) -> dict[str, list[Any]]:
-    """Expectations per table; ``meta["check"]`` maps each result back to its report line."""
+    """Expectations per table; ``meta["check"]`` maps each result back to its report line.
+
+    ``labelled`` None (no readable lot column): no label coverage checks, and no ``lots`` table.
+    """
     import great_expectations.expectations as gxe
 
     lo, hi = params.mean_range
@@ -88,7 +91,31 @@ def _expectations(
             **bounds,
         )
 
-    return {
+    def coverage(labelled: list[str]) -> dict[str, list[Any]]:
+        """Every tiled lot has a label row and every label row has tiles."""
+        return {
+            "tiles": [
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="lot",
+                    value_set=labelled,
+                    meta=meta("unlabelled"),
+                    description="Every tiled lot has a row in lots.csv.",
+                ),
+            ],
+            "lots": [
+                gxe.ExpectTableRowCountToBeBetween(
+                    min_value=1, meta=meta("no_labels"), description="lots.csv has label rows."
+                ),
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="lot",
+                    value_set=tiled,
+                    meta=meta("untiled"),
+                    description="Every labelled lot has tiles.",
+                ),
+            ],
+        }
+
+    suites = {
         "tiles": [
             gxe.ExpectTableRowCountToBeBetween(
                 min_value=1, meta=meta("no_tiles"), description="The manifest lists tiles."
@@ -141,23 +168,6 @@ def _expectations(
             gxe.ExpectColumnValuesToBeUnique(
                 column="sha1", meta=meta("duplicate"), description="No duplicate tiles (sha1)."
             ),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="lot",
-                value_set=labelled,
-                meta=meta("unlabelled"),
-                description="Every tiled lot has a row in lots.csv.",
-            ),
-        ],
-        "lots": [
-            gxe.ExpectTableRowCountToBeBetween(
-                min_value=1, meta=meta("no_labels"), description="lots.csv has label rows."
-            ),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="lot",
-                value_set=tiled,
-                meta=meta("untiled"),
-                description="Every labelled lot has tiles.",
-            ),
         ],
         "lot_counts": [
             gxe.ExpectColumnValuesToBeBetween(
@@ -168,6 +178,11 @@ def _expectations(
             ),
         ],
     }
+    if labelled is not None:
+        extra = coverage(labelled)
+        suites["tiles"] += extra["tiles"]
+        suites["lots"] = extra["lots"]
+    return suites
 
 
 def _context(docs_dir: Path) -> Any:
@@ -223,7 +238,8 @@ def _run_suites(
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(data=batch, suite=suite, name=f"{name}_quality")
         )
-        keys = [c for c in (_TILE_KEYS if name == "tiles" else ["lot"]) if c in frame.columns]
+        keys = _TILE_KEYS if name == "tiles" else ["lot", "_line"]
+        keys = [c for c in keys if c in frame.columns]
         results.append(
             definition.run(
                 batch_parameters={"dataframe": frame},
@@ -257,12 +273,19 @@ def _by_lot(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(groups.items()))
 
 
+def _csv_lines(rows: list[dict[str, Any]]) -> str:
+    """``line 5`` / ``lines 5, 9`` of label rows (``_line`` holds the CSV line number)."""
+    lines = sorted({int(r["_line"]) for r in rows if r.get("_line") is not None})
+    return f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines)) or '?'}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _failure_lines(result: Any, params: ValidateParams) -> list[str]:
-    """Readable lines for one failed expectation result, naming lots and scan files."""
+def _failure_lines(result: Any, params: ValidateParams, lots_source: str) -> list[str]:
+    """Readable lines for one failed expectation result, naming lots and scan files (tiles by
+    file, tile row and column; labels by their ``lots.csv`` line)."""
     config = result.expectation_config
     meta = config.meta or {}
     check = meta.get("check", config.type)
@@ -291,12 +314,15 @@ def _failure_lines(result: Any, params: ValidateParams) -> list[str]:
         return lines
     if check == "unlabelled":
         return [
-            f"lot {lot} has scans but no label row "
+            f"lot {lot} has scans but no label row in {lots_source} "
             f"({', '.join(sorted({str(r.get('file')) for r in group}))})"
             for lot, group in _by_lot(rows).items()
         ]
     if check == "untiled":
-        return [f"lot {lot} has a label row but no scans" for lot in _by_lot(rows)]
+        return [
+            f"{lots_source}: {_csv_lines(group)}: lot {lot} has a label row but no scans"
+            for lot, group in _by_lot(rows).items()
+        ]
     if check == "few_tiles":
         return [
             f"lot {row.get('lot')}: only {_plural(int(row.get('n_tiles', 0)), 'tile')} "
@@ -318,26 +344,34 @@ def _failure_lines(result: Any, params: ValidateParams) -> list[str]:
 def check_quality(
     *,
     manifest: pd.DataFrame,
-    lots: pd.DataFrame,
+    lots: pd.DataFrame | None,
     params: ValidateParams,
     docs_dir: str | Path,
+    lots_source: str = "lots.csv",
 ) -> QualityResult:
     """Run the GX suites over per-tile statistics and label coverage; Data Docs to ``docs_dir``.
 
-    ``manifest`` and ``lots`` should already pass their pandera schemas. ``docs_dir`` is
-    replaced as a whole (no stale pages of earlier runs survive).
+    ``manifest`` should already pass its pandera schema. Of ``lots`` only the ``lot`` column is
+    used (label coverage), so a label table that fails its own schema still gets its coverage
+    checked; its index is taken as read by :func:`pandas.read_csv` (line = index + 2), and
+    ``lots_source`` names it in the report. ``lots`` None skips the coverage checks. ``docs_dir``
+    is replaced as a whole (no stale pages of earlier runs survive).
     """
     if not isinstance(params, ValidateParams):
         raise ParamsError("validate: expected ValidateParams")
     docs_dir = Path(docs_dir)
-    labelled = sorted(map(str, lots["lot"].unique()))
     tiled = sorted(map(str, manifest["lot"].unique()))
     counts = manifest["lot"].value_counts().sort_index()
-    tables = {
-        "tiles": manifest.reset_index(drop=True),
-        "lots": lots.reset_index(drop=True),
-        "lot_counts": pd.DataFrame({"lot": counts.index.astype(str), "n_tiles": counts.to_numpy()}),
-    }
+    tables = {"tiles": manifest.reset_index(drop=True)}
+    labelled = None
+    if lots is not None:
+        index = lots.index.to_numpy()
+        line = index + 2 if np.issubdtype(index.dtype, np.integer) else np.arange(len(lots)) + 2
+        tables["lots"] = pd.DataFrame({"lot": lots["lot"].astype(str).to_numpy(), "_line": line})
+        labelled = sorted(tables["lots"]["lot"].unique())
+    tables["lot_counts"] = pd.DataFrame(
+        {"lot": counts.index.astype(str), "n_tiles": counts.to_numpy()}
+    )
     expectations = _expectations(params, labelled, tiled)
     with atomic_path(docs_dir, directory=True) as tmp:
         results = _run_suites(tables, expectations, tmp)
@@ -360,10 +394,10 @@ def check_quality(
                 }
             )
             if not result.success:
-                failures += _failure_lines(result, params)
+                failures += _failure_lines(result, params, lots_source)
     statistics = {
         "n_tiles": len(manifest),
-        "n_lots_labelled": len(labelled),
+        "n_lots_labelled": None if labelled is None else len(labelled),
         "n_lots_tiled": len(tiled),
         "tiles_per_lot": {str(k): int(v) for k, v in counts.items()},
         "evaluated_expectations": len(summary),

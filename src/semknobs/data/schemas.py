@@ -4,16 +4,20 @@ Validation is lazy: every failure of a file is collected and turned into one rea
 one line per problem, that names the file, the row (as a CSV line number and, where there is
 one, the lot id), the column, the check and the bad value, e.g.::
 
-    data/lots.csv: lot 'L07': peak_stress = -3.0 fails greater_than(0)
+    data/lots.csv: line 8 (lot 'L07'): peak_stress = -3.0 fails greater_than(0)
 
-The report is the message of :class:`~semknobs.errors.ValidationFailed`; pandera's own
-exception and traceback never reach the user.
+:func:`read_lots` and :func:`read_manifest` raise on a bad file (the report is the message of
+:class:`~semknobs.errors.ValidationFailed`); :func:`check_lots` and :func:`check_manifest` return
+every problem instead, a missing column included, so the validate stage can list the problems of
+both files and of the tile quality suite at once. pandera's own exception and traceback never
+reach the user.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,50 +114,125 @@ MANIFEST_SCHEMA = pa.DataFrameSchema(
 # Reading
 
 
+@dataclass(frozen=True)
+class _File:
+    kind: str  # what the messages call the file
+    schema: pa.DataFrameSchema
+    required: tuple[str, ...]
+    text: tuple[str, ...]  # columns kept as raw text
+    rows: str  # what its rows are
+    keys: tuple[str, ...]  # columns that name a row in the report
+
+
+_LOTS = _File("lot label table", LOTS_SCHEMA, LOTS_COLUMNS, LOTS_TEXT_COLUMNS, "lot rows", ("lot",))
+_MANIFEST = _File(
+    "tile manifest",
+    MANIFEST_SCHEMA,
+    MANIFEST_COLUMNS,
+    MANIFEST_TEXT_COLUMNS,
+    "tile rows",
+    ("lot", "tile"),
+)
+
+
+@dataclass(frozen=True)
+class CheckedTable:
+    """A table file checked against its schema, every problem collected."""
+
+    path: Path
+    rows: pd.DataFrame | None  # as read (text columns raw); None if the file is unreadable
+    table: pd.DataFrame | None  # validated, dtypes coerced; None if there is any problem
+    problems: list[str] = field(default_factory=list)  # one readable line each
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_lots(path: str | Path) -> CheckedTable:
+    """``lots.csv`` checked: every problem of the file (missing columns, bad cells, duplicate
+    ids) as report lines; the columns present are checked even when others are missing."""
+    return _check_file(Path(path), _LOTS, None)
+
+
+def check_manifest(path: str | Path, *, max_per_check: int | None = 50) -> CheckedTable:
+    """The tile ``manifest.csv`` checked, as :func:`check_lots`."""
+    return _check_file(Path(path), _MANIFEST, max_per_check)
+
+
 def read_lots(path: str | Path) -> pd.DataFrame:
     """``lots.csv`` as a validated DataFrame (``lot`` kept as text: ``007`` stays ``"007"``).
 
     Raises :class:`DataError` if the file is missing, empty, unparsable or lacks required
     columns, and :class:`ValidationFailed` listing every schema failure otherwise.
     """
-    frame = _read_csv(path, "lot label table", LOTS_COLUMNS, LOTS_TEXT_COLUMNS, "lot rows")
+    frame = _read_csv(Path(path), _LOTS)
     return validate_lots(frame, str(path))
 
 
 def read_manifest(path: str | Path, *, max_per_check: int | None = 50) -> pd.DataFrame:
     """The tile ``manifest.csv`` as a validated DataFrame; errors as in :func:`read_lots`."""
-    frame = _read_csv(path, "tile manifest", MANIFEST_COLUMNS, MANIFEST_TEXT_COLUMNS, "tile rows")
+    frame = _read_csv(Path(path), _MANIFEST)
     return validate_manifest(frame, str(path), max_per_check=max_per_check)
 
 
-def _read_csv(
-    path: str | Path, kind: str, required: Sequence[str], text: Sequence[str], rows: str
-) -> pd.DataFrame:
-    path = Path(path)
+def _check_file(path: Path, spec: _File, max_per_check: int | None) -> CheckedTable:
+    try:
+        frame = _read_csv(path, spec, require=False)
+    except DataError as exc:
+        return CheckedTable(path, None, None, [str(exc)])
+    schema, problems = spec.schema, []
+    missing = _missing(frame, spec)
+    if missing:
+        problems.append(_missing_message(path, spec, frame, missing))
+        schema = schema.remove_columns(missing)  # still check the columns that are there
+        if schema.unique:
+            schema.unique = [c for c in schema.unique if c not in missing] or None
+    if frame.empty:
+        return CheckedTable(path, frame, None, [*problems, _no_rows(path, spec)])
+    table, lines = _schema_problems(schema, frame, str(path), spec.keys, max_per_check)
+    problems += lines
+    return CheckedTable(path, frame, None if problems else table, problems)
+
+
+def _read_csv(path: Path, spec: _File, *, require: bool = True) -> pd.DataFrame:
     if not path.is_file():
-        raise DataError(f"{path}: {kind} not found")
+        raise DataError(f"{path}: {spec.kind} not found")
     try:
         frame = pd.read_csv(path)
         # Ids such as "NA", "null" or "007" are valid text: read those columns again, raw.
-        present = [c for c in text if c in frame.columns]
+        present = [c for c in spec.text if c in frame.columns]
         if present:
             raw = pd.read_csv(path, usecols=present, dtype=str, keep_default_na=False)
             for column in present:
                 frame[column] = raw[column]
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: {kind} is empty") from None
+        raise DataError(f"{path}: {spec.kind} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         reason = " ".join(str(exc).split())
-        raise DataError(f"{path}: {kind} is not a readable CSV file ({reason})") from None
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: {kind} lacks required column(s) {', '.join(missing)} "
-            f"(found: {', '.join(map(str, frame.columns)) or 'none'})"
-        )
-    if frame.empty:
-        raise DataError(f"{path}: {kind} has a header but no {rows}")
+        raise DataError(f"{path}: {spec.kind} is not a readable CSV file ({reason})") from None
+    if require:
+        missing = _missing(frame, spec)
+        if missing:
+            raise DataError(_missing_message(path, spec, frame, missing))
+        if frame.empty:
+            raise DataError(_no_rows(path, spec))
     return frame
+
+
+def _missing(frame: pd.DataFrame, spec: _File) -> list[str]:
+    return [c for c in spec.required if c not in frame.columns]
+
+
+def _missing_message(path: Path, spec: _File, frame: pd.DataFrame, missing: list[str]) -> str:
+    return (
+        f"{path}: {spec.kind} lacks required column(s) {', '.join(missing)} "
+        f"(found: {', '.join(map(str, frame.columns)) or 'none'})"
+    )
+
+
+def _no_rows(path: Path, spec: _File) -> str:
+    return f"{path}: {spec.kind} has a header but no {spec.rows}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +247,7 @@ def validate_lots(
     ``source`` names the file in the report. Row numbers in the report are CSV line numbers
     (index label + 2), right for frames read with :func:`pandas.read_csv`.
     """
-    return _validate(LOTS_SCHEMA, df, source, ("lot",), max_per_check)
+    return _validate(LOTS_SCHEMA, df, source, _LOTS.keys, max_per_check)
 
 
 def validate_manifest(
@@ -180,7 +259,7 @@ def validate_manifest(
     ``max_per_check`` lines are listed per (column, check), followed by a count of the rest
     (``None`` lists every one).
     """
-    return _validate(MANIFEST_SCHEMA, df, source, ("lot", "tile"), max_per_check)
+    return _validate(MANIFEST_SCHEMA, df, source, _MANIFEST.keys, max_per_check)
 
 
 def _validate(
@@ -192,15 +271,29 @@ def _validate(
 ) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{source}: expected a table, got {type(df).__name__}")
+    table, lines = _schema_problems(schema, df, source, keys, max_per_check)
+    if lines:
+        raise ValidationFailed(f"{source} does not match its schema:\n" + "\n".join(lines))
+    return table
+
+
+def _schema_problems(
+    schema: pa.DataFrameSchema,
+    df: pd.DataFrame,
+    source: str,
+    keys: Sequence[str],
+    max_per_check: int | None,
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """(the validated table, []) or (None, one line per failure): pandera's lazy validation."""
     if not df.index.is_unique:
         df = df.reset_index(drop=True)
     try:
-        return schema.validate(df, lazy=True)
+        return schema.validate(df, lazy=True), []
     except SchemaErrors as exc:
         lines = failure_lines(exc.failure_cases, df, source, keys, max_per_check)
     except SchemaError as exc:  # raised outside the lazy collection (rare): still one line
         lines = [f"{source}: {' '.join(str(exc).split())}"]
-    raise ValidationFailed(f"{source} does not match its schema:\n" + "\n".join(lines)) from None
+    return None, lines or [f"{source}: does not match its schema"]
 
 
 def failure_lines(
@@ -301,7 +394,8 @@ def _uniqueness_lines(
 
 
 def _where(df: pd.DataFrame, index: Any, keys: Sequence[str]) -> str:
-    """``lot 'L07': `` for a lots table, ``line 9 (lot 'L03', tile 7): `` for a manifest."""
+    """``line 8 (lot 'L07'): `` for a lots table, ``line 9 (lot 'L03', tile 7): `` for a
+    manifest: the CSV line to open and the ids to recognise it by."""
     if index is None or (isinstance(index, float) and np.isnan(index)) or index not in df.index:
         return ""
     known = []
@@ -309,9 +403,6 @@ def _where(df: pd.DataFrame, index: Any, keys: Sequence[str]) -> str:
         value = df.loc[index, key] if key in df.columns else None
         if isinstance(value, str) or _is_number(value):
             known.append(f"{key} {_show(value)}")
-    lot = df.loc[index, "lot"] if "lot" in df.columns else None
-    if tuple(keys) == ("lot",) and isinstance(lot, str) and re.fullmatch(LOT_ID, lot):
-        return f"lot {lot!r}: "
     detail = f" ({', '.join(known)})" if known else ""
     return f"{_line(index)}{detail}: "
 

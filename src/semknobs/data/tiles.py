@@ -25,7 +25,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from semknobs.atomic import atomic_path
-from semknobs.data.scans import ScanFile, find_scans, read_scan
+from semknobs.data.scans import SCAN_SUFFIXES, ScanFile, find_scans, read_scan
 from semknobs.errors import DataError, ParamsError
 
 MANIFEST_COLUMNS = (
@@ -209,6 +209,31 @@ def tile_dataset(
             np.save(tmp / f"{lot}.npy", np.concatenate(chunks))
         manifest.to_csv(tmp / "manifest.csv", index=False, float_format="%.5g")
     return manifest[list(MANIFEST_COLUMNS)]
+
+
+def skipped_files(raw_dir: Path, limit: int = 10) -> list[str]:
+    """Lines naming what tiling skips without error: files in lot folders that are not
+    ``.tif``/``.tiff``/``.png`` scans, and lot folders without any scan (such a lot then "has a
+    label row but no scans" in validation, and this says why)."""
+    raw_dir = Path(raw_dir)
+    other: list[str] = []
+    empty: list[str] = []
+    for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir() and p.name[0] != "."):
+        files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name[0] != "."]
+        scans = [p for p in files if p.suffix.lower() in SCAN_SUFFIXES]
+        other += [p.relative_to(raw_dir).as_posix() for p in files if p not in scans]
+        if not scans:
+            empty.append(folder.name)
+    lines = []
+    if other:
+        more = f", ... (+{len(other) - limit} more)" if len(other) > limit else ""
+        lines.append(
+            f"skipped {len(other)} file(s) in {raw_dir} that are not "
+            f"{'/'.join(SCAN_SUFFIXES)} scans: {', '.join(other[:limit])}{more}"
+        )
+    if empty:
+        lines.append(f"lot folder(s) without any scan in {raw_dir}: {', '.join(empty)}")
+    return lines
 
 
 def load_tiles(

@@ -35,13 +35,16 @@ from semknobs.explain.counterfactual import (
     CounterfactualResult,
     KnobCounterfactual,
 )
+from semknobs.explain.measured import MeterCalibration, measured_change
 from semknobs.model_folder import read_folder
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.regressor import RegressorConfig, TargetStats
-from semknobs.pixels import to_model
+from semknobs.pixels import to_model, to_uint8
 
 KIND = "explainer"
 TARGETS = ("higher", "lower")
+_WHOLE = ("steps", "restarts", "p", "seed")
+_REAL = ("lam", "delta", "lr", "value", "margin", "restart_spread", "tolerance")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,44 @@ class RegressorPart:
 
 
 @dataclass(frozen=True)
+class SearchLimits:
+    """What one explanation request may ask for (``explain.limits`` in params.yaml), checked
+    before any work: the served explainer and ``semknobs explain`` refuse anything outside."""
+
+    max_tiles: int = 256  # tiles per request
+    max_steps: int = 1000  # Adam steps per start
+    max_restarts: int = 16  # starts per tile
+    max_lam: float = 1e4  # Eq. 2 lambda, in [0, max_lam]
+    max_delta: float = 1.0  # requested change: share of the stress range (or that many MPa)
+    deadline_s: float = 30.0  # a served request's search stops after this many seconds
+
+    def check(self, params: CounterfactualParams, stress_range: float) -> None:
+        """Raise ValueError naming every setting out of range."""
+        most_delta = self.max_delta * (stress_range if params.delta_unit == "mpa" else 1.0)
+        ranges = {
+            "steps": (params.steps, 1, self.max_steps),
+            "restarts": (params.restarts, 1, self.max_restarts),
+            "lam": (params.lam, 0.0, self.max_lam),
+            "delta": (params.delta, 0.0, most_delta),
+            "lr": (params.lr, 0.0, 1.0),
+        }
+        bad = [
+            f"{name}={value!r} (allowed {lo:g}..{hi:g})"
+            for name, (value, lo, hi) in ranges.items()
+            if not (np.isfinite(value) and lo <= value <= hi)
+            or (name in ("delta", "lr") and value <= 0)
+        ]
+        if params.target == "value" and not (
+            params.value is not None and np.isfinite(params.value) and params.value > 0
+        ):
+            bad.append(f"target={params.value!r} (a stress must be a finite number of MPa > 0)")
+        if params.p not in (1, 2):
+            bad.append(f"p={params.p!r} (allowed 1 or 2)")
+        if bad:
+            raise ValueError("search settings out of range: " + "; ".join(bad))
+
+
+@dataclass(frozen=True)
 class ExplainerFolder:
     """``config.json`` of an explainer bundle folder (besides the bookkeeping entries)."""
 
@@ -67,6 +108,8 @@ class ExplainerFolder:
     counterfactual: CounterfactualParams  # the ``explain`` stage's search settings
     tile: dict[str, Any] = field(default_factory=dict)  # the ``tile`` stage's settings
     metrics: dict[str, Any] = field(default_factory=dict)
+    limits: SearchLimits = field(default_factory=SearchLimits)  # what a request may ask
+    meter: MeterCalibration | None = None  # reads the edits (None in bundles before it)
 
 
 class StressInMPa(nn.Module):
@@ -98,11 +141,15 @@ def search_params(
     defaults: CounterfactualParams,
     *,
     target: str | float | None = None,
+    limits: SearchLimits | None = None,
+    stress_range: float = 1.0,
     **overrides: Any,
 ) -> CounterfactualParams:
-    """``defaults`` with ``target`` ("higher", "lower" or a stress in MPa) and other fields set.
+    """``defaults`` with ``target`` ("higher", "lower" or a stress in MPa, as text or a number)
+    and other fields set, checked against ``limits`` (default :class:`SearchLimits`).
 
     ``None`` values are ignored, so callers can pass optional arguments straight through.
+    Raises ValueError naming every unknown, non-numeric, non-finite or out-of-range setting.
     """
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(changes) - {f.name for f in dataclasses.fields(CounterfactualParams)}
@@ -114,17 +161,21 @@ def search_params(
             changes["target"] = text
         else:
             try:
-                changes |= {"target": "value", "value": float(text)}
+                value = float(text)
             except ValueError:
                 raise ValueError(
                     f"target must be 'higher', 'lower' or a stress in MPa, got {target!r}"
                 ) from None
-    for name in ("steps", "restarts", "p"):
-        if name in changes:
-            changes[name] = int(changes[name])
+            changes |= {"target": "value", "value": value}
+    for name, value in list(changes.items()):
+        if name in _WHOLE or name in _REAL:
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if name in _WHOLE and not (np.isfinite(value) and float(value).is_integer()):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            changes[name] = int(value) if name in _WHOLE else float(value)
     params = dataclasses.replace(defaults, **changes)
-    if params.steps < 1 or params.restarts < 1 or params.lam < 0 or params.p not in (1, 2):
-        raise ValueError("need steps >= 1, restarts >= 1, lam >= 0 and p in (1, 2)")
+    (limits or SearchLimits()).check(params, stress_range)
     return params
 
 
@@ -147,6 +198,8 @@ class KnobExplainer:
         img_size: int = 64,
         tile: dict[str, Any] | None = None,
         batch_size: int = 64,
+        limits: SearchLimits | None = None,
+        meter: MeterCalibration | None = None,
     ):
         self.gen = gen.eval()
         self.reg = StressInMPa(reg).eval()
@@ -157,6 +210,8 @@ class KnobExplainer:
         self.img_size = int(img_size)
         self.tile = dict(tile or {})
         self.batch_size = int(batch_size)
+        self.limits = limits or SearchLimits()
+        self.meter = meter
         self.search = KnobCounterfactual(self.gen, self.reg, stress_range=self.stress_range)
 
     @classmethod
@@ -175,6 +230,8 @@ class KnobExplainer:
             defaults=config.counterfactual,
             img_size=config.img_size,
             tile=config.tile,
+            limits=config.limits,
+            meter=config.meter,
             **kwargs,
         )
 
@@ -185,6 +242,13 @@ class KnobExplainer:
 
         with local_model_dir(model_uri_or_dir) as folder:
             return cls.from_folder(folder, **kwargs)
+
+    def settings(self, **changes: Any) -> CounterfactualParams:
+        """The bundle's search defaults with ``changes`` (see :func:`search_params`), checked
+        against the bundle's limits."""
+        return search_params(
+            self.defaults, limits=self.limits, stress_range=self.stress_range, **changes
+        )
 
     def to_tensor(self, tiles: np.ndarray) -> torch.Tensor:
         """uint8 (n, S, S) -> float (n, 1, S, S) in [-1, 1]; checks the shape."""
@@ -208,8 +272,12 @@ class KnobExplainer:
                     f"order {', '.join(ATTRIBUTES)}, got {given.shape}"
                 )
             return torch.from_numpy(np.clip(self.scaler.transform(given), 0, 1)).float(), "given"
+        if self.meter is not None:  # the calibrated meter: knob units; no reading -> middle
+            measured = self.meter.read(to_uint8(images))
+            measured = np.where(np.isfinite(measured), measured, 0.5)
+            return torch.from_numpy(np.clip(measured, 0, 1)).float(), "measured"
         if self.dis is None:
-            raise ValueError("attributes not given and no discriminator to estimate them")
+            raise ValueError("attributes not given and no meter or discriminator to estimate them")
         logits = in_batches(lambda x: self.dis(x)[1], images, self.batch_size)
         return torch.sigmoid(logits).float(), "estimated"
 
@@ -218,19 +286,32 @@ class KnobExplainer:
         tiles: np.ndarray,
         attributes: np.ndarray | None = None,
         params: CounterfactualParams | None = None,
+        deadline: float | None = None,
     ) -> Explanation:
-        """Solve Eq. 2 for every tile (batched as the ``explain`` stage does).
+        """Solve Eq. 2 for every tile (batched as the ``explain`` stage does); ``deadline`` (a
+        ``time.monotonic()`` instant) stops it with
+        :class:`~semknobs.explain.counterfactual.SearchDeadline`.
 
         Table columns: ``prediction_mpa`` R(I), ``baseline_mpa`` R(G(I; A)), ``target_mpa``,
-        ``achieved_mpa`` R(G(I; A')), ``distance``, ``success``, ``attributes_from``, per
-        attribute ``start_<a>`` (label scale), ``delta_<a>`` (knob units: share of the observed
-        range, as in the ``explain`` stage) and ``new_<a>`` (label scale).
+        ``achieved_mpa`` R(G(I; A')), ``distance``, ``success``, ``attributes_from`` (given,
+        measured by the calibrated meter, or estimated by the discriminator in old bundles), and
+        per attribute: ``start_<a>``, ``new_<a>`` and ``change_<a>`` on the label scale (the
+        experts' scores), ``knob_delta_<a>`` the requested change in knob units (share of the
+        training lots' range) and, with a meter in the bundle, ``measured_delta_<a>`` what the
+        meter reads the edit changed, knob units (NaN: no reading), plus ``measured_cosine``
+        between requested and measured change (1: the edit did what was asked; low: leakage).
         """
         params = params or self.defaults
+        self.limits.check(params, self.stress_range)
+        if len(tiles) > self.limits.max_tiles:
+            raise ValueError(
+                f"{len(tiles)} tiles in one request; at most {self.limits.max_tiles} "
+                "(explain.limits.max_tiles)"
+            )
         images = self.to_tensor(tiles)
         attrs, source = self.start_attributes(images, attributes)
         direct = in_batches(self.reg, images, self.batch_size)
-        res = self.search.attribute_batched(images, attrs, params, self.batch_size)
+        res = self.search.attribute_batched(images, attrs, params, self.batch_size, deadline)
         start = self.scaler.inverse(res.attrs)
         new = self.scaler.inverse(res.new_attrs)
         table = pd.DataFrame(
@@ -244,11 +325,38 @@ class KnobExplainer:
                 "attributes_from": source,
             }
         )
+        measured = None
+        if self.meter is not None:
+            measured = measured_change(
+                self.meter, self._edit(images, attrs), torch.from_numpy(res.edited)
+            )
         for j, a in enumerate(ATTRIBUTES):
             table[f"start_{a}"] = start[:, j]
-            table[f"delta_{a}"] = res.delta_attrs[:, j]
             table[f"new_{a}"] = new[:, j]
+            table[f"change_{a}"] = new[:, j] - start[:, j]
+            table[f"knob_delta_{a}"] = res.delta_attrs[:, j]
+            if measured is not None:
+                table[f"measured_delta_{a}"] = measured[:, j]
+        if measured is not None:
+            table["measured_cosine"] = _cosine_rows(res.delta_attrs, measured)
         return Explanation(table, res)
+
+    def _edit(self, images: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    self.gen(images[i : i + self.batch_size], attrs[i : i + self.batch_size])
+                    for i in range(0, len(images), self.batch_size)
+                ]
+            )
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row cosines over the attributes both give (NaN readings left out)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
+    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norm > 0, (a * b).sum(axis=1) / np.where(norm > 0, norm, 1), np.nan)
 
 
 def save_explainer_dir(
@@ -260,6 +368,8 @@ def save_explainer_dir(
     counterfactual: CounterfactualParams,
     tile: dict[str, Any],
     metrics: dict[str, float] | None = None,
+    limits: SearchLimits | None = None,
+    meter: MeterCalibration | None = None,
 ) -> Path:
     """Write a bundle folder from the AttGAN and regressor model folders."""
     from semknobs.model_folder import save_model_dir
@@ -285,5 +395,7 @@ def save_explainer_dir(
         counterfactual=counterfactual,
         tile=tile,
         metrics=metrics or {},
+        limits=limits or SearchLimits(),
+        meter=meter,
     )
     return save_model_dir(path, kind=KIND, weights=weights, config=to_mapping(config))

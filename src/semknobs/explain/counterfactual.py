@@ -18,13 +18,19 @@ Departures from the paper, all deliberate:
   reconstruction ``G(I; A)`` (``distance_to="reconstruction"``), so it counts only what the
   edit changes and not the GAN's reconstruction error (``"input"`` gives the paper's ``I``).
 * Restarts perturb the starting attributes uniformly by up to ``restart_spread`` (the first start
-  is ``A`` itself); the start with the lowest final objective wins per tile.
+  is ``A`` itself); each start keeps the best point it visited and the start with the lowest
+  objective wins per tile.
+* Speed, not maths: the encoder runs once per tile (``A'`` enters only the decoder) and restarts
+  are extra batch rows. (Stopping stalled starts early was tried and dropped: on the default
+  study it cost 17-37 % of the objective for 1.4-2.5x less work; Adam on this objective has
+  long plateaus before it improves again.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,11 +101,13 @@ class KnobCounterfactual:
         attrs: torch.Tensor,
         params: CounterfactualParams,
         ids: list[int] | None = None,
+        deadline: float | None = None,
     ) -> CounterfactualResult:
         """Solve Eq. 2 for every tile of the batch; rows are independent problems.
 
         ``ids`` (default 0..n-1) seed each row's restarts, so a tile gets the same answer alone
-        or in any batch.
+        or in any batch. ``deadline`` (a ``time.monotonic()`` instant) stops the search with
+        :class:`SearchDeadline` at the next step once passed.
         """
         self.gen.eval()
         self.reg.eval()
@@ -107,43 +115,38 @@ class KnobCounterfactual:
             p.requires_grad_(False)
         n = len(images)
         with torch.no_grad():
-            recon = self.gen(images, attrs)
+            code = _encode(self.gen, images)  # A' does not change the encoder's output
+            recon = _decode(self.gen, code, images, attrs)
             baseline = self.reg(recon).float()
         anchor = recon if params.distance_to == "reconstruction" else images
         target = self._targets(baseline, params)
         scale = (target - baseline).abs().clamp_min(1e-6)
         if params.target == "value":
             scale = torch.full_like(baseline, max(self.stress_range, 1e-6))
-        lo, hi = -params.margin, 1 + params.margin
         ids = list(range(n)) if ids is None else list(ids)
 
-        best_obj = torch.full((n,), float("inf"), device=images.device)
-        best = attrs.clone()
-        for start in range(max(1, params.restarts)):
-            init = attrs.clone()
-            if start > 0:
-                noise = torch.stack(
-                    [_row_noise(params.seed, start, i, attrs.shape[1]) for i in ids]
-                )
-                noise = noise.to(attrs.device)
-                init = (init + params.restart_spread * noise).clamp(lo, hi)
-            var = init.clone().requires_grad_(True)
-            opt = torch.optim.Adam([var], lr=params.lr)
-            for _ in range(params.steps):
-                objective = self._objective(images, anchor, var, target, scale, params)
-                opt.zero_grad(set_to_none=True)
-                objective.sum().backward()
-                opt.step()
-                with torch.no_grad():
-                    var.clamp_(lo, hi)
-            with torch.no_grad():
-                final = self._objective(images, anchor, var, target, scale, params)
-                better = final < best_obj
-                best_obj = torch.where(better, final, best_obj)
-                best[better] = var.detach()[better]
+        # Restarts are extra rows: row r * n + i is tile i's start r (start 0 is A itself).
+        starts = max(1, params.restarts)
+        tile_of = torch.arange(n, device=images.device).repeat(starts)
+        init = attrs.repeat(starts, 1)
+        if starts > 1:
+            noise = [_row_noise(params.seed, r, i, attrs.shape[1]) for r in range(1, starts)
+                     for i in ids]  # fmt: skip
+            spread = params.restart_spread * torch.stack(noise).to(attrs.device)
+            init[n:] = (init[n:] + spread).clamp(-params.margin, 1 + params.margin)
+        rows_code = None if code is None else [f[tile_of] for f in code]
+        rows = [t[tile_of] for t in (images, anchor, target, scale)]
+        best, best_obj = _adam_rows(
+            lambda var: self._objective(rows_code, rows[0], rows[1], var, *rows[2:], params),
+            init,
+            params,
+            deadline,
+        )
+        winner = best_obj.view(starts, n).argmin(dim=0)  # (n,) the best start per tile
+        best = best.view(starts, n, -1)[winner, torch.arange(n)]
 
         with torch.no_grad():
-            edited = self.gen(images, best)
+            edited = _decode(self.gen, code, images, best)
             achieved = self.reg(edited).float()
             distance = self._distance(anchor, edited, params.p)
             success = (achieved - target).abs() <= params.tolerance * (target - baseline).abs()
@@ -165,6 +168,7 @@ class KnobCounterfactual:
         attrs: torch.Tensor,
         params: CounterfactualParams,
         batch_size: int = 64,
+        deadline: float | None = None,
     ) -> CounterfactualResult:
         """:meth:`attribute` over batches of ``batch_size`` rows; row ``i`` keeps id ``i``, so
         the answers do not depend on ``batch_size``."""
@@ -174,6 +178,7 @@ class KnobCounterfactual:
                 attrs[i : i + batch_size],
                 params,
                 ids=list(range(i, min(i + batch_size, len(images)))),
+                deadline=deadline,
             )
             for i in range(0, len(images), batch_size)
         ]
@@ -184,8 +189,8 @@ class KnobCounterfactual:
             }
         )
 
-    def _objective(self, images, anchor, attrs, target, scale, params) -> torch.Tensor:
-        edited = self.gen(images, attrs)
+    def _objective(self, code, images, anchor, attrs, target, scale, params) -> torch.Tensor:
+        edited = _decode(self.gen, code, images, attrs)
         pred = self.reg(edited).float()
         fit = ((pred - target) / scale) ** 2
         return params.lam * fit + self._distance(anchor, edited, params.p)
@@ -210,3 +215,48 @@ def search_params_from(
 def _row_noise(seed: int, start: int, row: int, k: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(hash((seed, start, row)) & 0x7FFFFFFF)
     return torch.rand(k, generator=gen) * 2 - 1
+
+
+class SearchDeadline(TimeoutError):
+    """The search passed its deadline (a served request's time limit) and was stopped."""
+
+
+def _encode(gen: nn.Module, images: torch.Tensor) -> list[torch.Tensor] | None:
+    """The generator's encoder maps, or None for editors without ``encode``/``decode``."""
+    return gen.encode(images) if hasattr(gen, "encode") and hasattr(gen, "decode") else None
+
+
+def _decode(gen, code, images, attrs) -> torch.Tensor:
+    return gen(images, attrs) if code is None else gen.decode(code, attrs)
+
+
+def _adam_rows(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    init: torch.Tensor,
+    params: CounterfactualParams,
+    deadline: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected Adam (torch's update: betas 0.9/0.999, eps 1e-8) on independent rows
+    (``objective(var)`` -> one objective per row), each row keeping the best point it visited.
+    Returns (best points, best objectives)."""
+    lo, hi = -params.margin, 1 + params.margin
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    var, m, v = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
+    best, best_obj = init.clone(), torch.full((len(init),), float("inf"), device=init.device)
+    for step in range(1, params.steps + 2):  # the last pass only scores the final point
+        if deadline is not None and time.monotonic() > deadline:
+            raise SearchDeadline(f"the search passed its deadline after {step - 1} steps")
+        x = var.detach().requires_grad_(True)
+        with torch.enable_grad():
+            obj = objective(x)
+            grad = torch.autograd.grad(obj.sum(), x)[0] if step <= params.steps else None
+        obj = obj.detach()
+        better = obj < best_obj
+        best[better], best_obj[better] = x.detach()[better], obj[better]
+        if grad is None:
+            break
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad * grad
+        denom = (v / (1 - beta2**step)).sqrt() + eps
+        var = (x.detach() - params.lr / (1 - beta1**step) * m / denom).clamp(lo, hi)
+    return best, best_obj

@@ -45,13 +45,21 @@ def read_tiles(path: Path, explainer: KnobExplainer) -> tuple[np.ndarray, pd.Dat
     return tiles, pd.DataFrame({"row": rc[:, 0], "col": rc[:, 1]})
 
 
+UNITS = {
+    "*_mpa": "MPa",
+    "start_*, new_*, change_*": "the experts' label scale (as in lots.csv)",
+    "knob_delta_*, measured_delta_*": "knob units: share of the training lots' label range",
+}
+
+
 def summarise(table: pd.DataFrame) -> dict[str, Any]:
-    """Per target: tiles, mean prediction/baseline/achieved, success rate, mean delta + 95 % CI."""
+    """Per target: tiles, mean prediction/baseline/achieved, success rate, mean requested knob
+    change + 95 % CI (and the mean measured change when the bundle has a meter)."""
     out: dict[str, Any] = {}
     for target, g in table.groupby("target", sort=False):
         deltas = {}
         for a in ATTRIBUTES:
-            v = g[f"delta_{a}"].to_numpy()
+            v = g[f"knob_delta_{a}"].to_numpy()
             half = (
                 float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
                 if len(v) > 1
@@ -64,9 +72,19 @@ def summarise(table: pd.DataFrame) -> dict[str, Any]:
             "baseline_mpa": float(g["baseline_mpa"].mean()),
             "achieved_mpa": float(g["achieved_mpa"].mean()),
             "success_rate": float(g["success"].mean()),
-            "delta": deltas,
+            "knob_delta": deltas,
+            "units": UNITS,
         }
+        if f"measured_delta_{ATTRIBUTES[0]}" in g:
+            out[str(target)]["measured_delta"] = {
+                a: _nanmean(g[f"measured_delta_{a}"]) for a in ATTRIBUTES
+            }
     return out
+
+
+def _nanmean(values: pd.Series) -> float | None:
+    v = values.to_numpy(float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
 
 
 def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure:
@@ -88,7 +106,7 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
         x = np.arange(len(ATTRIBUTES))
         width = 0.8 / len(runs)
         for k, (target, run) in enumerate(runs.items()):
-            values = run.table.iloc[r][[f"delta_{a}" for a in ATTRIBUTES]].to_numpy(float)
+            values = run.table.iloc[r][[f"knob_delta_{a}" for a in ATTRIBUTES]].to_numpy(float)
             ax.bar(x + (k - (len(runs) - 1) / 2) * width, values, width, label=target)
         ax.axhline(0, color="0.4", lw=0.5)
         ax.set_xticks(x, ATTRIBUTES, fontsize=7)
@@ -128,9 +146,7 @@ def explain_paths(
     """
     from tqdm.auto import tqdm
 
-    from semknobs.explain.bundle import search_params
-
-    searches = {t: search_params(explainer.defaults, target=t, **(settings or {})) for t in targets}
+    searches = {t: explainer.settings(target=t, **(settings or {})) for t in targets}
     inputs = [(Path(p), *read_tiles(Path(p), explainer)) for p in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()

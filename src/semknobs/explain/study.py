@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from tqdm.auto import tqdm
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain import figures
@@ -82,6 +83,7 @@ def explain(
     stress_range: float,
     layer: nn.Module,
     params: ExplainParams,
+    progress: bool = True,
 ) -> ExplainOutput:
     """Run every explainer. ``tiles`` describes the rows of ``images`` (lot, tile, ...); ``lots``
     holds the normalised labels and ``peak_stress`` of every lot."""
@@ -90,6 +92,8 @@ def explain(
     metrics: dict[str, float] = {}
     tables: dict[str, pd.DataFrame] = {}
     figs: dict[str, Figure] = {}
+    bar = tqdm(total=7, desc="explain", unit="part", disable=not progress)
+    bar.set_postfix_str("sweeps")
 
     # 1. reconstruction shift R(I) vs R(G(I; A))
     sens = ForwardSensitivity(gen, reg_mpa, batch_size=params.batch_size)
@@ -108,6 +112,8 @@ def explain(
         figs[f"sensitivity_{a}_{b}.png"] = figures.pair_heatmap(levels, grid, a, b)
     figs["sweep_strip.png"] = figures.sweep_strip(gen, images[:1], attrs[:1], params.sweep_points)
 
+    bar.update()
+    bar.set_postfix_str("knob gradient")
     # 3. the knob gradient: d R(G(I; A)) / d A, one backward pass per batch
     knob_gradient = KnobGradient(gen, reg_mpa).attribute(images, attrs, params.batch_size)
     tables["knob_gradient"] = (
@@ -116,6 +122,8 @@ def explain(
         .assign(**{f"gradient_{a}": knob_gradient.gradient[:, j] for j, a in enumerate(ATTRIBUTES)})
     )
 
+    bar.update()
+    bar.set_postfix_str(f"Eq. 2 search, {len(images)} tiles x 2 targets")
     # 4. counterfactual knob search, batched
     explainer = KnobCounterfactual(gen, reg_mpa, stress_range=stress_range)
     cf = params.counterfactual
@@ -143,6 +151,8 @@ def explain(
     rows = [int(np.flatnonzero(tiles["lot"].to_numpy() == lot)[0]) for lot in chosen]
     figs["figure3.png"] = figures.figure3(images[rows], higher, lower, rows, chosen)
 
+    bar.update()
+    bar.set_postfix_str(f"trade-off over {len(params.lambdas)} lambdas")
     # trade-off over lambda
     sub = slice(0, min(params.tradeoff_tiles, len(images)))
     curve = []
@@ -161,6 +171,8 @@ def explain(
     tables["tradeoff"] = pd.DataFrame(curve)
     figs["tradeoff.png"] = figures.tradeoff_figure(tables["tradeoff"])
 
+    bar.update()
+    bar.set_postfix_str("Captum baselines")
     # 5. Captum baselines on the Figure-3 tiles, and the randomisation sanity check
     sal = PixelSaliency(reg_mpa, layer, ig_steps=params.ig_steps)
     cam, ig = sal.attribute(images[rows])
@@ -180,6 +192,8 @@ def explain(
     metrics["saliency/gradcam_map_px"] = float(_feature_side(reg_mpa, layer, images[:1]))
     figs["saliency.png"] = figures.saliency_figure(images[rows], cam, ig, cam_random, chosen)
 
+    bar.update()
+    bar.set_postfix_str("correlation baseline")
     # 6. correlation baseline (lot level)
     lot_pred = pd.Series(direct.numpy(), index=tiles["lot"].to_numpy()).groupby(level=0).mean()
     by_lot = (
@@ -205,6 +219,8 @@ def explain(
     tables["correlation_slopes"] = (
         pd.DataFrame(slopes, index=list(ATTRIBUTES)).rename_axis("attribute").reset_index()
     )
+    bar.update(2)
+    bar.close()
     return ExplainOutput(metrics, tables, figs, sweep, higher, lower, knob_gradient, tiles)
 
 

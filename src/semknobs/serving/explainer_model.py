@@ -11,7 +11,10 @@ too, either as ``tiles_frame(array)`` (:mod:`semknobs.serving.tile_codec`) or di
 ``model.unwrap_python_model().predict(None, array, params)``; MLflow's own ``model.predict``
 enforces the logged DataFrame schema and refuses a bare array.
 Params: ``target`` ("higher", "lower" or a stress in MPa), ``lam``, ``steps``, ``delta``,
-``restarts``; defaults are the ``explain`` stage's settings stored in the bundle.
+``restarts``; defaults are the ``explain`` stage's settings stored in the bundle, and each has
+a range (the bundle's ``limits``, from ``explain.limits``) checked before any work. A request
+whose search runs past ``limits.deadline_s`` (model_config ``deadline_s`` overrides it) is
+stopped and answered ``DEADLINE_EXCEEDED`` (HTTP 504).
 Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attribute`).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
@@ -96,29 +99,43 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         self.explainer = KnobExplainer.from_folder(
             folder, batch_size=int(options.get("batch_size", 64))
         )
+        self.deadline_s = float(options.get("deadline_s", self.explainer.limits.deadline_s))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+        import time
 
-        from semknobs.explain.bundle import search_params
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
+
+        from semknobs.explain.counterfactual import SearchDeadline
         from semknobs.serving.tile_codec import decode_frame
 
         explainer = self.explainer
+        deadline = time.monotonic() + self.deadline_s
         try:
-            settings = {k: v for k, v in (params or {}).items() if k in PARAMS}
             unknown = set(params or {}) - set(PARAMS)
             if unknown:
                 raise ValueError(f"unknown params {sorted(unknown)}; known: {list(PARAMS)}")
-            search = search_params(explainer.defaults, **settings)
+            search = explainer.settings(**(params or {}))
             if isinstance(model_input, pd.DataFrame):
+                if len(model_input) > explainer.limits.max_tiles:
+                    raise ValueError(
+                        f"{len(model_input)} tiles in one request; at most "
+                        f"{explainer.limits.max_tiles}"
+                    )
                 percentiles = explainer.tile.get("percentiles", (0.5, 99.5))
                 tiles, attributes = decode_frame(model_input, explainer.img_size, percentiles)
             else:
                 tiles, attributes = np.asarray(model_input), None
-            return explainer.attribute(tiles, attributes, search).table
+            return explainer.attribute(tiles, attributes, search, deadline=deadline).table
         except ValueError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except SearchDeadline as exc:
+            raise MlflowException(
+                f"{exc} ({self.deadline_s:g} s: explain.limits.deadline_s, or "
+                "`semknobs serve --deadline`); ask for fewer tiles, steps or restarts",
+                error_code=DEADLINE_EXCEEDED,
+            ) from None
 
 
 MODEL = ExplainerModel()

@@ -25,8 +25,16 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.bundle import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
+from semknobs.explain.measured import (
+    CorrectedParams,
+    corrected_attribution,
+    fit_from_files,
+    measured_jacobian,
+)
 from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
+from semknobs.meter import MeasureParams
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model, regressor_model
@@ -49,7 +57,10 @@ class ExplainStageParams(ExplainParams):
     """The ``explain`` section (and, on a synthetic study, how the study was made)."""
 
     referee: RefereeParams = field(default_factory=RefereeParams)
+    corrected: CorrectedParams = field(default_factory=CorrectedParams)
+    limits: SearchLimits = field(default_factory=SearchLimits)  # the bundle's (register)
     synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
+    measure: MeasureParams = field(default_factory=MeasureParams)  # the measure section
 
 
 NAME = "explain"
@@ -69,10 +80,14 @@ class Paths:
     truth_dir: Path | None = field(
         default=None, metadata={"help": "synthetic ground truth: adds the referee"}
     )
+    measurements: Path | None = field(
+        default=None, metadata={"help": "the measure stage's readings: the corrected gradient"}
+    )
 
 
 def load(params_file: Path, paths: Paths) -> ExplainStageParams:
     params = load_section(ExplainStageParams, NAME, params_file)
+    params = replace(params, measure=load_section(MeasureParams, "measure", params_file))
     if paths.truth_dir is None:
         return params
     return replace(params, synthetic=Synthetic.from_params(params_file))
@@ -118,6 +133,34 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     knob_train = train.copy()  # unclipped knob units: the fit is affine in the raw scores
     knob_train[list(ATTRIBUTES)] = scaler.transform(train[list(ATTRIBUTES)].to_numpy())
     uses = {"knob_gradient": out.knob_gradient.gradient, "sensitivity": out.sweep.slopes()}
+    corrected = None
+    if paths.measurements is not None:  # what the knobs really moved, by the meter
+        calib = fit_from_files(
+            paths.measurements, labels, list(splits.train), scaler, params.measure.meter
+        )
+        jac = measured_jacobian(
+            gen, images, attrs, calib, params.corrected.step, params.measure.n_jobs
+        )
+        c = params.corrected
+        corrected = corrected_attribution(
+            out.knob_gradient.gradient, jac, tiles["lot"].to_numpy(),
+            max_condition=c.max_condition, bootstrap=c.bootstrap, seed=c.seed,
+        )  # fmt: skip
+        uses["corrected_gradient"] = corrected.attribution
+        tables["corrected_gradient"] = corrected.table()
+        tables["measured_jacobian"] = pd.DataFrame(
+            corrected.jacobian, columns=[f"knob_{a}" for a in ATTRIBUTES]
+        ).assign(measured=list(ATTRIBUTES))
+        metrics["corrected_gradient/condition"] = corrected.condition
+        for j, a in enumerate(ATTRIBUTES):
+            metrics[f"corrected_gradient/gain_{a}"] = float(corrected.jacobian[j, j])
+            metrics[f"corrected_gradient/flag_{a}"] = float(corrected.flags[j])
+        summary_corrected = [
+            f"corrected gradient: cond(J) = {corrected.condition:.1f}; flagged: "
+            + (", ".join(a for a, f in zip(ATTRIBUTES, corrected.flags) if f) or "none")
+        ]
+    else:
+        summary_corrected = []
     support, summary = None, []
     if len(knob_train) < MIN_SUPPORT_LOTS:
         summary.append(
@@ -132,9 +175,12 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             f"{r.source}/lots/flag_{r.attribute}": float(r.flag) for r in support.itertuples()
         }
         summary += flag_lines(support)
+    summary += summary_corrected
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
-        judged = _referee(params, paths.truth_dir, out, test_rows, labels, scaler, reg, support)
+        judged = _referee(
+            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, corrected
+        )
         if judged is None:
             summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")
         else:
@@ -148,7 +194,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     return StageResult(metrics, {"explain": paths.reports}, summary)
 
 
-def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support):
+def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, corrected):
     synthetic = params.synthetic
     truth = read_truth(truth_dir)
     scored = out.tiles.iloc[rows].reset_index(drop=True)
@@ -162,6 +208,8 @@ def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, s
         "sensitivity": out.sweep.slopes()[rows],
         "correlation": np.broadcast_to(corr["predicted"].to_numpy(), (len(rows), len(ATTRIBUTES))),
     }
+    if corrected is not None:
+        gradients["corrected_gradient"] = corrected.attribution[rows]
     directions = {"counterfactual": out.higher.delta_attrs[rows]}
     counterfactuals = [
         Counterfactuals(target, res.attrs[rows], res.new_attrs[rows], res.success[rows])

@@ -1,9 +1,10 @@
 """Stage ``register``: build the explainer bundle and register the AttGAN, the regressor and
 the explainer as new versions (alias ``candidate``) in the MLflow model registry.
 
-The training stages *log* their models (MLflow LoggedModels linked to the training run) and
-write a reference (``logged_model.json``); registering them here makes the registry's version
-links point at the training runs. Every version carries:
+The training stages *log* their models (MLflow LoggedModels linked to the training run, tagged
+with their folder's digest); this stage finds them by the digest of the model folders it is given
+(:func:`semknobs.registry.find_logged`), so registering them here makes the registry's version
+links point at the training runs, and no DVC out holds an MLflow id. Every version carries:
 
 * ``semknobs.run_id`` / ``semknobs.model_id`` and the run's ``git.*``, ``data.version`` and
   ``semknobs.execution`` tags (see :func:`semknobs.registry.register`);
@@ -11,11 +12,13 @@ links point at the training runs. Every version carries:
 * ``metric.<key>`` for every metric of its metrics files: the promotion gates read these;
 * a description with its key metrics.
 
-If a logged model is missing from the tracking store (a fresh store, models restored with
+If no logged model of the folder is in the tracking store (a fresh store, models restored with
 ``dvc pull``), the folder is logged again in this run and the version says so
-(``semknobs.relogged = true``). The bundle carries the ``explain`` stage's search settings and
-the ``tile`` stage's tiling, so ``semknobs explain`` and the served explainer reproduce the
-stage's numbers. Promotion to ``champion`` is a separate, gated step: ``semknobs promote``.
+(``semknobs.relogged = true``). ``out`` (the versions registered, with their run ids) is a record
+of this run, not a DVC out: version numbers and run ids depend on the store, not the inputs.
+The bundle carries the ``explain`` stage's search settings and the ``tile`` stage's tiling, so
+``semknobs explain`` and the served explainer reproduce the stage's numbers. Promotion to
+``champion`` is a separate, gated step: ``semknobs promote``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from semknobs import registry, tracking
-from semknobs.config import load_params, load_section
+from semknobs.attributes import AttributeScaler
+from semknobs.config import from_mapping, load_params, load_section
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
-from semknobs.explain.bundle import save_explainer_dir
+from semknobs.explain.bundle import SearchLimits, save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.explain.measured import fit_from_files
+from semknobs.meter import MeasureParams, MeterParams
 from semknobs.model_folder import read_config
 from semknobs.names import CANDIDATE, MODEL_NAMES
 from semknobs.serving import attgan_model, explainer_model, regressor_model
@@ -65,6 +71,8 @@ class Params:
     register: RegisterParams
     counterfactual: CounterfactualParams  # explain.counterfactual: the bundle's search defaults
     tile: TileParams  # how the bundle tiles whole scans
+    limits: SearchLimits = field(default_factory=SearchLimits)  # explain.limits
+    meter: MeterParams = field(default_factory=MeterParams)  # measure.meter: reads the edits
 
 
 @dataclass(frozen=True)
@@ -78,20 +86,30 @@ class Paths:
     splits: Path
     explainer_dir: Path
     out: Path = field(metadata={"help": "registered versions (JSON)"})
-    attgan_logged: Path | None = field(default=None, metadata={"help": "logged_model.json"})
-    regressor_logged: Path | None = field(default=None, metadata={"help": "logged_model.json"})
+    measurements: Path | None = field(
+        default=None, metadata={"help": "the measure stage's readings (calibrate the meter)"}
+    )
 
 
 def load(params_file: Path, paths: Paths) -> Params:
+    raw = load_params(params_file)
     return Params(
         register=load_section(RegisterParams, NAME, params_file),
-        counterfactual=search_params_from(load_params(params_file), str(params_file)),
+        counterfactual=search_params_from(raw, str(params_file)),
         tile=load_section(TileParams, "tile", params_file),
+        limits=from_mapping(
+            SearchLimits, raw.get("explain", {}).get("limits"), f"{params_file}: explain.limits"
+        ),
+        meter=load_section(MeasureParams, "measure", params_file).meter,
     )
 
 
 def logged_params(params: Params) -> dict[str, Any]:
-    return {"register": params.register, "explain.counterfactual": params.counterfactual}
+    return {
+        "register": params.register,
+        "explain.counterfactual": params.counterfactual,
+        "explain.limits": params.limits,
+    }
 
 
 def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageResult:
@@ -103,10 +121,21 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         "regressor": _read_json(paths.regressor_metrics),
         "explainer": _read_json(paths.explain_metrics),
     }
+    experiment = (ctx.experiment_id if ctx else None) or tracking.ensure_experiment()
     logged = {
-        kind: registry.LoggedModelRef.from_dict(_read_json(path)) if path else None
-        for kind, path in (("attgan", paths.attgan_logged), ("regressor", paths.regressor_logged))
+        kind: registry.find_logged(folder, experiment)
+        for kind, folder in (("attgan", paths.attgan_dir), ("regressor", paths.regressor_dir))
     }
+    meter = None
+    if paths.measurements is not None:
+        gan = read_config(paths.attgan_dir)
+        meter = fit_from_files(
+            paths.measurements,
+            labels,
+            list(read_splits(paths.splits).train),
+            AttributeScaler.from_dict(gan["scaler"]),
+            params.meter,
+        )
     save_explainer_dir(
         paths.explainer_dir,
         attgan_dir=paths.attgan_dir,
@@ -115,6 +144,8 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         counterfactual=params.counterfactual,
         tile={k: v for k, v in asdict(params.tile).items() if k != "n_jobs"},
         metrics=metrics["explainer"],
+        limits=params.limits,
+        meter=meter,
     )
     size = read_config(paths.explainer_dir)["img_size"]
     versions = register_models(
@@ -185,6 +216,8 @@ def _ensure_logged(
             return ref, False
         except MlflowException:
             print(f"register: {ref.model_uri} is not in this tracking store; logging {model_dir}")
+    else:
+        print(f"register: no logged model of {model_dir} in this tracking store; logging it")
     return registry.log_model(model_dir, name=kind, spec=SPECS[kind]), True
 
 

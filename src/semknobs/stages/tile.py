@@ -1,20 +1,27 @@
 """Stage ``tile``: crop the information bars, cut and resize tiles, write one shard per lot and
-the manifest; a contact sheet of lots ordered by each label."""
+the manifest; a contact sheet of lots ordered by each label.
+
+The labels only order the contact sheet. They are read leniently and never validated here:
+``validate`` checks them, together with the tiles, and lists every problem at once. Whatever
+state ``lots.csv`` is in, a successful run writes both declared outputs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
+from semknobs.attributes import ATTRIBUTES
 from semknobs.data.figures import contact_sheet
-from semknobs.data.schemas import read_lots
-from semknobs.data.tiles import TileParams, load_tiles, tile_dataset
-from semknobs.errors import SemknobsError
+from semknobs.data.tiles import TileParams, load_tiles, skipped_files, tile_dataset
 from semknobs.stage import StageContext, StageResult, save_figure
 
 NAME = "tile"
 Params = TileParams
 DEPS = ("raw_dir",)
+OUTS = ("tiles_dir", "reports")
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,34 @@ def run(params: TileParams, paths: Paths, ctx: StageContext | None = None) -> St
         "data/n_scans": manifest.groupby(["lot", "scan"]).ngroups,
         "data/n_tiles": len(manifest),
     }
-    result = StageResult(metrics, {"figures": paths.reports})
-    # the sheet is only a picture: label problems are the validate stage's to report, but the
-    # declared output exists either way (a placeholder page says why there is no sheet)
-    try:
-        lots = read_lots(paths.lots)
-    except SemknobsError as exc:
-        result.summary.append(f"contact sheet skipped: {exc}")
-        lots = None
+    result = StageResult(metrics, {"figures": paths.reports}, skipped_files(paths.raw_dir))
+    lots = sheet_labels(paths.lots, manifest["lot"])
+    if lots is None:
+        result.summary.append(
+            f"contact sheet in lot-name order: no labels of the tiled lots could be read from "
+            f"{paths.lots} (the validate stage checks it)"
+        )
     tiles, manifest = load_tiles(paths.tiles_dir)
-    save_figure(contact_sheet(tiles, manifest, lots), paths.reports / "contact_sheet.png")
+    save_figure(contact_sheet(tiles, manifest, lots), Path(paths.reports) / "contact_sheet.png")
     return result
+
+
+def sheet_labels(lots_csv: Path, tiled: pd.Series) -> pd.DataFrame | None:
+    """``lot`` and the attribute scores of ``lots_csv`` for ordering the sheet, or None.
+
+    Lenient on purpose: unreadable scores become NaN (sorted last), repeated lots keep their
+    first row, and only a file without a lot or attribute column, or without any tiled lot,
+    gives None (lots in name order).
+    """
+    try:
+        frame = pd.read_csv(lots_csv, dtype={"lot": str}, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None  # ValueError covers UnicodeDecodeError
+    if any(c not in frame.columns for c in ("lot", *ATTRIBUTES)):
+        return None
+    frame = frame[["lot", *ATTRIBUTES]].drop_duplicates("lot")
+    frame = frame[frame["lot"].isin(set(map(str, tiled)))]
+    if frame.empty:
+        return None
+    scores = {a: pd.to_numeric(frame[a], errors="coerce") for a in ATTRIBUTES}
+    return pd.DataFrame({"lot": frame["lot"], **scores}).reset_index(drop=True)

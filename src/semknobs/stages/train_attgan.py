@@ -23,11 +23,12 @@ from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
 from semknobs.evaluation.samples import sample_grid
+from semknobs.lineage import reproducible
 from semknobs.meter import MeasureParams, read_measurements
 from semknobs.model_folder import save_model_dir
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model
-from semknobs.stage import StageContext, StageResult, save_figure, write_json, write_metrics
+from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
 
 NAME = "train_attgan"
@@ -122,7 +123,7 @@ def run(
         img_size=params.train.model.img_size,
         train_lots=train_lots,
         train=to_mapping(params.train),
-        metrics=metrics,
+        metrics=reproducible(metrics),  # timings: MLflow only
     )
     save_model_dir(
         paths.model_dir,
@@ -130,7 +131,7 @@ def run(
         weights={"generator": trainer.gen, "discriminator": trainer.dis},
         config=to_mapping(config),
     )
-    if ctx.run_id is not None:  # logged here, linked to this run; `register` registers it
-        ref = log_model(paths.model_dir, name="attgan", spec=attgan_model.SPEC)
-        write_json(paths.reports / "logged_model.json", ref.to_dict())
+    if ctx.run_id is not None:  # logged here, linked to this run; `register` finds it by the
+        # folder's digest (registry.find_logged): no MLflow ids in a DVC out
+        log_model(paths.model_dir, name="attgan", spec=attgan_model.SPEC)
     return StageResult(metrics, {"figures": paths.reports})

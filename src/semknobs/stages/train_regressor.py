@@ -28,12 +28,13 @@ from semknobs.evaluation.regressor import (
     regression_metrics,
     rf_baseline,
 )
+from semknobs.lineage import reproducible
 from semknobs.meter import read_measurements
 from semknobs.model_folder import save_model_dir
 from semknobs.models.regressor import TargetStats, predict
 from semknobs.registry import log_model
 from semknobs.serving import regressor_model
-from semknobs.stage import StageContext, StageResult, save_figure, write_json, write_metrics
+from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.regressor import TrainRegressorStageParams, set_threads, train_regressor
 
 NAME = "train_regressor"
@@ -143,7 +144,7 @@ def run(
         scaler=scaler.to_dict(),
         train_lots=train_lots,
         train=to_mapping(params.train),
-        metrics=metrics,
+        metrics=reproducible(metrics),  # timings: MLflow only
     )
     save_model_dir(
         paths.model_dir,
@@ -151,9 +152,9 @@ def run(
         weights={"regressor": model},
         config=to_mapping(config),
     )
-    if ctx.run_id is not None:  # logged here, linked to this run; `register` registers it
-        ref = log_model(paths.model_dir, name="regressor", spec=regressor_model.SPEC)
-        write_json(reports / "logged_model.json", ref.to_dict())
+    if ctx.run_id is not None:  # logged here, linked to this run; `register` finds it by the
+        # folder's digest (registry.find_logged): no MLflow ids in a DVC out
+        log_model(paths.model_dir, name="regressor", spec=regressor_model.SPEC)
     summary = [
         f"test lot R² {metrics['test/lot_r2']:.3f} (RF {metrics['baseline_rf/lot_r2']:.3f}), "
         f"lot RMSE {metrics['test/lot_rmse']:.2f} MPa (RF {metrics['baseline_rf/lot_rmse']:.2f}, "

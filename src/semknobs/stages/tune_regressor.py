@@ -3,11 +3,11 @@ cross-validation over the CV folds of splits.json (the test lots are never loade
 best params for ``train_regressor`` (``out``, never edited by hand). See
 :mod:`semknobs.train.tune_regressor`.
 
-Workers: ``--n-workers N`` local processes (default: the section's ``n_workers``). To spread one
-study over several machines, give every machine the same ``--storage`` RDB URL and
-``--study-name``: the machine that runs the stage coordinates (creates the MLflow experiment, its
-run and the study, writes the result); the others run ``--join`` (trials only, logged under
-``--parent-run-id``).
+Workers: ``--n-workers N`` local processes (default: the section's ``n_workers``), batch-
+synchronous so the study is reproducible. To spread one study over several machines, give every
+machine the same ``--storage`` RDB URL and ``--study-name``: the machine that runs the stage
+coordinates (creates the MLflow experiment, its run and the study, writes the result); the
+others run ``--join`` (trials only, logged under ``--parent-run-id``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from semknobs.train.tune_regressor import (
     best_trial,
     create_study,
     overrides_from_params,
+    run_study,
     run_worker,
     run_workers,
     study_figures,
@@ -135,7 +136,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         f"{params.tune.n_trials} trials, {n_workers} worker(s); MLflow parent run {ctx.run_id}"
     )
     started = time.perf_counter()
-    run_workers(job, n_workers)
+    run_study(job, n_workers)  # batch-synchronous: reproducible
     wall = time.perf_counter() - started
 
     best = best_trial(study)

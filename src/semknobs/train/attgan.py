@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semknobs.meter import MeterParams
+from semknobs.meter import MeterParams, calibration
 from semknobs.models.attgan import (
     AttGANConfig,
     Discriminator,
@@ -57,7 +57,7 @@ from semknobs.models.attgan import (
 from semknobs.models.concept import dihedral
 from semknobs.pixels import to_model, to_uint8
 from semknobs.train.base import LogFn, Trainer, fingerprint, fit
-from semknobs.train.concept import ConceptParams, ConceptTrainer, calibration
+from semknobs.train.concept import ConceptParams, ConceptTrainer
 from semknobs.train.device import autocast
 from semknobs.train.distributed import World
 

@@ -45,24 +45,6 @@ class ConceptParams:
     pool_size: int = 1024  # measured edits kept (the oldest are overwritten)
 
 
-def calibration(
-    readings: np.ndarray, lots: np.ndarray, labels: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per attribute (alpha, beta) of ``label ~ alpha * lot-mean reading + beta`` over lots."""
-    names = sorted(labels)
-    means = np.array([np.nanmean(readings[lots == lot], axis=0) for lot in names])
-    target = np.array([labels[lot] for lot in names])
-    alpha, beta = np.zeros(K), np.zeros(K)
-    for k in range(K):
-        ok = np.isfinite(means[:, k])
-        if ok.sum() < 2 or np.ptp(means[ok, k]) == 0:
-            raise ValueError(
-                f"concept calibration: {ATTRIBUTES[k]} has too few lots with meter readings"
-            )
-        alpha[k], beta[k] = np.polyfit(means[ok, k], target[ok, k], 1)
-    return alpha, beta
-
-
 class ConceptTrainer:
     """The network, its optimizer and its pools, drawing all randomness from ``rng`` (the
     AttGAN trainer's, so that its checkpoints resume this too)."""

@@ -11,14 +11,22 @@ Search space: learning rate, weight decay, batch size, model preset, dropout bef
 the augmentations of :mod:`semknobs.train.regressor` (flips, 90-degree rotations, mild affine
 intensity jitter -- see there why these and no others).
 
-Parallelism and storage: a study lives in an Optuna storage -- by default a journal file
+Parallelism: batch-synchronous, so a study is reproducible (:func:`run_study`). The coordinator
+asks its seeded TPE sampler for ``n_workers`` trials at once, ``n_workers`` local processes
+(spawned) evaluate them in parallel, and the coordinator tells the results in trial order before
+it asks the next batch. Every ask sees the same finished trials whatever the timing, and so does
+the median pruner (it reads complete trials only, and a batch's trials are all running until the
+batch ends): the same params, seed and ``n_workers`` give the same trials, values and choice on
+every run. The price is idling: a worker whose trial was pruned early waits for its batch.
+``n_workers`` shapes the search (a batch's trials are drawn without each other's results), so a
+different ``n_workers`` gives another, equally valid, study.
+
+Storage: a study lives in an Optuna storage -- by default a journal file
 (``JournalStorage(JournalFileBackend(path))``, safe for several local processes and NFS), or an
 RDB URL (PostgreSQL, MySQL, sqlite) through which workers on several machines share one study.
-``n_workers`` local worker processes (spawned) each run trials until the study holds ``n_trials``
-finished (complete or pruned) trials, counting those running in this execution, so the study ends
-with ``n_trials`` plus at most a few racing trials. Each worker's TPE sampler is seeded with
-``seed + worker index``; with one worker the whole study is reproducible, with several the
-trial-to-worker assignment depends on timing.
+Workers on other machines (``--join``, :func:`run_workers`) run free: each has its own sampler
+(seeded ``seed + 1 + worker index``) and takes trials until the study holds ``n_trials``
+finished ones; a study they joined is not reproducible.
 
 Study name: by default a hash of the search space, the base train params and the data version
 (:func:`study_name`), so rerunning an interrupted tuning continues its study and a changed space
@@ -32,6 +40,7 @@ runs in MLflow's Default experiment or start duplicate studies.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -57,7 +66,7 @@ from semknobs.train.regressor import (
 from semknobs.train.regressor_cv import Fold, cross_validate, load_folds
 
 METRIC = "val/lot_rmse"
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+FINISHED = tuning.FINISHED
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,10 +194,13 @@ def apply(
 # --------------------------------------------------------------------------------------------
 
 
-def make_sampler(params: TuneRegressorParams, worker: int = 0) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(
-        seed=params.seed + worker, n_startup_trials=params.n_startup_trials
-    )
+def make_sampler(
+    params: TuneRegressorParams, worker: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The coordinator's TPE sampler (``seed``), or a free-running ``--join`` worker's
+    (``seed + 1 + worker``: never the coordinator's stream, so it draws other trials)."""
+    seed = params.seed if worker is None else params.seed + 1 + worker
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.n_startup_trials)
 
 
 def make_pruner(params: TuneRegressorParams) -> optuna.pruners.BasePruner:
@@ -241,62 +253,65 @@ class WorkerJob:
     progress: bool = True
 
 
+def evaluate(
+    job: WorkerJob, folds: list[Fold], trial: optuna.Trial, overrides: dict[str, Any], worker: int
+) -> float:
+    """One trial: cross-validate ``overrides`` with a report (and a pruning check) per epoch,
+    logged as a nested MLflow run; raises ``optuna.TrialPruned`` when pruned."""
+    params = apply(job.base, overrides, job.tune.epochs or job.base.epochs)
+    trial.set_user_attr("worker", worker)
+    started = time.perf_counter()
+    tracked = job.tracking or tuning.TrialTracking("tune_regressor", job.study_name)
+    with tuning.trial_run(tracked, trial, overrides, worker) as run:
+
+        def on_epoch(epoch: int, mean: float, per_fold: list[float]) -> None:
+            trial.report(mean, epoch)
+            if run is not None:
+                from semknobs import tracking
+
+                tracking.log_metrics(
+                    {METRIC: mean, **{f"{METRIC}_fold{k}": v for k, v in enumerate(per_fold)}},
+                    step=epoch,
+                )
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({METRIC} {mean:.3f})")
+
+        try:
+            value, per_fold = cross_validate(
+                params,
+                folds,
+                on_epoch=on_epoch,
+                progress=f"trial {trial.number} (worker {worker})" if job.progress else None,
+            )
+        finally:
+            if run is not None:
+                from semknobs import tracking
+
+                tracking.log_metrics({"trial/wall_s": time.perf_counter() - started})
+        trial.set_user_attr("per_fold", per_fold)
+        return value
+
+
 def objective_factory(job: WorkerJob, folds: list[Fold]) -> Callable[[optuna.Trial], float]:
-    """The trial function: suggest, cross-validate with per-epoch reports, log a nested run."""
-    epochs = job.tune.epochs or job.base.epochs
+    """The trial function of a free-running worker: suggest, then :func:`evaluate`."""
 
     def objective(trial: optuna.Trial) -> float:
-        overrides = suggest(trial, job.tune.space)
-        params = apply(job.base, overrides, epochs)
-        trial.set_user_attr("worker", job.worker)
-        started = time.perf_counter()
-        tracked = job.tracking or tuning.TrialTracking("tune_regressor", job.study_name)
-        with tuning.trial_run(tracked, trial, overrides, job.worker) as run:
-
-            def on_epoch(epoch: int, mean: float, per_fold: list[float]) -> None:
-                trial.report(mean, epoch)
-                if run is not None:
-                    from semknobs import tracking
-
-                    tracking.log_metrics(
-                        {METRIC: mean, **{f"{METRIC}_fold{k}": v for k, v in enumerate(per_fold)}},
-                        step=epoch,
-                    )
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch} ({METRIC} {mean:.3f})")
-
-            try:
-                value, per_fold = cross_validate(
-                    params,
-                    folds,
-                    on_epoch=on_epoch,
-                    progress=f"trial {trial.number} (worker {job.worker})"
-                    if job.progress
-                    else None,
-                )
-            finally:
-                if run is not None:
-                    from semknobs import tracking
-
-                    tracking.log_metrics({"trial/wall_s": time.perf_counter() - started})
-            trial.set_user_attr("per_fold", per_fold)
-            return value
+        return evaluate(job, folds, trial, suggest(trial, job.tune.space), job.worker)
 
     return objective
 
 
-def run_worker(job: WorkerJob) -> int:
-    """Run trials of the (existing) study until it holds ``n_trials``; returns trials run here."""
-    if job.tracking is not None and job.tracking.tracking_uri is not None:
-        import mlflow
+# --------------------------------------------------------------------------------------------
+# the coordinator: batch-synchronous, reproducible
+# --------------------------------------------------------------------------------------------
 
-        mlflow.set_tracking_uri(job.tracking.tracking_uri)
-    storage = tuning.make_storage(job.storage)
+
+def _load(job: WorkerJob, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     try:
-        study = optuna.load_study(
+        return optuna.load_study(
             study_name=job.study_name,
-            storage=storage,
-            sampler=make_sampler(job.tune, job.worker),
+            storage=tuning.make_storage(job.storage),
+            sampler=sampler,
             pruner=make_pruner(job.tune),
         )
     except KeyError:
@@ -304,6 +319,75 @@ def run_worker(job: WorkerJob) -> int:
             f"no study {job.study_name!r} in {job.storage}: the coordinator (the stage without "
             "--join) creates it; start that first"
         ) from None
+
+
+_STATE: dict[str, Any] = {}  # the job, folds and study of a batch worker (see _init_process)
+
+
+def _init_process(job: WorkerJob) -> None:  # pragma: no cover - runs in a child process
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    set_threads(job.base.threads)  # the whole worker process
+    if job.tracking is not None and job.tracking.tracking_uri is not None:
+        import mlflow
+
+        mlflow.set_tracking_uri(job.tracking.tracking_uri)
+    # a batch worker never samples (the coordinator did); its study object only prunes
+    study = _load(job, optuna.samplers.RandomSampler(seed=job.tune.seed))
+    _STATE.update(job=job, study=study, folds=load_folds(job.tiles_dir, job.lots_csv, job.splits))
+
+
+def _evaluate_asked(asked: tuning.Asked, trial: optuna.Trial | None = None) -> float:
+    """:func:`evaluate` of an asked trial: in a batch worker (``trial`` None: rebuilt from the
+    storage) or in the coordinator's process (``n_workers`` 1: the asked trial itself)."""
+    trial = trial or optuna.trial.Trial(_STATE["study"], asked.trial_id)
+    return evaluate(_STATE["job"], _STATE["folds"], trial, asked.params, asked.slot)
+
+
+def run_study(job: WorkerJob, n_workers: int) -> int:
+    """The coordinator's trials, batch-synchronous (:func:`semknobs.train.tuning.run_batches`,
+    see the module docstring), until the study holds ``n_trials`` finished ones; returns the
+    trials run here. ``n_workers`` spawned processes load the folds once and take a batch's
+    trials; with one, trials run in this process."""
+    study = _load(job, make_sampler(job.tune))
+    pool = None
+    if n_workers > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=n_workers,
+            mp_context=mp.get_context("spawn"),  # no fork of a process holding MLflow/torch
+            initializer=_init_process,
+            initargs=(job,),
+        )
+    else:
+        folds = load_folds(job.tiles_dir, job.lots_csv, job.splits)
+        _STATE.update(job=job, study=study, folds=folds)
+    try:
+        return tuning.run_batches(
+            study,
+            n_trials=job.tune.n_trials,
+            n_workers=n_workers,
+            suggest=lambda trial: suggest(trial, job.tune.space),
+            evaluate=_evaluate_asked,
+            pool=pool,
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        _STATE.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# free-running workers (--join, on other machines)
+# --------------------------------------------------------------------------------------------
+
+
+def run_worker(job: WorkerJob) -> int:
+    """Run trials of the (existing) study until it holds ``n_trials``; returns trials run here.
+    Free-running (``--join``): trials are drawn as workers become free, so not reproducible."""
+    if job.tracking is not None and job.tracking.tracking_uri is not None:
+        import mlflow
+
+        mlflow.set_tracking_uri(job.tracking.tracking_uri)
+    study = _load(job, make_sampler(job.tune, job.worker))
     target = job.tune.n_trials
     if n_counted(study, job.since) >= target:
         return 0
@@ -335,7 +419,8 @@ def _worker_main(job: WorkerJob) -> None:  # pragma: no cover - runs in a child 
 
 
 def run_workers(job: WorkerJob, n_workers: int) -> None:
-    """Run ``n_workers`` workers: in this process for one, else as spawned processes."""
+    """Run ``n_workers`` free-running workers (``--join``): in this process for one, else as
+    spawned processes. The coordinator runs :func:`run_study` instead."""
     if n_workers == 1:
         run_worker(job)
         return
@@ -404,9 +489,12 @@ def study_figures(study: optuna.Study) -> dict[str, Any]:
             study, target_name=METRIC
         ).figure
         figures["intermediate_values.png"] = vis.plot_intermediate_values(study).figure
+        # the params named in a fixed order: Optuna iterates a set of names, so equally
+        # important params would swap places with the interpreter's hash seed
+        names = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
         try:
             figures["param_importances.png"] = vis.plot_param_importances(
-                study, target_name=METRIC
+                study, target_name=METRIC, params=names
             ).figure
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             print(f"tune_regressor: no parameter importances ({exc})")

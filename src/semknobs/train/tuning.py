@@ -7,6 +7,12 @@ workers on several machines share one study. The coordinator creates the MLflow 
 own run and the study *before* any worker starts; workers that raced to create them would put
 runs in MLflow's Default experiment or start duplicate studies.
 
+Batch-synchronous trials (:func:`run_batches`): ask a batch from the study's seeded sampler, run
+it in parallel, tell the results in trial order, repeat. Each ask and each pruning decision sees
+the same finished trials whatever the timing, so the study is reproducible. (Optuna's own
+``study.optimize(n_jobs=k)`` and free-running workers on one storage are not: what a trial is
+asked depends on which others happened to finish first.)
+
 Trial runs: hand-written rather than ``optuna_integration.MLflowCallback``. The callback opens a
 trial's run only after the trial has finished, in the process that runs the callback; ours log
 per-epoch validation curves *during* a trial from spawned worker processes, nest under the
@@ -16,9 +22,10 @@ So the optuna-integration dependency is dropped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +87,84 @@ def create_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
     return study
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def n_finished(study: optuna.Study) -> int:
+    """Complete or pruned trials (a trial left running by a killed execution does not count)."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One asked trial as a worker gets it (picklable): its storage id, the params the sampler
+    chose (already in the storage) and its place in the batch."""
+
+    trial_id: int
+    params: dict[str, Any]
+    slot: int
+
+
+Value = float | Sequence[float]
+
+
+def run_batches(
+    study: optuna.Study,
+    *,
+    n_trials: int,
+    n_workers: int,
+    suggest: Callable[[optuna.Trial], dict[str, Any]],
+    evaluate: Callable[..., Value],
+    pool: concurrent.futures.Executor | None = None,
+) -> int:
+    """Run trials until ``study`` holds ``n_trials`` finished ones, ``n_workers`` at a time,
+    batch-synchronously (see the module docstring); returns the trials run.
+
+    ``suggest(trial)`` draws a trial's params (in this process, from the study's sampler);
+    ``evaluate(asked)`` scores them in ``pool`` (a module-level function: it is pickled), or
+    ``evaluate(asked, trial)`` here when ``pool`` is None; it raises ``optuna.TrialPruned`` to be
+    pruned. Enqueued trials come first, with their fixed params. A trial that raises anything
+    else is told FAIL, the rest of its batch as it ended, then the error propagates; a worker
+    process that dies is a :class:`SemknobsError`.
+    """
+    from semknobs.errors import SemknobsError
+
+    state = optuna.trial.TrialState
+    ran = 0
+    while (todo := n_trials - n_finished(study)) > 0:
+        batch = [study.ask() for _ in range(min(n_workers, todo))]
+        # Trial has no public id; the storage's id is what a worker process looks it up by
+        asked = [Asked(t._trial_id, suggest(t), k) for k, t in enumerate(batch)]
+        outcomes: list[Any] = []
+        if pool is None:
+            for a, trial in zip(asked, batch, strict=True):
+                try:
+                    outcomes.append(evaluate(a, trial))
+                except Exception as exc:
+                    outcomes.append(exc)
+        else:
+            futures = [pool.submit(evaluate, a) for a in asked]
+            concurrent.futures.wait(futures)
+            outcomes = [f.exception() or f.result() for f in futures]
+        error: BaseException | None = None
+        for trial, outcome in zip(batch, outcomes, strict=True):  # told in trial order
+            if isinstance(outcome, optuna.TrialPruned):
+                study.tell(trial, state=state.PRUNED)
+            elif isinstance(outcome, BaseException):
+                study.tell(trial, state=state.FAIL)
+                error = error or outcome
+            else:
+                study.tell(trial, outcome)
+        ran += len(batch)
+        if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+            raise SemknobsError(
+                "a tuning worker process died (killed, or out of memory?); see the output above"
+            ) from error
+        if error is not None:
+            raise error
+    return ran
 
 
 @dataclass(frozen=True)
