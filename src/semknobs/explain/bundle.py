@@ -328,7 +328,7 @@ class KnobExplainer:
         measured = None
         if self.meter is not None:
             measured = measured_change(
-                self.meter, self._edit(images, attrs), torch.from_numpy(res.edited)
+                self.meter, torch.from_numpy(res.recon), torch.from_numpy(res.edited)
             )
         for j, a in enumerate(ATTRIBUTES):
             table[f"start_{a}"] = start[:, j]
@@ -340,15 +340,6 @@ class KnobExplainer:
         if measured is not None:
             table["measured_cosine"] = _cosine_rows(res.delta_attrs, measured)
         return Explanation(table, res)
-
-    def _edit(self, images: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    self.gen(images[i : i + self.batch_size], attrs[i : i + self.batch_size])
-                    for i in range(0, len(images), self.batch_size)
-                ]
-            )
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

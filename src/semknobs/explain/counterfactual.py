@@ -67,6 +67,7 @@ class CounterfactualResult:
     distance: np.ndarray  # (n,) || anchor - G(I; A') ||_p (anchor: G(I; A) or I)
     success: np.ndarray  # (n,) bool
     edited: np.ndarray  # (n, 1, S, S) G(I; A') in [-1, 1]
+    recon: np.ndarray  # (n, 1, S, S) G(I; A) in [-1, 1]
 
     @property
     def delta_attrs(self) -> np.ndarray:
@@ -160,6 +161,7 @@ class KnobCounterfactual:
             distance=as_np(distance),
             success=as_np(success),
             edited=as_np(edited),
+            recon=as_np(recon),
         )
 
     def attribute_batched(
