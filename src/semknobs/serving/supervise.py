@@ -1,7 +1,7 @@
 """Run a server command as a process tree that stops as one (``semknobs serve``).
 
-``mlflow models serve`` is a Python process that starts ``uvicorn`` (which, with ``--workers``
-> 1, starts worker processes). Killing only the process we started leaves the rest running and
+A server is a process tree: ``uvicorn`` (ours, or the one ``mlflow models serve`` and ``mlflow
+ui`` start) with, for ``--workers`` > 1, worker processes. Killing only the process we started leaves the rest running and
 answering on the port. So the server is started in its own session (process group), and
 :func:`supervise`:
 
@@ -10,7 +10,7 @@ answering on the port. So the server is started in its own session (process grou
 * once the server process has exited -- asked to or not -- signals whatever is left of the group
   with SIGTERM, waits up to ``stop_timeout_s`` and kills the rest with SIGKILL;
 * on Linux also sets the server's parent-death signal, so even a ``kill -9`` of the supervisor
-  takes the server (and, through mlflow's own parent-death signal, uvicorn) down.
+  takes the server (and, through mlflow's own parent-death signal, its uvicorn) down.
 
 Exit status: 0 when a signal asked for the stop (the server stopping as asked is a success,
 as for uvicorn and gunicorn); otherwise the server's own status.
