@@ -401,7 +401,7 @@ def test_sigterm_mid_validation_leaves_no_partial_report(run_stage, user, mlflow
     assert _temporaries(user["root"]) == []
     runs = mlflow.search_runs(experiment_names=["semknobs"])
     validate = runs[runs["tags.semknobs.stage"] == "validate"]
-    assert validate["status"].tolist() == ["FAILED"]  # not left RUNNING
+    assert validate["status"].tolist() == ["KILLED"]  # stopped, not left RUNNING
 
 
 def test_declared_outputs_are_the_dvc_outs():

@@ -426,7 +426,7 @@ def _timed(call, repeats: int) -> list[float]:
 
 def test_search_params_rejects_bad_settings(folders) -> None:
     explainer = KnobExplainer.load(folders["explainer"])
-    from semknobs.explain.bundle import search_params
+    from semknobs.explain.limits import search_params
 
     assert search_params(SEARCH, target="42.5").value == 42.5
     assert search_params(SEARCH, target="lower", steps=None).steps == SEARCH.steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,39 @@ def test_exception_marks_run_failed(in_project: Path) -> None:
         raise RuntimeError("boom")
     assert mlflow.active_run() is None
     assert _client().get_run(run.info.run_id).info.status == "FAILED"
+
+
+STOPPED = """\
+import time
+from semknobs import tracking
+with tracking.stage_run("train", params={"a": 1}) as run:
+    print(run.info.run_id, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "status"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_stopped_stage_ends_its_run_killed(in_project: Path, sig: int, status: int) -> None:
+    """``kill`` or Ctrl-C of a stage: its MLflow run ends KILLED, not left RUNNING."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=in_project,
+    )  # fmt: skip
+    try:
+        run_id = proc.stdout.readline().strip()
+        assert run_id, proc.stderr.read()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == status, proc.stderr.read()
+    assert _client().get_run(run_id).info.status == "KILLED"
 
 
 def test_experiment_name_from_env(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         os.close(fd)
         tmp = Path(name)
     old: Path | None = None
-    with _sigterm_exits():
+    with sigterm_exits():
         try:
             yield tmp
             if directory:
@@ -121,10 +121,11 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """While open, ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, so the
-    ``except``/``finally`` blocks above remove the temporary files. Only where SIGTERM still has
-    its default action (killing without any cleanup): a handler someone installed is kept."""
+def sigterm_exits() -> Iterator[None]:
+    """While open, ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, so ``except``/
+    ``finally`` blocks run: the ones above remove the temporary files, a stage's MLflow run
+    ends KILLED (:func:`semknobs.tracking.stage_run`). Only where SIGTERM still has its default
+    action (killing without any cleanup): a handler someone installed is kept."""
     main = threading.current_thread() is threading.main_thread()
     if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
@@ -137,5 +138,5 @@ def _sigterm_exits() -> Iterator[None]:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    print("terminated (SIGTERM): removing partial outputs", file=sys.stderr)
+    print("terminated (SIGTERM): cleaning up", file=sys.stderr)
     raise SystemExit(128 + signum)

@@ -60,10 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs=4,
         type=float,
         metavar=("SIZE", "POROSITY", "DISPERSITY", "FACETNESS"),
-        help="the inputs' expert scores (default: estimated per tile by the AttGAN)",
+        help="the inputs' expert scores (default: read per tile by the bundle's calibrated meter)",
     )
     explain.add_argument("--lam", type=float, help="Eq. 2 lambda (default: the bundle's)")
-    explain.add_argument("--steps", type=int, help="Adam steps (default: the bundle's)")
+    explain.add_argument(
+        "--steps", type=int, help="optimiser steps per start (default: the bundle's)"
+    )
+    explain.add_argument(
+        "--optimizer", help="Eq. 2 optimiser, as params.yaml names it (default: the bundle's)"
+    )
     explain.add_argument("--delta", type=float, help="requested change (default: the bundle's)")
 
     promote = commands.add_parser("promote", help="gated promotion to alias champion")
@@ -201,6 +206,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise SemknobsError(f"no such file: {', '.join(missing)}")
     explainer = KnobExplainer.load(args.model)
     settings = {"lam": args.lam, "steps": args.steps, "delta": args.delta}
+    settings["optimizer"] = args.optimizer
     try:
         summaries = explain_paths(
             args.images,

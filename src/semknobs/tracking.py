@@ -259,9 +259,12 @@ def stage_run(
     The run is named ``stage`` and tagged ``semknobs.stage``, ``semknobs.execution``,
     ``git.*``, ``data.*`` (see :func:`data_version`, reading ``<root>/dvc.lock``) and ``tags``;
     params are logged flattened (see :func:`params_for_mlflow`). An exception inside the block
-    ends the run as FAILED and propagates; otherwise the run ends FINISHED.
+    ends the run as FAILED and propagates; Ctrl-C or SIGTERM ends it KILLED (not left RUNNING);
+    otherwise the run ends FINISHED.
     """
     import mlflow
+
+    from semknobs.atomic import sigterm_exits
 
     root_path = Path(root if root is not None else Path.cwd()).resolve()
     configure(root_path)
@@ -276,13 +279,17 @@ def stage_run(
     for key, value in (tags or {}).items():
         run_tags[_safe_key(str(key))] = _tag_value(value)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage) as run:
-        mlflow.set_tags(run_tags)
-        items = list(flat.items())
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            mlflow.log_params(dict(items[i : i + _MAX_PARAMS_PER_BATCH]))
-        mlflow.log_dict(to_mapping(params), "params.json")
-        yield run
+    with sigterm_exits(), mlflow.start_run(experiment_id=experiment_id, run_name=stage) as run:
+        try:
+            mlflow.set_tags(run_tags)
+            items = list(flat.items())
+            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+                mlflow.log_params(dict(items[i : i + _MAX_PARAMS_PER_BATCH]))
+            mlflow.log_dict(to_mapping(params), "params.json")
+            yield run
+        except (KeyboardInterrupt, SystemExit):
+            mlflow.end_run("KILLED")
+            raise
 
 
 def _abs(dep: str | os.PathLike[str], root: Path) -> Path:

@@ -8,16 +8,16 @@ the tiling settings (so whole scans are tiled as the pipeline tiled them).
 
 Starting attributes: when the caller gives a tile's attributes (expert scores on the label scale,
 e.g. its lot's labels) they are normalised with the AttGAN's scaler and clipped to [0, 1], as the
-``explain`` stage does. Without them, the AttGAN discriminator's attribute head estimates them
-(``sigmoid`` of its logits; it was trained on the real tiles' normalised labels). That estimate is
-a departure from the paper, which always starts from known lot attributes; the output says which
-was used (``attributes_from``).
+``explain`` stage does. Without them, the bundle's calibrated meter reads them off the tile (knob
+units; an attribute it cannot read starts mid-range); bundles without a meter fall back to the
+AttGAN discriminator's attribute head. Either estimate is a departure from the paper, which always
+starts from known lot attributes; the output says which was used (``attributes_from``). What one
+request may ask is bounded by :mod:`semknobs.explain.limits`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,14 @@ from semknobs.explain.counterfactual import (
     CounterfactualResult,
     KnobCounterfactual,
 )
-from semknobs.explain.measured import MeterCalibration, measured_change
+from semknobs.explain.limits import SearchLimits, search_params
+from semknobs.explain.measured import MeterCalibration
 from semknobs.model_folder import read_folder
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.regressor import RegressorConfig, TargetStats
 from semknobs.pixels import to_model, to_uint8
 
 KIND = "explainer"
-TARGETS = ("higher", "lower")
-_WHOLE = ("steps", "restarts", "p", "seed")
-_REAL = ("lam", "delta", "lr", "value", "margin", "restart_spread", "tolerance")
 
 
 @dataclass(frozen=True)
@@ -57,44 +55,6 @@ class AttGANPart:
 class RegressorPart:
     model: RegressorConfig
     target: TargetStats
-
-
-@dataclass(frozen=True)
-class SearchLimits:
-    """What one explanation request may ask for (``explain.limits`` in params.yaml), checked
-    before any work: the served explainer and ``semknobs explain`` refuse anything outside."""
-
-    max_tiles: int = 256  # tiles per request
-    max_steps: int = 1000  # Adam steps per start
-    max_restarts: int = 16  # starts per tile
-    max_lam: float = 1e4  # Eq. 2 lambda, in [0, max_lam]
-    max_delta: float = 1.0  # requested change: share of the stress range (or that many MPa)
-    deadline_s: float = 30.0  # a served request's search stops after this many seconds
-
-    def check(self, params: CounterfactualParams, stress_range: float) -> None:
-        """Raise ValueError naming every setting out of range."""
-        most_delta = self.max_delta * (stress_range if params.delta_unit == "mpa" else 1.0)
-        ranges = {
-            "steps": (params.steps, 1, self.max_steps),
-            "restarts": (params.restarts, 1, self.max_restarts),
-            "lam": (params.lam, 0.0, self.max_lam),
-            "delta": (params.delta, 0.0, most_delta),
-            "lr": (params.lr, 0.0, 1.0),
-        }
-        bad = [
-            f"{name}={value!r} (allowed {lo:g}..{hi:g})"
-            for name, (value, lo, hi) in ranges.items()
-            if not (np.isfinite(value) and lo <= value <= hi)
-            or (name in ("delta", "lr") and value <= 0)
-        ]
-        if params.target == "value" and not (
-            params.value is not None and np.isfinite(params.value) and params.value > 0
-        ):
-            bad.append(f"target={params.value!r} (a stress must be a finite number of MPa > 0)")
-        if params.p not in (1, 2):
-            bad.append(f"p={params.p!r} (allowed 1 or 2)")
-        if bad:
-            raise ValueError("search settings out of range: " + "; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -135,48 +95,6 @@ def in_batches(
 class Explanation:
     table: pd.DataFrame  # one row per tile, columns as in KnobExplainer.attribute
     result: CounterfactualResult  # the raw search result (edited images included)
-
-
-def search_params(
-    defaults: CounterfactualParams,
-    *,
-    target: str | float | None = None,
-    limits: SearchLimits | None = None,
-    stress_range: float = 1.0,
-    **overrides: Any,
-) -> CounterfactualParams:
-    """``defaults`` with ``target`` ("higher", "lower" or a stress in MPa, as text or a number)
-    and other fields set, checked against ``limits`` (default :class:`SearchLimits`).
-
-    ``None`` values are ignored, so callers can pass optional arguments straight through.
-    Raises ValueError naming every unknown, non-numeric, non-finite or out-of-range setting.
-    """
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(changes) - {f.name for f in dataclasses.fields(CounterfactualParams)}
-    if unknown:
-        raise ValueError(f"unknown search settings: {sorted(unknown)}")
-    if target is not None:
-        text = str(target).strip().lower()
-        if text in TARGETS:
-            changes["target"] = text
-        else:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(
-                    f"target must be 'higher', 'lower' or a stress in MPa, got {target!r}"
-                ) from None
-            changes |= {"target": "value", "value": value}
-    for name, value in list(changes.items()):
-        if name in _WHOLE or name in _REAL:
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if name in _WHOLE and not (np.isfinite(value) and float(value).is_integer()):
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
-            changes[name] = int(value) if name in _WHOLE else float(value)
-    params = dataclasses.replace(defaults, **changes)
-    (limits or SearchLimits()).check(params, stress_range)
-    return params
 
 
 class KnobExplainer:
@@ -301,8 +219,21 @@ class KnobExplainer:
         meter reads the edit changed, knob units (NaN: no reading), plus ``measured_cosine``
         between requested and measured change (1: the edit did what was asked; low: leakage).
         """
-        params = params or self.defaults
-        self.limits.check(params, self.stress_range)
+        (out,) = self.attribute_all(tiles, attributes, [params or self.defaults], deadline)
+        return out
+
+    def attribute_all(
+        self,
+        tiles: np.ndarray,
+        attributes: np.ndarray | None,
+        searches: Sequence[CounterfactualParams],
+        deadline: float | None = None,
+    ) -> list[Explanation]:
+        """:meth:`attribute` for several searches of the same tiles (``semknobs explain``:
+        higher and lower). What does not depend on the search is done once: the checks, the
+        starting knobs, R(I) and the meter's reading of the reconstruction G(I; A)."""
+        for params in searches:
+            self.limits.check(params, self.stress_range)
         if len(tiles) > self.limits.max_tiles:
             raise ValueError(
                 f"{len(tiles)} tiles in one request; at most {self.limits.max_tiles} "
@@ -310,13 +241,31 @@ class KnobExplainer:
             )
         images = self.to_tensor(tiles)
         attrs, source = self.start_attributes(images, attributes)
-        direct = in_batches(self.reg, images, self.batch_size)
-        res = self.search.attribute_batched(images, attrs, params, self.batch_size, deadline)
+        direct = in_batches(self.reg, images, self.batch_size).numpy()
+        recon_reading = None
+        out = []
+        for params in searches:
+            res = self.search.attribute_batched(images, attrs, params, self.batch_size, deadline)
+            measured = None
+            if self.meter is not None:
+                if recon_reading is None:  # G(I; A): the same for every search
+                    recon_reading = self.meter.read(to_uint8(torch.from_numpy(res.recon)))
+                measured = self.meter.read(to_uint8(torch.from_numpy(res.edited))) - recon_reading
+            out.append(Explanation(self._table(res, direct, source, measured), res))
+        return out
+
+    def _table(
+        self,
+        res: CounterfactualResult,
+        direct: np.ndarray,
+        source: str,
+        measured: np.ndarray | None,
+    ) -> pd.DataFrame:
         start = self.scaler.inverse(res.attrs)
         new = self.scaler.inverse(res.new_attrs)
         table = pd.DataFrame(
             {
-                "prediction_mpa": direct.numpy(),
+                "prediction_mpa": direct,
                 "baseline_mpa": res.baseline,
                 "target_mpa": res.target,
                 "achieved_mpa": res.achieved,
@@ -325,11 +274,6 @@ class KnobExplainer:
                 "attributes_from": source,
             }
         )
-        measured = None
-        if self.meter is not None:
-            measured = measured_change(
-                self.meter, torch.from_numpy(res.recon), torch.from_numpy(res.edited)
-            )
         for j, a in enumerate(ATTRIBUTES):
             table[f"start_{a}"] = start[:, j]
             table[f"new_{a}"] = new[:, j]
@@ -339,7 +283,7 @@ class KnobExplainer:
                 table[f"measured_delta_{a}"] = measured[:, j]
         if measured is not None:
             table["measured_cosine"] = _cosine_rows(res.delta_attrs, measured)
-        return Explanation(table, res)
+        return table
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

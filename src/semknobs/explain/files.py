@@ -156,7 +156,7 @@ def explain_paths(
         start = None
         if attributes is not None:
             start = np.tile(np.asarray(attributes, float), (len(tiles), 1))
-        runs = {t: explainer.attribute(tiles, start, s) for t, s in searches.items()}
+        runs = dict(zip(searches, explainer.attribute_all(tiles, start, list(searches.values()))))
         table = pd.concat(
             [
                 where.assign(input=str(path), tile=np.arange(len(tiles)), target=t).join(r.table)

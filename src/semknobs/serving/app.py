@@ -11,7 +11,7 @@ string param and parses ``NaN``/``Infinity``: a request must either mean what it
   declares ``target`` a string: "higher", "lower" or a stress in MPa).
 
 Everything else (ranges, tile count, the per-request deadline that stops the search) is the
-model's own check (:class:`semknobs.explain.bundle.SearchLimits`), so Python callers get it too.
+model's own check (:class:`semknobs.explain.limits.SearchLimits`), so Python callers get it too.
 The model folder comes from the variable MLflow's own app reads; model_config from
 ``SERVING_MODEL_CONFIG`` (JSON), as ``mlflow models serve`` passes it; :func:`serve_command` sets
 both.

@@ -1,9 +1,9 @@
 """Run a server command as a process tree that stops as one (``semknobs serve``).
 
 A server is a process tree: ``uvicorn`` (ours, or the one ``mlflow models serve`` and ``mlflow
-ui`` start) with, for ``--workers`` > 1, worker processes. Killing only the process we started leaves the rest running and
-answering on the port. So the server is started in its own session (process group), and
-:func:`supervise`:
+ui`` start) with, for ``--workers`` > 1, worker processes. Killing only the process we started
+leaves the rest running and answering on the port. So the server is started in its own session
+(process group), and :func:`supervise`:
 
 * forwards SIGINT and SIGTERM (SIGHUP as SIGTERM) to the whole group; a second signal sends
   SIGKILL;

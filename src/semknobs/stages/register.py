@@ -36,8 +36,9 @@ from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
-from semknobs.explain.bundle import SearchLimits, save_explainer_dir
+from semknobs.explain.bundle import save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.explain.limits import SearchLimits
 from semknobs.explain.measured import fit_from_files
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.model_folder import read_config
