@@ -43,6 +43,9 @@ def _signature(config: Mapping[str, Any]):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from semknobs.config import from_mapping
+    from semknobs.explain.counterfactual import CounterfactualParams
+
     inputs = Schema(
         [ColSpec("string", "image")] + [ColSpec("double", a, required=False) for a in ATTRIBUTES]
     )
@@ -50,15 +53,17 @@ def _signature(config: Mapping[str, Any]):
     columns = [ColSpec("double", c) for c in numbers]
     columns += [ColSpec("boolean", "success"), ColSpec("string", "attributes_from")]
     for a in ATTRIBUTES:
-        columns += [ColSpec("double", f"{k}_{a}") for k in ("start", "delta", "new")]
-    cf = config.get("counterfactual") or {}
+        kinds = ("start", "new", "change", "knob_delta", "measured_delta")
+        columns += [ColSpec("double", f"{k}_{a}") for k in kinds]
+    columns += [ColSpec("double", "measured_cosine")]
+    cf = from_mapping(CounterfactualParams, config.get("counterfactual") or {})
     params = ParamSchema(
         [
-            ParamSpec("target", "string", str(cf.get("target", "higher"))),
-            ParamSpec("lam", "double", float(cf.get("lam", 1.0))),
-            ParamSpec("steps", "long", int(cf.get("steps", 100))),
-            ParamSpec("delta", "double", float(cf.get("delta", 0.1))),
-            ParamSpec("restarts", "long", int(cf.get("restarts", 3))),
+            ParamSpec("target", "string", str(cf.value if cf.target == "value" else cf.target)),
+            ParamSpec("lam", "double", float(cf.lam)),
+            ParamSpec("steps", "long", int(cf.steps)),
+            ParamSpec("delta", "double", float(cf.delta)),
+            ParamSpec("restarts", "long", int(cf.restarts)),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=Schema(columns), params=params)
