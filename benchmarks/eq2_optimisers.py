@@ -32,19 +32,13 @@ CONFIGS = [("adam", 3, n) for n in (30, 50, 100, 150)] + [("bfgs", 3, n) for n i
 CONFIGS += [("bfgs", 1, 60), ("bfgs", 2, 20), ("bfgs", 2, 30), ("bfgs", 2, 45)]
 
 
-def _tiles(lots: list[str], per_lot: int, seed: int):
-    tiles, manifest = load_tiles(Path("data/tiles"))
+def _tiles(tiles: np.ndarray, manifest, lots: list[str], per_lot: int, seed: int):
     rng = np.random.default_rng(seed)
     lot_col = manifest["lot"].to_numpy()
     rows = np.concatenate(
         [rng.choice(np.flatnonzero(lot_col == lot), per_lot, replace=False) for lot in lots]
     )
     return tiles[rows], manifest["lot"].iloc[rows].to_numpy()
-
-
-def _objective(res, params) -> np.ndarray:
-    scale = np.abs(res.target - res.baseline)
-    return params.lam * ((res.achieved - res.target) / scale) ** 2 + res.distance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,22 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     explainer = KnobExplainer.from_folder(args.bundle)
     splits = read_splits(Path("data/splits.json"))  # the split stage's output (dvc.yaml)
     labels = read_lots(Path(raw["data"]["lots"])).set_index("lot")
+    all_tiles, manifest = load_tiles(Path("data/tiles"))
     rows = []
     for split, lots in (("train", list(splits.train)), ("test", list(splits.test))):
-        tiles, lot_of = _tiles(lots, args.per_lot, seed=0)
-        start = labels.loc[lot_of, list(ATTRIBUTES)].to_numpy(float)
+        tiles, lot_of = _tiles(all_tiles, manifest, lots, args.per_lot, seed=0)
         images = to_model(tiles)
+        start = labels.loc[lot_of, list(ATTRIBUTES)].to_numpy(float)
+        attrs, _ = explainer.start_attributes(images, start)
         for optimizer, restarts, steps in CONFIGS:
             objective, success, seconds = [], [], 0.0
             for target in ("higher", "lower"):
                 params = explainer.settings(
                     target=target, optimizer=optimizer, steps=steps, restarts=restarts
                 )
-                attrs, _ = explainer.start_attributes(images, start)
                 t0 = time.perf_counter()
                 res = explainer.search.attribute(images, attrs, params)
                 seconds += time.perf_counter() - t0
-                objective.append(_objective(res, params))
+                objective.append(res.objective)
                 success.append(res.success)
             rows.append(
                 {

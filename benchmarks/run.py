@@ -519,12 +519,6 @@ def _table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_OLD_PREFIXES = {  # rows written before rows named their bench
-    "counterfactual": ("counterfactual",),
-    "serve": ("served explainer", "explainer server"),
-}
-
-
 def _kept_rows(out: Path, rerun: set[str]) -> list[dict]:
     """A partial run (``--only``) keeps the other benches' rows of the previous results,
     marked with that run's date."""
@@ -533,10 +527,7 @@ def _kept_rows(out: Path, rerun: set[str]) -> list[dict]:
     old = json.loads(out.read_text())
     kept = []
     for row in old.get("rows", []):
-        bench = row.get("bench") or next(
-            (b for b, pre in _OLD_PREFIXES.items() if row["name"].startswith(pre)), ""
-        )
-        if bench not in rerun:
+        if row.get("bench", "") not in rerun:
             kept.append(row | {"note": (row["note"] + f" (run {old.get('date', '?')})").strip()}
                         if "(run " not in row["note"] else row)  # fmt: skip
     return kept
@@ -565,8 +556,6 @@ def main(argv: list[str] | None = None) -> int:
             rows += [r | {"bench": name} for r in BENCHES[name](args, work)]
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    for row in rows:
-        row.setdefault("bench", "")
     kept = _kept_rows(args.out, set(args.only)) if set(args.only) != set(BENCHES) else []
     rows = kept + rows
     results = {

@@ -94,6 +94,15 @@ def lines_about(result, lot: str) -> list[str]:
     return [line for line in result.failures if f"lot {lot}" in line or f", {lot}" in line]
 
 
+def _failed_report(lots_csv: Path, tiles_dir: Path, report_dir: Path) -> str:
+    """The report of a validation that must fail."""
+    with pytest.raises(ValidationFailed) as info:
+        validate_dataset(
+            params=ValidateParams(), lots_csv=lots_csv, tiles_dir=tiles_dir, report_dir=report_dir
+        )
+    return str(info.value)
+
+
 def test_clean_dataset_passes_and_writes_data_docs(tmp_path: Path) -> None:
     result = check(tmp_path)
     assert result.success, result.failures
@@ -231,11 +240,7 @@ def test_validate_dataset_reports_quality_failures_then_raises(tmp_path: Path) -
     tiles["A"][0] = 60
     lots_csv, tiles_dir = write_dataset(tmp_path, tiles, ["A", "B", "C"])
     report_dir = tmp_path / "report"
-    with pytest.raises(ValidationFailed) as info:
-        validate_dataset(
-            params=ValidateParams(), lots_csv=lots_csv, tiles_dir=tiles_dir, report_dir=report_dir
-        )
-    report = str(info.value)
+    report = _failed_report(lots_csv, tiles_dir, report_dir)
     assert report.startswith("Data validation FAILED (3 problems)")
     for text in ("lot A: 1 blank tile", "lot B: only 3 tiles", "lot C has a label row but no"):
         assert text in report
@@ -258,14 +263,7 @@ def test_validate_dataset_collects_schema_failures_of_both_files(tmp_path: Path)
     stale = tmp_path / "report" / "data_docs"
     stale.mkdir(parents=True)
 
-    with pytest.raises(ValidationFailed) as info:
-        validate_dataset(
-            params=ValidateParams(),
-            lots_csv=lots_csv,
-            tiles_dir=tiles_dir,
-            report_dir=tmp_path / "report",
-        )
-    report = str(info.value)
+    report = _failed_report(lots_csv, tiles_dir, tmp_path / "report")
     assert "lots.csv: line 3 (lot 'B'): peak_stress = -3.0 fails greater_than(0)" in report
     assert "line 4 (lot 'A', tile 2): frac_dark = 2.0 fails in_range(0, 1)" in report
     assert "Quality checks not run: " in report  # a broken manifest stops the tile suite
@@ -282,14 +280,7 @@ def test_validate_lists_label_schema_and_tile_quality_problems_together(tmp_path
     lots = pd.read_csv(lots_csv).drop(columns=["facetness"])
     lots.loc[1, "peak_stress"] = -3.0
     lots.to_csv(lots_csv, index=False)
-    with pytest.raises(ValidationFailed) as info:
-        validate_dataset(
-            params=ValidateParams(),
-            lots_csv=lots_csv,
-            tiles_dir=tiles_dir,
-            report_dir=tmp_path / "report",
-        )
-    report = str(info.value)
+    report = _failed_report(lots_csv, tiles_dir, tmp_path / "report")
     expected = [
         f"{lots_csv}: lot label table lacks required column(s) facetness",
         f"{lots_csv}: line 3 (lot 'B'): peak_stress = -3.0 fails greater_than(0)",
@@ -336,27 +327,13 @@ def test_validate_dataset_checks_shards_against_the_manifest(tmp_path: Path) -> 
     lots_csv, tiles_dir = write_dataset(tmp_path, make_tiles({"A": 8, "B": 8}), ["A", "B"])
     (tiles_dir / "B.npy").unlink()
     np.save(tiles_dir / "A.npy", noise_tiles(5, 0))
-    with pytest.raises(ValidationFailed) as info:
-        validate_dataset(
-            params=ValidateParams(),
-            lots_csv=lots_csv,
-            tiles_dir=tiles_dir,
-            report_dir=tmp_path / "report",
-        )
-    report = str(info.value)
+    report = _failed_report(lots_csv, tiles_dir, tmp_path / "report")
     assert "B.npy: shard of lot B listed in manifest.csv is missing" in report
     assert "A.npy: manifest.csv indexes tile 7 of lot A but the shard holds 5 tiles" in report
 
 
 def test_validate_dataset_missing_inputs_are_reported_together(tmp_path: Path) -> None:
-    with pytest.raises(ValidationFailed) as info:
-        validate_dataset(
-            params=ValidateParams(),
-            lots_csv=tmp_path / "lots.csv",
-            tiles_dir=tmp_path / "tiles",
-            report_dir=tmp_path / "report",
-        )
-    report = str(info.value)
+    report = _failed_report(tmp_path / "lots.csv", tmp_path / "tiles", tmp_path / "report")
     assert "lots.csv: lot label table not found" in report
     assert "manifest.csv: tile manifest not found" in report
     assert (tmp_path / "report" / "report.txt").is_file()

@@ -205,8 +205,9 @@ def _explain(args: argparse.Namespace) -> int:
     if missing:
         raise SemknobsError(f"no such file: {', '.join(missing)}")
     explainer = KnobExplainer.load(args.model)
-    settings = {"lam": args.lam, "steps": args.steps, "delta": args.delta}
-    settings["optimizer"] = args.optimizer
+    settings = {
+        "lam": args.lam, "steps": args.steps, "delta": args.delta, "optimizer": args.optimizer,
+    }  # fmt: skip
     try:
         summaries = explain_paths(
             args.images,
@@ -266,14 +267,15 @@ def _compare(args: argparse.Namespace) -> int:
     import shutil
 
     from semknobs import compare, tracking
-    from semknobs.config import load_params, load_section
+    from semknobs.config import load_params, section
     from semknobs.lifecycle.promote import PromoteParams
 
     if args.last < 1:
         raise SemknobsError(f"--last must be at least 1, got {args.last}")
     promote = PromoteParams()
-    if Path(args.params).exists() and "promote" in load_params(args.params):
-        promote = load_section(PromoteParams, "promote", args.params)
+    raw = load_params(args.params) if Path(args.params).exists() else {}
+    if "promote" in raw:
+        promote = section(PromoteParams, raw, "promote", args.params)
     elif not args.metric:
         print(f"semknobs: no promote gates in {args.params}: no metric rows", file=sys.stderr)
     if not os.environ.get("MLFLOW_TRACKING_URI") and not Path(TRACKING_DB).is_file():
@@ -354,12 +356,12 @@ def _ui(args: argparse.Namespace) -> int:
 def _print_runs_page(store: str, base_url: str) -> None:
     """Where the runs table is (MLflow 3's UI otherwise lands on its GenAI Traces page)."""
     from semknobs import tracking
-    from semknobs.names import EXPERIMENT
 
     try:
         from mlflow.tracking import MlflowClient
 
-        experiment = MlflowClient(tracking_uri=store).get_experiment_by_name(EXPERIMENT)
+        name = tracking.experiment_name()
+        experiment = MlflowClient(tracking_uri=store).get_experiment_by_name(name)
     except Exception:
         experiment = None
     if experiment is not None:

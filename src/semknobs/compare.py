@@ -29,7 +29,6 @@ import fnmatch
 import json
 import math
 import re
-import subprocess
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 
 from semknobs.errors import SemknobsError
 from semknobs.lifecycle.promote import Gate, PromoteParams, check_gates, version_metrics
+from semknobs.lineage import run_git
 from semknobs.names import MODEL_NAMES
 
 KINDS = ("regressor", "attgan", "explainer")  # row order: prediction, editor, explanations
@@ -108,18 +108,8 @@ class Comparison:
 
 def repo_commits(root: Path | str = ".") -> set[str] | None:
     """Every commit reachable from any ref of the git repository at ``root`` (None: no git)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-list", "--all"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commits = set(out.stdout.split()) if out.returncode == 0 else set()
-    return commits or None
+    out = run_git(Path(root), "rev-list", "--all", timeout=30)
+    return set(out.split()) or None if out is not None else None
 
 
 def _all_runs(client: Any, experiment_id: str) -> list[Any]:
@@ -264,13 +254,12 @@ def compare(
     metric_rows: dict[str, list] = {}
     gates_passed: dict[str, list[tuple[int, int]]] = {}
     for kind in KINDS:
-        name = MODEL_NAMES[kind]
-        gates = promote.gates_of(name) if name in promote.names() else []
+        gates = promote.gates.get(kind, [])
         keys = list(dict.fromkeys(g.metric for g in gates))
         present = sorted({k for e in executions for k in e.metrics.get(kind, {})})
         for pattern in extra_metrics:
             scope, _, pat = pattern.rpartition(":")
-            if scope and scope not in (kind, name):
+            if scope and scope not in (kind, MODEL_NAMES[kind]):
                 continue
             keys += [k for k in present if fnmatch.fnmatchcase(k, pat) and k not in keys]
         rows = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -35,7 +36,11 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def load_section(cls: type[T], name: str, path: str | Path = "params.yaml") -> T:
     """The dataclass ``cls`` built from section ``name`` of the params file at ``path``."""
-    params = load_params(path)
+    return section(cls, load_params(path), name, path)
+
+
+def section(cls: type[T], params: Mapping[str, Any], name: str, path: str | Path) -> T:
+    """:func:`load_section` of params already read from ``path`` (one read for several)."""
     if name not in params:
         raise ParamsError(f"{path}: no section '{name}'")
     return from_mapping(cls, params[name], where=f"{path}: {name}")

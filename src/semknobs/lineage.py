@@ -29,13 +29,16 @@ _GIT_TIMEOUT_S = 5.0
 _MAX_KEY = 250
 
 
-def _git(root: Path, *args: str, strip: bool = True) -> str | None:
+def run_git(
+    root: Path, *args: str, strip: bool = True, timeout: float = _GIT_TIMEOUT_S
+) -> str | None:
+    """``git -C root args`` output, or None when git is missing, fails or takes too long."""
     try:
         proc = subprocess.run(
             ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
-            timeout=_GIT_TIMEOUT_S,
+            timeout=timeout,
             env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"},
             check=False,
         )
@@ -61,8 +64,8 @@ def git_info(root: Path | str | None = None) -> dict[str, str]:
     file is dirty.
     """
     root = Path(root if root is not None else Path.cwd())
-    commit = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    branch = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
+    commit = run_git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    branch = run_git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
     if branch is None and commit:
         branch = "HEAD"
     changed = changed_sources(root)
@@ -78,8 +81,8 @@ def changed_sources(root: Path | str) -> list[str] | None:
     ``git status`` reports, less :func:`dvc_written` (see :func:`git_info`); None outside a git
     repository or when git fails."""
     root = Path(root)
-    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", strip=False)
-    prefix = _git(root, "rev-parse", "--show-prefix")
+    status = run_git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", strip=False)
+    prefix = run_git(root, "rev-parse", "--show-prefix")
     if status is None or prefix is None:
         return None
     written = {prefix + p for p in dvc_written(root)}  # prefix: root below the top level

@@ -128,13 +128,6 @@ class LoggedModelRef:
     def to_dict(self) -> dict[str, str]:
         return {"model_uri": self.model_uri, "model_id": self.model_id, "run_id": self.run_id}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LoggedModelRef:
-        try:
-            return cls(str(data["model_uri"]), str(data["model_id"]), str(data["run_id"]))
-        except (KeyError, TypeError) as exc:
-            raise ModelError(f"not a logged-model reference ({exc}): {dict(data)}") from None
-
 
 FOLDER_TAG = "semknobs.folder_sha256"  # a logged model's tag: the digest of its folder
 

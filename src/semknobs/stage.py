@@ -35,6 +35,7 @@ from typing import Any
 
 from semknobs.atomic import atomic_path
 from semknobs.errors import SemknobsError
+from semknobs.lineage import reproducible
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -77,8 +78,6 @@ def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:
     """A flat JSON of ``split/metric`` keys (DVC metrics); NaN becomes null. Timings
     (:func:`semknobs.lineage.is_timing`) are left out: a rerun of the same inputs rewrites the
     file byte for byte; the stage's MLflow run has them (:func:`publish` logs the result)."""
-    from semknobs.lineage import reproducible
-
     clean = {
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in reproducible(metrics).items()

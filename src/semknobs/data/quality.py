@@ -365,8 +365,7 @@ def check_quality(
     tables = {"tiles": manifest.reset_index(drop=True)}
     labelled = None
     if lots is not None:
-        index = lots.index.to_numpy()
-        line = index + 2 if np.issubdtype(index.dtype, np.integer) else np.arange(len(lots)) + 2
+        line = lots.index.to_numpy() + 2  # the CSV's row index: header is line 1
         tables["lots"] = pd.DataFrame({"lot": lots["lot"].astype(str).to_numpy(), "_line": line})
         labelled = sorted(tables["lots"]["lot"].unique())
     tables["lot_counts"] = pd.DataFrame(

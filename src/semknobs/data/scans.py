@@ -29,6 +29,11 @@ class ScanFile:
     path: Path
 
 
+def is_scan(path: Path) -> bool:
+    """A file name the pipeline tiles: not hidden, a scan suffix."""
+    return not path.name.startswith(".") and path.suffix.lower() in SCAN_SUFFIXES
+
+
 def find_scans(raw_dir: Path) -> list[ScanFile]:
     """All scans under ``raw_dir``, sorted by lot then scan; refuses ambiguous layouts."""
     raw_dir = Path(raw_dir)
@@ -46,7 +51,7 @@ def find_scans(raw_dir: Path) -> list[ScanFile]:
             raise DataError(f"{entry}: lot folder name must match [A-Za-z0-9_-]+")
         stems: dict[str, Path] = {}
         for path in sorted(entry.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() not in SCAN_SUFFIXES:
+            if not is_scan(path):
                 continue
             if path.stem in stems:
                 raise DataError(

@@ -25,7 +25,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from semknobs.atomic import atomic_path
-from semknobs.data.scans import SCAN_SUFFIXES, ScanFile, find_scans, read_scan
+from semknobs.data.scans import SCAN_SUFFIXES, ScanFile, find_scans, is_scan, read_scan
 from semknobs.errors import DataError, ParamsError
 
 MANIFEST_COLUMNS = (
@@ -220,7 +220,7 @@ def skipped_files(raw_dir: Path, limit: int = 10) -> list[str]:
     empty: list[str] = []
     for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir() and p.name[0] != "."):
         files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name[0] != "."]
-        scans = [p for p in files if p.suffix.lower() in SCAN_SUFFIXES]
+        scans = [p for p in files if is_scan(p)]
         other += [p.relative_to(raw_dir).as_posix() for p in files if p not in scans]
         if not scans:
             empty.append(folder.name)

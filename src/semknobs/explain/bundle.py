@@ -30,6 +30,7 @@ from torch import nn
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import to_mapping
 from semknobs.errors import ModelError
+from semknobs.evaluation.fidelity import cosine
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
     CounterfactualResult,
@@ -40,7 +41,7 @@ from semknobs.explain.measured import MeterCalibration
 from semknobs.model_folder import read_folder
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.regressor import RegressorConfig, TargetStats
-from semknobs.pixels import to_model, to_uint8
+from semknobs.pixels import model_to_uint8, to_model, to_uint8
 
 KIND = "explainer"
 
@@ -249,8 +250,8 @@ class KnobExplainer:
             measured = None
             if self.meter is not None:
                 if recon_reading is None:  # G(I; A): the same for every search
-                    recon_reading = self.meter.read(to_uint8(torch.from_numpy(res.recon)))
-                measured = self.meter.read(to_uint8(torch.from_numpy(res.edited))) - recon_reading
+                    recon_reading = self.meter.read(model_to_uint8(res.recon[:, 0]))
+                measured = self.meter.read(model_to_uint8(res.edited[:, 0])) - recon_reading
             out.append(Explanation(self._table(res, direct, source, measured), res))
         return out
 
@@ -287,11 +288,11 @@ class KnobExplainer:
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row cosines over the attributes both give (NaN readings left out)."""
+    """Row cosines over the attributes both give (NaN readings left out; NaN for a zero row)."""
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
-    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norm > 0, (a * b).sum(axis=1) / np.where(norm > 0, norm, 1), np.nan)
+    defined = (np.linalg.norm(a, axis=1) > 0) & (np.linalg.norm(b, axis=1) > 0)
+    return np.where(defined, cosine(a, b), np.nan)
 
 
 def save_explainer_dir(

@@ -76,6 +76,7 @@ class CounterfactualResult:
     target: np.ndarray  # (n,) p'
     achieved: np.ndarray  # (n,) R(G(I; A')) in MPa
     distance: np.ndarray  # (n,) || anchor - G(I; A') ||_p (anchor: G(I; A) or I)
+    objective: np.ndarray  # (n,) the Eq. 2 objective at A' (the winning start's best)
     success: np.ndarray  # (n,) bool
     edited: np.ndarray  # (n, 1, S, S) G(I; A') in [-1, 1]
     recon: np.ndarray  # (n, 1, S, S) G(I; A) in [-1, 1]
@@ -156,6 +157,7 @@ class KnobCounterfactual:
         )
         winner = best_obj.view(starts, n).argmin(dim=0)  # (n,) the best start per tile
         best = best.view(starts, n, -1)[winner, torch.arange(n)]
+        objective = best_obj.view(starts, n)[winner, torch.arange(n)]
 
         with torch.no_grad():
             edited = _decode(self.gen, code, images, best)
@@ -170,6 +172,7 @@ class KnobCounterfactual:
             target=as_np(target),
             achieved=as_np(achieved),
             distance=as_np(distance),
+            objective=as_np(objective),
             success=as_np(success),
             edited=as_np(edited),
             recon=as_np(recon),
@@ -243,15 +246,18 @@ def _decode(gen, code, images, attrs) -> torch.Tensor:
     return gen(images, attrs) if code is None else gen.decode(code, attrs)
 
 
-def _evaluate(objective, x: torch.Tensor, deadline: float | None, done: int):
-    """Per-row objectives and their gradients at ``x`` (detached), after the deadline check."""
+def _evaluate(objective, x: torch.Tensor, deadline: float | None, done: int, grad: bool = True):
+    """Per-row objectives at ``x`` (detached) and, if ``grad``, their gradients (else None),
+    after the deadline check."""
     if deadline is not None and time.monotonic() > deadline:
         raise SearchDeadline(f"the search passed its deadline after {done} steps")
+    if not grad:  # the last point is only scored
+        with torch.no_grad():
+            return objective(x.detach()), None
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         obj = objective(x)
-        grad = torch.autograd.grad(obj.sum(), x)[0]
-    return obj.detach(), grad
+        return obj.detach(), torch.autograd.grad(obj.sum(), x)[0]
 
 
 def _adam_rows(
@@ -268,7 +274,7 @@ def _adam_rows(
     var, m, v = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
     best, best_obj = init.clone(), torch.full((len(init),), float("inf"), device=init.device)
     for step in range(1, params.steps + 2):  # the last pass only scores the final point
-        obj, grad = _evaluate(objective, var, deadline, step - 1)
+        obj, grad = _evaluate(objective, var, deadline, step - 1, grad=step <= params.steps)
         better = obj < best_obj
         best[better], best_obj[better] = var[better], obj[better]
         if step > params.steps:
@@ -311,9 +317,11 @@ def _bfgs_rows(
             d = torch.where(uphill[:, None], -(inv_h @ g[:, :, None]).squeeze(-1), d)
             blocked = ((x <= lo) & (d < 0)) | ((x >= hi) & (d > 0))
         trial = (x + length[:, None] * d * ~blocked).clamp(lo, hi)
-        f_t, g_t = _evaluate(objective, trial, deadline, step)
+        f_t, g_t = _evaluate(objective, trial, deadline, step, grad=step < params.steps)
         better = f_t < best_obj
         best[better], best_obj[better] = trial[better], f_t[better]
+        if g_t is None:  # the last trial is only scored
+            break
         s, y = trial - x, g_t - g
         accept = f_t <= f + armijo * (g * s).sum(dim=1)  # NaN: refused
         sy = (s * y).sum(dim=1)

@@ -177,22 +177,26 @@ def corrected_attribution(
     look), re-estimating ``J`` and the mean attribution each time."""
     lots = np.asarray(lots)
     mean_j = _mean_jacobian(jacobian)
-    solve = lambda j: np.linalg.solve(j.T, gradient.T).T  # noqa: E731
-    attribution = solve(mean_j)
+    attribution = _solve(mean_j, gradient)
     names = np.unique(lots)
+    members = {lot: np.flatnonzero(lots == lot) for lot in names}
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(bootstrap):
-        drawn = rng.choice(names, len(names))
-        pick = np.concatenate([np.flatnonzero(lots == lot) for lot in drawn])
+        pick = np.concatenate([members[lot] for lot in rng.choice(names, len(names))])
         j = _mean_jacobian(jacobian[pick])
         if np.isfinite(j).all() and np.linalg.cond(j) < 1e6:
-            draws.append(np.linalg.solve(j.T, gradient[pick].T).T.mean(axis=0))
+            draws.append(_solve(j, gradient[pick]).mean(axis=0))
     interval = np.percentile(draws, [2.5, 97.5], axis=0) if draws else np.full((2, K), np.nan)
     condition = float(np.linalg.cond(mean_j))
     spans_zero = ~((interval[0] > 0) | (interval[1] < 0))
     flags = spans_zero | (condition > max_condition)
     return CorrectedAttribution(attribution, mean_j, condition, interval, flags)
+
+
+def _solve(jacobian: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """``s = J^-T g`` for every row of ``gradient`` (n, 4)."""
+    return np.linalg.solve(jacobian.T, gradient.T).T
 
 
 def _mean_jacobian(jacobian: np.ndarray) -> np.ndarray:

@@ -121,12 +121,10 @@ def serve_command(
     from semknobs.serving.client import interpreter_env
 
     config = {} if deadline_s is None else {"deadline_s": float(deadline_s)}
-    timeout = int(max(60.0, 2 * (deadline_s or 30.0) + 10))
     env = interpreter_env(
         **{
             scoring_server._SERVER_MODEL_PATH: str(model_dir),
             scoring_server.SERVING_MODEL_CONFIG: json.dumps(config),
-            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(timeout),
         }
     )
     argv = [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port),
@@ -138,6 +136,13 @@ def build() -> Any:
     model = scoring_server.load_model_with_mlflow_config(
         os.environ[scoring_server._SERVER_MODEL_PATH]
     )
+    # MLflow's request timeout (read by init) beyond the model's own deadline, which already
+    # holds the --deadline override: the search answers 504 before MLflow gives up on it
+    try:
+        deadline = float(getattr(model.unwrap_python_model(), "deadline_s", 30.0))
+    except Exception:  # not a python model
+        deadline = 30.0
+    os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(max(60.0, 2 * deadline + 10)))
     schema = model.metadata.get_params_schema()
     known = {p.name for p in schema.params} if schema else set()
     return gate(scoring_server.init(model), known, int(MAX_BODY_MB * 2**20))

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from semknobs.serving.supervise import signal_group
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -109,11 +111,9 @@ def running_server(
                 raise RuntimeError(f"{exc}\n{Path(log_path).read_text()[-3000:]}") from None
             yield startup
         finally:
-            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-                os.killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)  # the group may be gone already
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -31,7 +31,7 @@ from typing import Any
 
 from semknobs import registry, tracking
 from semknobs.attributes import AttributeScaler
-from semknobs.config import from_mapping, load_params, load_section
+from semknobs.config import from_mapping, load_params, section
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
@@ -95,13 +95,13 @@ class Paths:
 def load(params_file: Path, paths: Paths) -> Params:
     raw = load_params(params_file)
     return Params(
-        register=load_section(RegisterParams, NAME, params_file),
+        register=section(RegisterParams, raw, NAME, params_file),
         counterfactual=search_params_from(raw, str(params_file)),
-        tile=load_section(TileParams, "tile", params_file),
+        tile=section(TileParams, raw, "tile", params_file),
         limits=from_mapping(
             SearchLimits, raw.get("explain", {}).get("limits"), f"{params_file}: explain.limits"
         ),
-        meter=load_section(MeasureParams, "measure", params_file).meter,
+        meter=section(MeasureParams, raw, "measure", params_file).meter,
     )
 
 
@@ -115,7 +115,8 @@ def logged_params(params: Params) -> dict[str, Any]:
 
 def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageResult:
     labels = read_lots(paths.lots)
-    train = labels[labels["lot"].isin(read_splits(paths.splits).train)]
+    train_lots = list(read_splits(paths.splits).train)
+    train = labels[labels["lot"].isin(train_lots)]
     stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
     metrics = {
         "attgan": {k: v for path in paths.attgan_metrics for k, v in _read_json(path).items()},
@@ -133,7 +134,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         meter = fit_from_files(
             paths.measurements,
             labels,
-            list(read_splits(paths.splits).train),
+            train_lots,
             AttributeScaler.from_dict(gan["scaler"]),
             params.meter,
         )

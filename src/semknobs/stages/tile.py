@@ -60,8 +60,8 @@ def sheet_labels(lots_csv: Path, tiled: pd.Series) -> pd.DataFrame | None:
     """
     try:
         frame = pd.read_csv(lots_csv, dtype={"lot": str}, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None  # ValueError covers UnicodeDecodeError
+    except (OSError, ValueError):  # pandas' parser errors and UnicodeDecodeError included
+        return None
     if any(c not in frame.columns for c in ("lot", *ATTRIBUTES)):
         return None
     frame = frame[["lot", *ATTRIBUTES]].drop_duplicates("lot")
