@@ -170,7 +170,8 @@ def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
 
 
 # One train_step at a fixed architecture, 1 thread: s/step. argv: overrides (JSON) of
-# train_attgan.train; with lambda_concept > 0 a concept network is attached (random readings).
+# train_attgan.train; with lambda_concept > 0 a concept network is attached (random readings),
+# with lambda_regressor > 0 an untrained regressor as train_regressor (tuned) builds it.
 _STEP_PROBE = """
 import json, sys, time
 import numpy as np, torch
@@ -193,6 +194,13 @@ if getattr(p, "lambda_concept", 0) > 0:
     trainer.attach_concept(images, np.random.default_rng(0).random((n, 4)),
                            torch.rand(8, 4).repeat_interleave(8, 0), lots, MeterParams())
     trainer.concept_ready = True  # pre-training is not a step
+if getattr(p, "lambda_regressor", 0) > 0:  # an untrained regressor of the configured preset
+    from semknobs.models.regressor import PeakStressRegressor
+    from semknobs.stages.train_regressor import Params as RegParams
+    from semknobs.config import load_tuned_section
+    rp = load_tuned_section(RegParams, "train_regressor", sys.argv[1], "tuned/regressor.yaml")
+    reg = PeakStressRegressor(rp.train.model, 45.0, 8.0)
+    trainer.attach_regressor(reg, torch.randint(0, 256, (64, s, s), dtype=torch.uint8))
 for _ in range(3):
     trainer.train_step(x, a)
 times = []

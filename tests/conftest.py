@@ -16,6 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def save_tiny_regressor(
+    folder: Path, scaler: dict | None = None, seed: int | None = 0, img_size: int = 64
+) -> Path:
+    """A real (untrained) tiny regressor folder, as train_regressor writes one (``seed=None``:
+    initialised from torch's current random state)."""
+    import torch
+
+    from semknobs.config import to_mapping
+    from semknobs.model_folder import save_model_dir
+    from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = RegressorConfig(preset="tiny", img_size=img_size)
+    reg = PeakStressRegressor(cfg, target_mean=45.0, target_std=8.0)
+    config = {"model": to_mapping(cfg), "img_size": cfg.img_size, "target": reg.target_stats}
+    if scaler is not None:
+        config["scaler"] = scaler
+    save_model_dir(folder, kind="regressor", weights={"regressor": reg}, config=config)
+    return folder
+
+
 def tiny_synth_params(**overrides) -> SynthParams:
     """The real generator with the default look, shrunk: 6 lots x 1 scan x 2x3 fields."""
     base = SynthParams(n_lots=6, scans_per_lot=1, fields_y=2, fields_x=3, n_jobs=1)

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import numpy as np
@@ -5,6 +6,8 @@ import pytest
 import torch
 
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
+from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
+from semknobs.pixels import to_model
 from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
 
 CONFIGS = {
@@ -134,3 +137,45 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     a, b = _weights(straight), _weights(resumed)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _regressor(size: int) -> PeakStressRegressor:
+    torch.manual_seed(3)
+    return PeakStressRegressor(RegressorConfig(preset="tiny", img_size=size), 45.0, 8.0).eval()
+
+
+def test_the_regressor_feature_loss_is_the_documented_one():
+    """The logged term is |(F(G(x, a)) - F(x)) / s|^2, s the features' spread over the real
+    tiles, and the logged shift R(G(x, a)) - R(x): recomputed from a copy of the generator."""
+    params = AttGANTrainParams(
+        model=TINY, batch_size=8, seed=1, lambda_concept=0.0, lambda_regressor=5.0
+    )
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    images, attrs = _data(16)
+    reg = _regressor(32)
+    trainer.attach_regressor(reg, images)
+    with torch.no_grad():
+        spread = reg.features(to_model(images)).std(dim=0)
+    torch.testing.assert_close(trainer.feature_scale, spread.clamp_min(0.1 * spread.mean()))
+    x, a = to_model(images[:8]), attrs[:8]
+    gen = copy.deepcopy(trainer.gen).train()  # batch statistics, as in the step
+    with torch.no_grad():
+        rec = gen.decode(gen.encode(x), a)
+        want = ((reg.features(rec) - reg.features(x)) / trainer.feature_scale).pow(2).mean()
+        shift = (reg.predict_mpa(rec) - reg.predict_mpa(x)).mean()
+    logged = trainer.train_step(x, a)
+    assert logged["train/regressor_features"] == pytest.approx(float(want), rel=1e-4)
+    assert logged["train/recon_shift_mpa"] == pytest.approx(float(shift), rel=1e-4, abs=1e-4)
+    assert not any(p.requires_grad for p in reg.parameters())  # frozen: a target, not trained
+    for _ in range(20):
+        last = trainer.train_step(x, a)
+    assert last["train/regressor_features"] < 0.5 * logged["train/regressor_features"]
+
+
+def test_the_regressor_loss_without_a_regressor_is_refused():
+    params = AttGANTrainParams(
+        model=TINY, batch_size=4, steps=1, lambda_concept=0.0, lambda_regressor=1.0
+    )
+    images, attrs = _data(4)
+    with pytest.raises(ValueError, match="lambda_regressor"):
+        train_attgan(params=params, images=images, attrs=attrs, progress=False)

@@ -15,9 +15,8 @@ from semknobs.data.dataset import fit_scaler
 from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Generator
-from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
 
-from .conftest import ROOT
+from .conftest import ROOT, save_tiny_regressor
 
 
 @pytest.fixture
@@ -34,19 +33,7 @@ def models(tiny_study, tmp_path):
         weights={"generator": Generator(cfg)},
         config={"model": to_mapping(cfg), "scaler": scaler.to_dict(), "img_size": 64},
     )
-    rcfg = RegressorConfig(preset="tiny")
-    reg = PeakStressRegressor(rcfg, target_mean=45.0, target_std=8.0)
-    save_model_dir(
-        tmp_path / "regressor",
-        kind="regressor",
-        weights={"regressor": reg},
-        config={
-            "model": to_mapping(rcfg),
-            "img_size": 64,
-            "target": reg.target_stats,
-            "scaler": scaler.to_dict(),
-        },
-    )
+    save_tiny_regressor(tmp_path / "regressor", scaler.to_dict(), seed=None)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["explain"].update(
         tiles_per_lot=2,

@@ -3,12 +3,14 @@ the registered model loads by alias in a fresh process; unchanged attributes giv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,12 +20,15 @@ import yaml
 
 from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import load_tiles
+from semknobs.errors import ParamsError
 from semknobs.meter import MeterParams, measure_tiles
 from semknobs.models.attgan import AttGANConfig
+from semknobs.stage import StageContext
 from semknobs.stages import evaluate_attgan
+from semknobs.stages import train_attgan as train_attgan_stage
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 
-from .conftest import ROOT
+from .conftest import ROOT, save_tiny_regressor
 
 TINY_MODEL = {"enc_dim": 8, "dec_dim": 8, "dis_dim": 8, "dis_fc_dim": 16}
 # the default design (concept loss) shrunk: pre-training, and a refresh on measured edits at 20
@@ -55,22 +60,28 @@ def stage_inputs(tiny_study, tmp_path):
     manifest[["tile", "lot", "scan", "row", "col"]].join(readings).to_csv(
         tmp_path / "measurements.csv", index=False
     )
+    save_tiny_regressor(tmp_path / "regressor")  # for the feature loss, when a test turns it on
     return tmp_path
 
 
-def _command(study, root):
-    args = {
+def _args(study, root) -> dict[str, Path]:
+    return {
         "params": root / "params.yaml",
         "tuned": root / "tuned.yaml",
         "tiles-dir": study["tiles"],
         "lots": study["lots"],
         "splits": root / "splits.json",
         "measurements": root / "measurements.csv",
+        "regressor-dir": root / "regressor",
         "checkpoint-dir": root / "ck",
         "model-dir": root / "model",
         "metrics": root / "attgan.json",
         "reports": root / "reports",
     }
+
+
+def _command(study, root):
+    args = _args(study, root)
     script = ROOT / "pipelines" / "train_attgan.py"
     return [sys.executable, str(script)] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
@@ -214,3 +225,45 @@ def test_unchanged_attributes_give_a_close_copy(tiny_study):
     own = np.abs(y - x).mean()
     other = np.abs(y - np.roll(x, 1, axis=0)).mean()
     assert own < 0.6 * other, (own, other)
+
+
+def _paths(study, root, **overrides) -> train_attgan_stage.Paths:
+    args = {k.replace("-", "_"): v for k, v in _args(study, root).items() if k != "params"}
+    return train_attgan_stage.Paths(**{**args, **overrides})
+
+
+@pytest.mark.parametrize("case", ["no regressor", "another tile size"])
+def test_the_feature_loss_needs_a_regressor_of_the_attgans_tile_size(
+    tiny_study, stage_inputs, case
+):
+    root = stage_inputs
+    params = train_attgan_stage.load(root / "params.yaml", _paths(tiny_study, root))
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, lambda_regressor=1.0)
+    )
+    if case == "no regressor":
+        paths, message = _paths(tiny_study, root, regressor_dir=None), "--regressor-dir"
+    else:
+        other = root / "regressor32"
+        save_tiny_regressor(other, img_size=32)
+        paths, message = _paths(tiny_study, root, regressor_dir=other), "32-px tiles"
+    with pytest.raises(ParamsError, match=message):
+        train_attgan_stage.run(params, paths)
+    assert not (root / "model").exists() and not (root / "ck").exists()
+
+
+def test_the_stage_trains_with_the_feature_loss_when_it_is_on(tiny_study, stage_inputs):
+    """Off by default (README: it costs knob fidelity); on, the stage reads the regressor folder,
+    logs the term and the training-tile reconstruction shift, and records the weight."""
+    root = stage_inputs
+    params = train_attgan_stage.load(root / "params.yaml", _paths(tiny_study, root))
+    assert params.train.lambda_regressor == 0
+    train = dataclasses.replace(params.train, lambda_regressor=1.0, steps=10)
+    logged: list[dict] = []
+    ctx = StageContext(log=lambda metrics, step: logged.append(dict(metrics)))
+    train_attgan_stage.run(dataclasses.replace(params, train=train), _paths(tiny_study, root), ctx)
+    terms = [m["train/regressor_features"] for m in logged if "train/regressor_features" in m]
+    assert len(terms) == 2 and all(np.isfinite(terms))  # log_every 5
+    assert all(np.isfinite(m["train/recon_shift_mpa"]) for m in logged)
+    config = json.loads((root / "model" / "config.json").read_text())
+    assert config["train"]["lambda_regressor"] == 1.0

@@ -187,6 +187,14 @@ class PeakStressRegressor(nn.Module):
     def predict_mpa(self, x: torch.Tensor) -> torch.Tensor:
         return self(x) * self.target_std + self.target_mean
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 1, S, S) -> (n, F): the pooled features the head reads (what the regressor sees)."""
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def mpa_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n, F) pooled features -> MPa (n,), the head alone."""
+        return self.net.get_classifier()(feats).squeeze(-1) * self.target_std + self.target_mean
+
     def standardise(self, stress_mpa: torch.Tensor) -> torch.Tensor:
         """MPa (on any device) -> standardised target, on the model's device."""
         stress_mpa = stress_mpa.to(self.target_mean.device)

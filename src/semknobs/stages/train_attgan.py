@@ -26,8 +26,9 @@ from semknobs.evaluation.samples import sample_grid
 from semknobs.lineage import reproducible
 from semknobs.meter import MeasureParams, read_measurements
 from semknobs.model_folder import save_model_dir
+from semknobs.models.regressor import PeakStressRegressor
 from semknobs.registry import log_model
-from semknobs.serving import attgan_model
+from semknobs.serving import attgan_model, regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
 
@@ -50,6 +51,10 @@ class Paths:
     measurements: Path | None = field(
         default=None, metadata={"help": "the measure stage's readings (for the concept loss)"}
     )
+    regressor_dir: Path | None = field(
+        default=None,
+        metadata={"help": "the trained regressor (for the reconstruction's feature loss)"},
+    )
 
 
 def load(params_file: Path, paths: Paths) -> TrainAttGANStageParams:
@@ -61,6 +66,25 @@ def load(params_file: Path, paths: Paths) -> TrainAttGANStageParams:
 
 def tags(params: TrainAttGANStageParams, paths: Paths, ctx: StageContext) -> dict[str, Any]:
     return {"tuned": bool(load_overrides(paths.tuned)), "ddp.world_size": ctx.world.size}
+
+
+def _regressor(params: TrainAttGANStageParams, paths: Paths) -> PeakStressRegressor | None:
+    """The trained regressor of the feature loss, checked against the AttGAN's tiles."""
+    if params.train.lambda_regressor <= 0:
+        return None
+    if paths.regressor_dir is None:
+        raise ParamsError(
+            "train_attgan: lambda_regressor > 0 needs --regressor-dir (train_regressor's model), "
+            "or set train_attgan.train.lambda_regressor: 0"
+        )
+    reg, _ = regressor_model.load(paths.regressor_dir)
+    if reg.cfg.img_size != params.train.model.img_size:
+        raise ParamsError(
+            f"train_attgan: the regressor in {paths.regressor_dir} reads {reg.cfg.img_size}-px "
+            f"tiles, the AttGAN makes {params.train.model.img_size}-px ones "
+            "(train_attgan.train.model.img_size)"
+        )
+    return reg
 
 
 def run(
@@ -88,8 +112,11 @@ def run(
         if paths.measurements is None:
             raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure)")
         readings = read_measurements(paths.measurements, train.manifest).to_numpy()
+    regressor = _regressor(params, paths)
     started = time.perf_counter()
     deps = [paths.tiles_dir, paths.lots, paths.splits]
+    if regressor is not None:  # a checkpoint resumes only against the regressor it trained with
+        deps.append(paths.regressor_dir)
     trainer = train_attgan(
         params=params.train,
         images=torch.from_numpy(train.images),
@@ -102,6 +129,7 @@ def run(
         readings=readings,
         lots=train.manifest["lot"].to_numpy(),
         meter=params.meter,
+        regressor=regressor,
     )
     wall = time.perf_counter() - started
     if not ctx.world.is_main:

@@ -77,11 +77,13 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         write_json(reports / "study.json", {"n_trials": 0, "note": "tuning is off (n_trials: 0)"})
         return StageResult({}, {}, [f"n_trials is 0: keeping {paths.out} as it is (no tuning)"])
 
-    if params.base.lambda_concept > 0:  # the trials would need the meter readings too
+    # the trials would need the meter readings and the trained regressor too
+    needs = [k for k in ("lambda_concept", "lambda_regressor") if getattr(params.base, k) > 0]
+    if needs:
         raise ParamsError(
-            "tune_attgan: tuning the concept-loss design (train_attgan.train.lambda_concept > 0) "
+            f"tune_attgan: tuning the concept-loss design (train_attgan.train.{needs[0]} > 0) "
             "is not supported yet; set tune_attgan.n_trials: 0, or tune the critic-head design "
-            "with -S train_attgan.train.lambda_concept=0"
+            "with " + " ".join(f"-S train_attgan.train.{k}=0" for k in needs)
         )
     splits = read_splits(paths.splits)
     fit_lots, val_lots = splits.cv_folds(str(paths.splits))[space.val_fold]
