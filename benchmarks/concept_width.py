@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from scipy.stats import spearmanr
 
@@ -24,7 +23,7 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
-from semknobs.meter import MeterParams, calibration, read_measurements
+from semknobs.meter import MeterParams, read_measurements
 from semknobs.pixels import to_model
 from semknobs.train.attgan import TrainAttGANStageParams
 from semknobs.train.concept import ConceptTrainer
@@ -52,20 +51,18 @@ def main() -> int:
         for name, s in sets.items()
     }
     train = sets["train"]
-    labels, lots = torch.from_numpy(train.attrs), train.manifest["lot"].to_numpy()
-    per_lot = {str(lot): labels[lots == lot][0].numpy() for lot in np.unique(lots)}
-    calib = calibration(readings["train"], lots, per_lot)
     rows = []
     for width, steps in RUNS:
         cp = dataclasses.replace(
             base.concept, steps=steps, model=dataclasses.replace(base.concept.model, width=width)
         )
         torch.manual_seed(base.seed)  # the network's initial weights, as train_attgan seeds them
-        trainer = ConceptTrainer(
-            cp, torch.device("cpu"), torch.Generator().manual_seed(0), calib, MeterParams(),
-            base.model.img_size,
+        trainer = ConceptTrainer.calibrated(
+            cp, torch.device("cpu"), torch.Generator().manual_seed(0), base.model.img_size,
+            images=torch.from_numpy(train.images), readings=readings["train"],
+            labels=torch.from_numpy(train.attrs), lots=train.manifest["lot"].to_numpy(),
+            meter=MeterParams(),
         )  # fmt: skip
-        trainer.set_real(torch.from_numpy(train.images), readings["train"], labels)
         start = time.perf_counter()
         trainer.fit(steps)
         seconds = time.perf_counter() - start

@@ -4,7 +4,7 @@ For issue 14: does averaging make the knob gradient follow the regressor's real 
 without retraining? Variants: the plain gradient (reproduces ``knob_gradient/er/*`` of
 ``metrics/explain.json``), the mean over the eight symmetries of the square (test-time
 augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2), clamped), and central
-differences of R(G(I; A +- h e_k)). Scored against the oracle slopes the explain stage wrote
+differences of R(G(I; A +- h e_k)). Scored (knob units mapped to true units by the referee's own label fit) against the oracle slopes the explain stage wrote
 (``reports/explain/referee_tiles.csv``: held-out tiles, evaluation only), so this reports, it
 does not choose: picking a variant on these test lots would be tuning on test data. Needs
 ``make repro``.
@@ -25,7 +25,9 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.data.dataset import AttributeScaler
 from semknobs.data.schemas import read_lots
 from semknobs.data.tiles import load_tiles
+from semknobs.data.truth import read_truth
 from semknobs.evaluation import fidelity
+from semknobs.evaluation.referee import label_fit
 from semknobs.explain.gradient import KnobGradient
 from semknobs.models.concept import dihedral
 from semknobs.pixels import to_model
@@ -51,19 +53,20 @@ def main() -> int:
     gen, gan = attgan_model.load(ROOT / "models" / "attgan")
     reg, _ = regressor_model.load(ROOT / "models" / "regressor")
     scored = pd.read_csv(ROOT / "reports" / "explain" / "referee_tiles.csv", dtype={"lot": str})
-    stored = pd.read_csv(ROOT / "reports" / "explain" / "knob_gradient.csv", dtype={"lot": str})
-    raw = stored.set_index("tile").loc[scored["tile"], [f"gradient_{a}" for a in A]].to_numpy()
-    # the referee's knob-to-true-unit slopes, recovered from its own table (mapped / raw)
-    slopes = np.median(scored[[f"knob_gradient_{a}" for a in A]].to_numpy() / raw, axis=0)
+    labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
+    scaler = AttributeScaler.from_dict(gan.scaler)
+    knob_labels = labels.copy()  # unclipped, as the referee fits them
+    knob_labels[A] = scaler.transform(labels[A].to_numpy())
+    truth = read_truth(ROOT / "data" / "synthetic" / "truth")
+    slopes, _ = label_fit(truth.lots, knob_labels)  # knob units -> true units, the referee's
     oracle = scored[[f"oracle_{a}" for a in A]].to_numpy()
     known = np.abs(oracle) > 2 * scored[[f"oracle_se_{a}" for a in A]].to_numpy()
 
     tiles, manifest = load_tiles(ROOT / "data" / "tiles")
     position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
     x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
-    scaler = AttributeScaler.from_dict(gan.scaler)
-    labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv").set_index("lot")
-    attrs = np.clip(scaler.transform(labels.loc[scored["lot"], A].to_numpy()), 0, 1)
+    by_lot = labels.set_index("lot").loc[scored["lot"], A].to_numpy()
+    attrs = np.clip(scaler.transform(by_lot), 0, 1)
     attrs = torch.from_numpy(attrs).float()
 
     explainer = KnobGradient(gen, reg)

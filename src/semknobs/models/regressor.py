@@ -206,16 +206,26 @@ class PeakStressRegressor(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: PeakStressRegressor, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Predicted peak stress in MPa, float64 (n,), for uint8 tiles (n, S, S); eval mode."""
+def _batched(model: PeakStressRegressor, images, batch_size: int, head) -> list[torch.Tensor]:
+    """``head(model, x)`` over uint8 tiles (n, S, S) in batches, eval mode, on the CPU."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        out = [
-            model.predict_mpa(to_model(images[i : i + batch_size], device)).double().cpu()
+        return [
+            head(model, to_model(images[i : i + batch_size], device)).cpu()
             for i in range(0, len(images), batch_size)
         ]
     finally:
         model.train(was_training)
+
+
+def predict(model: PeakStressRegressor, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Predicted peak stress in MPa, float64 (n,), for uint8 tiles (n, S, S); eval mode."""
+    out = _batched(model, images, batch_size, lambda m, x: m.predict_mpa(x).double())
     return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def pooled_features(model: PeakStressRegressor, images, batch_size: int = 256) -> torch.Tensor:
+    """The pooled features (n, F) of uint8 tiles (n, S, S), as the head reads them; eval mode."""
+    return torch.cat(_batched(model, images, batch_size, PeakStressRegressor.features))

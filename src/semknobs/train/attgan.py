@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semknobs.meter import MeterParams, calibration
+from semknobs.meter import MeterParams
 from semknobs.models.attgan import (
     AttGANConfig,
     Discriminator,
@@ -65,7 +65,7 @@ from semknobs.models.attgan import (
     r1_penalty,
 )
 from semknobs.models.concept import dihedral
-from semknobs.models.regressor import PeakStressRegressor
+from semknobs.models.regressor import PeakStressRegressor, pooled_features
 from semknobs.pixels import to_model, to_uint8
 from semknobs.train.base import LogFn, Trainer, fingerprint, fit
 from semknobs.train.concept import ConceptParams, ConceptTrainer
@@ -163,26 +163,17 @@ class AttGANTrainer(Trainer):
     ) -> None:
         """The concept network for the concept loss, calibrated on these training tiles (uint8),
         their meter readings (n, 4), lot labels (n, 4, knob units) and lot ids."""
-        per_lot = {str(lot): labels[lots == lot][0].cpu().numpy() for lot in np.unique(lots)}
-        calib = calibration(readings, lots, per_lot)
-        self.concept = ConceptTrainer(
-            self.params.concept, self.device, self.rng, calib, meter, self.params.model.img_size
-        )
-        self.concept.set_real(images.cpu(), readings, labels.cpu())
+        self.concept = ConceptTrainer.calibrated(
+            self.params.concept, self.device, self.rng, self.params.model.img_size,
+            images=images, readings=readings, labels=labels, lots=lots, meter=meter,
+        )  # fmt: skip
         self.concept_ready = False
 
     def attach_regressor(self, reg: PeakStressRegressor, images: torch.Tensor) -> None:
         """The frozen regressor of the reconstruction's feature loss; ``images`` (uint8, the
         real training tiles) set each feature's scale (its spread over them)."""
         reg = reg.to(self.device).eval().requires_grad_(False)
-        with torch.no_grad():
-            feats = torch.cat(
-                [
-                    reg.features(to_model(images[i : i + 256], self.device))
-                    for i in range(0, len(images), 256)
-                ]
-            )
-        spread = feats.std(dim=0)
+        spread = pooled_features(reg, images).to(self.device).std(dim=0)
         self.regressor = reg
         self.feature_scale = spread.clamp_min(0.1 * float(spread.mean()))  # no dead features
 

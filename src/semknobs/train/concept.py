@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.meter import MeterParams, measure_tiles
+from semknobs.meter import MeterParams, calibration, measure_tiles
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
 from semknobs.pixels import to_model
 
@@ -67,6 +67,27 @@ class ConceptTrainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=params.lr)
         self.net.eval().requires_grad_(False)  # a frozen loss between fits (and after resume)
         self.pool = EditPool(params.pool_size, img_size)
+
+    @classmethod
+    def calibrated(
+        cls,
+        params: ConceptParams,
+        device: torch.device,
+        rng: torch.Generator,
+        img_size: int,
+        *,
+        images: torch.Tensor,
+        readings: np.ndarray,
+        labels: torch.Tensor,
+        lots: np.ndarray,
+        meter: MeterParams,
+    ) -> ConceptTrainer:
+        """A trainer calibrated on these real tiles (uint8), their meter readings (n, 4), lot
+        labels (n, 4, knob units) and lot ids, with the tiles as its real set."""
+        per_lot = {str(lot): labels[lots == lot][0].cpu().numpy() for lot in np.unique(lots)}
+        trainer = cls(params, device, rng, calibration(readings, lots, per_lot), meter, img_size)
+        trainer.set_real(images.cpu(), readings, labels.cpu())
+        return trainer
 
     def calibrate(self, readings: torch.Tensor) -> torch.Tensor:
         return readings * self.alpha + self.beta
