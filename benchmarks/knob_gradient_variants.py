@@ -4,10 +4,10 @@ For issue 14: does averaging make the knob gradient follow the regressor's real 
 without retraining? Variants: the plain gradient (reproduces ``knob_gradient/er/*`` of
 ``metrics/explain.json``), the mean over the eight symmetries of the square (test-time
 augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2), clamped), and central
-differences of R(G(I; A +- h e_k)). Scored (knob units mapped to true units by the referee's own label fit) against the oracle slopes the explain stage wrote
-(``reports/explain/referee_tiles.csv``: held-out tiles, evaluation only), so this reports, it
-does not choose: picking a variant on these test lots would be tuning on test data. Needs
-``make repro``.
+differences of R(G(I; A +- h e_k)). Mapped to true units by the referee's own label fit and
+scored against the oracle slopes the explain stage wrote (``reports/explain/referee_tiles.csv``:
+held-out tiles, evaluation only), so this reports, it does not choose: picking a variant on
+these test lots would be tuning on test data. Needs ``make repro``.
 
     python benchmarks/knob_gradient_variants.py   # -> benchmarks/knob_gradient_variants.{json,md}
 """
