@@ -87,6 +87,7 @@ def run(args: argparse.Namespace, world) -> dict:
             device=args.device,
             seed=args.seed,
             lambda_concept=0.0,  # throughput of the GAN updates; no meter readings here
+            lambda_texture=0.0,  # nor lot ids
         )
         trainer = train_attgan(
             params=params,

@@ -1,19 +1,24 @@
 """Explain-side variants of the knob gradient, scored like the referee on the committed model.
 
 For issue 14: does averaging make the knob gradient follow the regressor's real response better,
-without retraining? Variants: the plain gradient (reproduces ``knob_gradient/er/*`` of
-``metrics/explain.json``), the mean over the eight symmetries of the square (test-time
-augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2), clamped), and central
-differences of R(G(I; A +- h e_k)). Mapped to true units by the referee's own label fit and
-scored against the oracle slopes the explain stage wrote (``reports/explain/referee_tiles.csv``:
-held-out tiles, evaluation only), so this reports, it does not choose: picking a variant on
-these test lots would be tuning on test data. Needs ``make repro``.
+without retraining? Variants: the plain gradient, the mean over the eight symmetries of the
+square (test-time augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2),
+clamped: ``explain.knob_gradient.smoothing``), and central differences of R(G(I; A +- h e_k)).
+Mapped to true units by the referee's own label fit and scored against the oracle.
 
-    python benchmarks/knob_gradient_variants.py   # -> benchmarks/knob_gradient_variants.{json,md}
+``--lots train`` (the default) CHOOSES: two tiles of each of the 24 training lots, with the
+oracle rendered for them here (evaluation code, as in the referee; the stage's default is then a
+fixed setting, and the held-out test lots stay unseen). ``--lots test`` only REPORTS, on the
+held-out tiles the explain stage scored (oracle slopes from ``reports/explain/referee_tiles.csv``):
+picking a variant there would be tuning on test data. Needs ``make repro``.
+
+    python benchmarks/knob_gradient_variants.py [--lots test]
+    # -> benchmarks/knob_gradient_variants_<lots>.{json,md}
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -22,14 +27,18 @@ import pandas as pd
 import torch
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.config import from_mapping, load_params
 from semknobs.data.dataset import AttributeScaler
 from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
-from semknobs.data.truth import read_truth
+from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation import fidelity
-from semknobs.evaluation.referee import label_fit
-from semknobs.explain.gradient import KnobGradient
+from semknobs.evaluation.oracle import Oracle, Synthetic
+from semknobs.evaluation.referee import RefereeParams, label_fit
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams
 from semknobs.models.concept import dihedral
+from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model, regressor_model
 
@@ -48,11 +57,41 @@ def _central(gen, reg, x: torch.Tensor, attrs: torch.Tensor, h: float) -> np.nda
     return np.stack(out, axis=1)
 
 
+def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFrame:
+    """``per_lot`` seeded tiles of every training lot and the oracle's dR/dt (and its standard
+    error) for them, rendered as the referee renders (its own settings from params.yaml)."""
+    train = set(read_splits(ROOT / "data" / "splits.json").training_lots())
+    rng = np.random.default_rng(0)
+    rows = [
+        rng.choice(idx, per_lot, replace=False)
+        for lot, idx in sorted(manifest.groupby("lot").indices.items())
+        if lot in train
+    ]
+    tiles = manifest.iloc[np.sort(np.concatenate(rows))].reset_index(drop=True)
+    truth = read_truth(ROOT / "data" / "synthetic" / "truth")
+    true = tile_truth(truth.fields, tiles)[A].to_numpy()
+    synthetic = Synthetic.from_params(ROOT / "params.yaml")
+    params = from_mapping(RefereeParams, load_params(ROOT / "params.yaml")["explain"]["referee"])
+    with Oracle(synthetic.study, synthetic.tiling, lambda t: predict(reg, t), params.oracle) as o:
+        measured = o.gradient(true, tiles["tile"].to_numpy())
+    for k, a in enumerate(A):
+        tiles[f"oracle_{a}"] = measured.gradient[:, k]
+        tiles[f"oracle_se_{a}"] = measured.se[:, k]
+    return tiles
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lots", choices=("train", "test"), default="train")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     gen, gan = attgan_model.load(ROOT / "models" / "attgan")
     reg, _ = regressor_model.load(ROOT / "models" / "regressor")
-    scored = pd.read_csv(ROOT / "reports" / "explain" / "referee_tiles.csv", dtype={"lot": str})
+    tiles, manifest = load_tiles(ROOT / "data" / "tiles")
+    if args.lots == "test":
+        scored = pd.read_csv(ROOT / "reports" / "explain" / "referee_tiles.csv", dtype={"lot": str})
+    else:
+        scored = _training_tiles(manifest, reg)
     labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
     scaler = AttributeScaler.from_dict(gan.scaler)
     knob_labels = labels.copy()  # unclipped, as the referee fits them
@@ -62,31 +101,25 @@ def main() -> int:
     oracle = scored[[f"oracle_{a}" for a in A]].to_numpy()
     known = np.abs(oracle) > 2 * scored[[f"oracle_se_{a}" for a in A]].to_numpy()
 
-    tiles, manifest = load_tiles(ROOT / "data" / "tiles")
     position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
     x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
     by_lot = labels.set_index("lot").loc[scored["lot"], A].to_numpy()
     attrs = np.clip(scaler.transform(by_lot), 0, 1)
     attrs = torch.from_numpy(attrs).float()
 
-    explainer = KnobGradient(gen, reg)
-    rng = torch.Generator().manual_seed(0)
+    explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
 
     def smooth(sigma: float) -> np.ndarray:
-        draws = [
-            explainer.attribute(
-                x, (attrs + sigma * torch.randn(attrs.shape, generator=rng)).clamp(0, 1)
-            ).gradient
-            for _ in range(16)
-        ]
-        return np.mean(draws, axis=0)
+        return (
+            KnobGradient(gen, reg, KnobGradientParams(smoothing=sigma)).attribute(x, attrs).gradient
+        )
 
     variants = {
-        "plain gradient (the stage's)": lambda: explainer.attribute(x, attrs).gradient,
+        "plain gradient": lambda: explainer.attribute(x, attrs).gradient,
         "D4 mean": lambda: np.mean(
             [explainer.attribute(dihedral(x, k), attrs).gradient for k in range(8)], axis=0
         ),
-        **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2)},
+        **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2, 0.3)},
         **{
             f"central difference h {h}": (lambda h=h: _central(gen, reg, x, attrs, h))
             for h in (0.1, 0.25)
@@ -97,7 +130,7 @@ def main() -> int:
         s = fidelity.scores(compute() * slopes, oracle, known)
         rows.append({"variant": name, **s})
         print(name, round(s["cosine_median"], 3), flush=True)
-    out = ROOT / "benchmarks" / "knob_gradient_variants"
+    out = ROOT / "benchmarks" / f"knob_gradient_variants_{args.lots}"
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     head = "| variant | cosine median | centred | signs size / porosity / dispersity / facetness |"
     lines = [head, "| --- | --- | --- | --- |"]
@@ -106,7 +139,11 @@ def main() -> int:
         lines.append(
             f"| {r['variant']} | {r['cosine_median']:.3f} | {r['centred_cosine']:.3f} | {signs} |"
         )
-    note = f"\n{len(scored)} held-out tiles; oracle slopes from reports/explain/referee_tiles.csv\n"
+    where = {
+        "train": "tiles of the training lots, oracle rendered here: the selection set",
+        "test": "held-out tiles; oracle slopes from reports/explain/referee_tiles.csv: report only",
+    }[args.lots]
+    note = f"\n{len(scored)} {where}\n"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n" + note)
     return 0
 

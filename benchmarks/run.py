@@ -171,7 +171,8 @@ def attgan_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
 
 # One train_step at a fixed architecture, 1 thread: s/step. argv: overrides (JSON) of
 # train_attgan.train; with lambda_concept > 0 a concept network is attached (random readings),
-# with lambda_regressor > 0 an untrained regressor as train_regressor (tuned) builds it.
+# with lambda_texture > 0 texture targets (random tiles), with lambda_regressor > 0 an untrained
+# regressor as train_regressor (tuned) builds it.
 _STEP_PROBE = """
 import json, sys, time
 import numpy as np, torch
@@ -186,14 +187,17 @@ trainer = AttGANTrainer(p, torch.device("cpu"))
 s = p.model.img_size
 x = torch.rand(p.batch_size, 1, s, s) * 2 - 1
 a = torch.rand(p.batch_size, 4)
+n = 64
+images = torch.randint(0, 256, (n, s, s), dtype=torch.uint8)
+lots = np.repeat(np.arange(8).astype(str), 8)
+labels = torch.rand(8, 4).repeat_interleave(8, 0)
 if getattr(p, "lambda_concept", 0) > 0:
     from semknobs.meter import MeterParams
-    n = 64
-    images = torch.randint(0, 256, (n, s, s), dtype=torch.uint8)
-    lots = np.repeat(np.arange(8).astype(str), 8)
-    trainer.attach_concept(images, np.random.default_rng(0).random((n, 4)),
-                           torch.rand(8, 4).repeat_interleave(8, 0), lots, MeterParams())
+    trainer.attach_concept(images, np.random.default_rng(0).random((n, 4)), labels, lots,
+                           MeterParams())
     trainer.concept_ready = True  # pre-training is not a step
+if getattr(p, "lambda_texture", 0) > 0:
+    trainer.attach_texture(images, labels, lots)
 if getattr(p, "lambda_regressor", 0) > 0:  # an untrained regressor of the configured preset
     from semknobs.models.regressor import PeakStressRegressor
     from semknobs.stages.train_regressor import Params as RegParams
@@ -218,6 +222,7 @@ _OLD_DESIGN = {  # the pre-issue-14 losses (tuned/attgan.yaml of that commit)
     "critic": "wgan-gp",
     "n_critic": 2,
     "lambda_concept": 0.0,
+    "lambda_texture": 0.0,
     "one_knob_share": 0.0,
     "lambda_att_g": 26.0,
     "lambda_att_d": 1.0,
@@ -225,7 +230,7 @@ _OLD_DESIGN = {  # the pre-issue-14 losses (tuned/attgan.yaml of that commit)
 }
 _STEP_DESIGNS = {
     "wgan-gp, 2 critic updates": _OLD_DESIGN,
-    "r1, 1 critic update, concept loss, FiLM (params.yaml)": {},
+    "r1, 1 critic update, concept and texture losses, FiLM (params.yaml)": {},
 }
 
 
@@ -250,21 +255,26 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         ).stdout
     )  # fmt: skip
     legacy = {"n_critic": 2, "lambda_att_g": 26.0}  # the old code has no critic/concept fields
-    runs = {
-        f"{args.baseline_ref}: wgan-gp, 2 critic updates": (base / "src", old_params, legacy),
+    runs = {  # name: (src, params, overrides of train_attgan.train)
+        f"{args.baseline_ref}: wgan-gp, 2 critic updates": (
+            base / "src", old_params, deep_merge(_TUNED_ARCH, legacy)
+        ),
         **{
-            f"this tree: {name}": (root / "src", Path(args.params), design)
+            f"this tree: {name}": (root / "src", Path(args.params), deep_merge(_TUNED_ARCH, design))
             for name, design in _STEP_DESIGNS.items()
         },
-    }
-    defaults = f"this tree: params.yaml as it runs ({_DEFAULT_ARCH})"
-    runs[defaults] = (root / "src", Path(args.params), None)
+        f"this tree: params.yaml as it runs ({_DEFAULT_ARCH})": (
+            root / "src", Path(args.params), {}
+        ),
+        f"this tree: params.yaml without the texture loss ({_DEFAULT_ARCH})": (
+            root / "src", Path(args.params), {"lambda_texture": 0.0}
+        ),
+    }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, (src, params, design) in runs.items():  # interleaved
+        for name, (src, params, overrides) in runs.items():  # interleaved
             out = subprocess.run(
-                [sys.executable, "-c", _STEP_PROBE, str(params),
-                 json.dumps({} if design is None else deep_merge(_TUNED_ARCH, design))],
+                [sys.executable, "-c", _STEP_PROBE, str(params), json.dumps(overrides)],
                 capture_output=True, text=True, check=True,
                 env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
             )  # fmt: skip
@@ -272,9 +282,14 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     note = "enc/dec 3 layers, 32x32 shortcut unless noted, batch 32, 15 steps (median), 1 thread"
     rows = [_row(f"AttGAN step, {name}", "s", values, note=note) for name, values in times.items()]
     series = list(times.values())
-    for label, k in (("same design, this tree / baseline", 1), ("new design / baseline", 2)):
-        ratios = [b / a for a, b in zip(series[0], series[k], strict=True)]
-        rows.append(_row(f"AttGAN step, {label}", "ratio", ratios, target="<= 0.8"))
+    for label, k, j in (
+        ("same design, this tree / baseline", 1, 0),
+        ("new design / baseline", 2, 0),
+        ("texture loss on / off, params.yaml", 3, 4),
+    ):
+        ratios = [b / a for a, b in zip(series[j], series[k], strict=True)]
+        target = "<= 0.8" if j == 0 else ""
+        rows.append(_row(f"AttGAN step, {label}", "ratio", ratios, target=target))
     return rows
 
 

@@ -37,7 +37,7 @@ CONFIGS = {
 }
 
 TINY = CONFIGS["tiny32"]
-NO_CONCEPT = {"lambda_concept": 0.0}  # these tests need no meter readings (test_concept does)
+NO_CONCEPT = {"lambda_concept": 0.0, "lambda_texture": 0.0}  # no meter readings, no lots needed
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -93,11 +93,10 @@ def test_one_training_step_on_a_fixed_batch_lowers_the_reconstruction_loss():
 
 
 def _weights(trainer):
-    return {
-        f"{n}.{k}": v.clone()
-        for n, m in (("g", trainer.gen), ("d", trainer.dis))
-        for k, v in m.state_dict().items()
-    }
+    models = [("g", trainer.gen), ("d", trainer.dis)]
+    if trainer.gen_ema is not None:
+        models.append(("ema", trainer.gen_ema))
+    return {f"{n}.{k}": v.clone() for n, m in models for k, v in m.state_dict().items()}
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -119,10 +118,11 @@ def test_checkpoint_round_trip(tmp_path):
     )
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ema_decay):
     params = AttGANTrainParams(
         model=TINY, batch_size=4, steps=6, n_critic=2, checkpoint_every=2, seed=3,
-        critic="wgan-gp", **NO_CONCEPT,
+        critic="wgan-gp", ema_decay=ema_decay, **NO_CONCEPT,
     )  # fmt: skip
     images, attrs = _data()
     straight = train_attgan(params=params, images=images, attrs=attrs, progress=False)
@@ -139,6 +139,28 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_the_weight_average_follows_the_documented_update():
+    """ema <- d ema + (1 - d) gen after each step, d = min(decay, (1 + t) / (10 + t)); batch-norm
+    statistics averaged too; the average is the generator the trainer hands out."""
+    params = AttGANTrainParams(model=TINY, batch_size=4, seed=1, ema_decay=0.9, **NO_CONCEPT)
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    assert trainer.generator is trainer.gen_ema
+    images, attrs = _data(4)
+    x = to_model(images)
+    ema = {k: v.clone() for k, v in trainer.gen_ema.state_dict().items()}
+    for step in (1, 2):
+        trainer.train_step(x, attrs)
+        d = min(0.9, (1 + step) / (10 + step))
+        live = trainer.gen.state_dict()
+        for k, v in trainer.gen_ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k] = d * ema[k] + (1 - d) * live[k]
+                torch.testing.assert_close(v, ema[k], rtol=1e-6, atol=1e-7)
+    assert not any(p.requires_grad for p in trainer.gen_ema.parameters())
+    plain = AttGANTrainer(dataclasses.replace(params, ema_decay=0.0), torch.device("cpu"))
+    assert plain.gen_ema is None and plain.generator is plain.gen
+
+
 def _regressor(size: int) -> PeakStressRegressor:
     torch.manual_seed(3)
     return PeakStressRegressor(RegressorConfig(preset="tiny", img_size=size), 45.0, 8.0).eval()
@@ -147,9 +169,7 @@ def _regressor(size: int) -> PeakStressRegressor:
 def test_the_regressor_feature_loss_is_the_documented_one():
     """The logged term is |(F(G(x, a)) - F(x)) / s|^2, s the features' spread over the real
     tiles, and the logged shift R(G(x, a)) - R(x): recomputed from a copy of the generator."""
-    params = AttGANTrainParams(
-        model=TINY, batch_size=8, seed=1, lambda_concept=0.0, lambda_regressor=5.0
-    )
+    params = AttGANTrainParams(model=TINY, batch_size=8, seed=1, lambda_regressor=5.0, **NO_CONCEPT)
     trainer = AttGANTrainer(params, torch.device("cpu"))
     images, attrs = _data(16)
     reg = _regressor(32)
@@ -174,7 +194,7 @@ def test_the_regressor_feature_loss_is_the_documented_one():
 
 def test_the_regressor_loss_without_a_regressor_is_refused():
     params = AttGANTrainParams(
-        model=TINY, batch_size=4, steps=1, lambda_concept=0.0, lambda_regressor=1.0
+        model=TINY, batch_size=4, steps=1, lambda_regressor=1.0, **NO_CONCEPT
     )
     images, attrs = _data(4)
     with pytest.raises(ValueError, match="lambda_regressor"):

@@ -9,7 +9,7 @@ from torch import nn
 
 from semknobs.evaluation.fidelity import cosine
 from semknobs.explain.counterfactual import OPTIMIZERS, CounterfactualParams, KnobCounterfactual
-from semknobs.explain.gradient import KnobGradient
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity
 
@@ -163,8 +163,39 @@ def test_knob_gradient_is_local_on_a_nonlinear_model():
     """R = sum of squares of the knob-driven rows: d R / d a_k = 2 a_k (per unit of W)."""
     gen, _, _, a = _problem(n=3)
     x = torch.zeros(3, 1, S, S)
-    res = KnobGradient(gen, SumOfSquares()).attribute(x, a)
+    plain = KnobGradientParams(smoothing=0.0)
+    res = KnobGradient(gen, SumOfSquares(), plain).attribute(x, a)
     np.testing.assert_allclose(res.gradient, 2 * a.numpy() * 2 * S, rtol=1e-5)
+
+
+def test_smoothed_knob_gradient_on_a_linear_model_is_still_the_coefficients():
+    gen, reg, x, a = _problem(n=5)
+    smooth = KnobGradientParams(smoothing=0.2, samples=8)
+    res = KnobGradient(gen, reg, smooth).attribute(x, a, batch_size=2)
+    np.testing.assert_allclose(res.gradient, np.tile(U.numpy(), (5, 1)), rtol=1e-5)
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)  # at A itself
+
+
+def test_smoothed_knob_gradient_of_a_quadratic_is_its_gradient_and_batches_do_not_matter():
+    """R = sum of squares: the gradient 2 a_k (per unit of W) is linear in a, so its mean over
+    symmetric knob noise (no clamping at these knobs) is the gradient at a itself."""
+    gen, _, _, a = _problem(n=4)
+    x = torch.zeros(4, 1, S, S)
+    smooth = KnobGradientParams(smoothing=0.02, samples=400, seed=3)
+    res = KnobGradient(gen, SumOfSquares(), smooth).attribute(x, a, batch_size=4)
+    np.testing.assert_allclose(res.gradient, 2 * a.numpy() * 2 * S, rtol=0.01)
+    again = KnobGradient(gen, SumOfSquares(), smooth).attribute(x, a, batch_size=3)
+    np.testing.assert_allclose(again.gradient, res.gradient, rtol=1e-6)
+    plain = KnobGradient(gen, SumOfSquares(), KnobGradientParams(smoothing=0.0))
+    assert not np.allclose(plain.attribute(x, a).gradient, res.gradient, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"smoothing": -0.1}, {"smoothing": 2.0}, {"samples": 0}, {"samples": 10**6}]
+)
+def test_bad_knob_gradient_params_are_refused(bad):
+    with pytest.raises(ValueError, match="knob_gradient"):
+        KnobGradientParams(**bad)
 
 
 class Probe(nn.Module):

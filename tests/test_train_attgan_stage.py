@@ -52,6 +52,8 @@ def stage_inputs(tiny_study, tmp_path):
     params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
     params["train_attgan"]["train"]["model"].update(TINY_MODEL)
     params["train_attgan"]["train"]["concept"].update(TINY_CONCEPT)
+    # 4 training lots: too few for the texture fit (the e2e study's 6 train with it)
+    params["train_attgan"]["train"]["lambda_texture"] = 0.0
     params["train_attgan"]["sample_every"] = 30
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "tuned.yaml").write_text("{}\n")
@@ -213,6 +215,7 @@ def test_unchanged_attributes_give_a_close_copy(tiny_study):
         n_critic=1,
         seed=0,
         lambda_concept=0.0,
+        lambda_texture=0.0,  # random per-tile attributes: no lots to fit it on
     )
     trainer = train_attgan(
         params=params,
@@ -249,6 +252,18 @@ def test_the_feature_loss_needs_a_regressor_of_the_attgans_tile_size(
         paths, message = _paths(tiny_study, root, regressor_dir=other), "32-px tiles"
     with pytest.raises(ParamsError, match=message):
         train_attgan_stage.run(params, paths)
+    assert not (root / "model").exists() and not (root / "ck").exists()
+
+
+def test_the_texture_loss_needs_enough_training_lots(tiny_study, stage_inputs):
+    """The tiny study trains on 4 lots: too few to fit 4 slopes and an intercept per statistic."""
+    root = stage_inputs
+    params = train_attgan_stage.load(root / "params.yaml", _paths(tiny_study, root))
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, lambda_texture=1.0)
+    )
+    with pytest.raises(ParamsError, match="lambda_texture.*at least 6 .*4 in"):
+        train_attgan_stage.run(params, _paths(tiny_study, root))
     assert not (root / "model").exists() and not (root / "ck").exists()
 
 

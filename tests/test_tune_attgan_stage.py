@@ -43,6 +43,10 @@ def test_the_concept_loss_design_is_refused_before_any_work(tmp_path):
         tune_attgan.run(params, paths)
     assert not paths.out.exists() and not (tmp_path / "study.journal").exists()
     base = dataclasses.replace(params.base, lambda_concept=0.0, lambda_regressor=1.0)
-    with pytest.raises(ParamsError, match="lambda_regressor=0"):
+    with pytest.raises(ParamsError, match="lambda_regressor=0 -S train_attgan.train.lambda_tex"):
+        tune_attgan.run(dataclasses.replace(params, base=base), paths)
+    assert not paths.out.exists()
+    base = dataclasses.replace(params.base, lambda_concept=0.0, lambda_texture=0.5)
+    with pytest.raises(ParamsError, match="lambda_texture > 0"):
         tune_attgan.run(dataclasses.replace(params, base=base), paths)
     assert not paths.out.exists()

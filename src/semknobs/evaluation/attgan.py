@@ -163,6 +163,23 @@ def control_figure(matrix: pd.DataFrame, ceiling: pd.DataFrame | None = None) ->
     return fig
 
 
+def texture_figure(table: pd.DataFrame, metrics: dict[str, float]) -> Figure:
+    """Per knob: how one knob unit moves each texture statistic in the edits, beside how it
+    moves across real lots (:func:`semknobs.train.texture.texture_agreement`'s table)."""
+    fig = Figure(figsize=(13, 3.0), layout="constrained")
+    for ax, a in zip(fig.subplots(1, len(ATTRIBUTES), sharey=True), ATTRIBUTES):
+        part = table[table["knob"] == a]
+        y = np.arange(len(part))
+        ax.barh(y - 0.2, part["lots"], height=0.4, label="real lots")
+        ax.barh(y + 0.2, part["edit"], height=0.4, label="AttGAN edits")
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_yticks(y, part["statistic"], fontsize=8)
+        ax.set(title=f"{a} knob: miss {metrics[f'texture/miss_{a}']:.2f}", xlabel="spreads / knob")
+    ax.legend(fontsize=8)
+    fig.suptitle("What a knob unit does to the texture the meter does not read", fontsize=10)
+    return fig
+
+
 def realism_figure(real: pd.DataFrame, fake: pd.DataFrame, metrics: dict[str, float]) -> Figure:
     fig = Figure(figsize=(12, 2.8), layout="constrained")
     for ax, a in zip(fig.subplots(1, len(ATTRIBUTES)), ATTRIBUTES):

@@ -25,7 +25,7 @@ from semknobs.explain.counterfactual import (
     CounterfactualResult,
     KnobCounterfactual,
 )
-from semknobs.explain.gradient import KnobAttribution, KnobGradient
+from semknobs.explain.gradient import KnobAttribution, KnobGradient, KnobGradientParams
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity, SweepResult
 
@@ -39,6 +39,7 @@ class ExplainParams:
     )
     pair_points: int = 7
     counterfactual: CounterfactualParams = field(default_factory=CounterfactualParams)
+    knob_gradient: KnobGradientParams = field(default_factory=KnobGradientParams)
     lambdas: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     tradeoff_tiles: int = 16
     batch_size: int = 64
@@ -115,7 +116,9 @@ def explain(
     bar.update()
     bar.set_postfix_str("knob gradient")
     # 3. the knob gradient: d R(G(I; A)) / d A, one backward pass per batch
-    knob_gradient = KnobGradient(gen, reg_mpa).attribute(images, attrs, params.batch_size)
+    knob_gradient = KnobGradient(gen, reg_mpa, params.knob_gradient).attribute(
+        images, attrs, params.batch_size
+    )
     tables["knob_gradient"] = (
         tiles[["tile", "lot"]]
         .reset_index(drop=True)

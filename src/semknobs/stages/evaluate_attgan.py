@@ -5,6 +5,10 @@ largest leakage, and the effect size as a slope), realism of edits. On a synthet
 same control sweep is also run on the renderer's true interventions (the meter's ceiling,
 :mod:`semknobs.evaluation.ceiling`), so every control figure stands beside the best the meter
 can show. Training never sees any of it: this stage runs after ``train_attgan``.
+
+Texture agreement (no truth needed): how one knob unit moves the tiles' grey-level mean, spread
+and band energies (:mod:`semknobs.train.texture`), against how those statistics differ across
+the AttGAN's training lots (``texture/miss_<a>``, ``texture/cosine_<a>``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
@@ -21,12 +26,20 @@ from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.truth import read_truth, tile_truth
-from semknobs.evaluation.attgan import AttGANEvalParams, control_figure, evaluate_attgan
+from semknobs.evaluation.attgan import (
+    AttGANEvalParams,
+    control_figure,
+    evaluate_attgan,
+    texture_figure,
+)
 from semknobs.evaluation.ceiling import ceiling
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
+from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
+from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.texture import MIN_TEXTURE_LOTS, TextureTarget, texture_agreement
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,16 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
     ev = evaluate_attgan(gen, test.images, test.attrs, params)
     metrics = dict(ev.metrics)
     figures = dict(ev.figures)
+    train_lots = config.train_lots or splits.training_lots(str(paths.splits))
+    texture = _texture(
+        gen, config, paths, scaler, train_lots, test.images[ev.pick], test.attrs[ev.pick]
+    )
     summary = [f"test/psnr = {metrics['test/psnr']:.2f} dB"]
+    if texture is None:
+        summary.append(f"texture agreement skipped: {len(train_lots)} training lots are too few")
+    else:
+        metrics |= texture[0]
+        figures["texture.png"] = texture_figure(texture[1], texture[0])
     truth_matrix = None
     if paths.truth_dir is not None and params.synthetic is not None:
         found = _ceiling(params, paths, test.manifest.iloc[ev.pick], scaler, metrics)
@@ -103,9 +125,26 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
     write_metrics(paths.metrics, metrics)
     with atomic_path(paths.reports / "control_readings.csv") as tmp:
         ev.control.to_csv(tmp, index=False, float_format="%.5g")
+    if texture is not None:
+        with atomic_path(paths.reports / "texture.csv") as tmp:
+            texture[1].to_csv(tmp, index=False, float_format="%.5g")
     for name, figure in figures.items():
         save_figure(figure, paths.reports / name)
     return StageResult(metrics, {"figures": paths.reports}, summary)
+
+
+def _texture(gen, config, paths, scaler, train_lots, images, attrs):
+    """Texture agreement of the edits of these test tiles against the AttGAN's training lots
+    (with the statistics it trained with, or the default ones); None with too few lots."""
+    if len(train_lots) < MIN_TEXTURE_LOTS:
+        return None
+    levels = int(config.train.get("texture_levels", AttGANTrainParams.texture_levels))
+    train = load_tileset(
+        tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=train_lots, scaler=scaler
+    )
+    lots = train.manifest["lot"].to_numpy()
+    target = TextureTarget.fit(train.images, train.attrs, lots, levels)
+    return texture_agreement(gen, to_model(images), torch.from_numpy(attrs), target)
 
 
 def _ceiling(params, paths, tiles, scaler, metrics):

@@ -31,6 +31,7 @@ from semknobs.registry import log_model
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
+from semknobs.train.texture import MIN_TEXTURE_LOTS
 
 NAME = "train_attgan"
 Params = TrainAttGANStageParams
@@ -104,9 +105,15 @@ def run(
 
     def on_checkpoint(trainer) -> None:
         if trainer.step % params.sample_every == 0 or trainer.step == params.train.steps:
-            grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+            grid = sample_grid(trainer.generator, test.images[samples], test.attrs[samples])
             ctx.log_figure(grid, f"samples/step_{trainer.step:06d}.png")
 
+    if params.train.lambda_texture > 0 and len(train_lots) < MIN_TEXTURE_LOTS:
+        raise ParamsError(
+            f"train_attgan: lambda_texture > 0 fits how texture changes across the training lots "
+            f"and needs at least {MIN_TEXTURE_LOTS} of them ({len(train_lots)} in "
+            f"{paths.splits}); set train_attgan.train.lambda_texture: 0"
+        )
     readings = None
     if params.train.lambda_concept > 0:
         if paths.measurements is None:
@@ -143,7 +150,7 @@ def run(
     if ctx.world.size > 1:
         metrics["train/replica_max_abs_diff"] = trainer.replica_gap
     write_metrics(paths.metrics, metrics)
-    grid = sample_grid(trainer.gen, test.images[samples], test.attrs[samples])
+    grid = sample_grid(trainer.generator, test.images[samples], test.attrs[samples])
     save_figure(grid, paths.reports / "samples.png")
     config = attgan_model.AttGANFolder(
         model=params.train.model,
@@ -156,7 +163,7 @@ def run(
     save_model_dir(
         paths.model_dir,
         kind=attgan_model.KIND,
-        weights={"generator": trainer.gen, "discriminator": trainer.dis},
+        weights={"generator": trainer.generator, "discriminator": trainer.dis},
         config=to_mapping(config),
     )
     if ctx.run_id is not None:  # logged here, linked to this run; `register` finds it by the

@@ -77,8 +77,12 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         write_json(reports / "study.json", {"n_trials": 0, "note": "tuning is off (n_trials: 0)"})
         return StageResult({}, {}, [f"n_trials is 0: keeping {paths.out} as it is (no tuning)"])
 
-    # the trials would need the meter readings and the trained regressor too
-    needs = [k for k in ("lambda_concept", "lambda_regressor") if getattr(params.base, k) > 0]
+    # the trials would need the meter readings, the trained regressor and the lot ids too
+    needs = [
+        k
+        for k in ("lambda_concept", "lambda_regressor", "lambda_texture")
+        if getattr(params.base, k) > 0
+    ]
     if needs:
         raise ParamsError(
             f"tune_attgan: tuning the concept-loss design (train_attgan.train.{needs[0]} > 0) "

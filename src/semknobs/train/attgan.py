@@ -8,7 +8,8 @@ Losses (He et al. 2019, with two critics to choose from):
   critic update per generator step buys about twice the generator steps for the same CPU time;
 * generator: adversarial + lambda_att_g * BCE(att(fake), b) + lambda_rec * |G(x, a) - x|_1
   + lambda_concept * |C(G(x, b)) - C(G(x, a)) - (b - a)|^2
-  + lambda_regressor * |(F(G(x, a)) - F(x)) / s|^2,
+  + lambda_regressor * |(F(G(x, a)) - F(x)) / s|^2
+  + lambda_texture * |(T(G(x, b)) - T(G(x, a))) / s_T - W (b - a)|^2,
 
 with ``a`` the tile's (lot) attributes, ``b`` the target attributes of the edit and ``C`` the
 frozen concept network (:mod:`semknobs.train.concept`, refreshed on meter-measured edits during
@@ -27,6 +28,12 @@ from the paper, and off by default: measured on the default study it removes the
 less well (oracle cosine 0.71 -> 0.46): the decoder learns to carry what the regressor reads
 from the encoder, whatever the knobs say (README, "Regressor-feature reconstruction").
 
+``T`` is a handful of texture statistics (grey-level mean and spread, band-pass energy at a few
+scales; :mod:`semknobs.train.texture`), ``s_T`` their spread over the real training tiles and
+``W`` how they change per knob unit across the real training lots (a least-squares fit of lot
+means on lot labels): the edit must move what the meter does not read the way real lots differ.
+A departure from the paper.
+
 Target attributes (a documented choice for *continuous* control): ``b`` starts as the labels of
 other tiles in the batch (a shuffle, so realistic attribute combinations), then each attribute is
 independently replaced, with probability ``resample_prob``, by a uniform draw over [0, 1]. The
@@ -34,6 +41,13 @@ uniform draws cover the whole range, also between and beyond the 24-ish training
 the correlations between attributes that the few lots happen to have. A share ``one_knob_share``
 of the rows instead turns one knob: ``b = a + delta e_k`` (``|delta| <= one_knob_delta``), the
 edit that explanations (sweeps, the knob gradient) ask for.
+
+Weight averaging (``ema_decay > 0``): an exponential moving average of the generator's weights
+and batch-norm statistics (timm's ``ModelEmaV2`` scheme, warmed up as ``min(decay, (1 + t) /
+(10 + t))``) is kept beside the trained one and is the generator the model folder holds: the
+average of the last few hundred steps rather than wherever the adversarial game stopped
+(Yazici et al. 2019, "The unusual effectiveness of averaging in GAN training"). The concept
+network's refreshes edit with the trained generator, whose edits the concept loss shapes.
 
 Resume: a checkpoint (weights, optimizer moments, RNG state, step) every ``checkpoint_every``
 steps; rerunning with the same params continues from it. All randomness (batches, targets, GP
@@ -47,6 +61,7 @@ and of the generator's edit-and-reconstruct pass.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +86,7 @@ from semknobs.train.base import LogFn, Trainer, fingerprint, fit
 from semknobs.train.concept import ConceptParams, ConceptTrainer
 from semknobs.train.device import autocast
 from semknobs.train.distributed import World
+from semknobs.train.texture import TextureTarget
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,9 @@ class AttGANTrainParams:
     r1_every: int = 4  # critic "r1": lazy regularisation interval
     lambda_concept: float = 30.0  # 0: no concept network
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
+    lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
+    ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
+    texture_levels: int = 4  # Laplacian pyramid bands of T: 1, 2, 4, 8 px (train/texture.py)
     concept: ConceptParams = field(default_factory=ConceptParams)
     one_knob_share: float = 0.5  # rows whose target turns one knob
     one_knob_delta: float = 0.5
@@ -147,6 +166,27 @@ class AttGANTrainer(Trainer):
         self.concept_ready = True
         self.regressor: PeakStressRegressor | None = None
         self.feature_scale: torch.Tensor | None = None
+        self.texture: TextureTarget | None = None
+        self.gen_ema: Generator | None = None
+        if params.ema_decay > 0:
+            self.gen_ema = copy.deepcopy(self.gen).eval().requires_grad_(False)
+
+    @property
+    def generator(self) -> Generator:
+        """The generator to use and keep: the weight average when on, else the trained one."""
+        return self.gen if self.gen_ema is None else self.gen_ema
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.gen_ema is None:
+            return
+        decay = min(self.params.ema_decay, (1 + self.step) / (10 + self.step))
+        live = self.gen.state_dict()
+        for name, value in self.gen_ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(decay).add_(live[name].detach(), alpha=1 - decay)
+            else:  # batch counters
+                value.copy_(live[name])
 
     def distribute(self) -> None:
         """Wrap the trained passes in DDP (after resuming: DDP copies rank 0's weights)."""
@@ -177,9 +217,17 @@ class AttGANTrainer(Trainer):
         self.regressor = reg
         self.feature_scale = spread.clamp_min(0.1 * float(spread.mean()))  # no dead features
 
+    def attach_texture(self, images: torch.Tensor, labels: torch.Tensor, lots: np.ndarray) -> None:
+        """The texture targets, fit on these real training tiles (uint8), their lot labels (knob
+        units) and lot ids."""
+        target = TextureTarget.fit(images, labels, lots, self.params.texture_levels)
+        self.texture = target.to(self.device)
+
     # -- state -------------------------------------------------------------------------------
     def parts(self) -> dict[str, dict[str, Any]]:
         modules = {"gen": self.gen, "dis": self.dis}
+        if self.gen_ema is not None:
+            modules["gen_ema"] = self.gen_ema
         optimizers = {"gen": self.opt_g, "dis": self.opt_d}
         if self.concept is not None:
             modules |= self.concept.modules()
@@ -276,6 +324,10 @@ class AttGANTrainer(Trainer):
             concept = (change - wanted).pow(2).mean()
             loss_g = loss_g + p.lambda_concept * concept
             terms["train/concept"] = concept
+        if self.texture is not None and p.lambda_texture > 0:
+            texture = self.texture.loss(fake.float(), rec.float(), b - a)
+            loss_g = loss_g + p.lambda_texture * texture
+            terms["train/texture"] = texture
         if self.regressor is not None and p.lambda_regressor > 0:
             with torch.no_grad():
                 seen = self.regressor.features(x)
@@ -293,6 +345,7 @@ class AttGANTrainer(Trainer):
         self.opt_g.step()
         self.dis.requires_grad_(True)
         self.step += 1
+        self.update_ema()
         out = {"train/loss_d": loss_d, "train/loss_g": loss_g, **logged, **terms}
         return {k: float(v.detach()) for k, v in out.items()}
 
@@ -356,6 +409,10 @@ def train_attgan(
         if regressor is None:
             raise ValueError("lambda_regressor > 0 needs the trained regressor (its features)")
         trainer.attach_regressor(regressor, images.cpu())
+    if params.lambda_texture > 0:
+        if lots is None:
+            raise ValueError("lambda_texture > 0 needs the tiles' lot ids")
+        trainer.attach_texture(images.cpu(), attrs.cpu(), np.asarray(lots))
     refresh = params.concept.refresh_every if trainer.concept is not None else 0
 
     def advance() -> dict[str, float]:

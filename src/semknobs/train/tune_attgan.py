@@ -124,8 +124,8 @@ def objective_factory(
             progress=False,
         )
         images, attrs = val[0][pick], val[1][pick]
-        rec = reconstruction_metrics(images, generate(trainer.gen, images, attrs))
-        control = control_metrics(control_matrix(trainer.gen, images, attrs, space.eval)[0])
+        rec = reconstruction_metrics(images, generate(trainer.generator, images, attrs))
+        control = control_metrics(control_matrix(trainer.generator, images, attrs, space.eval)[0])
         metrics = {
             "val/psnr": rec["test/psnr"],
             "val/ssim": rec["test/ssim"],

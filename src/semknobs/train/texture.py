@@ -1,0 +1,164 @@
+"""Texture statistics the meter does not read, and how real lots say the knobs move them.
+
+The attribute meter rescales every tile to its own intensity range and reads particles, pores and
+outlines, so a concept loss built on it leaves the rest of the image free. Measured on the
+default study (``benchmarks/knob_statistics.py``), one knob unit of facetness raised the edits'
+grey-level spread by 11 levels where real lots differ by 2, and the size knob left the tiles'
+edge content unchanged where real lots of larger particles have ~40 % less: the meter read
+bigger particles, the regressor (which reads the whole image) barely saw a change.
+
+``texture_stats(x)``: per tile, the mean and standard deviation of the grey levels and the mean
+absolute band of a Laplacian pyramid (``levels`` octaves: 1, 2, 4, ... px): how much of the image
+lives at each scale, from pores and edges to particles. Differentiable and cheap.
+
+``TextureTarget``: what real lots say. Over the training lots, a multivariate least-squares fit
+of each statistic's lot mean on the lot labels (knob units), ``T ~ W a + c``; an edit of a tile
+from knobs ``a`` to ``b`` should then move its statistics by ``W (b - a)``, as differing lots do.
+Changes are compared in units of each statistic's spread over the real tiles. Nothing here reads
+a ground truth: the labels and tiles are what a lab hands over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.pixels import to_model
+
+MIN_TEXTURE_LOTS = len(ATTRIBUTES) + 2  # a fit of 4 slopes and an intercept, one spare lot
+_KERNEL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16  # binomial, sigma ~1 px
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """Separable binomial blur of (B, 1, S, S), reflected at the border."""
+    k = _KERNEL.to(x.dtype).to(x.device)
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def stat_names(levels: int) -> list[str]:
+    return ["mean", "std", *(f"band_{2**i}px" for i in range(levels))]
+
+
+def texture_stats(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Tiles (B, 1, S, S) in [-1, 1] -> (B, 2 + levels) statistics (:func:`stat_names`): the
+    grey-level mean and spread, then a Laplacian pyramid's mean absolute band at 1, 2, 4, ... px."""
+    flat = x.flatten(1)
+    out = [flat.mean(dim=1), flat.std(dim=1)]
+    for _ in range(levels):
+        blurred = _blur(x)
+        out.append((x - blurred).abs().flatten(1).mean(dim=1))  # (B,)
+        x = F.avg_pool2d(blurred, 2)
+    return torch.stack(out, dim=1)
+
+
+@dataclass
+class TextureTarget:
+    """``weight`` (T, 4): change of each statistic per knob unit across real lots; ``scale``
+    (T,): each statistic's spread over the real tiles."""
+
+    levels: int
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(
+        cls,
+        images: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray,
+        lots: np.ndarray,
+        levels: int,
+        batch_size: int = 256,
+    ) -> TextureTarget:
+        """From real tiles (uint8 (n, S, S)), their lot labels (n, 4, knob units) and lot ids."""
+        lots = np.asarray(lots)
+        with torch.no_grad():
+            stats = torch.cat(
+                [
+                    texture_stats(to_model(images[i : i + batch_size]), levels)
+                    for i in range(0, len(images), batch_size)
+                ]
+            ).double()
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
+        names = np.unique(lots)
+        if len(names) < MIN_TEXTURE_LOTS:
+            raise ValueError(
+                f"texture targets: {len(names)} training lots cannot fit "
+                f"{len(ATTRIBUTES)} slopes and an intercept (need at least {MIN_TEXTURE_LOTS})"
+            )
+        rows = [np.flatnonzero(lots == lot) for lot in names]
+        y = torch.stack([stats[r].mean(dim=0) for r in rows])  # (lots, T)
+        a = torch.stack([labels[r[0]] for r in rows])  # (lots, 4)
+        design = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+        coef = torch.linalg.lstsq(design, y).solution  # (5, T)
+        scale = stats.std(dim=0).clamp_min(1e-3)  # under ~1/8 grey level: no spread
+        return cls(levels, coef[:-1].T.float(), scale.float())
+
+    def to(self, device: torch.device) -> TextureTarget:
+        return TextureTarget(self.levels, self.weight.to(device), self.scale.to(device))
+
+    def wanted(self, change: torch.Tensor) -> torch.Tensor:
+        """Knob changes (B, 4) -> the statistics' changes real lots show (B, T), in spreads."""
+        return change @ self.weight.T / self.scale
+
+    def loss(
+        self, edit: torch.Tensor, reference: torch.Tensor, change: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared miss of ``stats(edit) - stats(reference)`` against :meth:`wanted`."""
+        moved = (texture_stats(edit, self.levels) - texture_stats(reference, self.levels)) / (
+            self.scale
+        )
+        return (moved - self.wanted(change)).pow(2).mean()
+
+
+def texture_agreement(
+    gen: torch.nn.Module,
+    images: torch.Tensor,
+    attrs: torch.Tensor,
+    target: TextureTarget,
+    step: float = 0.25,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """How the knobs move the statistics of these tiles (model range, (n, 1, S, S)) at their
+    knobs ``attrs`` (n, 4), against how real lots differ: per knob, the mean change per knob
+    unit of ``G(x; a + step e_k)`` against ``G(x; a - step e_k)`` (clamped to [0, 1]), in
+    spreads, beside ``W e_k`` in spreads.
+
+    Metrics ``texture/cosine_<a>`` (direction) and ``texture/miss_<a>`` = |edit - lots| / |lots|
+    (0: as real lots differ; 1: as far off as an edit that changes nothing).
+    """
+    gen.eval()
+    names = stat_names(target.levels)
+    metrics, rows = {}, []
+    lots_say = (target.weight / target.scale[:, None]).T.cpu()  # (4, T) spreads per knob unit
+    for k, attribute in enumerate(ATTRIBUTES):
+        moved = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                x, a = images[i : i + batch_size], attrs[i : i + batch_size]
+                up, down = a.clone(), a.clone()
+                up[:, k] = (up[:, k] + step).clamp(0, 1)
+                down[:, k] = (down[:, k] - step).clamp(0, 1)
+                span = (up[:, k] - down[:, k]).clamp_min(1e-6)[:, None]
+                diff = texture_stats(gen(x, up), target.levels) - texture_stats(
+                    gen(x, down), target.levels
+                )
+                moved.append(diff / span / target.scale)
+        edit = torch.cat(moved).mean(dim=0).cpu()
+        real = lots_say[k]
+        cos = float(edit @ real / (edit.norm() * real.norm()).clamp_min(1e-12))
+        metrics[f"texture/cosine_{attribute}"] = cos
+        metrics[f"texture/miss_{attribute}"] = float((edit - real).norm() / real.norm())
+        rows += [
+            dict(knob=attribute, statistic=name, edit=float(e), lots=float(r))
+            for name, e, r in zip(names, edit, real, strict=True)
+        ]
+    metrics["texture/mean_miss"] = float(
+        np.mean([metrics[f"texture/miss_{a}"] for a in ATTRIBUTES])
+    )
+    return metrics, pd.DataFrame(rows)

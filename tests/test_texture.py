@@ -1,0 +1,155 @@
+"""Texture statistics and their lot-level targets (semknobs.train.texture): known answers."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from semknobs.pixels import model_to_uint8, to_model
+from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
+from semknobs.train.texture import TextureTarget, stat_names, texture_agreement, texture_stats
+from tests.test_attgan import TINY, _data
+
+
+def test_a_flat_tile_has_its_grey_level_and_no_texture():
+    x = torch.full((2, 1, 32, 32), 0.25)
+    stats = texture_stats(x, levels=3)
+    assert stats.shape == (2, len(stat_names(3))) == (2, 5)
+    torch.testing.assert_close(stats[:, 0], torch.full((2,), 0.25))
+    torch.testing.assert_close(stats[:, 1:], torch.zeros(2, 4), atol=1e-6, rtol=0)
+
+
+def test_a_one_pixel_checkerboard_lives_in_the_finest_band_only():
+    # the binomial blur averages a period-2 pattern to exactly 0: all of it is the 1-px band
+    yy, xx = np.indices((32, 32))
+    x = torch.from_numpy(np.where((yy + xx) % 2, 0.5, -0.5)).float()[None, None]
+    stats = texture_stats(x, levels=3)[0]
+    assert stats[0] == pytest.approx(0.0, abs=1e-6)  # mean
+    assert stats[2] == pytest.approx(0.5, abs=1e-5)  # band 1 px
+    assert stats[3:].abs().max() < 1e-5  # nothing coarser
+
+
+def test_coarser_blobs_move_energy_to_coarser_bands():
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.standard_normal((1, 1, 64, 64))).float().clamp(-1, 1)
+    centroids = []
+    for factor in (1, 2, 4, 8):  # blobs of 1, 2, 4, 8 px
+        x = torch.nn.functional.interpolate(
+            noise[..., : 64 // factor, : 64 // factor], scale_factor=factor
+        )
+        bands = texture_stats(x, 4)[0, 2:]
+        centroids.append(float((bands * torch.arange(4)).sum() / bands.sum()))
+    assert centroids == sorted(centroids) and centroids[-1] - centroids[0] > 1
+
+
+def _planted_lots(n_lots=8, per_lot=6, seed=0):
+    """Flat tiles whose grey level is 0.4 * size + 0.1 * porosity - 0.3 (+ per-tile noise):
+    the only statistic that changes across lots is the mean."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n_lots, 4))
+    lots = np.repeat([f"L{i}" for i in range(n_lots)], per_lot)
+    per_tile = np.repeat(labels, per_lot, axis=0)
+    level = 0.4 * per_tile[:, 0] + 0.1 * per_tile[:, 1] - 0.3
+    level = level + rng.normal(0, 0.002, len(level))
+    images = model_to_uint8(np.broadcast_to(level[:, None, None], (len(level), 32, 32)).copy())
+    return torch.from_numpy(images), torch.from_numpy(per_tile).float(), lots
+
+
+def test_the_fit_recovers_how_a_statistic_changes_across_lots():
+    images, labels, lots = _planted_lots()
+    target = TextureTarget.fit(images, labels, lots, levels=3)
+    mean_row = target.weight[0].numpy()
+    np.testing.assert_allclose(mean_row, [0.4, 0.1, 0.0, 0.0], atol=0.01)  # uint8 rounding
+    assert target.weight[1:].abs().max() < 1e-3  # flat tiles: no spread, no bands
+
+
+def test_the_loss_is_zero_for_a_real_change_and_not_for_its_negation():
+    images, labels, lots = _planted_lots()
+    target = TextureTarget.fit(images, labels, lots, levels=3)
+    ref = torch.full((4, 1, 32, 32), 0.1)
+    change = torch.zeros(4, 4)
+    change[:, 0] = 0.25  # a quarter knob of size: the mean should rise by 0.4 * 0.25
+    moved = target.weight[0, 0] * 0.25
+    right = target.loss(ref + moved, ref, change)
+    wrong = target.loss(ref - moved, ref, change)
+    assert float(right) < 1e-8
+    expected = (2 * float(moved) / float(target.scale[0])) ** 2 / len(stat_names(3))
+    assert float(wrong) == pytest.approx(expected, rel=1e-4)
+
+
+def test_too_few_lots_for_the_fit_are_refused():
+    images, labels, lots = _planted_lots(n_lots=5)
+    with pytest.raises(ValueError, match="5 training lots"):
+        TextureTarget.fit(images, labels, lots, levels=3)
+
+
+def test_the_texture_term_of_the_generator_is_the_documented_one():
+    """The logged term is |(T(G(x, b)) - T(G(x, a))) / s - W (b - a)|^2 (recomputed from a copy
+    of the generator and the step's own targets), and training on one batch lowers it."""
+    params = AttGANTrainParams(
+        model=TINY, batch_size=8, seed=1, lambda_concept=0.0, lambda_texture=5.0, texture_levels=3
+    )
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    images, attrs = _data(48)
+    lots = np.repeat([f"L{i}" for i in range(8)], 6)
+    attrs = attrs[::6].repeat_interleave(6, dim=0)  # one label vector per lot
+    trainer.attach_texture(images, attrs, lots)
+    x, a = to_model(images[:8]), attrs[:8]
+    gen = copy.deepcopy(trainer.gen).train()  # batch statistics, as in the step
+    probe = copy.deepcopy(trainer.rng)
+    trainer.targets(a)  # the critic's draw comes first in the step
+    b = trainer.targets(a)
+    trainer.rng = probe
+    with torch.no_grad():
+        feats = gen.encode(x)
+        fake, rec = gen.decode(feats, b), gen.decode(feats, a)
+        want = trainer.texture.loss(fake, rec, b - a)
+    logged = trainer.train_step(x, a)
+    assert logged["train/texture"] == pytest.approx(float(want), rel=1e-4)
+    for _ in range(30):
+        last = trainer.train_step(x, a)
+    assert last["train/texture"] < logged["train/texture"]
+
+
+def test_the_texture_loss_without_lots_is_refused():
+    params = AttGANTrainParams(
+        model=TINY, batch_size=4, steps=1, lambda_concept=0.0, lambda_texture=1.0
+    )
+    images, attrs = _data(4)
+    with pytest.raises(ValueError, match="lambda_texture"):
+        train_attgan(params=params, images=images, attrs=attrs, progress=False)
+
+
+class _FlatEditor(torch.nn.Module):
+    """An editor that paints a flat tile at ``sign * (PLANT @ a)`` (ignores the image)."""
+
+    def __init__(self, sign: float):
+        super().__init__()
+        self.sign = sign
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        level = self.sign * (a @ PLANT) - 0.3
+        return level[:, None, None, None].expand_as(x)
+
+
+PLANT = torch.tensor([0.3, 0.1, -0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("sign", "miss", "cosine"), [(1.0, 0.0, 1.0), (-1.0, 2.0, -1.0), (0.0, 1.0, 0.0)]
+)
+def test_agreement_scores_a_real_editor_its_negation_and_a_constant(sign, miss, cosine):
+    rng = np.random.default_rng(1)
+    labels = rng.random((10, 4)).astype(np.float32)
+    lots = np.repeat([f"L{i}" for i in range(10)], 4)
+    per_tile = torch.from_numpy(np.repeat(labels, 4, axis=0))
+    level = per_tile @ PLANT - 0.3  # real lots: flat tiles (stored as uint8: ~1 % slope error)
+    images = torch.from_numpy(model_to_uint8(level[:, None, None].expand(-1, 32, 32).numpy()))
+    target = TextureTarget.fit(images, per_tile, lots, levels=2)
+    x = torch.zeros(8, 1, 32, 32)
+    metrics, table = texture_agreement(_FlatEditor(sign), x, per_tile[:8], target)
+    for a in ("size", "porosity", "dispersity", "facetness"):
+        assert metrics[f"texture/miss_{a}"] == pytest.approx(miss, abs=0.1)
+        assert metrics[f"texture/cosine_{a}"] == pytest.approx(cosine, abs=0.05)
+    assert len(table) == 4 * len(stat_names(2))
