@@ -2,10 +2,10 @@
 
 The attribute meter rescales every tile to its own intensity range and reads particles, pores and
 outlines, so a concept loss built on it leaves the rest of the image free. Measured on the
-default study (``benchmarks/knob_statistics.py``), one knob unit of facetness raised the edits'
-grey-level spread by 11 levels where real lots differ by 2, and the size knob left the tiles'
-edge content unchanged where real lots of larger particles have ~40 % less: the meter read
-bigger particles, the regressor (which reads the whole image) barely saw a change.
+default study without this loss (README, "Texture the meter does not read"): the size knob
+brightened tiles by 2.7 spreads per knob unit where real lots of larger particles darken by 2.0,
+and left the fine bands almost unchanged where real lots lose ~2.9 spreads; the meter read bigger
+particles, the regressor (which reads the whole image) barely saw a change.
 
 ``texture_stats(x)``: per tile, the mean and standard deviation of the grey levels and the mean
 absolute band of a Laplacian pyramid (``levels`` octaves: 1, 2, 4, ... px): how much of the image
@@ -77,6 +77,12 @@ class TextureTarget:
     ) -> TextureTarget:
         """From real tiles (uint8 (n, S, S)), their lot labels (n, 4, knob units) and lot ids."""
         lots = np.asarray(lots)
+        names = np.unique(lots)
+        if len(names) < MIN_TEXTURE_LOTS:
+            raise ValueError(
+                f"texture targets: {len(names)} training lots cannot fit "
+                f"{len(ATTRIBUTES)} slopes and an intercept (need at least {MIN_TEXTURE_LOTS})"
+            )
         with torch.no_grad():
             stats = torch.cat(
                 [
@@ -85,12 +91,6 @@ class TextureTarget:
                 ]
             ).double()
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
-        names = np.unique(lots)
-        if len(names) < MIN_TEXTURE_LOTS:
-            raise ValueError(
-                f"texture targets: {len(names)} training lots cannot fit "
-                f"{len(ATTRIBUTES)} slopes and an intercept (need at least {MIN_TEXTURE_LOTS})"
-            )
         rows = [np.flatnonzero(lots == lot) for lot in names]
         y = torch.stack([stats[r].mean(dim=0) for r in rows])  # (lots, T)
         a = torch.stack([labels[r[0]] for r in rows])  # (lots, 4)
