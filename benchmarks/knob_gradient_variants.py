@@ -3,7 +3,9 @@
 For issue 14: does averaging make the knob gradient follow the regressor's real response better,
 without retraining? Variants: the plain gradient, the mean over the eight symmetries of the
 square (test-time augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2),
-clamped: ``explain.knob_gradient.smoothing``), and central differences of R(G(I; A +- h e_k)).
+clamped: ``explain.knob_gradient.smoothing``), both at once (the draws cycle through the eight
+views: ``explain.knob_gradient.symmetric``, the same cost), and central differences of
+R(G(I; A +- h e_k)).
 Mapped to true units by the referee's own label fit and scored against the oracle.
 
 ``--lots train`` (the default) CHOOSES: two tiles of each of the 24 training lots, with the
@@ -109,10 +111,9 @@ def main() -> int:
 
     explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
 
-    def smooth(sigma: float) -> np.ndarray:
-        return (
-            KnobGradient(gen, reg, KnobGradientParams(smoothing=sigma)).attribute(x, attrs).gradient
-        )
+    def smooth(sigma: float, symmetric: bool = False) -> np.ndarray:
+        params = KnobGradientParams(smoothing=sigma, symmetric=symmetric)
+        return KnobGradient(gen, reg, params).attribute(x, attrs).gradient
 
     variants = {
         "plain gradient": lambda: explainer.attribute(x, attrs).gradient,
@@ -120,6 +121,19 @@ def main() -> int:
             [explainer.attribute(dihedral(x, k), attrs).gradient for k in range(8)], axis=0
         ),
         **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2, 0.3)},
+        **{
+            f"SmoothGrad sigma {s}, D4 views cycled (symmetric)": (lambda s=s: smooth(s, True))
+            for s in (0.2, 0.3)
+        },
+        "D4 mean of SmoothGrad sigma 0.2 (8 x the cost)": lambda: np.mean(
+            [
+                KnobGradient(gen, reg, KnobGradientParams(smoothing=0.2))
+                .attribute(dihedral(x, k), attrs)
+                .gradient
+                for k in range(8)
+            ],
+            axis=0,
+        ),
         **{
             f"central difference h {h}": (lambda h=h: _central(gen, reg, x, attrs, h))
             for h in (0.1, 0.25)

@@ -190,6 +190,30 @@ def test_smoothed_knob_gradient_of_a_quadratic_is_its_gradient_and_batches_do_no
     assert not np.allclose(plain.attribute(x, a).gradient, res.gradient, rtol=1e-7, atol=0)
 
 
+class TextureG(LinearG):
+    """G(x, a) = x + sum_k a_k (x * W_k): each knob's effect depends on the tile's pixels, so on
+    a tile without the square's symmetries every view has its own gradient."""
+
+    def forward(self, x, a):
+        return x + torch.einsum("nk,kcij,ncij->ncij", a, self.w, x)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_symmetric_knob_gradient_is_the_mean_over_the_eight_views(smoothing):
+    from semknobs.models.concept import dihedral
+
+    _, reg, x, a = _problem(n=3)
+    gen = TextureG()
+    plain = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))
+    views = np.mean([plain.attribute(dihedral(x, k), a).gradient for k in range(8)], axis=0)
+    assert not np.allclose(views, plain.attribute(x, a).gradient, rtol=1e-3)  # views differ
+    # linear in a: knob noise changes nothing, and 16 draws see each view twice
+    params = KnobGradientParams(smoothing=smoothing, samples=16, symmetric=True)
+    res = KnobGradient(gen, reg, params).attribute(x, a, batch_size=2)
+    np.testing.assert_allclose(res.gradient, views, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)  # the tile itself
+
+
 @pytest.mark.parametrize(
     "bad", [{"smoothing": -0.1}, {"smoothing": 2.0}, {"samples": 0}, {"samples": 10**6}]
 )

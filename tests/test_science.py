@@ -108,6 +108,31 @@ def test_collect_and_the_table(tmp_path):
         science.collect(tmp_path / "nowhere", science.Study("s2", {"x": 1}))
 
 
+def test_the_table_reports_the_attgan_and_the_proxy_flags_where_the_study_has_them(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    flags = {f"regressor/lots/flag_{a}": float(a == "facetness") for a in ATTRIBUTES}
+    explain = flags | {"knob_gradient/lots/flag_agreement": 0.75, "test/psnr": -1.0}
+    attgan = {f"control/spearman_{a}": 0.8 for a in ATTRIBUTES} | {
+        "control/mean_spearman": 0.8,
+        "control/max_leakage": 0.61,
+        "test/psnr": 23.5,
+    }
+    for name, values in (("explain", explain), ("attgan", attgan)):
+        (tmp_path / "metrics" / f"{name}.json").write_text(json.dumps(values))
+    (tmp_path / "metrics" / "regressor.json").write_text(json.dumps({"test/lot_r2": 0.9}))
+    got = science.collect(tmp_path, science.Study("s1", {"x": 1}))
+    assert got["s1/control/max_leakage"] == 0.61
+    assert got["s1/test/psnr"] == -1.0  # a key in both: the explain stage's wins
+    text = science.markdown(got, ["s1"])
+    assert "AttGAN control Spearman 0.80 / 0.80 / 0.80 / 0.80" in text
+    assert "max leakage 0.61" in text
+    assert (
+        "proxy flags (the regressor's measured use beyond what the lots support): facetness;"
+        in text
+    )
+    assert "agree on 0.75" in text
+
+
 def test_the_make_target_runs_every_study():
     makefile = (ROOT / "Makefile").read_text()
     line = next(x for x in makefile.splitlines() if "semknobs.science" in x)

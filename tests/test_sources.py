@@ -24,7 +24,7 @@ def test_every_stage_lists_exactly_the_sources_it_runs():
         listed, actual = _code_deps(stage), set(stage_sources(name))
         if listed != actual:
             drift[name] = {"missing": sorted(actual - listed), "stale": sorted(listed - actual)}
-    assert drift == {}, "update dvc.yaml from `python -m semknobs.sources`"
+    assert drift == {}, "update dvc.yaml: `python -m semknobs.sources --write`"
 
 
 def test_every_stage_script_is_a_stage_and_vice_versa():
@@ -47,3 +47,11 @@ def test_the_closure_follows_imports_inside_functions_but_not_type_hints(tmp_pat
 def test_an_unknown_stage_is_named_in_the_error() -> None:
     with pytest.raises(ValueError, match=r"no stage 'meter'.*check_meter"):
         stage_sources("meter")
+
+
+def test_an_unknown_stage_is_a_clear_error_not_a_traceback(capsys):
+    from semknobs.sources import main
+
+    assert main(["--help"]) == 2
+    err = capsys.readouterr().err
+    assert "no stage '--help'" in err and "usage: [STAGE ...] | --write" in err

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +111,12 @@ def reproduce(workspace: Path, root: Path, study: Study, stamp: str) -> None:
 
 
 def collect(workspace: Path, study: Study) -> dict[str, float]:
-    """The study's keys: ``<study>/<explain key>`` plus its regressor and design facts."""
+    """The study's keys: ``<study>/<explain key>``, its AttGAN's (``evaluate_attgan``: control,
+    leakage, realism) where present, plus its regressor and design facts."""
     metrics = _read(workspace / "metrics" / "explain.json")
+    attgan = workspace / "metrics" / "attgan.json"
+    if attgan.exists():
+        metrics = _read(attgan) | metrics
     out = {f"{study.name}/{k}": v for k, v in metrics.items()}
     regressor = _read(workspace / "metrics" / "regressor.json")
     out[f"{study.name}/test/lot_r2"] = regressor.get("test/lot_r2")
@@ -161,6 +166,10 @@ def run_suite(
     return results
 
 
+def _per_knob(get: Callable[[str], float | None], key: str) -> str:
+    return " / ".join(_fmt(get(f"{key}_{a}")) for a in ATTRIBUTES)
+
+
 def _fmt(value: float | None) -> str:
     return (
         "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
@@ -186,6 +195,22 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
             f"law {_fmt(get('counterfactual/validity_law'))} "
             f"(over {int(get('counterfactual/validity_n') or 0)} converged searches)",
         ]
+        if get("control/mean_spearman") is not None:
+            per_knob = lambda key, get=get: _per_knob(get, key)  # noqa: E731
+            facts += [
+                f"AttGAN control Spearman {per_knob('control/spearman')} (meter ceiling "
+                f"{per_knob('control/ceiling')}), max leakage {_fmt(get('control/max_leakage'))} "
+                f"(ceiling {_fmt(get('control/ceiling_max_leakage'))}), PSNR "
+                f"{_fmt(get('test/psnr'))} dB, reconstruction shift "
+                f"{_fmt(get('recon/shift_pct_range'))} % of the stress range",
+            ]
+        if get("regressor/lots/flag_size") is not None:
+            flagged = [a for a in ATTRIBUTES if get(f"regressor/lots/flag_{a}")]
+            facts.append(
+                "proxy flags (the regressor's measured use beyond what the lots support): "
+                f"{', '.join(flagged) or 'none'}; knob gradient's flags agree on "
+                f"{_fmt(get('knob_gradient/lots/flag_agreement'))} of the attributes"
+            )
         lines += [f"- {f}" for f in facts] + [""]
         head = ["explainer", "fidelity", *(m.replace("_", " ") for m in TABLE_METRICS)]
         lines.append("| " + " | ".join(head) + " |")

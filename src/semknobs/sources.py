@@ -115,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in argv or list(stages):
+        try:
+            paths = stage_sources(stage)
+        except ValueError as exc:  # an unknown stage, or an option (usage: [STAGE ...] | --write)
+            print(f"semknobs.sources: {exc}; usage: [STAGE ...] | --write", file=sys.stderr)
+            return 2
         print(f"{stage}:")
-        for path in stage_sources(stage):
+        for path in paths:
             print(f"      - {path}")
     return 0
 

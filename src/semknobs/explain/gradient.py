@@ -16,6 +16,14 @@ sweep also measures, instead of the generator's local wiggles at exactly ``A``. 
 from a generator seeded with ``seed``, so the result is deterministic and each tile's draws do
 not depend on the batch. ``baseline`` stays ``R(G(I; A))`` at ``A`` itself. Chosen for the
 default on the synthetic study's training lots (``benchmarks/knob_gradient_variants.py``).
+
+``symmetric`` also turns the tile: draw ``j`` takes the gradient on the ``j mod 8``-th symmetry
+of the square of the tile (rotations by 90 degrees, mirror images), so with 16 draws every view
+is seen twice, at the same cost (without smoothing: the mean over the 8 views, 8 passes). The
+AttGAN is not exactly equivariant, so one view's gradient carries that view's own generator
+wiggles; micrographs of powders and sintered parts have no preferred direction, so each view is
+the same material and the regressor (trained with flips and rotations) reads it the same way.
+Leave it off for images with a direction (rolling texture, detector shadowing, a tilt axis).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from semknobs.models.concept import dihedral
+
 
 @dataclass
 class KnobAttribution:
@@ -35,6 +45,7 @@ class KnobAttribution:
 
 
 MAX_SAMPLES = 1024
+VIEWS = 8  # the symmetries of the square (models.concept.dihedral)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class KnobGradientParams:
     smoothing: float = 0.2  # sd of the knob-space noise (0: the plain gradient at A)
     samples: int = 16  # draws averaged when smoothing > 0
     seed: int = 0
+    symmetric: bool = False  # draw j reads the tile's (j mod 8)-th dihedral view
 
     def __post_init__(self) -> None:
         if not 0 <= self.smoothing <= 1:
@@ -78,7 +90,8 @@ class KnobGradient:
         self.reg.eval()
         # one (samples, n, 4) draw for all tiles, so a tile's draws do not depend on batching
         rng = torch.Generator().manual_seed(p.seed)
-        draws = p.samples if p.smoothing > 0 else 0
+        views = VIEWS if p.symmetric else 1
+        draws = p.samples if p.smoothing > 0 else (views if views > 1 else 0)
         noise = torch.randn((draws, *attrs.shape), generator=rng).to(attrs.device) * p.smoothing
         grads, base = [], []
         for i in range(0, len(images), batch_size):
@@ -87,8 +100,11 @@ class KnobGradient:
             if draws:
                 grad = torch.stack(
                     [
-                        self._gradient(x, (a + eps[i : i + batch_size]).clamp(0, 1))[0]
-                        for eps in noise
+                        self._gradient(
+                            dihedral(x, j % views) if views > 1 else x,
+                            (a + eps[i : i + batch_size]).clamp(0, 1),
+                        )[0]
+                        for j, eps in enumerate(noise)
                     ]
                 ).mean(dim=0)
             grads.append(grad)
