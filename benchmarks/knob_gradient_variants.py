@@ -39,7 +39,7 @@ from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import RefereeParams, label_fit
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams
-from semknobs.models.concept import dihedral
+from semknobs.models.concept import SYMMETRIES, dihedral
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model, regressor_model
@@ -111,14 +111,14 @@ def main() -> int:
 
     explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
 
-    def smooth(sigma: float, symmetric: bool = False) -> np.ndarray:
+    def smooth(sigma: float, symmetric: bool = False, images: torch.Tensor = x) -> np.ndarray:
         params = KnobGradientParams(smoothing=sigma, symmetric=symmetric)
-        return KnobGradient(gen, reg, params).attribute(x, attrs).gradient
+        return KnobGradient(gen, reg, params).attribute(images, attrs).gradient
 
     variants = {
         "plain gradient": lambda: explainer.attribute(x, attrs).gradient,
         "D4 mean": lambda: np.mean(
-            [explainer.attribute(dihedral(x, k), attrs).gradient for k in range(8)], axis=0
+            [explainer.attribute(dihedral(x, k), attrs).gradient for k in range(SYMMETRIES)], axis=0
         ),
         **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2, 0.3)},
         **{
@@ -126,13 +126,7 @@ def main() -> int:
             for s in (0.2, 0.3)
         },
         "D4 mean of SmoothGrad sigma 0.2 (8 x the cost)": lambda: np.mean(
-            [
-                KnobGradient(gen, reg, KnobGradientParams(smoothing=0.2))
-                .attribute(dihedral(x, k), attrs)
-                .gradient
-                for k in range(8)
-            ],
-            axis=0,
+            [smooth(0.2, images=dihedral(x, k)) for k in range(SYMMETRIES)], axis=0
         ),
         **{
             f"central difference h {h}": (lambda h=h: _central(gen, reg, x, attrs, h))

@@ -196,10 +196,10 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
             f"(over {int(get('counterfactual/validity_n') or 0)} converged searches)",
         ]
         if get("control/mean_spearman") is not None:
-            per_knob = lambda key, get=get: _per_knob(get, key)  # noqa: E731
             facts += [
-                f"AttGAN control Spearman {per_knob('control/spearman')} (meter ceiling "
-                f"{per_knob('control/ceiling')}), max leakage {_fmt(get('control/max_leakage'))} "
+                f"AttGAN control Spearman {_per_knob(get, 'control/spearman')} (meter ceiling "
+                f"{_per_knob(get, 'control/ceiling')}), max leakage "
+                f"{_fmt(get('control/max_leakage'))} "
                 f"(ceiling {_fmt(get('control/ceiling_max_leakage'))}), PSNR "
                 f"{_fmt(get('test/psnr'))} dB, reconstruction shift "
                 f"{_fmt(get('recon/shift_pct_range'))} % of the stress range",

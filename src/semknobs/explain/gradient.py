@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semknobs.models.concept import dihedral
+from semknobs.models.concept import SYMMETRIES, dihedral
 
 
 @dataclass
@@ -45,7 +45,6 @@ class KnobAttribution:
 
 
 MAX_SAMPLES = 1024
-VIEWS = 8  # the symmetries of the square (models.concept.dihedral)
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ class KnobGradient:
         self.reg.eval()
         # one (samples, n, 4) draw for all tiles, so a tile's draws do not depend on batching
         rng = torch.Generator().manual_seed(p.seed)
-        views = VIEWS if p.symmetric else 1
-        draws = p.samples if p.smoothing > 0 else (views if views > 1 else 0)
+        views = SYMMETRIES if p.symmetric else 1
+        draws = p.samples if p.smoothing > 0 else SYMMETRIES * p.symmetric
         noise = torch.randn((draws, *attrs.shape), generator=rng).to(attrs.device) * p.smoothing
         grads, base = [], []
         for i in range(0, len(images), batch_size):

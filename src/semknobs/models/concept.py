@@ -35,8 +35,11 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+SYMMETRIES = 8  # of the square: four quarter turns, each with and without a mirror
+
+
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the eight symmetries of the square (k in 0..7) of (B, C, S, S)."""
+    """The k-th of the symmetries of the square (k in 0..SYMMETRIES-1) of (B, C, S, S)."""
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return x.flip(-1) if k >= 4 else x
 
@@ -57,5 +60,5 @@ class ConceptNet(nn.Module):
         """Tiles (B, 1, S, S) in [-1, 1] -> concepts (B, 4) in knob units."""
         if not symmetric:
             return self.head(self.trunk(x))
-        views = torch.cat([dihedral(x, k) for k in range(8)])
-        return self.head(self.trunk(views)).view(8, len(x), -1).mean(dim=0)
+        views = torch.cat([dihedral(x, k) for k in range(SYMMETRIES)])
+        return self.head(self.trunk(views)).view(SYMMETRIES, len(x), -1).mean(dim=0)

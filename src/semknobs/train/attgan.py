@@ -79,7 +79,7 @@ from semknobs.models.attgan import (
     gradient_penalty,
     r1_penalty,
 )
-from semknobs.models.concept import dihedral
+from semknobs.models.concept import SYMMETRIES, dihedral
 from semknobs.models.regressor import PeakStressRegressor, pooled_features
 from semknobs.pixels import to_model, to_uint8
 from semknobs.train.base import LogFn, Trainer, fingerprint, fit
@@ -318,7 +318,7 @@ class AttGANTrainer(Trainer):
         loss_g = adv_g + p.lambda_att_g * att_g + p.lambda_rec * rec_l1
         terms = {"train/adv_g": adv_g, "train/att_g": att_g, "train/rec_l1": rec_l1}
         if self.concept is not None and p.lambda_concept > 0:
-            k = int(torch.randint(0, 8, (1,), generator=self.rng))  # C is symmetric: any view
+            k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))  # C is symmetric
             both = self.concept.net(dihedral(torch.cat([fake, rec]).float(), k))
             change, wanted = both[: len(x)] - both[len(x) :], b - a
             concept = (change - wanted).pow(2).mean()

@@ -26,7 +26,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.meter import MeterParams, calibration, measure_tiles
-from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
+from semknobs.models.concept import SYMMETRIES, ConceptConfig, ConceptNet, dihedral
 from semknobs.pixels import to_model
 
 K = len(ATTRIBUTES)
@@ -114,7 +114,7 @@ class ConceptTrainer:
                 j = torch.randint(0, self.pool.count, (n_edit,), generator=self.rng)
                 x = torch.cat([x, self.pool.x[j]])
                 y = torch.cat([y, self.pool.y[j]])
-            k = int(torch.randint(0, 8, (1,), generator=self.rng))
+            k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))
             pred = self.net(dihedral(to_model(x, self.device), k))
             loss = masked_mse(pred, y.to(self.device))
             loss = loss + p.aux_weight * masked_mse(pred[: len(aux)], aux.to(self.device))
