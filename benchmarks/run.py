@@ -269,6 +269,9 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         f"this tree: params.yaml without the texture loss ({_DEFAULT_ARCH})": (
             root / "src", Path(args.params), {"lambda_texture": 0.0}
         ),
+        f"this tree: params.yaml, concept_rec_grad false ({_DEFAULT_ARCH})": (
+            root / "src", Path(args.params), {"concept_rec_grad": False}
+        ),
     }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -286,6 +289,7 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         ("same design, this tree / baseline", 1, 0),
         ("new design / baseline", 2, 0),
         ("texture loss on / off, params.yaml", 3, 4),
+        ("concept_rec_grad false / true (params.yaml)", 5, 3),
     ):
         ratios = [b / a for a, b in zip(series[j], series[k], strict=True)]
         target = "<= 0.8" if j == 0 else ""

@@ -1,11 +1,13 @@
 import copy
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradient_penalty
+from semknobs.models.concept import ConceptConfig, ConceptNet
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
 from semknobs.pixels import to_model
 from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
@@ -199,3 +201,22 @@ def test_the_regressor_loss_without_a_regressor_is_refused():
     images, attrs = _data(4)
     with pytest.raises(ValueError, match="lambda_regressor"):
         train_attgan(params=params, images=images, attrs=attrs, progress=False)
+
+
+@pytest.mark.parametrize("rec_grad", [False, True])
+def test_the_concept_term_moves_the_reconstruction_only_when_asked(rec_grad):
+    """Same value either way; the reconstruction gets a gradient only with concept_rec_grad."""
+    params = AttGANTrainParams(model=TINY, concept_rec_grad=rec_grad, **NO_CONCEPT)
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = ConceptNet(ConceptConfig(width=4, blocks=3)).eval().requires_grad_(False)
+    trainer.concept = SimpleNamespace(net=net)
+    fake, rec = (torch.randn(4, 1, 32, 32, requires_grad=True) for _ in range(2))
+    wanted = torch.rand(4, 4)
+    with torch.no_grad():
+        want = (net(fake) - net(rec) - wanted).pow(2).mean()
+    term = trainer.concept_term(fake, rec, wanted)
+    torch.testing.assert_close(term, want)
+    term.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert (rec.grad is not None and rec.grad.abs().sum() > 0) == rec_grad

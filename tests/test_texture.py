@@ -5,11 +5,26 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from semknobs.pixels import model_to_uint8, to_model
 from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
-from semknobs.train.texture import TextureTarget, stat_names, texture_agreement, texture_stats
+from semknobs.train.texture import (
+    TextureTarget,
+    _blur,
+    stat_names,
+    texture_agreement,
+    texture_stats,
+)
 from tests.test_attgan import TINY, _data
+
+
+def test_the_blur_is_the_separable_binomial_filter_reflected_at_the_border():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 16, 16)
+    kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    want = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel.outer(kernel)[None, None])
+    torch.testing.assert_close(_blur(x), want)
 
 
 def test_a_flat_tile_has_its_grey_level_and_no_texture():

@@ -15,9 +15,11 @@ with ``a`` the tile's (lot) attributes, ``b`` the target attributes of the edit 
 frozen concept network (:mod:`semknobs.train.concept`, refreshed on meter-measured edits during
 training). The concept loss asks for what an explanation needs: the change the edit makes, as
 the meter would read it, equals the requested change on every knob (so the others stay put),
-measured against the reconstruction so that C's per-tile bias cancels. With the concept loss on,
-the critic's attribute head can be switched off (``lambda_att_d = lambda_att_g = 0``): realism
-only.
+measured against the reconstruction so that C's per-tile bias cancels. The loss moves both the
+edit and the reconstruction (``concept_rec_grad``); reading the reconstruction as a fixed
+reference instead halves C's backward pass but, measured (README, "AttGAN step time"), lets the
+reconstruction drift from what the regressor reads in the tile. With the concept loss on, the
+critic's attribute head can be switched off (``lambda_att_d = lambda_att_g = 0``): realism only.
 
 ``F`` is the frozen regressor's pooled features (what its head reads) and ``s`` their spread
 over the real training tiles: the reconstruction must look to the regressor like the tile it
@@ -106,6 +108,7 @@ class AttGANTrainParams:
     r1_gamma: float = 1.0  # critic "r1": weight of the R1 penalty
     r1_every: int = 4  # critic "r1": lazy regularisation interval
     lambda_concept: float = 30.0  # 0: no concept network
+    concept_rec_grad: bool = True  # the concept loss also moves the reconstruction
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
@@ -282,6 +285,21 @@ class AttGANTrainer(Trainer):
             terms["train/r1"] = r1
         return loss + p.lambda_att_d * att_d, terms | {"train/att_d": att_d}
 
+    def concept_term(
+        self, fake: torch.Tensor, rec: torch.Tensor, wanted: torch.Tensor
+    ) -> torch.Tensor:
+        """|C(fake) - C(rec) - wanted|^2, mean over rows and knobs. Without ``concept_rec_grad``
+        the reconstruction's reading is a fixed reference (no gradient; C is frozen in eval
+        mode, so reading the two apart gives the same values): the loss moves the edit only."""
+        if self.params.concept_rec_grad:
+            both = self.concept.net(torch.cat([fake, rec]))
+            read_fake, read_rec = both[: len(fake)], both[len(fake) :]
+        else:
+            read_fake = self.concept.net(fake)
+            with torch.no_grad():
+                read_rec = self.concept.net(rec)
+        return (read_fake - read_rec - wanted).pow(2).mean()
+
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
         """One generator update after ``n_critic`` critic updates on the same real batch.
 
@@ -319,9 +337,7 @@ class AttGANTrainer(Trainer):
         terms = {"train/adv_g": adv_g, "train/att_g": att_g, "train/rec_l1": rec_l1}
         if self.concept is not None and p.lambda_concept > 0:
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))  # C is symmetric
-            both = self.concept.net(dihedral(torch.cat([fake, rec]).float(), k))
-            change, wanted = both[: len(x)] - both[len(x) :], b - a
-            concept = (change - wanted).pow(2).mean()
+            concept = self.concept_term(dihedral(fake.float(), k), dihedral(rec.float(), k), b - a)
             loss_g = loss_g + p.lambda_concept * concept
             terms["train/concept"] = concept
         if self.texture is not None and p.lambda_texture > 0:
