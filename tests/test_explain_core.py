@@ -12,6 +12,7 @@ from semknobs.explain.counterfactual import OPTIMIZERS, CounterfactualParams, Kn
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity
+from semknobs.models.concept import SYMMETRIES, dihedral
 
 S, K = 8, 4
 
@@ -200,12 +201,11 @@ class TextureG(LinearG):
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_symmetric_knob_gradient_is_the_mean_over_the_eight_views(smoothing):
-    from semknobs.models.concept import dihedral
-
     _, reg, x, a = _problem(n=3)
     gen = TextureG()
     plain = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))
-    views = np.mean([plain.attribute(dihedral(x, k), a).gradient for k in range(8)], axis=0)
+    views = [plain.attribute(dihedral(x, k), a).gradient for k in range(SYMMETRIES)]
+    views = np.mean(views, axis=0)
     assert not np.allclose(views, plain.attribute(x, a).gradient, rtol=1e-3)  # views differ
     # linear in a: knob noise changes nothing, and 16 draws see each view twice
     params = KnobGradientParams(smoothing=smoothing, samples=16, symmetric=True)

@@ -89,7 +89,6 @@ class KnobGradient:
         self.reg.eval()
         # one (samples, n, 4) draw for all tiles, so a tile's draws do not depend on batching
         rng = torch.Generator().manual_seed(p.seed)
-        views = SYMMETRIES if p.symmetric else 1
         draws = p.samples if p.smoothing > 0 else SYMMETRIES * p.symmetric
         noise = torch.randn((draws, *attrs.shape), generator=rng).to(attrs.device) * p.smoothing
         grads, base = [], []
@@ -100,7 +99,7 @@ class KnobGradient:
                 grad = torch.stack(
                     [
                         self._gradient(
-                            dihedral(x, j % views) if views > 1 else x,
+                            dihedral(x, j % SYMMETRIES) if p.symmetric else x,
                             (a + eps[i : i + batch_size]).clamp(0, 1),
                         )[0]
                         for j, eps in enumerate(noise)
