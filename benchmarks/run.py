@@ -272,6 +272,9 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         f"this tree: params.yaml, concept_rec_grad false ({_DEFAULT_ARCH})": (
             root / "src", Path(args.params), {"concept_rec_grad": False}
         ),
+        f"this tree: params.yaml, concept network width 16 ({_DEFAULT_ARCH})": (
+            root / "src", Path(args.params), {"concept": {"model": {"width": 16}}}
+        ),
     }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -290,6 +293,7 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         ("new design / baseline", 2, 0),
         ("texture loss on / off, params.yaml", 3, 4),
         ("concept_rec_grad false / true (params.yaml)", 5, 3),
+        ("params.yaml / params.yaml at concept width 16", 3, 6),
     ):
         ratios = [b / a for a, b in zip(series[j], series[k], strict=True)]
         target = "<= 0.8" if j == 0 else ""

@@ -49,7 +49,7 @@ MAX_SAMPLES = 1024
 
 @dataclass(frozen=True)
 class KnobGradientParams:
-    smoothing: float = 0.2  # sd of the knob-space noise (0: the plain gradient at A)
+    smoothing: float = 0.3  # sd of the knob-space noise (0: the plain gradient at A)
     samples: int = 16  # draws averaged when smoothing > 0
     seed: int = 0
     symmetric: bool = False  # draw j reads the tile's (j mod 8)-th dihedral view

@@ -20,7 +20,7 @@ from torch import nn
 class ConceptConfig:
     channels: int = 1
     n_attrs: int = 4
-    width: int = 16  # channels of the first block, doubled per block
+    width: int = 8  # channels of the first block, doubled per block
     blocks: int = 4  # each halves the side
 
 

@@ -35,13 +35,13 @@ K = len(ATTRIBUTES)
 @dataclass(frozen=True)
 class ConceptParams:
     model: ConceptConfig = field(default_factory=ConceptConfig)
-    steps: int = 600  # pre-training on the real tiles, before the generator trains
+    steps: int = 1200  # pre-training on the real tiles, before the generator trains
     batch_size: int = 64
     lr: float = 0.002
     aux_weight: float = 0.5  # weight of the lot label beside the tile's calibrated reading
     refresh_every: int = 500  # generator steps between refreshes on measured edits (0: never)
     refresh_tiles: int = 96  # edits measured per refresh
-    refresh_steps: int = 100  # fine-tuning steps per refresh
+    refresh_steps: int = 200  # fine-tuning steps per refresh
     pool_size: int = 1024  # measured edits kept (the oldest are overwritten)
 
 

@@ -31,14 +31,22 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.pixels import to_model
 
 MIN_TEXTURE_LOTS = len(ATTRIBUTES) + 2  # a fit of 4 slopes and an intercept, one spare lot
-_KERNEL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16  # binomial, sigma ~1 px
+_TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # binomial, sigma ~1 px
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
-    """Separable binomial blur of (B, 1, S, S), reflected at the border."""
-    k = _KERNEL.to(x.dtype).to(x.device)
-    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, -1, 1))
+    """Separable binomial blur of (B, 1, S, S), reflected at the border.
+
+    Five shifted, weighted slices per axis rather than ``conv2d`` with a 1-channel 5-tap kernel:
+    the same sums, ~3.6x cheaper forward and backward on a CPU (64-px batches; README, AttGAN
+    step time).
+    """
+    width = x.shape[-1]
+    padded = F.pad(x, (2, 2, 0, 0), mode="reflect")
+    x = sum(w * padded[..., i : i + width] for i, w in enumerate(_TAPS))
+    height = x.shape[-2]
+    padded = F.pad(x, (0, 0, 2, 2), mode="reflect")
+    return sum(w * padded[..., i : i + height, :] for i, w in enumerate(_TAPS))
 
 
 def stat_names(levels: int) -> list[str]:
