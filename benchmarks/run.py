@@ -228,9 +228,9 @@ _OLD_DESIGN = {  # the pre-issue-14 losses (tuned/attgan.yaml of that commit)
     "lambda_att_d": 1.0,
     "model": {"film": False},
 }
-_STEP_DESIGNS = {
-    "wgan-gp, 2 critic updates": _OLD_DESIGN,
-    "r1, 1 critic update, concept and texture losses, FiLM (params.yaml)": {},
+_STEP_DESIGNS = {  # handle: (row name, overrides of train_attgan.train)
+    "old design": ("wgan-gp, 2 critic updates", _OLD_DESIGN),
+    "new design": ("r1, 1 critic update, concept and texture losses, FiLM (params.yaml)", {}),
 }
 
 
@@ -255,48 +255,53 @@ def attgan_step_benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
         ).stdout
     )  # fmt: skip
     legacy = {"n_critic": 2, "lambda_att_g": 26.0}  # the old code has no critic/concept fields
-    runs = {  # name: (src, params, overrides of train_attgan.train)
-        f"{args.baseline_ref}: wgan-gp, 2 critic updates": (
-            base / "src", old_params, deep_merge(_TUNED_ARCH, legacy)
+    here = (root / "src", Path(args.params))
+    runs = {  # handle: (row name, src, params, overrides of train_attgan.train)
+        "baseline": (
+            f"{args.baseline_ref}: wgan-gp, 2 critic updates",
+            base / "src", old_params, deep_merge(_TUNED_ARCH, legacy),
         ),
         **{
-            f"this tree: {name}": (root / "src", Path(args.params), deep_merge(_TUNED_ARCH, design))
-            for name, design in _STEP_DESIGNS.items()
+            handle: (f"this tree: {name}", *here, deep_merge(_TUNED_ARCH, design))
+            for handle, (name, design) in _STEP_DESIGNS.items()
         },
-        f"this tree: params.yaml as it runs ({_DEFAULT_ARCH})": (
-            root / "src", Path(args.params), {}
+        "default": (f"this tree: params.yaml as it runs ({_DEFAULT_ARCH})", *here, {}),
+        "no texture": (
+            f"this tree: params.yaml without the texture loss ({_DEFAULT_ARCH})",
+            *here, {"lambda_texture": 0.0},
         ),
-        f"this tree: params.yaml without the texture loss ({_DEFAULT_ARCH})": (
-            root / "src", Path(args.params), {"lambda_texture": 0.0}
+        "no rec grad": (
+            f"this tree: params.yaml, concept_rec_grad false ({_DEFAULT_ARCH})",
+            *here, {"concept_rec_grad": False},
         ),
-        f"this tree: params.yaml, concept_rec_grad false ({_DEFAULT_ARCH})": (
-            root / "src", Path(args.params), {"concept_rec_grad": False}
-        ),
-        f"this tree: params.yaml, concept network width 16 ({_DEFAULT_ARCH})": (
-            root / "src", Path(args.params), {"concept": {"model": {"width": 16}}}
+        "width 16": (
+            f"this tree: params.yaml, concept network width 16 ({_DEFAULT_ARCH})",
+            *here, {"concept": {"model": {"width": 16}}},
         ),
     }  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[str, list[float]] = {handle: [] for handle in runs}
     for _ in range(args.repeats):
-        for name, (src, params, overrides) in runs.items():  # interleaved
+        for handle, (_, src, params, overrides) in runs.items():  # interleaved
             out = subprocess.run(
                 [sys.executable, "-c", _STEP_PROBE, str(params), json.dumps(overrides)],
                 capture_output=True, text=True, check=True,
                 env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
             )  # fmt: skip
-            times[name].append(json.loads(out.stdout.strip().splitlines()[-1])["s_per_step"])
+            times[handle].append(json.loads(out.stdout.strip().splitlines()[-1])["s_per_step"])
     note = "enc/dec 3 layers, 32x32 shortcut unless noted, batch 32, 15 steps (median), 1 thread"
-    rows = [_row(f"AttGAN step, {name}", "s", values, note=note) for name, values in times.items()]
-    series = list(times.values())
-    for label, k, j in (
-        ("same design, this tree / baseline", 1, 0),
-        ("new design / baseline", 2, 0),
-        ("texture loss on / off, params.yaml", 3, 4),
-        ("concept_rec_grad false / true (params.yaml)", 5, 3),
-        ("params.yaml / params.yaml at concept width 16", 3, 6),
+    rows = [
+        _row(f"AttGAN step, {runs[handle][0]}", "s", values, note=note)
+        for handle, values in times.items()
+    ]
+    for label, num, den in (
+        ("same design, this tree / baseline", "old design", "baseline"),
+        ("new design / baseline", "new design", "baseline"),
+        ("texture loss on / off, params.yaml", "default", "no texture"),
+        ("concept_rec_grad false / true (params.yaml)", "no rec grad", "default"),
+        ("params.yaml / params.yaml at concept width 16", "default", "width 16"),
     ):
-        ratios = [b / a for a, b in zip(series[j], series[k], strict=True)]
-        target = "<= 0.8" if j == 0 else ""
+        ratios = [b / a for a, b in zip(times[den], times[num], strict=True)]
+        target = "<= 0.8" if den == "baseline" else ""
         rows.append(_row(f"AttGAN step, {label}", "ratio", ratios, target=target))
     return rows
 
