@@ -16,6 +16,7 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.config import deep_merge, from_mapping, load_params
 from semknobs.data.design import lot_design
 from semknobs.data.synth import SynthParams
+from semknobs.errors import SemknobsError
 
 from .conftest import ROOT
 
@@ -76,6 +77,8 @@ def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
     (root / "code.py").write_text("print(1)\n")
     (root / ".gitignore").write_text("ignored.txt\n")
     (root / "ignored.txt").write_text("no\n")
+    (root / ".dvc").mkdir()
+    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     env = science._git_env()
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
@@ -86,6 +89,19 @@ def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
     assert "study 'wide'" in (ws / "params.yaml").read_text()
     again = science.prepare_workspace(root, study, tmp_path / "work")  # a rerun reuses it
     assert again == ws and (ws / ".git").is_dir()
+    local = (ws / ".dvc" / "config.local").read_text()  # one cache, the main one
+    assert str((root / ".dvc" / "cache").resolve()) in local
+
+
+def test_a_workspace_needs_a_dvc_repository(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "params.yaml").write_text("synthesize:\n  seed: 7\n")
+    env = science._git_env()
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    with pytest.raises(SemknobsError, match="not a DVC repository"):
+        science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
 
 
 def test_collect_and_the_table(tmp_path):

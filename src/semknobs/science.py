@@ -5,8 +5,10 @@ A study is an overlay of ``params.yaml`` (``studies/<name>.yaml``: another stres
 lot design). The empty overlay is the main workspace itself (``make repro``'s result); every
 other study runs in its own workspace ``<workdir>/<name>``: a git repository holding the
 working tree's files with the overlaid ``params.yaml``, reproduced with ``dvc repro`` (a rerun
-only repeats what changed). All runs log to the main workspace's MLflow store, with execution
-id ``science-<name>-<time>``, so the MLflow UI compares studies side by side.
+only repeats what changed) into the main workspace's DVC cache, whose run cache restores a stage
+that any workspace has run with the same code, data and params. All runs log to the main
+workspace's MLflow store, with execution id ``science-<name>-<time>``, so the MLflow UI compares
+studies side by side.
 
 Output: ``metrics/science.json`` (the ``explain`` stage's keys under one prefix per study, plus
 the regressor's lot R2 and the realised design correlation), a markdown table and a figure.
@@ -87,6 +89,7 @@ def prepare_workspace(root: Path, study: Study, workdir: Path) -> Path:
     env = _git_env()
     if not (dest / ".git").exists():
         subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
+    share_cache(root, dest)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(
         ["git", "commit", "-qm", f"science: {study.name}", "--allow-empty"],
@@ -95,6 +98,22 @@ def prepare_workspace(root: Path, study: Study, workdir: Path) -> Path:
         env=env,
     )
     return dest
+
+
+def share_cache(root: Path, workspace: Path) -> None:
+    """Point the workspace's DVC cache at the main one (``.dvc/config.local``, git-ignored):
+    one copy of every output, and DVC's run cache restores a stage any workspace has already
+    run with the same code, data and params instead of running it again."""
+    if not (workspace / ".dvc").is_dir():
+        raise SemknobsError(f"{root}: not a DVC repository (no .dvc/), so no study can run there")
+    cache = (root / ".dvc" / "cache").resolve()
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--local", "cache.dir", str(cache)],
+        cwd=workspace,
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, DVC_NO_ANALYTICS="1"),
+    )
 
 
 def reproduce(workspace: Path, root: Path, study: Study, stamp: str) -> None:
