@@ -17,18 +17,17 @@ step (skipped by the shorter run, which ended there) does not happen; the later 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.meter import read_measurements
 from semknobs.stages import train_attgan as stage
 from semknobs.train import attgan
+from semknobs.train.checkpoint import read_meta, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +39,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     checkpoint = ROOT / "checkpoints" / "attgan"
-    meta = json.loads((checkpoint / "state.json").read_text())["meta"]
+    meta = read_meta(checkpoint)
+    if meta is None:
+        parser.error(f"no complete checkpoint in {checkpoint}: run `make repro` first")
     ends = sorted(args.to)
     if ends[0] <= meta["step"]:
         parser.error(f"--to must lie beyond the checkpoint's step {meta['step']}")
@@ -75,11 +76,9 @@ def main() -> int:
             lots=train.manifest["lot"].to_numpy(),
             meter=params.meter,
         )
-        weights = {
-            k: v.detach().cpu().contiguous() for k, v in trainer.generator.state_dict().items()
-        }
-        save_file(weights, str(args.out / f"generator_{end}.safetensors"))
-        print(f"step {end}: {args.out / f'generator_{end}.safetensors'}", flush=True)
+        path = args.out / f"generator_{end}.safetensors"
+        save_weights(path, trainer.generator)
+        print(f"step {end}: {path}", flush=True)
     return 0
 
 

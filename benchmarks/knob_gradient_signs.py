@@ -18,39 +18,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import knob_gradient_variants as kv
-import pandas as pd
 
-from semknobs.data.dataset import AttributeScaler
-from semknobs.data.schemas import read_lots
-from semknobs.data.tiles import load_tiles
-from semknobs.data.truth import read_truth
-from semknobs.evaluation.referee import label_fit
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams
-from semknobs.pixels import to_model
-from semknobs.serving import attgan_model, regressor_model
 
 
 def main() -> int:
     torch.set_num_threads(2)
-    root, names = kv.ROOT, kv.A
-    gen, gan = attgan_model.load(root / "models" / "attgan")
-    reg, _ = regressor_model.load(root / "models" / "regressor")
-    tiles, manifest = load_tiles(root / "data" / "tiles")
-    scored = kv._training_tiles(manifest, reg)
-    labels = read_lots(root / "data" / "synthetic" / "lots.csv")
-    scaler = AttributeScaler.from_dict(gan.scaler)
-    knob_labels = labels.copy()
-    knob_labels[names] = scaler.transform(labels[names].to_numpy())
-    slopes, _ = label_fit(read_truth(root / "data" / "synthetic" / "truth").lots, knob_labels)
-    oracle = scored[[f"oracle_{a}" for a in names]].to_numpy()
+    sc = kv.load_scored("train")
+    names, oracle, attrs, scored = kv.A, sc.oracle, sc.attrs, sc.tiles
     se = scored[[f"oracle_se_{a}" for a in names]].to_numpy()
-    known = np.abs(oracle) > 2 * se  # the referee's rule
-    position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
-    x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
-    by_lot = labels.set_index("lot").loc[scored["lot"], names].to_numpy()
-    attrs = torch.from_numpy(np.clip(scaler.transform(by_lot), 0, 1)).float()
-    explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.3))
-    g = explainer.attribute(x, attrs).gradient * slopes
+    known = sc.known
+    explainer = KnobGradient(sc.gen, sc.reg, KnobGradientParams(smoothing=0.3))
+    g = explainer.attribute(sc.x, attrs).gradient * sc.slopes
     for k, a in enumerate(names):
         m = known[:, k]
         ok = np.sign(g[m, k]) == np.sign(oracle[m, k])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +83,27 @@ def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFra
     return tiles
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lots", choices=("train", "test"), default="train")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+@dataclass(frozen=True)
+class Scored:
+    """The committed models and the scored tiles with their oracle, ready for an explainer."""
+
+    gen: torch.nn.Module
+    reg: torch.nn.Module
+    tiles: pd.DataFrame  # tile, lot, oracle_<a>, oracle_se_<a>
+    x: torch.Tensor  # (n, 1, S, S) in the model's pixel range
+    attrs: torch.Tensor  # (n, 4) the tiles' lot labels in knob units, clipped to [0, 1]
+    slopes: np.ndarray  # (4,) knob units -> true units, the referee's label fit
+    oracle: np.ndarray  # (n, 4) dR/dt
+    known: np.ndarray  # (n, 4) where the oracle's sign is known (|slope| > 2 se)
+
+
+def load_scored(lots: str) -> Scored:
+    """``lots`` "train": the seeded training-lot selection set, oracle rendered here; "test": the
+    held-out tiles the explain stage scored."""
     gen, gan = attgan_model.load(ROOT / "models" / "attgan")
     reg, _ = regressor_model.load(ROOT / "models" / "regressor")
     tiles, manifest = load_tiles(ROOT / "data" / "tiles")
-    if args.lots == "test":
+    if lots == "test":
         scored = pd.read_csv(ROOT / "reports" / "explain" / "referee_tiles.csv", dtype={"lot": str})
     else:
         scored = _training_tiles(manifest, reg)
@@ -106,8 +119,18 @@ def main() -> int:
     position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
     x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
     by_lot = labels.set_index("lot").loc[scored["lot"], A].to_numpy()
-    attrs = np.clip(scaler.transform(by_lot), 0, 1)
-    attrs = torch.from_numpy(attrs).float()
+    attrs = torch.from_numpy(np.clip(scaler.transform(by_lot), 0, 1)).float()
+    return Scored(gen, reg, scored, x, attrs, slopes, oracle, known)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lots", choices=("train", "test"), default="train")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    sc = load_scored(args.lots)
+    gen, reg, scored, x, attrs = sc.gen, sc.reg, sc.tiles, sc.x, sc.attrs
+    slopes, oracle, known = sc.slopes, sc.oracle, sc.known
 
     explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
 

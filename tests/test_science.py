@@ -102,6 +102,7 @@ def test_a_workspace_needs_a_dvc_repository(tmp_path):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
     with pytest.raises(SemknobsError, match="not a DVC repository"):
         science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # nothing half-written
 
 
 def test_collect_and_the_table(tmp_path):

@@ -74,6 +74,8 @@ def workspace_files(root: Path) -> list[str]:
 
 def prepare_workspace(root: Path, study: Study, workdir: Path) -> Path:
     """``workdir/<study>``: the working tree's files with the study's params, committed."""
+    if not (root / ".dvc").is_dir():  # checked before anything is written
+        raise SemknobsError(f"{root}: not a DVC repository (no .dvc/), so no study can run there")
     dest = workdir / study.name
     dest.mkdir(parents=True, exist_ok=True)
     for rel in workspace_files(root):
@@ -104,8 +106,6 @@ def share_cache(root: Path, workspace: Path) -> None:
     """Point the workspace's DVC cache at the main one (``.dvc/config.local``, git-ignored):
     one copy of every output, and DVC's run cache restores a stage any workspace has already
     run with the same code, data and params instead of running it again."""
-    if not (workspace / ".dvc").is_dir():
-        raise SemknobsError(f"{root}: not a DVC repository (no .dvc/), so no study can run there")
     cache = (root / ".dvc" / "cache").resolve()
     subprocess.run(
         [sys.executable, "-m", "dvc", "config", "--local", "cache.dir", str(cache)],
