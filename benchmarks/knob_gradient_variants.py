@@ -56,7 +56,8 @@ def _central(gen, reg, x: torch.Tensor, attrs: torch.Tensor, h: float) -> np.nda
             step = torch.zeros(len(A))
             step[k] = h
             up, down = (attrs + step).clamp(0, 1), (attrs - step).clamp(0, 1)
-            out.append(((reg(gen(x, up)) - reg(gen(x, down))) / (up - down)[:, k]).numpy())
+            edits = [reg(gen(x, end, attrs)) for end in (up, down)]
+            out.append(((edits[0] - edits[1]) / (up - down)[:, k]).numpy())
     return np.stack(out, axis=1)
 
 

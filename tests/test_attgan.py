@@ -50,7 +50,7 @@ def test_shapes(name):
     a = torch.rand(3, cfg.n_attrs)
     feats = gen.encode(x)
     assert feats[-1].shape[-1] == cfg.img_size // 2**cfg.enc_layers
-    y = gen(x, a)
+    y = gen(x, a, a)
     assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
     score, logits = dis(y)
     assert score.shape == (3,) and logits.shape == (3, cfg.n_attrs)
@@ -61,13 +61,43 @@ def test_attributes_change_the_output():
     torch.manual_seed(0)
     gen = Generator(TINY).eval()
     x = torch.rand(2, 1, 32, 32) * 2 - 1
-    low, high = gen(x, torch.zeros(2, 4)), gen(x, torch.ones(2, 4))
+    a = torch.full((2, 4), 0.5)
+    low, high = gen(x, torch.zeros(2, 4), a), gen(x, torch.ones(2, 4), a)
     assert (low - high).abs().mean() > 1e-3
+
+
+def test_change_conditioning_sees_only_the_change():
+    """condition "change" (STGAN): the decoder sees b - a, so the reconstruction (b = a) is the
+    same whatever a tile's attributes, and equal changes from different starts are equal edits;
+    the absolute design reads b itself."""
+    torch.manual_seed(0)
+    gen = Generator(dataclasses.replace(TINY, condition="change")).eval()
+    _perturb_film(gen)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    lo, hi = torch.full((2, 4), 0.2), torch.full((2, 4), 0.7)
+    step = torch.tensor([[0.1, 0.0, -0.2, 0.0]]).expand(2, -1)
+    torch.testing.assert_close(gen(x, lo, lo), gen(x, hi, hi))
+    torch.testing.assert_close(gen(x, lo + step, lo), gen(x, hi + step, hi))
+    assert (gen(x, lo + step, lo) - gen(x, lo, lo)).abs().mean() > 1e-4
+    absolute = Generator(TINY).eval()
+    _perturb_film(absolute)
+    assert (absolute(x, lo, lo) - absolute(x, hi, hi)).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="differ"):
+        gen(x, lo, lo[:1])
+
+
+def _perturb_film(gen: Generator) -> None:
+    """FiLM starts at the identity; give it weights so that it reads the conditioning."""
+    with torch.no_grad():
+        for film in gen.film:
+            film.weight.normal_(0, 0.5)
 
 
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="divisible"):
         AttGANConfig(img_size=60)
+    with pytest.raises(ValueError, match="condition 'relative'"):
+        AttGANConfig(condition="relative")
     with pytest.raises(ValueError, match="shortcut_layers"):
         AttGANConfig(shortcut_layers=4)
 
@@ -87,7 +117,7 @@ def test_one_training_step_on_a_fixed_batch_lowers_the_reconstruction_loss():
     def rec_loss() -> float:
         trainer.gen.train()  # batch statistics, as in the step
         with torch.no_grad():
-            return float((trainer.gen(x, attrs) - x).abs().mean())
+            return float((trainer.gen(x, attrs, attrs) - x).abs().mean())
 
     before = rec_loss()
     trainer.train_step(x, attrs)
@@ -182,7 +212,7 @@ def test_the_regressor_feature_loss_is_the_documented_one():
     x, a = to_model(images[:8]), attrs[:8]
     gen = copy.deepcopy(trainer.gen).train()  # batch statistics, as in the step
     with torch.no_grad():
-        rec = gen.decode(gen.encode(x), a)
+        rec = gen.decode(gen.encode(x), a, a)
         want = ((reg.features(rec) - reg.features(x)) / trainer.feature_scale).pow(2).mean()
         shift = (reg.predict_mpa(rec) - reg.predict_mpa(x)).mean()
     logged = trainer.train_step(x, a)

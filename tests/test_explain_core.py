@@ -27,7 +27,7 @@ class LinearG(nn.Module):
             w[k, 0, 2 * k : 2 * k + 2, :] = 1.0
         self.register_buffer("w", w)
 
-    def forward(self, x, a):
+    def forward(self, x, a, source):
         return x + torch.einsum("nk,kcij->ncij", a, self.w)
 
 
@@ -83,7 +83,7 @@ def test_eq2_on_linear_models_matches_the_closed_form(optimizer):
         x, zero, dataclasses.replace(params, distance_to="input")
     )
     np.testing.assert_allclose(paper.delta_attrs, np.tile(expected, (len(x), 1)), atol=5e-3)
-    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)
     assert np.all(res.achieved > res.baseline)
 
 
@@ -151,7 +151,7 @@ def test_knob_gradient_is_the_linear_coefficients_and_batches_do_not_matter():
     gen, reg, x, a = _problem(n=5)
     res = KnobGradient(gen, reg).attribute(x, a, batch_size=2)
     np.testing.assert_allclose(res.gradient, np.tile(U.numpy(), (5, 1)), rtol=1e-5)
-    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)
     np.testing.assert_array_equal(res.attrs, a.numpy())
 
 
@@ -174,7 +174,7 @@ def test_smoothed_knob_gradient_on_a_linear_model_is_still_the_coefficients():
     smooth = KnobGradientParams(smoothing=0.2, samples=8)
     res = KnobGradient(gen, reg, smooth).attribute(x, a, batch_size=2)
     np.testing.assert_allclose(res.gradient, np.tile(U.numpy(), (5, 1)), rtol=1e-5)
-    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)  # at A itself
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)  # at A itself
 
 
 def test_smoothed_knob_gradient_of_a_quadratic_is_its_gradient_and_batches_do_not_matter():
@@ -195,7 +195,7 @@ class TextureG(LinearG):
     """G(x, a) = x + sum_k a_k (x * W_k): each knob's effect depends on the tile's pixels, so on
     a tile without the square's symmetries every view has its own gradient."""
 
-    def forward(self, x, a):
+    def forward(self, x, a, source):
         return x + torch.einsum("nk,kcij,ncij->ncij", a, self.w, x)
 
 
@@ -211,7 +211,7 @@ def test_symmetric_knob_gradient_is_the_mean_over_the_eight_views(smoothing):
     params = KnobGradientParams(smoothing=smoothing, samples=16, symmetric=True)
     res = KnobGradient(gen, reg, params).attribute(x, a, batch_size=2)
     np.testing.assert_allclose(res.gradient, views, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(res.baseline, reg(gen(x, a)).numpy(), rtol=1e-6)  # the tile itself
+    np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -273,11 +273,11 @@ class _EncodedG(LinearG):
         self.encodes += 1
         return [x]
 
-    def decode(self, feats, a):
-        return super().forward(feats[0], a)
+    def decode(self, feats, a, source):
+        return super().forward(feats[0], a, source)
 
-    def forward(self, x, a):
-        return self.decode(self.encode(x), a)
+    def forward(self, x, a, source):
+        return self.decode(self.encode(x), a, source)
 
 
 def test_the_encoder_runs_once_and_restarts_are_rows():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -53,7 +54,8 @@ FRESH = textwrap.dedent(
     gen, config = attgan_model.load(uri)
     x = torch.from_numpy(inputs["images"]).float().div(127.5).sub(1)[:, None]
     with torch.no_grad():
-        y = gen(x, torch.from_numpy(inputs["attributes"]))
+        a = torch.from_numpy(inputs["attributes"])
+        y = gen(x, a, a)
     direct = ((y.squeeze(1).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     served = mlflow.pyfunc.load_model(uri).predict(inputs)
     np.savez(out, direct=direct, served=served, kind=attgan_model.KIND, training=gen.training)
@@ -61,9 +63,9 @@ FRESH = textwrap.dedent(
 )
 
 
-def _tiny_model(seed: int) -> tuple[Generator, Discriminator]:
+def _tiny_model(seed: int, cfg: AttGANConfig = TINY) -> tuple[Generator, Discriminator]:
     torch.manual_seed(seed)
-    gen, dis = Generator(TINY), Discriminator(TINY)
+    gen, dis = Generator(cfg), Discriminator(cfg)
     for module in gen.modules():  # non-default running stats: buffers must travel too
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -71,13 +73,13 @@ def _tiny_model(seed: int) -> tuple[Generator, Discriminator]:
     return gen.eval(), dis
 
 
-def _save(path: Path, seed: int = 0) -> tuple[Path, Generator]:
-    gen, dis = _tiny_model(seed)
+def _save(path: Path, seed: int = 0, cfg: AttGANConfig = TINY) -> tuple[Path, Generator]:
+    gen, dis = _tiny_model(seed, cfg)
     scaler = AttributeScaler((0.0,) * 4, (10.0,) * 4)
     config = {
-        "model": to_mapping(TINY),
+        "model": to_mapping(cfg),
         "scaler": scaler.to_dict(),
-        "img_size": TINY.img_size,
+        "img_size": cfg.img_size,
         "metrics": {"test/psnr": np.float32(21.5)},
     }
     folder = save_model_dir(
@@ -143,7 +145,7 @@ def test_register_and_load_in_fresh_process(store: Path) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, TINY.img_size, TINY.img_size), dtype=np.uint8)
     attrs = rng.random((3, 4), dtype=np.float32)
-    expected = generate(gen, images, attrs)
+    expected = generate(gen, images, attrs, attrs)
     np.savez(store / "in.npz", images=images, attributes=attrs)
     proc = subprocess.run(
         [sys.executable, "-c", FRESH, f"models:/{NAME}@candidate", "in.npz", "out.npz"],
@@ -226,3 +228,29 @@ def test_registering_twice_moves_the_alias(store: Path) -> None:
     assert read_config(by_run)["model"] == config["model"]
     with pytest.raises(ModelError, match="'attgan' model, expected a 'regressor'"):
         read_config(by_run, kind="regressor")
+
+
+def test_change_conditioned_generator_needs_the_source_attributes(store: Path) -> None:
+    """A generator conditioned on the change (STGAN) edits from each tile's own attributes: the
+    served model's signature asks for them, edits with them as the generator does, and refuses
+    a request without them, naming the missing input."""
+    import mlflow
+
+    cfg = dataclasses.replace(TINY, condition="change")
+    folder, gen = _save(store / "models" / "change", cfg=cfg)
+    version, _ = _log(folder, "semknobs-attgan-change")
+    uri = f"models:/{version.name}/{version.version}"
+    served = mlflow.pyfunc.load_model(uri)
+    names = [spec.name for spec in served.metadata.get_input_schema().inputs]
+    assert names == ["images", "attributes", "source"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, cfg.img_size, cfg.img_size), dtype=np.uint8)
+    attrs, source = (rng.random((3, 4), dtype=np.float32) for _ in range(2))
+    out = served.predict({"images": images, "attributes": attrs, "source": source})
+    np.testing.assert_array_equal(out, generate(gen, images, attrs, source))
+    assert not np.array_equal(out, generate(gen, images, attrs, attrs))
+    model = served.unwrap_python_model()
+    with pytest.raises(ValueError, match="pass 'source'"):
+        model.predict(None, {"images": images, "attributes": attrs})
+    with pytest.raises(ValueError, match="source must be float32"):
+        model.predict(None, {"images": images, "attributes": attrs, "source": source[:2]})

@@ -118,7 +118,7 @@ def test_the_texture_term_of_the_generator_is_the_documented_one():
     trainer.rng = probe
     with torch.no_grad():
         feats = gen.encode(x)
-        fake, rec = gen.decode(feats, b), gen.decode(feats, a)
+        fake, rec = gen.decode(feats, b, a), gen.decode(feats, a, a)
         want = trainer.texture.loss(fake, rec, b - a)
     logged = trainer.train_step(x, a)
     assert logged["train/texture"] == pytest.approx(float(want), rel=1e-4)
@@ -143,7 +143,7 @@ class _FlatEditor(torch.nn.Module):
         super().__init__()
         self.sign = sign
 
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, a: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         level = self.sign * (a @ PLANT) - 0.3
         return level[:, None, None, None].expand_as(x)
 

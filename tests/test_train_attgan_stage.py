@@ -182,7 +182,7 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
         "import numpy as np; from semknobs.serving.attgan_model import load; "
         "from semknobs.evaluation.samples import generate; "
         f"g, cfg = load({logged['model_uri']!r}); "
-        "x = np.load('tile.npy'); y = generate(g, x, np.full((1, 4), 0.5, np.float32)); "
+        "x = np.load('tile.npy'); a = np.full((1, 4), 0.5, np.float32); y = generate(g, x, a, a); "
         "print(y.shape, y.dtype, cfg.img_size)"
     )
     np.save(root / "tile.npy", np.load(tiny_study["tiles"] / "L01.npy")[:1])
@@ -224,7 +224,7 @@ def test_unchanged_attributes_give_a_close_copy(tiny_study):
         progress=False,
     )
     x = tiles[test_idx]
-    y = generate(trainer.gen, x, attrs[test_idx]).astype(float)
+    y = generate(trainer.gen, x, attrs[test_idx], attrs[test_idx]).astype(float)
     own = np.abs(y - x).mean()
     other = np.abs(y - np.roll(x, 1, axis=0)).mean()
     assert own < 0.6 * other, (own, other)

@@ -62,7 +62,11 @@ def control_matrix(
         req = np.repeat(attrs[:, None, :], params.points, axis=1).copy()  # (n, points, 4)
         req[:, :, k] = levels
         edits = generate(
-            gen, np.repeat(images, params.points, axis=0), req.reshape(-1, 4), params.batch_size
+            gen,
+            np.repeat(images, params.points, axis=0),
+            req.reshape(-1, 4),
+            np.repeat(attrs, params.points, axis=0),
+            params.batch_size,
         )
         readings = measure_tiles(edits, meter or MeterParams(), progress=False)
         readings["requested_attr"] = name
@@ -130,7 +134,8 @@ def realism(
     rng = np.random.default_rng(params.seed)
     targets = attrs[rng.permutation(len(attrs))]
     meter = meter or MeterParams()
-    fake = measure_tiles(generate(gen, images, targets, params.batch_size), meter, progress=False)
+    edits = generate(gen, images, targets, attrs, params.batch_size)
+    fake = measure_tiles(edits, meter, progress=False)
     real = measure_tiles(images, meter, progress=False)
     metrics = {}
     for a in ATTRIBUTES:
@@ -206,7 +211,8 @@ def evaluate_attgan(
 ) -> AttGANEvaluation:
     """All held-out metrics and figures; reconstruction uses every tile given, control and
     realism a seeded sample of ``params.n_tiles``."""
-    metrics = reconstruction_metrics(images, generate(gen, images, attrs, params.batch_size))
+    rec = generate(gen, images, attrs, attrs, params.batch_size)
+    metrics = reconstruction_metrics(images, rec)
     rng = np.random.default_rng(params.seed)
     pick = rng.choice(len(images), min(params.n_tiles, len(images)), replace=False)
     matrix, table = control_matrix(gen, images[pick], attrs[pick], params)

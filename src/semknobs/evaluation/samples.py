@@ -14,17 +14,26 @@ from semknobs.pixels import to_model, to_uint8
 
 @torch.no_grad()
 def generate(
-    gen: Generator, images: np.ndarray, attrs: np.ndarray, batch_size: int = 64
+    gen: Generator,
+    images: np.ndarray,
+    attrs: np.ndarray,
+    source: np.ndarray,
+    batch_size: int = 64,
 ) -> np.ndarray:
-    """Edits G(I; A) as uint8 tiles; ``attrs`` (n, 4) in [0, 1], one row per image."""
+    """Edits G(I; A) as uint8 tiles; ``attrs`` (n, 4) in [0, 1], one row per image, and
+    ``source`` (n, 4) each tile's own attributes (what a change-conditioned generator moves
+    from)."""
     device = next(gen.parameters()).device
     was_training = gen.training
     gen.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = to_model(images[i : i + batch_size], device)
-        a = torch.as_tensor(attrs[i : i + batch_size], dtype=torch.float32, device=device)
-        out.append(to_uint8(gen(x, a)))
+        a, s = (
+            torch.as_tensor(v[i : i + batch_size], dtype=torch.float32, device=device)
+            for v in (attrs, source)
+        )
+        out.append(to_uint8(gen(x, a, s)))
     gen.train(was_training)
     return np.concatenate(out)
 
@@ -32,12 +41,12 @@ def generate(
 def sample_grid(gen: Generator, images: np.ndarray, attrs: np.ndarray) -> Figure:
     """Figure-2 style: original | reconstruction | each attribute pushed to 0 and to 1."""
     columns = ["original", "reconstruction"]
-    cols = [images, generate(gen, images, attrs)]
+    cols = [images, generate(gen, images, attrs, attrs)]
     for k, name in enumerate(ATTRIBUTES):
         for value in (0.0, 1.0):
             edit = attrs.copy()
             edit[:, k] = value
-            cols.append(generate(gen, images, edit))
+            cols.append(generate(gen, images, edit, attrs))
             columns.append(f"{name} {'low' if value == 0 else 'high'}")
     n = len(images)
     fig = Figure(figsize=(1.1 * len(cols), 1.1 * n + 0.5), layout="constrained")

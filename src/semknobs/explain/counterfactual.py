@@ -89,7 +89,8 @@ class CounterfactualResult:
 class KnobCounterfactual:
     """Captum-shaped explainer: ``KnobCounterfactual(gen, reg).attribute(images, attrs)``.
 
-    ``gen(x, attrs)`` maps images in [-1, 1] and attributes in [0, 1] to images; ``reg(x)``
+    ``gen(x, attrs, source)`` edits images in [-1, 1] from their own attributes ``source`` to
+    ``attrs`` (both in [0, 1]); ``reg(x)``
     maps images to peak stress in MPa, shape (n,). Both are differentiable torch modules.
     """
 
@@ -129,7 +130,7 @@ class KnobCounterfactual:
         n = len(images)
         with torch.no_grad():
             code = _encode(self.gen, images)  # A' does not change the encoder's output
-            recon = _decode(self.gen, code, images, attrs)
+            recon = _decode(self.gen, code, images, attrs, attrs)
             baseline = self.reg(recon).float()
         anchor = recon if params.distance_to == "reconstruction" else images
         target = self._targets(baseline, params)
@@ -148,9 +149,9 @@ class KnobCounterfactual:
             spread = params.restart_spread * torch.stack(noise).to(attrs.device)
             init[n:] = (init[n:] + spread).clamp(-params.margin, 1 + params.margin)
         rows_code = None if code is None else [f[tile_of] for f in code]
-        rows = [t[tile_of] for t in (images, anchor, target, scale)]
+        rows = [t[tile_of] for t in (images, anchor, attrs, target, scale)]
         best, best_obj = OPTIMIZERS[params.optimizer](
-            lambda var: self._objective(rows_code, rows[0], rows[1], var, *rows[2:], params),
+            lambda var: self._objective(rows_code, *rows[:3], var, *rows[3:], params),
             init,
             params,
             deadline,
@@ -160,7 +161,7 @@ class KnobCounterfactual:
         objective = best_obj.view(starts, n)[winner, torch.arange(n)]
 
         with torch.no_grad():
-            edited = _decode(self.gen, code, images, best)
+            edited = _decode(self.gen, code, images, best, attrs)
             achieved = self.reg(edited).float()
             distance = self._distance(anchor, edited, params.p)
             success = (achieved - target).abs() <= params.tolerance * (target - baseline).abs()
@@ -205,8 +206,10 @@ class KnobCounterfactual:
             }
         )
 
-    def _objective(self, code, images, anchor, attrs, target, scale, params) -> torch.Tensor:
-        edited = _decode(self.gen, code, images, attrs)
+    def _objective(
+        self, code, images, anchor, source, attrs, target, scale, params
+    ) -> torch.Tensor:
+        edited = _decode(self.gen, code, images, attrs, source)
         pred = self.reg(edited).float()
         fit = ((pred - target) / scale) ** 2
         return params.lam * fit + self._distance(anchor, edited, params.p)
@@ -242,8 +245,8 @@ def _encode(gen: nn.Module, images: torch.Tensor) -> list[torch.Tensor] | None:
     return gen.encode(images) if hasattr(gen, "encode") and hasattr(gen, "decode") else None
 
 
-def _decode(gen, code, images, attrs) -> torch.Tensor:
-    return gen(images, attrs) if code is None else gen.decode(code, attrs)
+def _decode(gen, code, images, attrs, source) -> torch.Tensor:
+    return gen(images, attrs, source) if code is None else gen.decode(code, attrs, source)
 
 
 def _evaluate(objective, x: torch.Tensor, deadline: float | None, done: int, grad: bool = True):

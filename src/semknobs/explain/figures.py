@@ -81,7 +81,7 @@ def sweep_strip(gen: nn.Module, image: torch.Tensor, attrs: torch.Tensor, points
     for j, a in enumerate(ATTRIBUTES):
         edit = attrs.repeat(points, 1)
         edit[:, j] = levels
-        out = gen(image.repeat(points, 1, 1, 1), edit)
+        out = gen(image.repeat(points, 1, 1, 1), edit, attrs.repeat(points, 1))
         for p in range(points):
             ax = axes[j, p]
             ax.imshow(_grey(out[p]), cmap="gray", vmin=-1, vmax=1)

@@ -6,6 +6,10 @@ AttGAN and the regressor. It answers "which way, and how strongly, does each kno
 tile's predicted stress right here", which is what forward sensitivity estimates with finite
 sweeps and what Eq. 2's counterfactual folds into one edit.
 
+The generator edits each tile from its own attributes (``gen(x, A', A)``); one conditioned on
+the change (``condition: change``, STGAN) sees ``A' - A``, so the gradient is taken at the zero
+change and ``A`` only sets where the knobs' [0, 1] bounds clamp the smoothing draws below.
+
 Not in the paper, which explains with sweeps and Eq. 2 only; it is the derivative those two
 approximate, so it is the natural thing to score against the oracle's ``dR/dt``.
 
@@ -64,7 +68,8 @@ class KnobGradientParams:
 
 
 class KnobGradient:
-    """Captum-shaped: ``gen(x, attrs)`` edits images in [-1, 1]; ``reg(x)`` gives MPa (n,).
+    """Captum-shaped: ``gen(x, attrs, source)`` edits images in [-1, 1] from their own
+    attributes ``source`` to ``attrs``; ``reg(x)`` gives MPa (n,).
 
     Both models run in eval mode (batch norm with running statistics), so the gradient of the
     batch sum is every row's own gradient.
@@ -75,9 +80,11 @@ class KnobGradient:
         self.reg = reg
         self.params = params or KnobGradientParams()
 
-    def _gradient(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        var = a.detach().clone().requires_grad_(True)
-        pred = self.reg(self.gen(x, var)).float()
+    def _gradient(
+        self, x: torch.Tensor, at: torch.Tensor, source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        var = at.detach().clone().requires_grad_(True)
+        pred = self.reg(self.gen(x, var, source)).float()
         (grad,) = torch.autograd.grad(pred.sum(), var)
         return grad.detach(), pred.detach()
 
@@ -94,13 +101,14 @@ class KnobGradient:
         grads, base = [], []
         for i in range(0, len(images), batch_size):
             x, a = images[i : i + batch_size], attrs[i : i + batch_size]
-            grad, pred = self._gradient(x, a)
+            grad, pred = self._gradient(x, a, a)
             if draws:
                 grad = torch.stack(
                     [
                         self._gradient(
                             dihedral(x, j % SYMMETRIES) if p.symmetric else x,
                             (a + eps[i : i + batch_size]).clamp(0, 1),
+                            a,
                         )[0]
                         for j, eps in enumerate(noise)
                     ]

@@ -132,8 +132,8 @@ def measured_jacobian(
             ends = []
             for sign in (1, -1):
                 edited = [
-                    gen(images[i : i + batch_size], (attrs + sign * shift)[i : i + batch_size])
-                    for i in range(0, len(images), batch_size)
+                    gen(images[sl], (attrs + sign * shift)[sl], attrs[sl])
+                    for sl in (slice(i, i + batch_size) for i in range(0, len(images), batch_size))
                 ]
                 ends.append(torch.cat(edited))
             jac[:, :, j] = measured_change(calib, ends[1], ends[0], n_jobs) / (2 * step)

@@ -44,13 +44,16 @@ class ForwardSensitivity:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self, images: torch.Tensor, attrs: torch.Tensor, source: torch.Tensor
+    ) -> torch.Tensor:
+        """R(G(I; A)) for edits of ``images`` from their own attributes ``source`` to ``attrs``."""
         self.gen.eval()
         self.reg.eval()
         out = []
         for i in range(0, len(images), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            out.append(self.reg(self.gen(images[sl], attrs[sl])).float())
+            out.append(self.reg(self.gen(images[sl], attrs[sl], source[sl])).float())
         return torch.cat(out)
 
     def attribute(self, images: torch.Tensor, attrs: torch.Tensor, points: int = 9) -> SweepResult:
@@ -60,8 +63,11 @@ class ForwardSensitivity:
         for j in range(k):
             sweep[:, j, :, j] = levels
         flat_images = images[:, None, None].expand(-1, k, points, *images.shape[1:])
-        pred = self.predict(flat_images.reshape(-1, *images.shape[1:]), sweep.reshape(-1, k))
-        baseline = self.predict(images, attrs)
+        source = attrs[:, None, None, :].expand(-1, k, points, -1).reshape(-1, k)
+        pred = self.predict(
+            flat_images.reshape(-1, *images.shape[1:]), sweep.reshape(-1, k), source
+        )
+        baseline = self.predict(images, attrs, attrs)
         return SweepResult(
             levels=levels.cpu().numpy(),
             predictions=pred.reshape(n, k, points).cpu().numpy(),
@@ -80,5 +86,5 @@ class ForwardSensitivity:
             for c, vb in enumerate(levels):
                 edit = attrs.clone()
                 edit[:, ia], edit[:, ib] = va, vb
-                grid[r, c] = float(self.predict(images, edit).mean())
+                grid[r, c] = float(self.predict(images, edit, attrs).mean())
         return levels.cpu().numpy(), grid

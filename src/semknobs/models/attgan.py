@@ -14,6 +14,12 @@ feature-wise by the attributes (FiLM: ``h * (1 + gamma(a)) + beta(a)``, initiali
 identity), so a knob can change the structure a level builds, not only add texture through the
 concatenated attribute planes.
 
+Conditioning on the change (``condition: change``, STGAN: Liu et al. 2019): the decoder sees
+``b - a``, the requested change from the tile's own attributes ``a``, instead of the target
+``b``. Reconstruction is then the zero change for every tile, so the generator need not infer a
+tile's attributes from its pixels to know how far to move them. Every call then passes ``a``
+(``source``); the absolute design ignores it. STGAN's selective transfer units are not used.
+
 Departures from the paper: attributes are continuous scores, not binary flags, so the attribute
 head's loss is cross-entropy with soft targets, and target attributes during training are drawn as
 described in :mod:`semknobs.train.attgan`; FiLM is ours (STGAN/StyleGAN-style conditioning).
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+CONDITIONS = ("absolute", "change")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class AttGANConfig:
     dis_fc_dim: int = 128
     max_dim: int = 512
     film: bool = True  # FiLM modulation of every decoder level by the attributes
+    condition: str = "absolute"  # absolute: the decoder sees b; change: b - a (STGAN)
 
     def __post_init__(self) -> None:
         if self.img_size % 2**self.enc_layers:
@@ -55,6 +64,8 @@ class AttGANConfig:
             raise ValueError("need 0 <= shortcut_layers < dec_layers")
         if not 0 <= self.inject_layers < self.dec_layers:
             raise ValueError("need 0 <= inject_layers < dec_layers")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition {self.condition!r}: expected one of {CONDITIONS}")
 
 
 def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:
@@ -120,9 +131,18 @@ class Generator(nn.Module):
             feats.append(x)
         return feats
 
-    def decode(self, feats: list[torch.Tensor], attrs: torch.Tensor) -> torch.Tensor:
-        """Encoder maps + attributes (B, A) in [0, 1] -> image (B, C, S, S) in [-1, 1]."""
-        a = attrs * 2 - 1
+    def conditioning(self, attrs: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """What the decoder sees, (B, A) in [-1, 1]: the target, or its change from ``source``."""
+        if attrs.shape != source.shape:
+            raise ValueError(f"attrs {tuple(attrs.shape)} and source {tuple(source.shape)} differ")
+        return attrs - source if self.cfg.condition == "change" else attrs * 2 - 1
+
+    def decode(
+        self, feats: list[torch.Tensor], attrs: torch.Tensor, source: torch.Tensor
+    ) -> torch.Tensor:
+        """Encoder maps + target attributes (B, A) in [0, 1] and the tile's own ``source``
+        attributes (B, A) in [0, 1] -> image (B, C, S, S) in [-1, 1]."""
+        a = self.conditioning(attrs, source)
         z = feats[-1]
         h = torch.cat([z, _tile(a, z.shape[-1])], dim=1)
         for i, layer in enumerate(self.decoder):
@@ -136,8 +156,8 @@ class Generator(nn.Module):
                 h = torch.cat([h, _tile(a, h.shape[-1])], dim=1)
         return self.to_image(h)
 
-    def forward(self, x: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x), attrs)
+    def forward(self, x: torch.Tensor, attrs: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), attrs, source)
 
 
 class Discriminator(nn.Module):

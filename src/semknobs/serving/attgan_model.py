@@ -8,7 +8,9 @@ MLflow copies this file into every logged AttGAN model and runs it when the mode
 unpickled.
 
 Input (tensor signature): ``{"images": uint8 (n, S, S), "attributes": float32 (n, 4)}`` with
-attributes in [0, 1] (the scaled knobs; values outside extrapolate and are not clipped). Output:
+attributes in [0, 1] (the scaled knobs; values outside extrapolate and are not clipped); a
+generator conditioned on the change (``condition: change``) also needs ``"source"``: float32
+(n, 4), each tile's own attributes, which it edits from. Output:
 the edited tiles, uint8 (n, S, S). Load-time options via ``model_config``: ``device`` (default
 ``"cpu"``) and ``batch_size`` (default 64).
 """
@@ -63,18 +65,23 @@ def _size(config: Mapping[str, Any]) -> tuple[int, int]:
     return img_size(config, "AttGAN"), int((config.get("model") or {}).get("n_attrs", 4))
 
 
+def _needs_source(config: Mapping[str, Any]) -> bool:
+    return (config.get("model") or {}).get("condition", "absolute") == "change"
+
+
 def _signature(config: Mapping[str, Any]):
     """Tensor signature: uint8 images (n, S, S) + float32 attributes (n, A) -> uint8 (n, S, S)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     size, n_attrs = _size(config)
-    inputs = Schema(
-        [
-            TensorSpec(np.dtype(np.uint8), (-1, size, size), "images"),
-            TensorSpec(np.dtype(np.float32), (-1, n_attrs), "attributes"),
-        ]
-    )
+    specs = [
+        TensorSpec(np.dtype(np.uint8), (-1, size, size), "images"),
+        TensorSpec(np.dtype(np.float32), (-1, n_attrs), "attributes"),
+    ]
+    if _needs_source(config):
+        specs.append(TensorSpec(np.dtype(np.float32), (-1, n_attrs), "source"))
+    inputs = Schema(specs)
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -82,10 +89,13 @@ def _signature(config: Mapping[str, Any]):
 def _example(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     size, n_attrs = _size(config)
     ramp = np.linspace(0, 255, size * size).reshape(1, size, size)
-    return {
+    example = {
         "images": ramp.round().astype(np.uint8),
         "attributes": np.full((1, n_attrs), 0.5, dtype=np.float32),
     }
+    if _needs_source(config):
+        example["source"] = np.full((1, n_attrs), 0.4, dtype=np.float32)
+    return example
 
 
 SPEC = ModelKind(KIND, "semknobs.serving.attgan_model", _signature, _example)
@@ -111,26 +121,42 @@ class AttGANModel(mlflow.pyfunc.PythonModel):
         self.n_attrs = int(generator.cfg.n_attrs)
         self.config = config
 
+    def _attributes(self, model_input, key: str, n: int) -> np.ndarray:
+        values = np.asarray(model_input[key], dtype=np.float32)
+        if values.shape != (n, self.n_attrs):
+            raise ValueError(f"{key} must be float32 ({n}, {self.n_attrs}), got {values.shape}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"{key} contain NaN or infinite values")
+        return values
+
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
         images = np.asarray(model_input["images"])
-        attrs = np.asarray(model_input["attributes"], dtype=np.float32)
         size = self.img_size
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (size, size):
             raise ValueError(
                 f"images must be uint8 (n, {size}, {size}), got {images.dtype} {images.shape}"
             )
-        if attrs.shape != (len(images), self.n_attrs):
-            raise ValueError(
-                f"attributes must be float32 ({len(images)}, {self.n_attrs}), got {attrs.shape}"
-            )
-        if not np.isfinite(attrs).all():
-            raise ValueError("attributes contain NaN or infinite values")
+        attrs = self._attributes(model_input, "attributes", len(images))
+        if self.generator.cfg.condition == "change":
+            if "source" not in model_input:
+                raise ValueError(
+                    "this generator edits from each tile's own attributes: pass 'source' "
+                    f"float32 ({len(images)}, {self.n_attrs}) beside 'attributes'"
+                )
+            source = self._attributes(model_input, "source", len(images))
+        else:  # the absolute design ignores it
+            source = attrs
         out = np.empty_like(images)
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
                 x = to_model(images[i : i + self.batch_size], self.device)
-                a = torch.from_numpy(np.ascontiguousarray(attrs[i : i + self.batch_size]))
-                out[i : i + self.batch_size] = to_uint8(self.generator(x, a.to(self.device)))
+                a, s = (
+                    torch.from_numpy(np.ascontiguousarray(v[i : i + self.batch_size])).to(
+                        self.device
+                    )
+                    for v in (attrs, source)
+                )
+                out[i : i + self.batch_size] = to_uint8(self.generator(x, a, s))
         return out
 
 

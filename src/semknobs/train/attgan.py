@@ -141,7 +141,7 @@ class EditAndReconstruct(torch.nn.Module):
         self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.gen.encode(x)
-        return self.gen.decode(feats, b), self.gen.decode(feats, a)
+        return self.gen.decode(feats, b, a), self.gen.decode(feats, a, a)
 
 
 class AttGANTrainer(Trainer):
@@ -315,7 +315,7 @@ class AttGANTrainer(Trainer):
         for _ in range(p.n_critic):
             b = self.targets(a_all)[rows]
             with torch.no_grad(), autocast(self.device):
-                fake = self.gen(x, b)
+                fake = self.gen(x, b, a)
             alpha = None
             if p.critic == "wgan-gp":
                 alpha = torch.rand(len(x_all), 1, 1, 1, generator=self.rng)[rows].to(x.device)
@@ -371,12 +371,14 @@ class AttGANTrainer(Trainer):
         cp = self.params.concept
         idx = torch.randint(0, len(images), (cp.refresh_tiles,), generator=self.rng)
         a = attrs[idx].cpu()
+        source = a.to(self.device)
         knob = torch.randint(0, a.shape[1], (len(a),), generator=self.rng)
         b = a.clone()
         b[torch.arange(len(a)), knob] = torch.rand(len(a), generator=self.rng)
         self.gen.eval()
         with torch.no_grad():
-            edits = to_uint8(self.gen(to_model(images[idx], self.device), b.to(self.device)))
+            x = to_model(images[idx], self.device)
+            edits = to_uint8(self.gen(x, b.to(self.device), source))
         self.gen.train()
         self.concept.refresh(edits)
         # each rank edited with its own batch-norm statistics: rank 0's network is the judge

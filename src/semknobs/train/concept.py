@@ -130,7 +130,7 @@ class ConceptTrainer:
         """Measure edits with the meter, add them to the pool, fine-tune."""
         readings = measure_tiles(edits_uint8, self.meter, progress=False)
         values = readings[list(ATTRIBUTES)].to_numpy(float)
-        self.pool.add(torch.tensor(edits_uint8), self.calibrate(torch.from_numpy(values)))
+        self.pool.add(torch.tensor(edits_uint8), self.calibrate(torch.tensor(values)))
         with torch.enable_grad():
             self.fit(self.params.refresh_steps)
 

@@ -155,8 +155,8 @@ def texture_agreement(
                 up[:, k] = (up[:, k] + step).clamp(0, 1)
                 down[:, k] = (down[:, k] - step).clamp(0, 1)
                 span = (up[:, k] - down[:, k]).clamp_min(1e-6)[:, None]
-                diff = texture_stats(gen(x, up), target.levels) - texture_stats(
-                    gen(x, down), target.levels
+                diff = texture_stats(gen(x, up, a), target.levels) - texture_stats(
+                    gen(x, down, a), target.levels
                 )
                 moved.append(diff / span / target.scale)
         edit = torch.cat(moved).mean(dim=0).cpu()

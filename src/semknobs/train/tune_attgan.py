@@ -124,7 +124,7 @@ def objective_factory(
             progress=False,
         )
         images, attrs = val[0][pick], val[1][pick]
-        rec = reconstruction_metrics(images, generate(trainer.generator, images, attrs))
+        rec = reconstruction_metrics(images, generate(trainer.generator, images, attrs, attrs))
         control = control_metrics(control_matrix(trainer.generator, images, attrs, space.eval)[0])
         metrics = {
             "val/psnr": rec["test/psnr"],
