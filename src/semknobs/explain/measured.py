@@ -125,16 +125,14 @@ def measured_jacobian(
 
     gen.eval()
     jac = np.full((len(images), K, K), np.nan)
+    batches = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
     with torch.no_grad():
         for j in tqdm(range(K), desc="measured jacobian", unit="knob", disable=not progress):
             shift = torch.zeros_like(attrs)
             shift[:, j] = step
             ends = []
             for sign in (1, -1):
-                edited = [
-                    gen(images[sl], (attrs + sign * shift)[sl], attrs[sl])
-                    for sl in (slice(i, i + batch_size) for i in range(0, len(images), batch_size))
-                ]
+                edited = [gen(images[sl], (attrs + sign * shift)[sl], attrs[sl]) for sl in batches]
                 ends.append(torch.cat(edited))
             jac[:, :, j] = measured_change(calib, ends[1], ends[0], n_jobs) / (2 * step)
     return jac

@@ -146,17 +146,13 @@ class AttGANModel(mlflow.pyfunc.PythonModel):
             source = self._attributes(model_input, "source", len(images))
         else:  # the absolute design ignores it
             source = attrs
+        attrs_t, source_t = (torch.as_tensor(v, device=self.device) for v in (attrs, source))
         out = np.empty_like(images)
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
-                x = to_model(images[i : i + self.batch_size], self.device)
-                a, s = (
-                    torch.from_numpy(np.ascontiguousarray(v[i : i + self.batch_size])).to(
-                        self.device
-                    )
-                    for v in (attrs, source)
-                )
-                out[i : i + self.batch_size] = to_uint8(self.generator(x, a, s))
+                sl = slice(i, i + self.batch_size)
+                x = to_model(images[sl], self.device)
+                out[sl] = to_uint8(self.generator(x, attrs_t[sl], source_t[sl]))
         return out
 
 
