@@ -250,3 +250,20 @@ def test_the_concept_term_moves_the_reconstruction_only_when_asked(rec_grad):
     term.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert (rec.grad is not None and rec.grad.abs().sum() > 0) == rec_grad
+
+
+def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
+    """Known answer: a concept reading that misses by 1 on every knob costs 1 per knob, and
+    ``concept_off_weight`` per knob the edit leaves alone (wanted == 0)."""
+    trainer = AttGANTrainer(
+        AttGANTrainParams(model=TINY, concept_off_weight=4.0, **NO_CONCEPT), torch.device("cpu")
+    )
+    trainer.concept = SimpleNamespace(net=lambda t: t.flatten(1)[:, :4])  # reads 4 pixels
+    rec = torch.zeros(2, 1, 2, 2)
+    wanted = torch.tensor([[0.5, 0.0, 0.0, 0.0], [-0.25, 0.1, 0.2, 0.3]])
+    fake = (wanted + 1.0).reshape(2, 1, 2, 2)  # misses every knob by exactly 1
+    # row 0: 1 turned knob (1) + 3 left alone (4 each); row 1: 4 turned knobs; mean over 8
+    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx((1 + 12 + 4) / 8)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="concept_off_weight"):
+            AttGANTrainParams(concept_off_weight=bad)

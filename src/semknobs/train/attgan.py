@@ -109,6 +109,7 @@ class AttGANTrainParams:
     r1_every: int = 4  # critic "r1": lazy regularisation interval
     lambda_concept: float = 30.0  # 0: no concept network
     concept_rec_grad: bool = True  # the concept loss also moves the reconstruction
+    concept_off_weight: float = 1.0  # concept loss weight on knobs an edit leaves alone (b = a)
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
@@ -121,6 +122,12 @@ class AttGANTrainParams:
     device: str = "auto"
     checkpoint_every: int = 200
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.concept_off_weight < float("inf"):
+            raise ValueError(
+                f"concept_off_weight must be a finite number >= 0, got {self.concept_off_weight}"
+            )
 
     def fingerprint(self, data_key: str = "") -> str:
         """Identifies the run a checkpoint belongs to (params that change the result + data)."""
@@ -298,7 +305,10 @@ class AttGANTrainer(Trainer):
             read_fake = self.concept.net(fake)
             with torch.no_grad():
                 read_rec = self.concept.net(rec)
-        return (read_fake - read_rec - wanted).pow(2).mean()
+        miss = (read_fake - read_rec - wanted).pow(2)
+        if self.params.concept_off_weight != 1.0:
+            miss = miss * torch.where(wanted == 0, self.params.concept_off_weight, 1.0)
+        return miss.mean()
 
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
         """One generator update after ``n_critic`` critic updates on the same real batch.
