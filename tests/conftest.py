@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ from semknobs.data.tiles import TileParams, tile_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
+# A test run started in the background by a script (`make test &`) inherits SIGINT ignored, and
+# so would every process the interrupt tests start: they would test the launcher, not semknobs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def save_tiny_regressor(
