@@ -67,6 +67,11 @@ class AttGANConfig:
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition {self.condition!r}: expected one of {CONDITIONS}")
 
+    @property
+    def edits_from_source(self) -> bool:
+        """The decoder sees the change from the tile's own attributes: every call needs them."""
+        return self.condition == "change"
+
 
 def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=norm is None)]
@@ -135,7 +140,7 @@ class Generator(nn.Module):
         """What the decoder sees, (B, A) in [-1, 1]: the target, or its change from ``source``."""
         if attrs.shape != source.shape:
             raise ValueError(f"attrs {tuple(attrs.shape)} and source {tuple(source.shape)} differ")
-        return attrs - source if self.cfg.condition == "change" else attrs * 2 - 1
+        return attrs - source if self.cfg.edits_from_source else attrs * 2 - 1
 
     def decode(
         self, feats: list[torch.Tensor], attrs: torch.Tensor, source: torch.Tensor

@@ -137,7 +137,7 @@ class AttGANModel(mlflow.pyfunc.PythonModel):
                 f"images must be uint8 (n, {size}, {size}), got {images.dtype} {images.shape}"
             )
         attrs = self._attributes(model_input, "attributes", len(images))
-        if self.generator.cfg.condition == "change":
+        if self.generator.cfg.edits_from_source:
             if "source" not in model_input:
                 raise ValueError(
                     "this generator edits from each tile's own attributes: pass 'source' "

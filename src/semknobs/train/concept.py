@@ -95,7 +95,7 @@ class ConceptTrainer:
     def set_real(self, images: torch.Tensor, readings: np.ndarray, labels: torch.Tensor) -> None:
         """The real training tiles (uint8), their meter readings and lot labels (knob units)."""
         self.real_x = images
-        self.real_y = self.calibrate(torch.as_tensor(readings, dtype=torch.float32))
+        self.real_y = self.calibrate(torch.tensor(readings, dtype=torch.float32))
         self.real_aux = labels.float().cpu()
 
     def fit(self, steps: int) -> float:
