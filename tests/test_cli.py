@@ -31,6 +31,7 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
 
     from semknobs.config import load_section
     from semknobs.data.tiles import TileParams
+    from semknobs.meter import MeasureParams
     from semknobs.train.attgan import TrainAttGANStageParams
 
     from .conftest import ROOT
@@ -48,6 +49,8 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
     assert load_section(TileParams, "tile", tmp_path / "params.yaml").out_px == 128
     stage = load_section(TrainAttGANStageParams, "train_attgan", tmp_path / "params.yaml")
     assert stage.train.model.img_size == 128 and stage.train.model.enc_layers == 5
+    meter = load_section(MeasureParams, "measure", tmp_path / "params.yaml").meter
+    assert meter.pore_radius == 4 and meter.min_area == 16.0  # lengths x2, areas x4 at 128 px
     merged = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert merged["split"] == yaml.safe_load((ROOT / "params.yaml").read_text())["split"]
     assert main(["profile", "nope", "--params", str(tmp_path / "params.yaml")]) == 2
