@@ -1,7 +1,7 @@
 """GPU check: the paper-scale profile for a few hundred steps, AMP and channels-last side by side.
 
     # here (CPU): paper-scale tiles for the AttGAN sections, from a paper-profile workspace
-    semknobs profile paper && dvc repro measure          # in a copy of the repository
+    semknobs profile paper && dvc repro split measure    # in a copy of the repository
     python benchmarks/gpu_check.py --prepare COPY --data .gpu/attgan_data.npz
     # on the GPU machine (carry .gpu): all sections, or some (--only attgan,training)
     python benchmarks/gpu_check.py --out gpu_results.json      # < 8 minutes on one H100
@@ -71,6 +71,7 @@ def prepare_data(workspace: Path, out: Path) -> None:
     (which has torch but not the data-validation stack the loaders use)."""
     import numpy as np
 
+    from semknobs.atomic import atomic_path
     from semknobs.data.dataset import fit_scaler, load_tileset
     from semknobs.data.split import read_splits
     from semknobs.meter import read_measurements
@@ -85,14 +86,14 @@ def prepare_data(workspace: Path, out: Path) -> None:
         scaler=fit_scaler(lots_csv, train_lots),
     )
     readings = read_measurements(workspace / "data/measurements.csv", train.manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out,
-        images=train.images,
-        attrs=train.attrs.astype("float32"),
-        readings=readings.to_numpy(float),
-        lots=train.manifest["lot"].to_numpy(str),
-    )
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # no half-written file on failure
+        np.savez_compressed(
+            f,
+            images=train.images,
+            attrs=train.attrs.astype("float32"),
+            readings=readings.to_numpy(float),
+            lots=train.manifest["lot"].to_numpy(str),
+        )
     print(
         f"gpu_check: {len(train)} tiles of {len(train_lots)} lots, {train.images.shape[1]} px "
         f"-> {out} ({out.stat().st_size / 2**20:.1f} MiB)"
@@ -409,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown section(s) {unknown}; known: {sorted(sections)}")
     if args.prepare is not None:
-        prepare_data(args.prepare, args.data)
+        from semknobs.errors import DataError, ParamsError
+
+        try:
+            prepare_data(args.prepare, args.data)
+        except (DataError, ParamsError) as exc:
+            print(f"gpu_check: --prepare {args.prepare}: {exc}", file=sys.stderr)
+            return 2
         return 0
     global DEVICE
     DEVICE = torch.device(args.device)

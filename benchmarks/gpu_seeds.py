@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from semknobs.atomic import atomic_path
 from semknobs.errors import ParamsError
 
 
@@ -85,8 +86,8 @@ def train_one(design: str, overlay: str, seed: int, data: Path, out: Path, smoke
             "last": logged[-1][1] if logged else None,
         },
     }
-    torch.save(state, out.with_suffix(".tmp"))
-    os.replace(out.with_suffix(".tmp"), out)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -128,7 +129,8 @@ def train(args: argparse.Namespace) -> int:
             k: state[k] for k in ("generator", "discriminator", "train")
         }
     for design, pack in packs.items():
-        torch.save(pack, Path(args.out) / f"models_{design}.pt")
+        with atomic_path(Path(args.out) / f"models_{design}.pt") as tmp:
+            torch.save(pack, tmp)
     (Path(args.out) / "seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name, s in summary.items():
         print(f"{name:<24} rc {s['rc']}  steps {s.get('steps', '-')}  {s.get('wall_s', 0):.0f} s")
