@@ -52,17 +52,23 @@ def _timed_steps(step, n: int, warmup: int) -> tuple[float, float]:
     return statistics.median(times), peak
 
 
-def paper_params(params_file: Path = Path("params.yaml")):
-    """``train_attgan`` of ``params_file`` with ``profiles/paper.yaml`` laid over it (what
-    ``semknobs profile paper`` writes), and the measure stage's meter."""
-    from semknobs.config import deep_merge, from_mapping, load_overrides, load_params, load_section
+PAPER = Path("profiles/paper.yaml")
+
+
+def attgan_params(overlay: Path | None = PAPER, params_file: Path = Path("params.yaml")):
+    """``train_attgan``'s training params and the measure stage's meter, with ``overlay`` (a
+    profile, a study overlay) laid over the whole params file first, as ``semknobs profile`` and
+    the study suite lay it (so the profile's meter comes with its model)."""
+    from semknobs.config import deep_merge, load_overrides, load_params, section
     from semknobs.meter import MeasureParams
     from semknobs.train.attgan import TrainAttGANStageParams
 
-    profile = load_overrides(Path("profiles/paper.yaml"))["train_attgan"]
-    section = deep_merge(load_params(params_file)["train_attgan"], profile)
-    stage = from_mapping(TrainAttGANStageParams, section, where=f"{params_file} + paper profile")
-    return stage.train, load_section(MeasureParams, "measure", params_file).meter
+    params = load_params(params_file)
+    if overlay is not None:
+        params = deep_merge(params, load_overrides(overlay))
+    where = f"{params_file}" + (f" + {overlay}" if overlay is not None else "")
+    stage = section(TrainAttGANStageParams, params, "train_attgan", where)
+    return stage.train, section(MeasureParams, params, "measure", where).meter
 
 
 def prepare_data(workspace: Path, out: Path) -> None:
@@ -100,6 +106,7 @@ def prepare_data(workspace: Path, out: Path) -> None:
     )
 
 
+@functools.lru_cache(maxsize=1)  # both AttGAN sections read it
 def _load_data(path: Path):
     import numpy as np
 
@@ -121,9 +128,8 @@ def attgan_rows(data: Path, steps: int) -> list[dict]:
     from semknobs.train.attgan import AttGANTrainer
 
     images, attrs, readings, lots = _load_data(data)
-    params, meter = paper_params()
-    cuda = DEVICE
-    trainer = AttGANTrainer(params, cuda)
+    params, meter = attgan_params()
+    trainer = AttGANTrainer(params, DEVICE)
     trainer.attach_concept(images, readings, attrs, lots, meter)
     trainer.attach_texture(images, attrs, lots)
     model = (
@@ -152,12 +158,12 @@ def attgan_rows(data: Path, steps: int) -> list[dict]:
         }
     ]
 
-    images_dev, attrs_dev = images.to(cuda), attrs.to(cuda)
+    images_dev, attrs_dev = images.to(DEVICE), attrs.to(DEVICE)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        idx = torch.randint(0, len(images), (params.batch_size,), generator=gen).to(cuda)
-        metrics = trainer.train_step(to_model(images_dev[idx], cuda), attrs_dev[idx])
+        idx = torch.randint(0, len(images), (params.batch_size,), generator=gen).to(DEVICE)
+        metrics = trainer.train_step(to_model(images_dev[idx], DEVICE), attrs_dev[idx])
         bad = [k for k, v in metrics.items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(f"non-finite training terms {bad} at step {trainer.step}")
@@ -226,7 +232,7 @@ def training_loop_rows(data: Path, steps: int) -> list[dict]:
     from semknobs.train.attgan import train_attgan
 
     images, attrs, readings, lots = _load_data(data)
-    params, meter = paper_params()
+    params, meter = attgan_params()
     half = steps // 2
     concept = dataclasses.replace(
         params.concept,

@@ -24,6 +24,7 @@ CPU run of that seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,34 +33,31 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_check import attgan_params  # the same params + overlay rule as the GPU check
 
 from semknobs.atomic import atomic_path
 from semknobs.errors import ParamsError
 
 
 def _design_params(overlay: str, seed: int, smoke: bool = False):
-    from semknobs.config import deep_merge, from_mapping, load_overrides, load_params
-    from semknobs.train.attgan import TrainAttGANStageParams
-
-    section = load_params("params.yaml")["train_attgan"]
-    if overlay:
-        section = deep_merge(section, load_overrides(Path(overlay)).get("train_attgan", {}))
-    extra: dict = {"seed": seed}
+    """The design's training params (``params.yaml`` with ``overlay`` laid over it; empty: none)
+    at ``seed``, and the meter."""
+    params, meter = attgan_params(Path(overlay) if overlay else None)
+    params = dataclasses.replace(params, seed=seed)
     if smoke:
-        extra |= {"steps": 4, "concept": {"steps": 2, "refresh_every": 2, "refresh_steps": 2}}
-    section = deep_merge(section, {"train": extra})
-    return from_mapping(TrainAttGANStageParams, section, where=f"params.yaml + {overlay}").train
+        concept = dataclasses.replace(params.concept, steps=2, refresh_every=2, refresh_steps=2)
+        params = dataclasses.replace(params, steps=4, concept=concept)
+    return params, meter
 
 
 def train_one(design: str, overlay: str, seed: int, data: Path, out: Path, smoke: bool) -> None:
     import numpy as np
 
-    from semknobs.config import load_section, to_mapping
-    from semknobs.meter import MeasureParams
+    from semknobs.config import to_mapping
     from semknobs.train.attgan import train_attgan
 
     torch.set_num_threads(2)
-    params = _design_params(overlay, seed, smoke)
+    params, meter = _design_params(overlay, seed, smoke)
     d = np.load(data)
     logged: list = []
     started = time.perf_counter()
@@ -69,7 +67,7 @@ def train_one(design: str, overlay: str, seed: int, data: Path, out: Path, smoke
         attrs=torch.from_numpy(d["attrs"]),
         readings=d["readings"],
         lots=d["lots"],
-        meter=load_section(MeasureParams, "measure", "params.yaml").meter,
+        meter=meter,
         progress=False,
         log=lambda metrics, step: logged.append((step, metrics)),
     )
