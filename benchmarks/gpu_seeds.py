@@ -16,9 +16,9 @@ CPU profile's 3000 steps take about 4 minutes with eight runs sharing the card.
 ``train`` runs one process per design and seed (two CPU threads each; bf16 autocast on CUDA, as
 the trainer does there), stops them at ``--deadline`` seconds, and packs what finished into one
 file per design (generator and critic weights) with ``seeds.json`` (wall time, last logged
-terms). ``install`` writes ``models/attgan`` from one packed run, with the config the
-``train_attgan`` stage writes. GPU numerics differ from the CPU's: a GPU-trained seed is not the
-CPU run of that seed.
+terms). ``install`` writes ``models/attgan`` from one packed run as the ``train_attgan`` stage
+writes it (``save_model``), with the run's own training params. GPU numerics differ from the
+CPU's: a GPU-trained seed is not the CPU run of that seed.
 """
 
 from __future__ import annotations
@@ -140,12 +140,11 @@ def install(pack: Path, name: str) -> None:
     """``models/attgan`` of this workspace from run ``name`` of ``pack``: its weights and the
     training params it ran with (so the folder describes that run whatever ``params.yaml``
     says), with this workspace's training lots and their scaler (the data it trained on)."""
-    from semknobs.config import from_mapping, to_mapping
+    from semknobs.config import from_mapping
     from semknobs.data.dataset import fit_scaler
     from semknobs.data.split import read_splits
-    from semknobs.model_folder import save_model_dir
     from semknobs.models.attgan import Discriminator, Generator
-    from semknobs.serving import attgan_model
+    from semknobs.stages.train_attgan import save_model
     from semknobs.train.attgan import AttGANTrainParams
 
     runs = torch.load(pack)
@@ -159,17 +158,12 @@ def install(pack: Path, name: str) -> None:
     splits = Path("data/splits.json")
     lots = Path("data/synthetic/lots.csv")
     train_lots = read_splits(splits).training_lots(str(splits))
-    config = attgan_model.AttGANFolder(
-        model=params.model,
-        scaler=fit_scaler(lots, train_lots).to_dict(),
-        img_size=params.model.img_size,
-        train_lots=train_lots,
-        train=run["train"],
-        metrics={},
-    )
     folder = Path("models/attgan")
-    weights = {"generator": gen, "discriminator": dis}
-    save_model_dir(folder, kind=attgan_model.KIND, weights=weights, config=to_mapping(config))
+    scaler = fit_scaler(lots, train_lots)
+    save_model(
+        folder, generator=gen, discriminator=dis, train=params, scaler=scaler,
+        train_lots=train_lots, metrics={},
+    )  # fmt: skip
     print(f"gpu_seeds: {folder} <- {pack} {name} (condition {params.model.condition})")
 
 

@@ -19,7 +19,7 @@ import torch
 
 from semknobs import tracking
 from semknobs.config import load_overrides, load_section, load_tuned_section, to_mapping
-from semknobs.data.dataset import fit_scaler, load_tileset
+from semknobs.data.dataset import AttributeScaler, fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
 from semknobs.evaluation.samples import sample_grid
@@ -30,7 +30,7 @@ from semknobs.models.regressor import PeakStressRegressor
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
-from semknobs.train.attgan import TrainAttGANStageParams, train_attgan
+from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams, train_attgan
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 
 NAME = "train_attgan"
@@ -86,6 +86,34 @@ def _regressor(params: TrainAttGANStageParams, paths: Paths) -> PeakStressRegres
             "(train_attgan.train.model.img_size)"
         )
     return reg
+
+
+def save_model(
+    model_dir: Path,
+    *,
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    train: AttGANTrainParams,
+    scaler: AttributeScaler,
+    train_lots: list[str],
+    metrics: dict[str, Any],
+) -> None:
+    """The AttGAN model folder: both networks and the config ``evaluate_attgan``, ``explain``,
+    ``register`` and serving read (also used for runs trained elsewhere, e.g. on a GPU)."""
+    config = attgan_model.AttGANFolder(
+        model=train.model,
+        scaler=scaler.to_dict(),
+        img_size=train.model.img_size,
+        train_lots=train_lots,
+        train=to_mapping(train),
+        metrics=metrics,
+    )
+    save_model_dir(
+        model_dir,
+        kind=attgan_model.KIND,
+        weights={"generator": generator, "discriminator": discriminator},
+        config=to_mapping(config),
+    )
 
 
 def run(
@@ -152,19 +180,14 @@ def run(
     write_metrics(paths.metrics, metrics)
     grid = sample_grid(trainer.generator, test.images[samples], test.attrs[samples])
     save_figure(grid, paths.reports / "samples.png")
-    config = attgan_model.AttGANFolder(
-        model=params.train.model,
-        scaler=scaler.to_dict(),
-        img_size=params.train.model.img_size,
-        train_lots=train_lots,
-        train=to_mapping(params.train),
-        metrics=reproducible(metrics),  # timings: MLflow only
-    )
-    save_model_dir(
+    save_model(
         paths.model_dir,
-        kind=attgan_model.KIND,
-        weights={"generator": trainer.generator, "discriminator": trainer.dis},
-        config=to_mapping(config),
+        generator=trainer.generator,
+        discriminator=trainer.dis,
+        train=params.train,
+        scaler=scaler,
+        train_lots=train_lots,
+        metrics=reproducible(metrics),  # timings: MLflow only
     )
     if ctx.run_id is not None:  # logged here, linked to this run; `register` finds it by the
         # folder's digest (registry.find_logged): no MLflow ids in a DVC out
