@@ -5,17 +5,21 @@ without retraining? Variants: the plain gradient, the mean over the eight symmet
 square (test-time augmentation), SmoothGrad in knob space (16 draws of A + N(0, sigma^2),
 clamped: ``explain.knob_gradient.smoothing``), both at once (the draws cycle through the eight
 views: ``explain.knob_gradient.symmetric``, the same cost), and central differences of
-R(G(I; A +- h e_k)).
+R(G(I; A +- h e_k)), and the lot mean of the default (each tile's gradient replaced by the mean
+over the scored tiles of its lot: ``explain.gradient.lot_mean``, the gradient of the lot's mean
+prediction).
 Mapped to true units by the referee's own label fit and scored against the oracle.
 
 ``--lots train`` (the default) CHOOSES: two tiles of each of the 24 training lots, with the
 oracle rendered for them here (evaluation code, as in the referee; the stage's default is then a
 fixed setting, and the held-out test lots stay unseen). ``--lots test`` only REPORTS, on the
 held-out tiles the explain stage scored (oracle slopes from ``reports/explain/referee_tiles.csv``):
-picking a variant there would be tuning on test data. Needs ``make repro``.
+picking a variant there would be tuning on test data. ``--per-lot N`` takes N training tiles
+per lot instead of two (the lot mean averages N gradients; the stage scores six per test lot);
+``--only TEXT`` runs the variants whose name contains TEXT. Needs ``make repro``.
 
-    python benchmarks/knob_gradient_variants.py [--lots test]
-    # -> benchmarks/knob_gradient_variants_<lots>.{json,md}
+    python benchmarks/knob_gradient_variants.py [--lots test] [--per-lot 6] [--only "sigma 0.3"]
+    # -> benchmarks/knob_gradient_variants_<lots>[_<N>perlot].{json,md}
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import RefereeParams, label_fit
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
 from semknobs.models.concept import SYMMETRIES, dihedral
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
@@ -66,11 +70,13 @@ def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFra
     error) for them, rendered as the referee renders (its own settings from params.yaml)."""
     train = set(read_splits(ROOT / "data" / "splits.json").training_lots())
     rng = np.random.default_rng(0)
-    rows = [
-        rng.choice(idx, per_lot, replace=False)
-        for lot, idx in sorted(manifest.groupby("lot").indices.items())
-        if lot in train
-    ]
+    lots = {
+        lot: idx for lot, idx in sorted(manifest.groupby("lot").indices.items()) if lot in train
+    }
+    short = sorted(lot for lot, idx in lots.items() if len(idx) < per_lot)
+    if short:
+        raise SystemExit(f"--per-lot {per_lot}: training lots {short} have fewer tiles")
+    rows = [rng.choice(idx, per_lot, replace=False) for idx in lots.values()]
     tiles = manifest.iloc[np.sort(np.concatenate(rows))].reset_index(drop=True)
     truth = read_truth(ROOT / "data" / "synthetic" / "truth")
     true = tile_truth(truth.fields, tiles)[A].to_numpy()
@@ -98,16 +104,16 @@ class Scored:
     known: np.ndarray  # (n, 4) where the oracle's sign is known (|slope| > 2 se)
 
 
-def load_scored(lots: str) -> Scored:
-    """``lots`` "train": the seeded training-lot selection set, oracle rendered here; "test": the
-    held-out tiles the explain stage scored."""
+def load_scored(lots: str, per_lot: int = 2) -> Scored:
+    """``lots`` "train": the seeded training-lot selection set (``per_lot`` tiles of each lot),
+    oracle rendered here; "test": the held-out tiles the explain stage scored."""
     gen, gan = attgan_model.load(ROOT / "models" / "attgan")
     reg, _ = regressor_model.load(ROOT / "models" / "regressor")
     tiles, manifest = load_tiles(ROOT / "data" / "tiles")
     if lots == "test":
         scored = pd.read_csv(ROOT / "reports" / "explain" / "referee_tiles.csv", dtype={"lot": str})
     else:
-        scored = _training_tiles(manifest, reg)
+        scored = _training_tiles(manifest, reg, per_lot)
     labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
     scaler = AttributeScaler.from_dict(gan.scaler)
     knob_labels = labels.copy()  # unclipped, as the referee fits them
@@ -127,17 +133,28 @@ def load_scored(lots: str) -> Scored:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lots", choices=("train", "test"), default="train")
+    parser.add_argument("--per-lot", type=int, default=2, help="training tiles per lot")
+    parser.add_argument("--only", action="append", default=[], help="variants containing TEXT")
     args = parser.parse_args()
+    if args.per_lot < 1 or (args.lots == "test" and args.per_lot != 2):
+        parser.error("--per-lot is a positive count of training tiles (the test set is fixed)")
     torch.set_num_threads(2)
-    sc = load_scored(args.lots)
+    sc = load_scored(args.lots, args.per_lot)
     gen, reg, scored, x, attrs = sc.gen, sc.reg, sc.tiles, sc.x, sc.attrs
     slopes, oracle, known = sc.slopes, sc.oracle, sc.known
 
     explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
 
+    done: dict[tuple[float, bool], np.ndarray] = {}  # the lot mean reuses the per-tile draws
+
     def smooth(sigma: float, symmetric: bool = False, images: torch.Tensor = x) -> np.ndarray:
+        if images is x and (sigma, symmetric) in done:
+            return done[sigma, symmetric]
         params = KnobGradientParams(smoothing=sigma, symmetric=symmetric)
-        return KnobGradient(gen, reg, params).attribute(images, attrs).gradient
+        gradient = KnobGradient(gen, reg, params).attribute(images, attrs).gradient
+        if images is x:
+            done[sigma, symmetric] = gradient
+        return gradient
 
     variants = {
         "plain gradient": lambda: explainer.attribute(x, attrs).gradient,
@@ -156,13 +173,19 @@ def main() -> int:
             f"central difference h {h}": (lambda h=h: _central(gen, reg, x, attrs, h))
             for h in (0.1, 0.25)
         },
+        "SmoothGrad sigma 0.3, lot mean": lambda: lot_mean(smooth(0.3), scored["lot"]),
     }
+    if args.only:
+        variants = {k: v for k, v in variants.items() if any(t in k for t in args.only)}
+        if not variants:
+            parser.error(f"--only {args.only}: no variant matches")
     rows = []
     for name, compute in variants.items():
         s = fidelity.scores(compute() * slopes, oracle, known)
         rows.append({"variant": name, **s})
         print(name, round(s["cosine_median"], 3), flush=True)
-    out = ROOT / "benchmarks" / f"knob_gradient_variants_{args.lots}"
+    tag = "" if args.per_lot == 2 else f"_{args.per_lot}perlot"
+    out = ROOT / "benchmarks" / f"knob_gradient_variants_{args.lots}{tag}"
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     head = "| variant | cosine median | centred | signs size / porosity / dispersity / facetness |"
     lines = [head, "| --- | --- | --- | --- |"]

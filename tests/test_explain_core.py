@@ -9,7 +9,7 @@ from torch import nn
 
 from semknobs.evaluation.fidelity import cosine
 from semknobs.explain.counterfactual import OPTIMIZERS, CounterfactualParams, KnobCounterfactual
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity
 from semknobs.models.concept import SYMMETRIES, dihedral
@@ -212,6 +212,29 @@ def test_symmetric_knob_gradient_is_the_mean_over_the_eight_views(smoothing):
     res = KnobGradient(gen, reg, params).attribute(x, a, batch_size=2)
     np.testing.assert_allclose(res.gradient, views, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)
+
+
+def test_lot_mean_is_the_gradient_of_the_lots_mean_prediction():
+    """Tiles with their own gradients (TextureG); each lot's knob gradient is d/dA of the mean of
+    its tiles' predictions at the lot's shared knobs, whatever order the tiles come in."""
+    _, reg, x, _ = _problem(n=5)
+    gen = TextureG()
+    lots = np.array(["b", "a", "b", "a", "b"])
+    shared = {"a": torch.tensor([0.2, 0.4, 0.6, 0.8]), "b": torch.tensor([0.7, 0.5, 0.3, 0.1])}
+    a = torch.stack([shared[lot] for lot in lots])
+    per_tile = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0)).attribute(x, a).gradient
+    assert not np.allclose(per_tile[0], per_tile[2], rtol=1e-3)  # tiles of a lot differ
+    pooled = lot_mean(per_tile, lots)
+    for lot, knobs in shared.items():
+        rows = np.flatnonzero(lots == lot)
+        var = knobs.clone().requires_grad_(True)
+        tiles = x[rows]
+        mean = reg(gen(tiles, var.expand(len(rows), K), knobs.expand(len(rows), K))).mean()
+        (want,) = torch.autograd.grad(mean, var)
+        for r in rows:
+            np.testing.assert_allclose(pooled[r], want.numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="lot_mean"):
+        lot_mean(per_tile, lots[:3])
 
 
 @pytest.mark.parametrize(

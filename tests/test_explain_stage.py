@@ -85,7 +85,8 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         "saliency/gradcam_similarity_after_randomisation",
     ):
         assert key in metrics, key
-    for explainer in ("knob_gradient", "counterfactual", "sensitivity", "correlation"):
+    explainers = ("knob_gradient", "knob_gradient_lot", "counterfactual", "sensitivity")
+    for explainer in (*explainers, "correlation"):
         for fid in ("er", "el"):
             for metric in ("cosine_median", "centred_cosine", "sign_size", "rho_facetness"):
                 assert f"{explainer}/{fid}/{metric}" in metrics, (explainer, fid, metric)
@@ -117,6 +118,10 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     ):
         assert (reports / name).exists(), name
     assert np.isfinite(metrics["knob_gradient/er/cosine_median"])
+    knob = pd.read_csv(reports / "knob_gradient.csv", dtype={"lot": str})
+    lot_cols = [f"lot_gradient_{a}" for a in ("size", "porosity", "dispersity", "facetness")]
+    means = knob.groupby("lot")[[c.replace("lot_", "") for c in lot_cols]].transform("mean")
+    np.testing.assert_allclose(knob[lot_cols].to_numpy(), means.to_numpy(), rtol=1e-4, atol=1e-6)
     fid = pd.read_csv(reports / "fidelity.csv")
     finite = fid.dropna(subset=["low", "high"])
     assert len(finite) > 0 and (finite["low"] <= finite["high"]).all()

@@ -25,6 +25,7 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.gradient import lot_mean
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
 from semknobs.explain.measured import (
@@ -44,6 +45,8 @@ HEADLINE = (
     "knob_gradient/er/cosine_median",
     "knob_gradient/er/centred_cosine",
     *(f"knob_gradient/er/sign_{a}" for a in ATTRIBUTES),
+    "knob_gradient_lot/er/cosine_median",
+    *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
     "regressor/rl/cosine_median",
     "counterfactual/validity_model",
     "counterfactual/validity_law",
@@ -132,7 +135,15 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     # what the training lots support, beside what the regressor is said to use (proxy flags)
     knob_train = train.copy()  # unclipped knob units: the fit is affine in the raw scores
     knob_train[list(ATTRIBUTES)] = scaler.transform(train[list(ATTRIBUTES)].to_numpy())
-    uses = {"knob_gradient": out.knob_gradient.gradient, "sensitivity": out.sweep.slopes()}
+    lot_gradient = lot_mean(out.knob_gradient.gradient, tiles["lot"])
+    tables["knob_gradient"] = tables["knob_gradient"].assign(
+        **{f"lot_gradient_{a}": lot_gradient[:, j] for j, a in enumerate(ATTRIBUTES)}
+    )
+    uses = {
+        "knob_gradient": out.knob_gradient.gradient,
+        "knob_gradient_lot": lot_gradient,
+        "sensitivity": out.sweep.slopes(),
+    }
     corrected = None
     if paths.measurements is not None:  # what the knobs really moved, by the meter
         calib = fit_from_files(
@@ -179,7 +190,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
         judged = _referee(
-            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, corrected
+            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, uses
         )
         if judged is None:
             summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")
@@ -194,7 +205,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     return StageResult(metrics, {"explain": paths.reports}, summary)
 
 
-def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, corrected):
+def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, uses):
     synthetic = params.synthetic
     truth = read_truth(truth_dir)
     scored = out.tiles.iloc[rows].reset_index(drop=True)
@@ -203,13 +214,10 @@ def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, s
     knob_labels = labels.copy()  # unclipped: the label fit is affine in the raw scores
     knob_labels[list(ATTRIBUTES)] = scaler.transform(labels[list(ATTRIBUTES)].to_numpy())
     corr = out.tables["correlation_slopes"].set_index("attribute").loc[list(ATTRIBUTES)]
-    gradients = {
-        "knob_gradient": out.knob_gradient.gradient[rows],
-        "sensitivity": out.sweep.slopes()[rows],
-        "correlation": np.broadcast_to(corr["predicted"].to_numpy(), (len(rows), len(ATTRIBUTES))),
-    }
-    if corrected is not None:
-        gradients["corrected_gradient"] = corrected.attribution[rows]
+    gradients = {name: use[rows] for name, use in uses.items()}  # every per-tile explanation
+    gradients["correlation"] = np.broadcast_to(
+        corr["predicted"].to_numpy(), (len(rows), len(ATTRIBUTES))
+    )
     directions = {"counterfactual": out.higher.delta_attrs[rows]}
     counterfactuals = [
         Counterfactuals(target, res.attrs[rows], res.new_attrs[rows], res.success[rows])
