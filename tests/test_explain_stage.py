@@ -86,7 +86,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     ):
         assert key in metrics, key
     explainers = ("knob_gradient", "knob_gradient_lot", "counterfactual", "sensitivity")
-    for explainer in (*explainers, "correlation"):
+    for explainer in (*explainers, "correlation", "linear_model"):
         for fid in ("er", "el"):
             for metric in ("cosine_median", "centred_cosine", "sign_size", "rho_facetness"):
                 assert f"{explainer}/{fid}/{metric}" in metrics, (explainer, fid, metric)
@@ -95,6 +95,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     assert metrics["referee/n_lots"] == 2 and metrics["referee/n_tiles"] == 6
     # a constant explainer scores 0 across tiles, whatever its plain cosine
     assert metrics["correlation/er/centred_cosine"] == 0.0
+    assert metrics["linear_model/er/centred_cosine"] == 0.0
     assert metrics["saliency/gradcam_map_px"] > 2  # GradCAM maps finer than 2x2
     reports = root / "reports"
     table = pd.read_csv(reports / "counterfactual.csv")

@@ -35,7 +35,14 @@ from semknobs.config import deep_merge, load_overrides, load_params
 from semknobs.errors import DataError, SemknobsError
 from semknobs.stage import write_json
 
-EXPLAINERS = ("knob_gradient", "knob_gradient_lot", "counterfactual", "sensitivity", "correlation")
+EXPLAINERS = (
+    "knob_gradient",
+    "knob_gradient_lot",
+    "counterfactual",
+    "sensitivity",
+    "correlation",
+    "linear_model",
+)
 TABLE_METRICS = ("cosine_median", "centred_cosine", *(f"sign_{a}" for a in ATTRIBUTES))
 
 

@@ -213,11 +213,10 @@ def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, s
         return None
     knob_labels = labels.copy()  # unclipped: the label fit is affine in the raw scores
     knob_labels[list(ATTRIBUTES)] = scaler.transform(labels[list(ATTRIBUTES)].to_numpy())
-    corr = out.tables["correlation_slopes"].set_index("attribute").loc[list(ATTRIBUTES)]
     gradients = {name: use[rows] for name, use in uses.items()}  # every per-tile explanation
-    gradients["correlation"] = np.broadcast_to(
-        corr["predicted"].to_numpy(), (len(rows), len(ATTRIBUTES))
-    )
+    for name, table in (("correlation", "correlation_slopes"), ("linear_model", "linear_model")):
+        lot_level = out.tables[table].set_index("attribute").loc[list(ATTRIBUTES), "predicted"]
+        gradients[name] = np.broadcast_to(lot_level.to_numpy(), (len(rows), len(ATTRIBUTES)))
     directions = {"counterfactual": out.higher.delta_attrs[rows]}
     counterfactuals = [
         Counterfactuals(target, res.attrs[rows], res.new_attrs[rows], res.success[rows])
