@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.config import to_mapping
 from semknobs.data.dataset import fit_scaler
 from semknobs.data.split import SplitParams, make_splits, write_splits
@@ -120,8 +121,8 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         assert (reports / name).exists(), name
     assert np.isfinite(metrics["knob_gradient/er/cosine_median"])
     knob = pd.read_csv(reports / "knob_gradient.csv", dtype={"lot": str})
-    lot_cols = [f"lot_gradient_{a}" for a in ("size", "porosity", "dispersity", "facetness")]
-    means = knob.groupby("lot")[[c.replace("lot_", "") for c in lot_cols]].transform("mean")
+    lot_cols = [f"lot_gradient_{a}" for a in ATTRIBUTES]
+    means = knob.groupby("lot")[[f"gradient_{a}" for a in ATTRIBUTES]].transform("mean")
     np.testing.assert_allclose(knob[lot_cols].to_numpy(), means.to_numpy(), rtol=1e-4, atol=1e-6)
     fid = pd.read_csv(reports / "fidelity.csv")
     finite = fid.dropna(subset=["low", "high"])

@@ -12,8 +12,8 @@ an attribute for whatever its correlated neighbours do.
 The multivariate version (:func:`linear_coefficients` of the lot-mean prediction, scored as
 ``linear_model``) separates correlated attributes as far as the lots allow. Where a lot's images
 depend on nothing but its attributes (the synthetic studies) it estimates the regressor's average
-response without bias, so it is the constant an explainer of tiles must beat *across* tiles and
-lots (centred cosine, rho), not on the plain cosine or the signs.
+response without bias to first order, so it is the constant an explainer of tiles must beat
+*across* tiles and lots (centred cosine, rho), not on the plain cosine or the signs.
 """
 
 from __future__ import annotations
