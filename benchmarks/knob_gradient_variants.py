@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,44 @@ def load_scored(lots: str, per_lot: int = 2) -> Scored:
     return Scored(gen, reg, scored, x, attrs, slopes, oracle, known)
 
 
+def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
+    """The variants by name, each computing (n, 4) gradients in knob units; ``sc`` is read only
+    when one is computed (``None`` lists the names before anything is loaded)."""
+    done: dict[tuple[float, bool], np.ndarray] = {}  # the lot mean reuses the per-tile draws
+
+    def plain(images: torch.Tensor) -> np.ndarray:
+        params = KnobGradientParams(smoothing=0.0)
+        return KnobGradient(sc.gen, sc.reg, params).attribute(images, sc.attrs).gradient
+
+    def smooth(sigma: float, symmetric: bool = False, images: torch.Tensor | None = None):
+        if images is None and (sigma, symmetric) in done:
+            return done[sigma, symmetric]
+        params = KnobGradientParams(smoothing=sigma, symmetric=symmetric)
+        seen = sc.x if images is None else images
+        gradient = KnobGradient(sc.gen, sc.reg, params).attribute(seen, sc.attrs).gradient
+        if images is None:
+            done[sigma, symmetric] = gradient
+        return gradient
+
+    return {
+        "plain gradient": lambda: plain(sc.x),
+        "D4 mean": lambda: np.mean([plain(dihedral(sc.x, k)) for k in range(SYMMETRIES)], axis=0),
+        **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2, 0.3)},
+        **{
+            f"SmoothGrad sigma {s}, D4 views cycled (symmetric)": (lambda s=s: smooth(s, True))
+            for s in (0.2, 0.3)
+        },
+        "D4 mean of SmoothGrad sigma 0.2 (8 x the cost)": lambda: np.mean(
+            [smooth(0.2, images=dihedral(sc.x, k)) for k in range(SYMMETRIES)], axis=0
+        ),
+        **{
+            f"central difference h {h}": (lambda h=h: _central(sc.gen, sc.reg, sc.x, sc.attrs, h))
+            for h in (0.1, 0.25)
+        },
+        "SmoothGrad sigma 0.3, lot mean": lambda: lot_mean(smooth(0.3), sc.tiles["lot"]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lots", choices=("train", "test"), default="train")
@@ -138,47 +177,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.per_lot < 1 or (args.lots == "test" and args.per_lot != 2):
         parser.error("--per-lot is a positive count of training tiles (the test set is fixed)")
+    chosen = [n for n in build_variants(None) if not args.only or any(t in n for t in args.only)]
+    if not chosen:
+        parser.error(f"--only {args.only}: no variant matches")
     torch.set_num_threads(2)
     sc = load_scored(args.lots, args.per_lot)
-    gen, reg, scored, x, attrs = sc.gen, sc.reg, sc.tiles, sc.x, sc.attrs
-    slopes, oracle, known = sc.slopes, sc.oracle, sc.known
-
-    explainer = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))  # the plain one
-
-    done: dict[tuple[float, bool], np.ndarray] = {}  # the lot mean reuses the per-tile draws
-
-    def smooth(sigma: float, symmetric: bool = False, images: torch.Tensor = x) -> np.ndarray:
-        if images is x and (sigma, symmetric) in done:
-            return done[sigma, symmetric]
-        params = KnobGradientParams(smoothing=sigma, symmetric=symmetric)
-        gradient = KnobGradient(gen, reg, params).attribute(images, attrs).gradient
-        if images is x:
-            done[sigma, symmetric] = gradient
-        return gradient
-
-    variants = {
-        "plain gradient": lambda: explainer.attribute(x, attrs).gradient,
-        "D4 mean": lambda: np.mean(
-            [explainer.attribute(dihedral(x, k), attrs).gradient for k in range(SYMMETRIES)], axis=0
-        ),
-        **{f"SmoothGrad sigma {s}": (lambda s=s: smooth(s)) for s in (0.05, 0.1, 0.2, 0.3)},
-        **{
-            f"SmoothGrad sigma {s}, D4 views cycled (symmetric)": (lambda s=s: smooth(s, True))
-            for s in (0.2, 0.3)
-        },
-        "D4 mean of SmoothGrad sigma 0.2 (8 x the cost)": lambda: np.mean(
-            [smooth(0.2, images=dihedral(x, k)) for k in range(SYMMETRIES)], axis=0
-        ),
-        **{
-            f"central difference h {h}": (lambda h=h: _central(gen, reg, x, attrs, h))
-            for h in (0.1, 0.25)
-        },
-        "SmoothGrad sigma 0.3, lot mean": lambda: lot_mean(smooth(0.3), scored["lot"]),
-    }
-    if args.only:
-        variants = {k: v for k, v in variants.items() if any(t in k for t in args.only)}
-        if not variants:
-            parser.error(f"--only {args.only}: no variant matches")
+    slopes, oracle, known, scored = sc.slopes, sc.oracle, sc.known, sc.tiles
+    variants = build_variants(sc)
+    variants = {name: variants[name] for name in chosen}
     rows = []
     for name, compute in variants.items():
         s = fidelity.scores(compute() * slopes, oracle, known)
