@@ -107,7 +107,8 @@ def prepare_data(workspace: Path, out: Path) -> None:
 
 
 @functools.lru_cache(maxsize=1)  # both AttGAN sections read it
-def _load_data(path: Path):
+def load_data(path: Path):
+    """The prepared tiles (``--prepare``): images, attrs (torch), readings, lot ids (numpy)."""
     import numpy as np
 
     if not path.is_file():
@@ -127,7 +128,7 @@ def attgan_rows(data: Path, steps: int) -> list[dict]:
     from semknobs.pixels import to_model
     from semknobs.train.attgan import AttGANTrainer
 
-    images, attrs, readings, lots = _load_data(data)
+    images, attrs, readings, lots = load_data(data)
     params, meter = attgan_params()
     trainer = AttGANTrainer(params, DEVICE)
     trainer.attach_concept(images, readings, attrs, lots, meter)
@@ -231,7 +232,7 @@ def training_loop_rows(data: Path, steps: int) -> list[dict]:
 
     from semknobs.train.attgan import train_attgan
 
-    images, attrs, readings, lots = _load_data(data)
+    images, attrs, readings, lots = load_data(data)
     params, meter = attgan_params()
     half = steps // 2
     concept = dataclasses.replace(

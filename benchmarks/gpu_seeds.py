@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_check import attgan_params  # the same params + overlay rule as the GPU check
+from gpu_check import attgan_params, load_data  # the GPU check's params rule and tiles
 
 from semknobs.atomic import atomic_path
 from semknobs.errors import ParamsError
@@ -51,22 +51,20 @@ def _design_params(overlay: str, seed: int, smoke: bool = False):
 
 
 def train_one(design: str, overlay: str, seed: int, data: Path, out: Path, smoke: bool) -> None:
-    import numpy as np
-
     from semknobs.config import to_mapping
     from semknobs.train.attgan import train_attgan
 
     torch.set_num_threads(2)
     params, meter = _design_params(overlay, seed, smoke)
-    d = np.load(data)
+    images, attrs, readings, lots = load_data(data)
     logged: list = []
     started = time.perf_counter()
     trainer = train_attgan(
         params=params,
-        images=torch.from_numpy(d["images"]),
-        attrs=torch.from_numpy(d["attrs"]),
-        readings=d["readings"],
-        lots=d["lots"],
+        images=images,
+        attrs=attrs,
+        readings=readings,
+        lots=lots,
         meter=meter,
         progress=False,
         log=lambda metrics, step: logged.append((step, metrics)),
