@@ -10,7 +10,7 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.data.law import StressLaw
 from semknobs.evaluation import fidelity
 
-ACROSS = ["centred_cosine", *(f"rho_{a}" for a in ATTRIBUTES)]
+ACROSS = ["centred_cosine", "lot_centred_cosine", *(f"rho_{a}" for a in ATTRIBUTES)]
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +23,23 @@ def reference():
 
 
 def test_perfect_explainer_scores_one(reference):
-    g, _ = reference
-    s = fidelity.scores(3.0 * g, g)
+    g, lots = reference
+    s = fidelity.scores(3.0 * g, g, groups=lots)
     assert all(s[m] == pytest.approx(1.0) for m in ["cosine_median", *ACROSS])
     assert all(s[f"sign_{a}"] == 1.0 for a in ATTRIBUTES)
 
 
 def test_negated_explainer_scores_minus_one(reference):
-    g, _ = reference
-    s = fidelity.scores(-g, g)
+    g, lots = reference
+    s = fidelity.scores(-g, g, groups=lots)
     assert all(s[m] == pytest.approx(-1.0) for m in ["cosine_median", *ACROSS])
     assert all(s[f"sign_{a}"] == 0.0 for a in ATTRIBUTES)
 
 
 def test_constant_explainer_scores_zero_across_tiles_but_passes_the_plain_cosine(reference):
-    g, _ = reference
+    g, lots = reference
     constant = g.mean(axis=0)  # the study-mean gradient: the best a constant vector can do
-    s = fidelity.scores(constant, g)
+    s = fidelity.scores(constant, g, groups=lots)
     assert s["cosine_median"] > 0.9  # why the plain cosine alone is no metric
     assert all(s[m] == 0.0 for m in ACROSS)
 
@@ -49,6 +49,19 @@ def test_a_noisy_explainer_lands_in_between(reference):
     noisy = g + np.random.default_rng(1).normal(0, 1, g.shape) * g.std(axis=0)
     s = fidelity.scores(noisy, g)
     assert 0.2 < s["centred_cosine"] < 0.95 and 0.2 < s["rho_size"] < 0.95
+
+
+def test_lot_level_follows_the_lot_means_and_needs_three_lots(reference):
+    g, lots = reference
+    lot_means = np.stack([g[lots == k].mean(axis=0) for k in range(6)])
+    s = fidelity.scores(lot_means[lots], g, groups=lots)  # no tile detail
+    assert s["lot_centred_cosine"] == pytest.approx(1.0)
+    assert s["centred_cosine"] < 0.999  # the within-lot part is missed at tile level
+    rotated = lot_means[np.roll(np.arange(6), 1)][lots]  # each lot told another lot's answer
+    assert fidelity.scores(rotated, g, groups=lots)["lot_centred_cosine"] < 0.5
+    assert np.isnan(fidelity.scores(g, g)["lot_centred_cosine"])  # no lots given
+    two = lots < 2
+    assert np.isnan(fidelity.lot_centred_cosine(g[two], g[two], lots[two]))
 
 
 def test_sign_accuracy_counts_only_known_references():
@@ -70,7 +83,8 @@ def test_intervals_cover_the_point_and_are_degenerate_for_a_perfect_explainer(re
     assert np.allclose(perfect.loc["centred_cosine", ["low", "high"]], 1.0)
     noisy = g + np.random.default_rng(2).normal(0, 1, g.shape) * g.std(axis=0)
     table = fidelity.scores_with_ci(noisy, g, lots, n_boot=300).set_index("metric")
-    for m in ["cosine_median", "centred_cosine", "rho_size"]:
+    assert np.allclose(perfect.loc["lot_centred_cosine", ["low", "high"]], 1.0)
+    for m in ["cosine_median", "centred_cosine", "lot_centred_cosine", "rho_size"]:
         low, value, high = table.loc[m, ["low", "value", "high"]]
         assert low <= value <= high and high - low > 0.01, m
 

@@ -63,6 +63,7 @@ def test_the_law_handed_over_in_knob_units_scores_a_perfect_el(judged):
     m = out.metrics
     assert m["perfect/el/cosine_median"] == pytest.approx(1.0)
     assert m["perfect/el/centred_cosine"] == pytest.approx(1.0)
+    assert m["perfect/el/lot_centred_cosine"] == pytest.approx(1.0)  # 6 lots
     assert m["perfect/el/sign_size"] == 1.0 and m["perfect/el/rho_porosity"] == pytest.approx(1.0)
     assert m["steepest/el/cosine_median"] > 0.95  # a displacement maps by 1/s, not by s
 
@@ -70,6 +71,7 @@ def test_the_law_handed_over_in_knob_units_scores_a_perfect_el(judged):
 def test_a_constant_explainer_scores_zero_across_tiles(judged):
     m = judged[0].metrics
     assert m["fixed/el/centred_cosine"] == 0.0
+    assert m["fixed/el/lot_centred_cosine"] == 0.0
     assert all(m[f"fixed/el/rho_{a}"] == 0.0 for a in ATTRIBUTES)
 
 

@@ -43,7 +43,12 @@ EXPLAINERS = (
     "correlation",
     "linear_model",
 )
-TABLE_METRICS = ("cosine_median", "centred_cosine", *(f"sign_{a}" for a in ATTRIBUTES))
+TABLE_METRICS = (
+    "cosine_median",
+    "centred_cosine",
+    "lot_centred_cosine",
+    *(f"sign_{a}" for a in ATTRIBUTES),
+)
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,10 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
             f"counterfactual validity: model {_fmt(get('counterfactual/validity_model'))}, "
             f"law {_fmt(get('counterfactual/validity_law'))} "
             f"(over {int(get('counterfactual/validity_n') or 0)} converged searches)",
+            f"the oracle against itself (split halves of its seeds): centred cosine "
+            f"{_fmt(get('oracle/split_half_centred_cosine'))} per tile, "
+            f"{_fmt(get('oracle/split_half_lot_centred_cosine'))} on lot means (a perfect "
+            f"explainer's lot centred cosine: {_fmt(get('oracle/lot_centred_cosine_ceiling'))})",
         ]
         if get("control/mean_spearman") is not None:
             facts += [
@@ -251,7 +260,12 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
 def suite_figure(results: dict[str, float], names: list[str]):
     from matplotlib.figure import Figure
 
-    metrics = ("cosine_median", "centred_cosine", *(f"rho_{a}" for a in ATTRIBUTES))
+    metrics = (
+        "cosine_median",
+        "centred_cosine",
+        "lot_centred_cosine",
+        *(f"rho_{a}" for a in ATTRIBUTES),
+    )
     fig = Figure(figsize=(4.2 * len(names), 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
     rows = [("regressor", "rl")] + [(e, f) for e in EXPLAINERS for f in ("er", "el")]

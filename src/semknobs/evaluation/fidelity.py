@@ -13,6 +13,11 @@ Metrics (keys as in ``<explainer>/<fidelity>/<metric>``):
 * ``centred_cosine`` -- the cosine, pooled over all tiles and attributes, after removing each
   side's study-mean vector: does the explanation follow how the reference *varies* from tile
   to tile? A constant explanation scores exactly 0, a perfect one 1, its negation -1;
+* ``lot_centred_cosine`` -- the same on the lot means (each side averaged over a lot's tiles):
+  does the explanation follow how the reference varies from *lot* to lot? Per tile, the
+  oracle's own noise caps the centred cosine low (its split-half figure, ~0.3 on the default
+  study); its lot means differ beyond their noise, so this is where an explanation can show what
+  no constant can. 0 for a constant, NaN without lots (``groups``) or with fewer than 3;
 * ``sign_<a>`` -- share of tiles whose sign of attribute ``a`` matches the reference's, over the
   tiles where the reference's sign is known (``known``: e.g. a nonzero law gradient, or an
   oracle component beyond twice its standard error); NaN where none is known. A negated
@@ -36,6 +41,7 @@ from semknobs.attributes import ATTRIBUTES
 METRICS = (
     "cosine_median",
     "centred_cosine",
+    "lot_centred_cosine",
     *(f"sign_{a}" for a in ATTRIBUTES),
     *(f"rho_{a}" for a in ATTRIBUTES),
 )
@@ -60,6 +66,25 @@ def centred_cosine(explanation: np.ndarray, reference: np.ndarray, tol: float = 
     return float(cosine(e.ravel(), r.ravel()))
 
 
+def lot_centred_cosine(explanation: np.ndarray, reference: np.ndarray, groups: np.ndarray) -> float:
+    """:func:`centred_cosine` of the per-group means (``groups``: one label per row, the lot);
+    NaN with fewer than 3 groups (two lot means are always +-1 apart from their mean)."""
+    codes, n = _codes(groups)
+    if n < 3:
+        return float("nan")
+    counts = np.bincount(codes, minlength=n)[:, None]
+    means = [
+        np.stack([np.bincount(codes, v[:, k], n) for k in range(v.shape[1])], 1) / counts
+        for v in (explanation, reference)
+    ]
+    return centred_cosine(*means)
+
+
+def _codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
+    labels, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return codes.ravel(), len(labels)
+
+
 def rank_correlation(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-12) -> float:
     """Spearman rho; 0 when ``x`` is constant, NaN when ``y`` is (or fewer than 3 rows)."""
     if len(x) < 3 or np.ptp(y) <= tol * max(1.0, np.abs(y).max()):
@@ -71,15 +96,22 @@ def rank_correlation(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-12) -> flo
 
 
 def scores(
-    explanation: np.ndarray, reference: np.ndarray, known: np.ndarray | None = None
+    explanation: np.ndarray,
+    reference: np.ndarray,
+    known: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Every metric of :data:`METRICS` for (n, 4) arrays (``explanation`` may broadcast)."""
+    """Every metric of :data:`METRICS` for (n, 4) arrays (``explanation`` may broadcast);
+    ``groups`` (one lot label per row) for the lot-level metric, NaN without it."""
     reference = np.asarray(reference, dtype=float)
     explanation = np.broadcast_to(np.asarray(explanation, dtype=float), reference.shape)
     known = reference != 0 if known is None else np.asarray(known, dtype=bool)
     out = {
         "cosine_median": float(np.median(cosine(explanation, reference))),
         "centred_cosine": centred_cosine(explanation, reference),
+        "lot_centred_cosine": (
+            float("nan") if groups is None else lot_centred_cosine(explanation, reference, groups)
+        ),
     }
     match = np.sign(explanation) == np.sign(reference)
     for k, a in enumerate(ATTRIBUTES):
@@ -105,14 +137,17 @@ def scores_with_ci(
     reference = np.asarray(reference, dtype=float)
     explanation = np.broadcast_to(np.asarray(explanation, dtype=float), reference.shape)
     known = reference != 0 if known is None else np.asarray(known, dtype=bool)
-    point = scores(explanation, reference, known)
+    point = scores(explanation, reference, known, groups)
     groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
-        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        draws.append(scores(explanation[rows], reference[rows], known[rows]))
+        picked = rng.integers(0, len(members), len(members))
+        rows = np.concatenate([members[i] for i in picked])
+        # a lot drawn twice counts as two lots
+        drawn = np.concatenate([np.full(len(members[i]), j) for j, i in enumerate(picked)])
+        draws.append(scores(explanation[rows], reference[rows], known[rows], drawn))
     table = pd.DataFrame(draws)
     alpha = (1 - level) / 2
     with np.errstate(invalid="ignore"):

@@ -148,6 +148,11 @@ def referee(
     )
     metrics["oracle/split_half_cosine_median"] = float(np.median(fidelity.cosine(first, second)))
     metrics["oracle/split_half_centred_cosine"] = fidelity.centred_cosine(first, second)
+    r = fidelity.lot_centred_cosine(first, second, lots)
+    metrics["oracle/split_half_lot_centred_cosine"] = r
+    # what a perfect explainer would score against the full (all-seed) oracle's noisy lot means:
+    # the square root of the full oracle's reliability, 2r / (1 + r) (Spearman-Brown)
+    metrics["oracle/lot_centred_cosine_ceiling"] = float(np.sqrt(2 * max(r, 0) / (1 + r)))
     tables = {}
     if support is not None:
         tables["lot_support"], flags = _check_flags(support, g_r / slopes)

@@ -9,7 +9,11 @@ from matplotlib.figure import Figure
 from semknobs.attributes import ATTRIBUTES
 from semknobs.evaluation.fidelity import METRICS
 
-SHORT = {"cosine_median": "cosine\nmedian", "centred_cosine": "centred\ncosine"}
+SHORT = {
+    "cosine_median": "cosine\nmedian",
+    "centred_cosine": "centred\ncosine",
+    "lot_centred_cosine": "lot\ncentred",
+}
 
 
 def fidelity_figure(table: pd.DataFrame, title: str = "") -> Figure:

@@ -44,8 +44,11 @@ from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 HEADLINE = (
     "knob_gradient/er/cosine_median",
     "knob_gradient/er/centred_cosine",
+    "knob_gradient/er/lot_centred_cosine",
     *(f"knob_gradient/er/sign_{a}" for a in ATTRIBUTES),
     "knob_gradient_lot/er/cosine_median",
+    "knob_gradient_lot/er/lot_centred_cosine",
+    "oracle/lot_centred_cosine_ceiling",
     *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
     "regressor/rl/cosine_median",
     "counterfactual/validity_model",
