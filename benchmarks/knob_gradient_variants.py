@@ -7,7 +7,8 @@ clamped: ``explain.knob_gradient.smoothing``), both at once (the draws cycle thr
 views: ``explain.knob_gradient.symmetric``, the same cost), and central differences of
 R(G(I; A +- h e_k)), and the lot mean of the default (each tile's gradient replaced by the mean
 over the scored tiles of its lot: ``explain.gradient.lot_mean``, the gradient of the lot's mean
-prediction).
+prediction), and that lot mean divided by each lot's meter-read gain of the knob relative to
+the study's (``explain.measured.gain_corrected``).
 Mapped to true units by the referee's own label fit and scored against the oracle.
 
 ``--lots train`` (the default) CHOOSES: two tiles of each of the 24 training lots, with the
@@ -45,6 +46,13 @@ from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import RefereeParams, label_fit
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
+from semknobs.explain.measured import (
+    CorrectedParams,
+    fit_from_files,
+    gain_corrected,
+    measured_jacobian,
+)
+from semknobs.meter import MeterParams
 from semknobs.models.concept import SYMMETRIES, dihedral
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
@@ -184,7 +192,26 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
             for h in (0.1, 0.25)
         },
         "SmoothGrad sigma 0.3, lot mean": lambda: lot_mean(smooth(0.3), sc.tiles["lot"]),
+        "SmoothGrad sigma 0.3, lot mean, meter-gain corrected": lambda: gain_corrected(
+            smooth(0.3), _jacobian(sc), sc.tiles["lot"].to_numpy()
+        ),
     }
+
+
+def _jacobian(sc: Scored) -> np.ndarray:
+    """The explain stage's measured Jacobian of the scored tiles (its meter calibration on the
+    training lots, its step)."""
+    params = load_params(ROOT / "params.yaml")
+    _, gan = attgan_model.load(ROOT / "models" / "attgan")
+    calib = fit_from_files(
+        ROOT / "data" / "measurements.csv",
+        read_lots(ROOT / "data" / "synthetic" / "lots.csv"),
+        read_splits(ROOT / "data" / "splits.json").training_lots(),
+        AttributeScaler.from_dict(gan.scaler),
+        from_mapping(MeterParams, params["measure"]["meter"]),
+    )
+    step = from_mapping(CorrectedParams, params["explain"]["corrected"]).step
+    return measured_jacobian(sc.gen, sc.x, sc.attrs, calib, step, n_jobs=2)
 
 
 def main() -> int:

@@ -14,6 +14,8 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.config import to_mapping
 from semknobs.data.dataset import fit_scaler
 from semknobs.data.split import SplitParams, make_splits, write_splits
+from semknobs.data.tiles import load_tiles
+from semknobs.meter import MeterParams, measure_tiles
 from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Generator
 
@@ -49,6 +51,11 @@ def models(tiny_study, tmp_path):
     params["explain"]["referee"]["oracle"].update(seeds=2, n_jobs=1)
     params["synthesize"].update(n_lots=6, scans_per_lot=1, fields_y=2, fields_x=3, n_jobs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    tiles, manifest = load_tiles(tiny_study["tiles"])  # the measure stage's readings
+    readings = measure_tiles(tiles, MeterParams(), n_jobs=1)
+    manifest[["tile", "lot", "scan", "row", "col"]].join(readings).to_csv(
+        tmp_path / "measurements.csv", index=False
+    )
     return tmp_path
 
 
@@ -68,6 +75,8 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         root / "splits.json",
         "--truth-dir",
         tiny_study["truth"],
+        "--measurements",
+        root / "measurements.csv",
         "--metrics",
         root / "explain.json",
         "--reports",
@@ -86,7 +95,8 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         "saliency/gradcam_similarity_after_randomisation",
     ):
         assert key in metrics, key
-    explainers = ("knob_gradient", "knob_gradient_lot", "counterfactual", "sensitivity")
+    explainers = ("knob_gradient", "knob_gradient_lot", "knob_gradient_gain")
+    explainers += ("counterfactual", "sensitivity")
     for explainer in (*explainers, "correlation", "linear_model"):
         for fid in ("er", "el"):
             for metric in ("cosine_median", "centred_cosine", "sign_size", "rho_facetness"):
@@ -98,6 +108,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     assert metrics["referee/n_lots"] == 2 and metrics["referee/n_tiles"] == 6
     assert metrics["knob_gradient/er/lot_centred_cosine"] is None  # NaN, written as null
     assert "oracle/lot_centred_cosine_ceiling" in metrics
+    assert np.isfinite(metrics["corrected_gradient/condition"])  # the meter read the edits
     # a constant explainer scores 0 across tiles, whatever its plain cosine
     assert metrics["correlation/er/centred_cosine"] == 0.0
     assert metrics["linear_model/er/centred_cosine"] == 0.0
@@ -128,6 +139,9 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     lot_cols = [f"lot_gradient_{a}" for a in ATTRIBUTES]
     means = knob.groupby("lot")[[f"gradient_{a}" for a in ATTRIBUTES]].transform("mean")
     np.testing.assert_allclose(knob[lot_cols].to_numpy(), means.to_numpy(), rtol=1e-4, atol=1e-6)
+    gain = knob[[f"gain_gradient_{a}" for a in ATTRIBUTES]]  # one value per lot, same signs
+    assert (gain.groupby(knob["lot"]).nunique() == 1).all(axis=None)
+    assert (np.sign(gain.to_numpy()) == np.sign(knob[lot_cols].to_numpy())).all()
     fid = pd.read_csv(reports / "fidelity.csv")
     finite = fid.dropna(subset=["low", "high"])
     assert len(finite) > 0 and (finite["low"] <= finite["high"]).all()

@@ -8,7 +8,7 @@ import pytest
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.evaluation.fidelity import cosine
-from semknobs.explain.measured import MeterCalibration, corrected_attribution
+from semknobs.explain.measured import MeterCalibration, corrected_attribution, gain_corrected
 
 RNG = np.random.default_rng(0)
 N, K = 60, len(ATTRIBUTES)
@@ -36,6 +36,37 @@ def test_an_exact_jacobian_recovers_the_concept_sensitivity():
     assert np.median(cosine(g, S)) < 0.99
 
 
+def test_gain_correction_divides_out_how_far_each_lot_was_moved():
+    """Known answer: the regressor responds to what the edit really did, and the edit moves
+    porosity in proportion to the lot's own porosity; the response per unit of measured
+    change is the same everywhere, and the correction recovers that lot by lot."""
+    lots = np.repeat(np.arange(6), 5)
+    lot_gain = np.linspace(0.2, 1.0, 6)  # porosity knob's gain, lot by lot (mean 0.6)
+    jac = np.zeros((30, K, K))
+    jac[:, [0, 2, 3], [0, 2, 3]] = 0.4  # the other knobs move alike in every lot
+    jac[:, 1, 1] = lot_gain[lots] + RNG.normal(0, 0.01, 30)
+    response = np.array([-10.0, -20.0, 4.0, 5.0])  # per unit of measured change
+    g = response * np.diagonal(jac, axis1=1, axis2=2)  # what the knob gradient sees
+    out = gain_corrected(g, jac, lots)
+    # the study-mean scale stays the knob gradient's, the between-lot variation is gone
+    np.testing.assert_allclose(out[:, 1], -20.0 * jac[:, 1, 1].mean(), rtol=0.03)
+    np.testing.assert_allclose(out[:, [0, 2, 3]], g[:, [0, 2, 3]], rtol=1e-9)
+    assert np.ptp(g[:, 1]) > 10 and np.ptp(out[:, 1]) < 0.5
+    # a lot barely moved is divided by at most 4; a knob that does not move its own reading
+    # on average, and a lot the meter could not read, are left as they are
+    jac[lots == 0, 1, 1] = 1e-6
+    jac[:, 2, 2] = -0.1
+    jac[lots == 5, 3, 3] = np.nan
+    out = gain_corrected(g, jac, lots)
+    study = np.nanmean(jac[:, 1, 1])
+    assert out[0, 1] == pytest.approx(g[lots == 0, 1].mean() * 4.0)
+    np.testing.assert_allclose(out[:, 2], g[:, 2])
+    np.testing.assert_allclose(out[lots == 5, 3], g[lots == 5, 3].mean())
+    assert np.isfinite(out).all() and study > 0
+    with pytest.raises(ValueError, match="gain_corrected"):
+        gain_corrected(g, jac, lots[:-1])
+
+
 def test_collinear_knobs_and_unsupported_signs_are_flagged():
     collinear = J.copy()
     collinear[:, 3] = collinear[:, 0] + 1e-3  # knob 4 moves what knob 1 moves
@@ -45,6 +76,9 @@ def test_collinear_knobs_and_unsupported_signs_are_flagged():
     res = corrected_attribution(weak @ J, _tiles_jacobian(J, noise=0.05), LOTS, bootstrap=200)
     assert res.flags.any()
     assert set(res.table()["attribute"]) == set(ATTRIBUTES)
+    # edits the meter cannot see at all (an untrained generator): nothing to invert, no error
+    res = corrected_attribution(S @ J, np.zeros((N, K, K)), LOTS, bootstrap=20)
+    assert np.isnan(res.attribution).all() and res.flags.all() and not res.condition < 1e6
 
 
 def test_meter_calibration_is_the_lot_mean_line():

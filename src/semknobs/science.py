@@ -38,6 +38,7 @@ from semknobs.stage import write_json
 EXPLAINERS = (
     "knob_gradient",
     "knob_gradient_lot",
+    "knob_gradient_gain",
     "counterfactual",
     "sensitivity",
     "correlation",

@@ -9,6 +9,10 @@ calibration the concept network learns from) puts its readings in knob units. Wi
   has no reading, e.g. dispersity of a tile with fewer than three whole particles);
 * :func:`measured_jacobian` -- ``J[i, j] = d measured_i / d requested_j`` of one-knob edits
   (central differences), per tile: the knobs' real gains (diagonal) and leakage (off-diagonal);
+* :func:`gain_corrected` -- the lot's knob gradient divided by how far the knob moved its own
+  reading *in that lot*, relative to the study: a knob that adds no pores to a pore-free lot
+  gets no response from the regressor there, which says nothing about what more porosity
+  would do;
 * :func:`corrected_attribution` -- the knob gradient mapped to measured concept units,
   ``s = J^-T g`` (``g = J^T s`` when the regressor responds to what the meter reads), with the
   condition number of ``J``, a lot-bootstrap interval, and a flag per attribute when it cannot be
@@ -20,6 +24,7 @@ synthetic renderer or the truth; on user data the same meter and labels exist.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +39,7 @@ from semknobs.meter import MeterParams, calibration, measure_tiles
 from semknobs.pixels import to_uint8
 
 K = len(ATTRIBUTES)
+SINGULAR = 1e6  # condition number of J beyond which it is not inverted
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,12 @@ def corrected_attribution(
     look), re-estimating ``J`` and the mean attribution each time."""
     lots = np.asarray(lots)
     mean_j = _mean_jacobian(jacobian)
+    condition = float(np.linalg.cond(mean_j))
+    if not condition < SINGULAR:  # the edits did not move the meter (e.g. an untrained G)
+        nothing = np.full_like(gradient, np.nan, dtype=float)
+        return CorrectedAttribution(
+            nothing, mean_j, condition, np.full((2, K), np.nan), np.ones(K, dtype=bool)
+        )
     attribution = _solve(mean_j, gradient)
     names = np.unique(lots)
     members = {lot: np.flatnonzero(lots == lot) for lot in names}
@@ -183,13 +195,45 @@ def corrected_attribution(
     for _ in range(bootstrap):
         pick = np.concatenate([members[lot] for lot in rng.choice(names, len(names))])
         j = _mean_jacobian(jacobian[pick])
-        if np.isfinite(j).all() and np.linalg.cond(j) < 1e6:
+        if np.isfinite(j).all() and np.linalg.cond(j) < SINGULAR:
             draws.append(_solve(j, gradient[pick]).mean(axis=0))
     interval = np.percentile(draws, [2.5, 97.5], axis=0) if draws else np.full((2, K), np.nan)
-    condition = float(np.linalg.cond(mean_j))
     spans_zero = ~((interval[0] > 0) | (interval[1] < 0))
     flags = spans_zero | (condition > max_condition)
     return CorrectedAttribution(attribution, mean_j, condition, interval, flags)
+
+
+GAIN_CLIP = (0.25, 4.0)  # a lot's gain is taken within these multiples of the study's
+
+
+def gain_corrected(
+    gradient: np.ndarray, jacobian: np.ndarray, lots: np.ndarray, clip: tuple = GAIN_CLIP
+) -> np.ndarray:
+    """Per lot L and knob k: ``mean_L(g_k) * G_k / clip(mean_L(J_kk), clip * G_k)``, with ``G_k``
+    the mean gain over all the tiles (a knob that does not move its own reading on average,
+    ``G_k <= 0``, is left as it is). Only the gain's *variation* between lots is divided out, so
+    the study-mean scale of each knob stays the knob gradient's; each row gets its lot's value.
+
+    The edits' meter-read gains differ between lots (on the default study the porosity knob's
+    gain follows the lot's own porosity: it scales the pores a tile has), and the knob gradient
+    inherits that. A per-tile ``J`` is too noisy to divide by; a lot's mean over its tiles is not
+    (``nan`` readings are skipped; a lot with no reading of a knob keeps its mean gradient).
+    """
+    lots = np.asarray(lots)
+    if lots.shape != (len(gradient),) or jacobian.shape != (len(gradient), K, K):
+        raise ValueError(
+            f"gain_corrected: {len(gradient)} gradients, lot ids {lots.shape}, J {jacobian.shape}"
+        )
+    gain = np.diagonal(jacobian, axis1=1, axis2=2)  # (n, K)
+    read = np.isfinite(gain).sum(axis=0)
+    study = np.where(read > 0, np.nansum(gain, axis=0) / np.maximum(read, 1), 0.0)
+    frame = pd.DataFrame(np.c_[gradient, gain])
+    means = frame.groupby(lots).transform("mean").to_numpy()  # skips NaN
+    out, lot_gain = means[:, :K].copy(), means[:, K:]
+    for k in np.flatnonzero(study > 0):
+        used = np.clip(np.nan_to_num(lot_gain[:, k], nan=study[k]), *(c * study[k] for c in clip))
+        out[:, k] *= study[k] / used
+    return out
 
 
 def _solve(jacobian: np.ndarray, gradient: np.ndarray) -> np.ndarray:
@@ -198,5 +242,7 @@ def _solve(jacobian: np.ndarray, gradient: np.ndarray) -> np.ndarray:
 
 
 def _mean_jacobian(jacobian: np.ndarray) -> np.ndarray:
-    mean = np.nanmean(jacobian, axis=0)
+    with warnings.catch_warnings():  # an entry no tile could read is 0, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(jacobian, axis=0)
     return np.where(np.isfinite(mean), mean, 0.0)

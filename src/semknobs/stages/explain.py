@@ -32,6 +32,7 @@ from semknobs.explain.measured import (
     CorrectedParams,
     corrected_attribution,
     fit_from_files,
+    gain_corrected,
     measured_jacobian,
 )
 from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
@@ -48,6 +49,8 @@ HEADLINE = (
     *(f"knob_gradient/er/sign_{a}" for a in ATTRIBUTES),
     "knob_gradient_lot/er/cosine_median",
     "knob_gradient_lot/er/lot_centred_cosine",
+    "knob_gradient_gain/er/cosine_median",
+    "knob_gradient_gain/er/lot_centred_cosine",
     "oracle/lot_centred_cosine_ceiling",
     *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
     "regressor/rl/cosine_median",
@@ -160,7 +163,13 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             out.knob_gradient.gradient, jac, tiles["lot"].to_numpy(),
             max_condition=c.max_condition, bootstrap=c.bootstrap, seed=c.seed,
         )  # fmt: skip
-        uses["corrected_gradient"] = corrected.attribution
+        if np.isfinite(corrected.attribution).all():
+            uses["corrected_gradient"] = corrected.attribution
+        gain = gain_corrected(out.knob_gradient.gradient, jac, tiles["lot"].to_numpy())
+        uses["knob_gradient_gain"] = gain
+        tables["knob_gradient"] = tables["knob_gradient"].assign(
+            **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)}
+        )
         tables["corrected_gradient"] = corrected.table()
         tables["measured_jacobian"] = pd.DataFrame(
             corrected.jacobian, columns=[f"knob_{a}" for a in ATTRIBUTES]
@@ -172,6 +181,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         summary_corrected = [
             f"corrected gradient: cond(J) = {corrected.condition:.1f}; flagged: "
             + (", ".join(a for a, f in zip(ATTRIBUTES, corrected.flags) if f) or "none")
+            + ("" if "corrected_gradient" in uses else " (J not invertible: not scored)")
         ]
     else:
         summary_corrected = []
