@@ -7,8 +7,15 @@ import pandas as pd
 import pytest
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.config import from_mapping
+from semknobs.errors import ParamsError
 from semknobs.evaluation.fidelity import cosine
-from semknobs.explain.measured import MeterCalibration, corrected_attribution, gain_corrected
+from semknobs.explain.measured import (
+    CorrectedParams,
+    MeterCalibration,
+    corrected_attribution,
+    gain_corrected,
+)
 
 RNG = np.random.default_rng(0)
 N, K = 60, len(ATTRIBUTES)
@@ -65,6 +72,19 @@ def test_gain_correction_divides_out_how_far_each_lot_was_moved():
     assert np.isfinite(out).all() and study > 0
     with pytest.raises(ValueError, match="gain_corrected"):
         gain_corrected(g, jac, lots[:-1])
+    # min_gain: only knobs that deliver at least that much are divided (porosity's mean is 0.6)
+    jac[:, 1, 1] = lot_gain[lots]
+    kept = gain_corrected(g, jac, lots, min_gain=0.65)
+    np.testing.assert_allclose(kept[:, 1], pd.Series(g[:, 1]).groupby(lots).transform("mean"))
+    assert np.ptp(gain_corrected(g, jac, lots, min_gain=0.55)[:, 1]) < 0.5
+
+
+@pytest.mark.parametrize(
+    "bad", [{"gain_min": -0.1}, {"gain_min": float("nan")}, {"gain_clip": [2.0, 4.0]}]
+)
+def test_bad_gain_params_are_refused_by_name(bad):
+    with pytest.raises(ParamsError, match="corrected.*gain_"):
+        from_mapping(CorrectedParams, bad, "corrected")
 
 
 def test_collinear_knobs_and_unsupported_signs_are_flagged():

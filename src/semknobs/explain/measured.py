@@ -40,6 +40,7 @@ from semknobs.pixels import to_uint8
 
 K = len(ATTRIBUTES)
 SINGULAR = 1e6  # condition number of J beyond which it is not inverted
+GAIN_CLIP = (0.25, 4.0)  # a lot's gain is taken within these multiples of the study's
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,18 @@ class CorrectedParams:
     """``explain.corrected``: the meter-corrected knob gradient."""
 
     step: float = 0.25  # one-knob edits A +- step e_j, knob units
+    gain_min: float = 0.5  # knob_gradient_gain corrects only knobs with a study gain >= this
+    gain_clip: tuple[float, float] = GAIN_CLIP  # ... within these multiples of the study gain
     max_condition: float = 10.0  # flag every attribute when cond(J) exceeds this
     bootstrap: int = 500  # lot resamples for the interval
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gain_min < 1e3:
+            raise ValueError(f"corrected.gain_min must be in [0, 1000), got {self.gain_min}")
+        low, high = self.gain_clip
+        if not 0 < low <= 1 <= high < 1e3:
+            raise ValueError(f"corrected.gain_clip must be 0 < low <= 1 <= high, got {low, high}")
 
 
 @dataclass(frozen=True)
@@ -203,21 +213,24 @@ def corrected_attribution(
     return CorrectedAttribution(attribution, mean_j, condition, interval, flags)
 
 
-GAIN_CLIP = (0.25, 4.0)  # a lot's gain is taken within these multiples of the study's
-
-
 def gain_corrected(
-    gradient: np.ndarray, jacobian: np.ndarray, lots: np.ndarray, clip: tuple = GAIN_CLIP
+    gradient: np.ndarray,
+    jacobian: np.ndarray,
+    lots: np.ndarray,
+    clip: tuple[float, float] = GAIN_CLIP,
+    min_gain: float = 0.0,
 ) -> np.ndarray:
     """Per lot L and knob k: ``mean_L(g_k) * G_k / clip(mean_L(J_kk), clip * G_k)``, with ``G_k``
-    the mean gain over all the tiles (a knob that does not move its own reading on average,
-    ``G_k <= 0``, is left as it is). Only the gain's *variation* between lots is divided out, so
-    the study-mean scale of each knob stays the knob gradient's; each row gets its lot's value.
+    the mean gain over all the tiles; a knob whose ``G_k`` is not above ``min_gain`` (nor above
+    0) keeps its lot mean. Only the gain's *variation* between lots is divided out, so the
+    study-mean scale of each knob stays the knob gradient's; each row gets its lot's value.
 
     The edits' meter-read gains differ between lots (on the default study the porosity knob's
     gain follows the lot's own porosity: it scales the pores a tile has), and the knob gradient
     inherits that. A per-tile ``J`` is too noisy to divide by; a lot's mean over its tiles is not
     (``nan`` readings are skipped; a lot with no reading of a knob keeps its mean gradient).
+    A knob with a small gain is left alone (``min_gain``): dividing by it multiplies what its
+    edits do through texture the meter does not read (measured on the study suite: README).
     """
     lots = np.asarray(lots)
     if lots.shape != (len(gradient),) or jacobian.shape != (len(gradient), K, K):
@@ -230,7 +243,7 @@ def gain_corrected(
     frame = pd.DataFrame(np.c_[gradient, gain])
     means = frame.groupby(lots).transform("mean").to_numpy()  # skips NaN
     out, lot_gain = means[:, :K].copy(), means[:, K:]
-    for k in np.flatnonzero(study > 0):
+    for k in np.flatnonzero((study > 0) & (study >= min_gain)):
         used = np.clip(np.nan_to_num(lot_gain[:, k], nan=study[k]), *(c * study[k] for c in clip))
         out[:, k] *= study[k] / used
     return out

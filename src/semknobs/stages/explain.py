@@ -165,7 +165,9 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         )  # fmt: skip
         if np.isfinite(corrected.attribution).all():
             uses["corrected_gradient"] = corrected.attribution
-        gain = gain_corrected(out.knob_gradient.gradient, jac, tiles["lot"].to_numpy())
+        gain = gain_corrected(
+            out.knob_gradient.gradient, jac, tiles["lot"].to_numpy(), c.gain_clip, c.gain_min
+        )
         uses["knob_gradient_gain"] = gain
         tables["knob_gradient"] = tables["knob_gradient"].assign(
             **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)}
