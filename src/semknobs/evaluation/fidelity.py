@@ -69,7 +69,8 @@ def centred_cosine(explanation: np.ndarray, reference: np.ndarray, tol: float = 
 def lot_centred_cosine(explanation: np.ndarray, reference: np.ndarray, groups: np.ndarray) -> float:
     """:func:`centred_cosine` of the per-group means (``groups``: one label per row, the lot);
     NaN with fewer than 3 groups (two lot means are always +-1 apart from their mean)."""
-    codes, n = _codes(groups)
+    labels, codes = np.unique(np.asarray(groups), return_inverse=True)
+    codes, n = codes.ravel(), len(labels)
     if n < 3:
         return float("nan")
     counts = np.bincount(codes, minlength=n)[:, None]
@@ -78,11 +79,6 @@ def lot_centred_cosine(explanation: np.ndarray, reference: np.ndarray, groups: n
         for v in (explanation, reference)
     ]
     return centred_cosine(*means)
-
-
-def _codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
-    labels, codes = np.unique(np.asarray(groups), return_inverse=True)
-    return codes.ravel(), len(labels)
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-12) -> float:

@@ -35,6 +35,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.errors import DataError
+from semknobs.explain.gradient import lot_mean
 from semknobs.meter import MeterParams, calibration, measure_tiles
 from semknobs.pixels import to_uint8
 
@@ -221,8 +222,8 @@ def gain_corrected(
     min_gain: float = 0.0,
 ) -> np.ndarray:
     """Per lot L and knob k: ``mean_L(g_k) * G_k / clip(mean_L(J_kk), clip * G_k)``, with ``G_k``
-    the mean gain over all the tiles; a knob whose ``G_k`` is not above ``min_gain`` (nor above
-    0) keeps its lot mean. Only the gain's *variation* between lots is divided out, so the
+    the mean gain over all the tiles; a knob whose ``G_k`` is below ``min_gain`` (or not
+    positive) keeps its lot mean. Only the gain's *variation* between lots is divided out, so the
     study-mean scale of each knob stays the knob gradient's; each row gets its lot's value.
 
     The edits' meter-read gains differ between lots (on the default study the porosity knob's
@@ -240,9 +241,7 @@ def gain_corrected(
     gain = np.diagonal(jacobian, axis1=1, axis2=2)  # (n, K)
     read = np.isfinite(gain).sum(axis=0)
     study = np.where(read > 0, np.nansum(gain, axis=0) / np.maximum(read, 1), 0.0)
-    frame = pd.DataFrame(np.c_[gradient, gain])
-    means = frame.groupby(lots).transform("mean").to_numpy()  # skips NaN
-    out, lot_gain = means[:, :K].copy(), means[:, K:]
+    out, lot_gain = lot_mean(gradient, lots).copy(), lot_mean(gain, lots)  # the mean skips NaN
     for k in np.flatnonzero((study > 0) & (study >= min_gain)):
         used = np.clip(np.nan_to_num(lot_gain[:, k], nan=study[k]), *(c * study[k] for c in clip))
         out[:, k] *= study[k] / used
