@@ -93,12 +93,12 @@ def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFra
     params = from_mapping(RefereeParams, load_params(ROOT / "params.yaml")["explain"]["referee"])
     with Oracle(synthetic.study, synthetic.tiling, lambda t: predict(reg, t), params.oracle) as o:
         measured = o.gradient(true, tiles["tile"].to_numpy())
-    half = measured.per_seed.shape[-1] // 2
+    first, second = measured.halves()
     for k, a in enumerate(A):
         tiles[f"oracle_{a}"] = measured.gradient[:, k]
         tiles[f"oracle_se_{a}"] = measured.se[:, k]
-        tiles[f"oracle_half1_{a}"] = measured.per_seed[:, k, :half].mean(axis=-1)
-        tiles[f"oracle_half2_{a}"] = measured.per_seed[:, k, half:].mean(axis=-1)
+        tiles[f"oracle_half1_{a}"] = first[:, k]
+        tiles[f"oracle_half2_{a}"] = second[:, k]
     return tiles
 
 
@@ -108,12 +108,11 @@ def oracle_ceiling(tiles: pd.DataFrame) -> str:
     if f"oracle_half1_{A[0]}" not in tiles:
         return ""
     first, second = (tiles[[f"oracle_half{h}_{a}" for a in A]].to_numpy() for h in (1, 2))
-    r = fidelity.lot_centred_cosine(first, second, tiles["lot"].to_numpy())
-    tile = fidelity.centred_cosine(first, second)
-    ceiling = np.sqrt(2 * max(r, 0) / (1 + r))
+    s = fidelity.split_half(first, second, tiles["lot"].to_numpy())
     return (
-        f"The oracle's split halves: centred cosine {tile:.3f} per tile, {r:.3f} on lot means "
-        f"(a perfect explainer's lot centred cosine against the full oracle: {ceiling:.3f}).\n"
+        f"The oracle's split halves: centred cosine {s['split_half_centred_cosine']:.3f} per "
+        f"tile, {s['split_half_lot_centred_cosine']:.3f} on lot means (a perfect explainer's lot "
+        f"centred cosine against the full oracle: {s['lot_centred_cosine_ceiling']:.3f}).\n"
     )
 
 
@@ -127,6 +126,7 @@ class Scored:
     x: torch.Tensor  # (n, 1, S, S) in the model's pixel range
     attrs: torch.Tensor  # (n, 4) the tiles' lot labels in knob units, clipped to [0, 1]
     slopes: np.ndarray  # (4,) knob units -> true units, the referee's label fit
+    scaler: AttributeScaler  # the AttGAN's labels -> knob units
     oracle: np.ndarray  # (n, 4) dR/dt
     known: np.ndarray  # (n, 4) where the oracle's sign is known (|slope| > 2 se)
 
@@ -154,7 +154,7 @@ def load_scored(lots: str, per_lot: int = 2) -> Scored:
     x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
     by_lot = labels.set_index("lot").loc[scored["lot"], A].to_numpy()
     attrs = torch.from_numpy(np.clip(scaler.transform(by_lot), 0, 1)).float()
-    return Scored(gen, reg, scored, x, attrs, slopes, oracle, known)
+    return Scored(gen, reg, scored, x, attrs, slopes, scaler, oracle, known)
 
 
 def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
@@ -202,12 +202,11 @@ def _jacobian(sc: Scored) -> np.ndarray:
     """The explain stage's measured Jacobian of the scored tiles (its meter calibration on the
     training lots, its step)."""
     params = load_params(ROOT / "params.yaml")
-    _, gan = attgan_model.load(ROOT / "models" / "attgan")
     calib = fit_from_files(
         ROOT / "data" / "measurements.csv",
         read_lots(ROOT / "data" / "synthetic" / "lots.csv"),
         read_splits(ROOT / "data" / "splits.json").training_lots(),
-        AttributeScaler.from_dict(gan.scaler),
+        sc.scaler,
         from_mapping(MeterParams, params["measure"]["meter"]),
     )
     step = from_mapping(CorrectedParams, params["explain"]["corrected"]).step

@@ -26,6 +26,9 @@ def test_a_known_response_is_recovered_with_its_sign_beyond_the_noise():
     with Oracle(STUDY, TILING, porosity_reading, params, progress=False) as oracle:
         g = oracle.gradient(TRUTH, ids=[0, 1])
     assert g.gradient.shape == g.se.shape == (2, 4) and g.per_seed.shape == (2, 4, 3)
+    first, second = g.halves()  # seeds 1 and 2-3: the split-half reliability's two halves
+    np.testing.assert_allclose(first, g.per_seed[..., 0])
+    np.testing.assert_allclose((first + 2 * second) / 3, g.gradient)
     assert np.all(g.gradient[:, 1] > 3 * g.se[:, 1])  # more pores -> higher porosity reading
     assert oracle.renders == 2 * 4 * 2 * 3
 

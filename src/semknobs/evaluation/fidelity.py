@@ -81,6 +81,20 @@ def lot_centred_cosine(explanation: np.ndarray, reference: np.ndarray, groups: n
     return centred_cosine(*means)
 
 
+def split_half(first: np.ndarray, second: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """A reference's two independent halves (e.g. the oracle's seeds) scored against each
+    other: its own reliability per tile and on lot means, and ``lot_centred_cosine_ceiling``,
+    what a perfect explainer would score against the full reference's noisy lot means (the
+    square root of its reliability 2r / (1 + r), Spearman-Brown)."""
+    r = lot_centred_cosine(first, second, groups)
+    return {
+        "split_half_cosine_median": float(np.median(cosine(first, second))),
+        "split_half_centred_cosine": centred_cosine(first, second),
+        "split_half_lot_centred_cosine": r,
+        "lot_centred_cosine_ceiling": float(np.sqrt(2 * max(r, 0) / (1 + r))),
+    }
+
+
 def rank_correlation(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-12) -> float:
     """Spearman rho; 0 when ``x`` is constant, NaN when ``y`` is (or fewer than 3 rows)."""
     if len(x) < 3 or np.ptp(y) <= tol * max(1.0, np.abs(y).max()):

@@ -81,6 +81,11 @@ class OracleGradient:
     se: np.ndarray  # (n, 4) its standard error over seeds
     per_seed: np.ndarray  # (n, 4, seeds)
 
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient from the first and from the second half of the seeds, (n, 4) each."""
+        half = self.per_seed.shape[-1] // 2
+        return self.per_seed[..., :half].mean(axis=-1), self.per_seed[..., half:].mean(axis=-1)
+
 
 Predict = Callable[[np.ndarray], np.ndarray]  # uint8 tiles (m, s, s) -> MPa (m,)
 

@@ -142,17 +142,8 @@ def referee(
         metrics[f"oracle/slope_{a}"] = float(np.median(g_r[:, k]))
         metrics[f"law/slope_{a}"] = float(np.median(law[:, k]))
     # the oracle's own reliability: its two halves of seeds scored against each other
-    half = measured.per_seed.shape[-1] // 2
-    first, second = (
-        measured.per_seed[..., sl].mean(axis=-1) for sl in (slice(0, half), slice(half, None))
-    )
-    metrics["oracle/split_half_cosine_median"] = float(np.median(fidelity.cosine(first, second)))
-    metrics["oracle/split_half_centred_cosine"] = fidelity.centred_cosine(first, second)
-    r = fidelity.lot_centred_cosine(first, second, lots)
-    metrics["oracle/split_half_lot_centred_cosine"] = r
-    # what a perfect explainer would score against the full (all-seed) oracle's noisy lot means:
-    # the square root of the full oracle's reliability, 2r / (1 + r) (Spearman-Brown)
-    metrics["oracle/lot_centred_cosine_ceiling"] = float(np.sqrt(2 * max(r, 0) / (1 + r)))
+    reliability = fidelity.split_half(*measured.halves(), lots)
+    metrics |= {f"oracle/{k}": v for k, v in reliability.items()}
     tables = {}
     if support is not None:
         tables["lot_support"], flags = _check_flags(support, g_r / slopes)
