@@ -462,6 +462,10 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
         single = [
             t for i in range(4 * args.repeats) for t in _timed(lambda i=i: ask(bodies[i % 20]), 1)
         ]
+        bare = [frame_request(tiles_frame(tiles[i : i + 1]), gradient=False) for i in range(20)]
+        without = [
+            t for i in range(4 * args.repeats) for t in _timed(lambda i=i: ask(bare[i % 20]), 1)
+        ]
         p95 = [float(np.percentile(single, 95))]
         rows = [
             _row("explainer server start-up", "s", [up]),
@@ -469,6 +473,9 @@ def bench_serve(args: argparse.Namespace, work: Path) -> list[dict]:
                  note=f"{len(single)} sequential requests", key="serve/single_tile_median_s"),
             _row("served explainer, 1 tile/request: p95 latency", "s", p95,
                  key="serve/single_tile_p95_s"),
+            _row("served explainer, 1 tile/request, gradient=false: latency", "s", without,
+                 note="the same run, without the knob gradient",
+                 key="serve/single_tile_no_gradient_median_s"),
         ]  # fmt: skip
         rates = []
         for _ in range(args.repeats):
@@ -500,16 +507,23 @@ def bench_explain(args: argparse.Namespace, work: Path) -> list[dict]:
         print("bench explain: skipped (no models/explainer or scans; run `make repro` first)")
         return []
     explainer = KnobExplainer.from_folder(bundle)
-    times, tiles = [], 0
-    for i in range(args.repeats):
+    times, bare, tiles = [], [], 0
+    for i in range(args.repeats):  # interleaved: with and without the knob gradient
         start = time.perf_counter()
         (summary,) = explain_paths([scans[0]], explainer=explainer, out_dir=work / f"out{i}",
                                    progress=False)  # fmt: skip
         times.append(time.perf_counter() - start)
         tiles = summary["tiles"]
+        start = time.perf_counter()
+        explain_paths([scans[0]], explainer=explainer, out_dir=work / f"bare{i}",
+                      progress=False, gradient=False)  # fmt: skip
+        bare.append(time.perf_counter() - start)
     return [
         _row(f"semknobs explain, one scan ({tiles} tiles, higher + lower)", "s", times,
-             target="<= 10 s", key="explain/scan_s")
+             target="<= 10 s", key="explain/scan_s",
+             note="with the scan's knob gradient (measured Jacobian included)"),
+        _row("semknobs explain, the same scan, --no-gradient", "s", bare,
+             key="explain/scan_no_gradient_s"),
     ]  # fmt: skip
 
 

@@ -254,7 +254,7 @@ def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_pat
     params = ExplainParams(
         sweep_points=3, pairs=[], lambdas=[1.0], tradeoff_tiles=2, ig_steps=2, counterfactual=SEARCH
     )
-    stage = explain(
+    stage_out = explain(
         gen=gen,
         reg=reg,
         images=torch.from_numpy(tiles).float().div(127.5).sub(1)[:, None],
@@ -264,7 +264,8 @@ def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_pat
         stress_range=STRESS_RANGE,
         layer=reg.net.layer4,
         params=params,
-    ).tables["counterfactual"]
+    )
+    stage = stage_out.tables["counterfactual"]
 
     frame = tiles_frame(tiles, tile_labels)
     frame.to_json(tmp_path / "in.json", orient="split")
@@ -281,6 +282,15 @@ def test_pyfunc_by_alias_matches_the_explain_stage(store: Path, folders, tmp_pat
     np.testing.assert_allclose(served["prediction_mpa"], stage["prediction_mpa"], atol=1e-3)
     np.testing.assert_allclose(served["baseline_mpa"], stage["baseline_mpa"], atol=1e-3)
     np.testing.assert_allclose(served["achieved_mpa"], stage["higher_achieved_mpa"], atol=1e-3)
+    # the served knob gradient is the stage's, tile by tile (same settings, same draws)
+    stage_gradient = stage_out.tables["knob_gradient"]
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(served[f"gradient_{a}"], stage_gradient[f"gradient_{a}"],
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            served[f"lot_gain_corrected_{a}"], stage_gradient[f"gradient_{a}"].mean(), rtol=1e-4
+        )  # no meter in this bundle: the lot mean, uncorrected (all tiles one lot)
+    assert set(served["lot"]) == {"all"} and served["lot_corrected_flag_size"].all()
     for a in ATTRIBUTES:
         np.testing.assert_allclose(served[f"knob_delta_{a}"], stage[f"higher_delta_{a}"], atol=1e-4)
     assert (served["success"].to_numpy() == stage["higher_success"].to_numpy()).all()
@@ -305,6 +315,21 @@ def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path
     summary = json.loads((out / "tile_one.json").read_text())
     assert summary["tiles"] == 1 and set(summary["targets"]) == {"higher", "lower"}
     assert (out / "tile_one.png").stat().st_size > 0
+    # each input's knob gradient: per tile, and the input's (one lot) with its interval
+    per_tile = pd.read_csv(out / "scan_gradient.csv")
+    assert len(per_tile) == 6 and (out / "scan_gradient.png").stat().st_size > 0
+    lot = json.loads((out / "scan.json").read_text())["knob_gradient"]
+    for a in ATTRIBUTES:
+        assert lot[a]["tiles"] == 6
+        assert lot[a]["gradient"] == pytest.approx(per_tile[f"gradient_{a}"].mean(), rel=1e-4)
+        assert lot[a]["gradient_low"] < lot[a]["gradient"] < lot[a]["gradient_high"]
+        assert "no meter" in lot[a]["note"] and lot[a]["gain"] is None
+    assert "knob gradient, gain-corrected" in capsys.readouterr().out
+    bare = tmp_path / "bare"
+    assert cli.main([*argv[:2], "--model", str(folders["explainer"]), "--out", str(bare),
+                     "--steps", "3", "--no-gradient"]) == 0  # fmt: skip
+    assert "knob_gradient" not in json.loads((bare / "tile_one.json").read_text())
+    assert not list(bare.glob("*_gradient.*"))
 
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -370,6 +395,14 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
         assert status == 200, text
         rows = json.loads(text)["predictions"]
         assert len(rows) == 3 and all(r["target_mpa"] < r["baseline_mpa"] for r in rows)
+        # the knob gradient per lot named in the request (rows of one lot share its values)
+        lots = tiles_frame(_tiles(3), labels).assign(lot=["x", "x", "y"])
+        status, text = post(url, frame_request(lots, steps=3))
+        assert status == 200, text
+        rows = json.loads(text)["predictions"]
+        assert [r["lot"] for r in rows] == ["x", "x", "y"]
+        assert rows[0]["lot_gain_corrected_size"] == rows[1]["lot_gain_corrected_size"]
+        assert rows[2]["lot_gain_corrected_size"] == pytest.approx(rows[2]["gradient_size"])
 
         bad_requests = {
             "not json": b"{this is not json",
@@ -377,11 +410,14 @@ def test_served_explainer_over_http(store: Path, folders, tmp_path: Path) -> Non
             "bad base64": frame_request(pd.DataFrame({"image": ["%%%"]})),
             "wrong size": frame_request(tiles_frame(np.zeros((1, 8, 8), np.uint8))),
             "bad target": frame_request(tiles_frame(_tiles(1)), target="sideways"),
+            "bad gradient": frame_request(tiles_frame(_tiles(1)), gradient="sometimes"),
+            "empty lot": frame_request(tiles_frame(_tiles(2)).assign(lot=["a", ""])),
         }
         for what, payload in bad_requests.items():
             status, text = post(url, payload)
             assert 400 <= status < 500, (what, status, text[:500])
         assert "row 0" in post(url, bad_requests["bad base64"])[1]
+        assert "row 1, column 'lot'" in post(url, bad_requests["empty lot"])[1]
 
         # hostile settings: refused before any work, each named, all answered at once
         tile = tiles_frame(_tiles(1))

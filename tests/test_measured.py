@@ -77,6 +77,13 @@ def test_gain_correction_divides_out_how_far_each_lot_was_moved():
     kept = gain_corrected(g, jac, lots, min_gain=0.65)
     np.testing.assert_allclose(kept[:, 1], pd.Series(g[:, 1]).groupby(lots).transform("mean"))
     assert np.ptp(gain_corrected(g, jac, lots, min_gain=0.55)[:, 1]) < 0.5
+    # study gains measured elsewhere (one scan has no study): only this lot against them
+    one = lots == 2
+    alone = gain_corrected(g[one], jac[one], lots[one], study=np.array([0.4, 1.2, 0.4, 0.4]))
+    np.testing.assert_allclose(alone[:, 1], g[one, 1].mean() * 1.2 / lot_gain[2])
+    np.testing.assert_allclose(alone[:, 0], g[one, 0].mean())
+    with pytest.raises(ValueError, match="study gains"):
+        gain_corrected(g, jac, lots, study=np.ones(3))
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "--optimizer", help="Eq. 2 optimiser, as params.yaml names it (default: the bundle's)"
     )
     explain.add_argument("--delta", type=float, help="requested change (default: the bundle's)")
+    explain.add_argument(
+        "--no-gradient",
+        action="store_true",
+        help="skip each input's knob gradient (<stem>_gradient.*, knob_gradient in the JSON)",
+    )
 
     promote = commands.add_parser("promote", help="gated promotion to alias champion")
     which = promote.add_mutually_exclusive_group(required=True)
@@ -199,7 +204,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from semknobs.explain.bundle import KnobExplainer
-    from semknobs.explain.files import explain_paths
+    from semknobs.explain.files import explain_paths, gradient_line
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
@@ -216,6 +221,7 @@ def _explain(args: argparse.Namespace) -> int:
             targets=args.target or ("higher", "lower"),
             settings=settings,
             attributes=args.attributes,
+            gradient=not args.no_gradient,
         )
     except ValueError as exc:  # bad --target/--lam/--steps
         raise SemknobsError(str(exc)) from None
@@ -226,6 +232,11 @@ def _explain(args: argparse.Namespace) -> int:
             for t, v in s["targets"].items()
         ]
         print(f"{s['input']}: {s['tiles']} tile(s); " + "; ".join(parts))
+        if "knob_gradient" in s:
+            print(
+                "  knob gradient, gain-corrected (MPa per knob unit, 95 % interval): "
+                + gradient_line(s["knob_gradient"])
+            )
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

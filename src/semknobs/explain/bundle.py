@@ -37,6 +37,7 @@ from semknobs.explain.counterfactual import (
     KnobCounterfactual,
 )
 from semknobs.explain.limits import SearchLimits, search_params
+from semknobs.explain.lot_gradient import GradientSettings, LotGradient, lot_gradient
 from semknobs.explain.measured import MeterCalibration
 from semknobs.model_folder import read_folder
 from semknobs.models.attgan import AttGANConfig
@@ -71,6 +72,7 @@ class ExplainerFolder:
     metrics: dict[str, Any] = field(default_factory=dict)
     limits: SearchLimits = field(default_factory=SearchLimits)  # what a request may ask
     meter: MeterCalibration | None = None  # reads the edits (None in bundles before it)
+    gradient: GradientSettings = field(default_factory=GradientSettings)  # lots' knob gradients
 
 
 class StressInMPa(nn.Module):
@@ -119,6 +121,7 @@ class KnobExplainer:
         batch_size: int = 64,
         limits: SearchLimits | None = None,
         meter: MeterCalibration | None = None,
+        gradient: GradientSettings | None = None,
     ):
         self.gen = gen.eval()
         self.reg = StressInMPa(reg).eval()
@@ -131,6 +134,7 @@ class KnobExplainer:
         self.batch_size = int(batch_size)
         self.limits = limits or SearchLimits()
         self.meter = meter
+        self.gradient = gradient or GradientSettings()
         self.search = KnobCounterfactual(self.gen, self.reg, stress_range=self.stress_range)
 
     @classmethod
@@ -151,6 +155,7 @@ class KnobExplainer:
             tile=config.tile,
             limits=config.limits,
             meter=config.meter,
+            gradient=config.gradient,
             **kwargs,
         )
 
@@ -200,6 +205,33 @@ class KnobExplainer:
         logits = in_batches(lambda x: self.dis(x)[1], images, self.batch_size)
         return torch.sigmoid(logits).float(), "estimated"
 
+    def check_tiles(self, tiles: np.ndarray) -> torch.Tensor:
+        """At most ``limits.max_tiles`` uint8 tiles -> the model's input."""
+        if len(tiles) > self.limits.max_tiles:
+            raise ValueError(
+                f"{len(tiles)} tiles in one request; at most {self.limits.max_tiles} "
+                "(explain.limits.max_tiles)"
+            )
+        return self.to_tensor(tiles)
+
+    def knob_gradient(
+        self,
+        tiles: np.ndarray,
+        attributes: np.ndarray | None = None,
+        lots: Sequence[str] | None = None,
+        deadline: float | None = None,
+    ) -> LotGradient:
+        """Each lot's knob gradient, gain-corrected, with what its edits did
+        (:mod:`semknobs.explain.lot_gradient`); ``lots`` names each tile's lot (default: all
+        tiles are one lot, e.g. one scan). Starting attributes as in :meth:`attribute`."""
+        images = self.check_tiles(tiles)
+        attrs, _ = self.start_attributes(images, attributes)
+        names = ["all"] * len(images) if lots is None else lots
+        return lot_gradient(
+            self.gen, self.reg, images, attrs, names, self.gradient, meter=self.meter,
+            scaler=self.scaler, batch_size=self.batch_size, deadline=deadline,
+        )  # fmt: skip
+
     def attribute(
         self,
         tiles: np.ndarray,
@@ -235,12 +267,7 @@ class KnobExplainer:
         starting knobs, R(I) and the meter's reading of the reconstruction G(I; A)."""
         for params in searches:
             self.limits.check(params, self.stress_range)
-        if len(tiles) > self.limits.max_tiles:
-            raise ValueError(
-                f"{len(tiles)} tiles in one request; at most {self.limits.max_tiles} "
-                "(explain.limits.max_tiles)"
-            )
-        images = self.to_tensor(tiles)
+        images = self.check_tiles(tiles)
         attrs, source = self.start_attributes(images, attributes)
         direct = in_batches(self.reg, images, self.batch_size).numpy()
         recon_reading = None
@@ -306,6 +333,7 @@ def save_explainer_dir(
     metrics: dict[str, float] | None = None,
     limits: SearchLimits | None = None,
     meter: MeterCalibration | None = None,
+    gradient: GradientSettings | None = None,
 ) -> Path:
     """Write a bundle folder from the AttGAN and regressor model folders."""
     from semknobs.model_folder import save_model_dir
@@ -333,5 +361,6 @@ def save_explainer_dir(
         metrics=metrics or {},
         limits=limits or SearchLimits(),
         meter=meter,
+        gradient=gradient or GradientSettings(),
     )
     return save_model_dir(path, kind=KIND, weights=weights, config=to_mapping(config))

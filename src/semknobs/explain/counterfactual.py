@@ -240,6 +240,12 @@ class SearchDeadline(TimeoutError):
     """The search passed its deadline (a served request's time limit) and was stopped."""
 
 
+def check_deadline(deadline: float | None, what: str) -> None:
+    """Raise :class:`SearchDeadline` once ``time.monotonic()`` has passed ``deadline``."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise SearchDeadline(f"{what} passed its deadline")
+
+
 def _encode(gen: nn.Module, images: torch.Tensor) -> list[torch.Tensor] | None:
     """The generator's encoder maps, or None for editors without ``encode``/``decode``."""
     return gen.encode(images) if hasattr(gen, "encode") and hasattr(gen, "decode") else None
@@ -252,8 +258,7 @@ def _decode(gen, code, images, attrs, source) -> torch.Tensor:
 def _evaluate(objective, x: torch.Tensor, deadline: float | None, done: int, grad: bool = True):
     """Per-row objectives at ``x`` (detached) and, if ``grad``, their gradients (else None),
     after the deadline check."""
-    if deadline is not None and time.monotonic() > deadline:
-        raise SearchDeadline(f"the search passed its deadline after {done} steps")
+    check_deadline(deadline, f"the search, after {done} steps,")
     if not grad:  # the last point is only scored
         with torch.no_grad():
             return objective(x.detach()), None

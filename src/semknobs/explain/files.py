@@ -4,8 +4,11 @@ An input whose size is the model's tile size is one tile; anything else is a sca
 the pipeline's own code and the bundle's tiling settings (information bar cropped, non-overlapping
 tiles resized to the training resolution). For each input ``<stem>`` the output folder gets
 ``<stem>.csv`` (one row per tile and target), ``<stem>.json`` (per target: mean prediction, mean
-knob change with a 95 % interval, success rate) and ``<stem>.png`` (tiles with their raised and
-lowered edits, and the mean knob changes). Files are written under temporary names and renamed.
+knob change with a 95 % interval, success rate; and the input's knob gradient, the input taken
+as one lot: :mod:`semknobs.explain.lot_gradient`), ``<stem>.png`` (tiles with their raised and
+lowered edits, and the mean knob changes), ``<stem>_gradient.csv`` (each tile's knob gradient and
+its edits' meter-read gains) and ``<stem>_gradient.png`` (the input's knob gradient with its
+intervals). Files are written under temporary names and renamed.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ UNITS = {
     "*_mpa": "MPa",
     "start_*, new_*, change_*": "the experts' label scale (as in lots.csv)",
     "knob_delta_*, measured_delta_*": "knob units: share of the training lots' label range",
+}
+GRADIENT_UNITS = {
+    "gradient*, gain_corrected*, corrected*": "MPa per knob unit (share of the label range)",
+    "per_label_unit": "MPa per unit of the experts' label scale",
+    "gain": "measured change per requested change (1: the edit did what was asked)",
 }
 
 
@@ -117,6 +125,60 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
     return fig
 
 
+def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
+    """The input's knob gradient with 95 % intervals: as the edits give it and gain-corrected
+    (the headline, left), and in measured concept units (right, its own scale: dividing by small
+    gains makes it large). Hatched: the interval spans zero, or the value is flagged."""
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+    panels = [
+        (left, [("gradient", "knob gradient", "0.7"), ("gain_corrected", "gain-corrected", "C0")]),
+        (right, [("corrected", "J$^{-T}$-corrected (measured units)", "C1")]),
+    ]
+    x = np.arange(len(lot))
+    for ax, kinds in panels:
+        width = 0.8 / len(kinds)
+        for k, (col, label, color) in enumerate(kinds):
+            value = lot[col].to_numpy(float)
+            low, high = lot[f"{col}_low"], lot[f"{col}_high"]
+            err = np.abs(np.stack([low, high]) - value)
+            bars = ax.bar(
+                x + (k - (len(kinds) - 1) / 2) * width, np.nan_to_num(value), width, color=color,
+                yerr=np.where(np.isfinite(err), err, 0.0), capsize=2, label=label,
+            )  # fmt: skip
+            unsure = ~((low > 0) | (high < 0))  # NaN: no interval, not settled either
+            if col == "corrected":
+                unsure |= lot["corrected_flag"].astype(bool)
+            for bar, hatch in zip(bars, unsure):
+                bar.set_hatch("///" if hatch else None)
+        ax.axhline(0, color="0.3", lw=0.6)
+        ax.set_xticks(x, lot["attribute"], fontsize=8)
+        ax.legend(fontsize=7)
+    left.set_ylabel("MPa per knob unit")
+    right.set_ylabel("MPa per measured knob unit")
+    tiles = int(lot["tiles"].iloc[0])
+    fig.suptitle(
+        f"{name} ({tiles} tile(s)): which knob changes raise the predicted stress "
+        "(hatched: interval spans zero, or flagged)",
+        fontsize=9,
+    )
+    return fig
+
+
+def gradient_line(knob_gradient: dict[str, Any]) -> str:
+    """``size +1.2 [-0.3, 2.7], ...`` from a summary's ``knob_gradient`` section."""
+
+    def number(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:+.3g}"
+
+    return ", ".join(
+        f"{a} {number(v['gain_corrected'])} [{number(v['gain_corrected_low'])}, "
+        f"{number(v['gain_corrected_high'])}]"
+        for a, v in knob_gradient.items()
+        if a in ATTRIBUTES
+    )
+
+
 def _stem(path: Path, taken: set[str]) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".") or "input"
     candidate, k = stem, 2
@@ -135,11 +197,13 @@ def explain_paths(
     settings: dict[str, Any] | None = None,
     attributes: Sequence[float] | None = None,
     progress: bool = True,
+    gradient: bool = True,
 ) -> list[dict[str, Any]]:
     """Explain every input; returns one summary per input (also written as ``<stem>.json``).
 
     ``attributes``: the inputs' expert scores (size, porosity, dispersity, facetness), used as
-    every tile's starting point; without them the bundle estimates each tile's.
+    every tile's starting point; without them the bundle estimates each tile's. ``gradient``:
+    also the input's knob gradient (``knob_gradient`` in the summary, ``<stem>_gradient.*``).
 
     All inputs are read and checked before anything is written, so a bad or missing file stops
     the run with nothing half-done (:func:`read_scan` names it).
@@ -167,6 +231,15 @@ def explain_paths(
         summary = {"input": str(path), "tiles": len(tiles), "targets": summarise(table)}
         with atomic_path(out_dir / f"{stem}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
+        if gradient:
+            lot = explainer.knob_gradient(tiles, start, lots=[stem] * len(tiles))
+            summary["knob_gradient"] = {**lot.summary(stem), "units": GRADIENT_UNITS}
+            with atomic_path(out_dir / f"{stem}_gradient.csv") as tmp:
+                per_tile = where.assign(input=str(path), tile=np.arange(len(tiles)))
+                per_tile.join(lot.tiles.drop(columns="lot")).to_csv(
+                    tmp, index=False, float_format="%.6g"
+                )
+            save_figure(gradient_figure(path.name, lot.lots), out_dir / f"{stem}_gradient.png")
         write_json(out_dir / f"{stem}.json", summary)
         save_figure(figure(path.name, tiles, runs), out_dir / f"{stem}.png")
         summaries.append(summary)

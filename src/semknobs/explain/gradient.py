@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from semknobs.explain.counterfactual import check_deadline
 from semknobs.models.concept import SYMMETRIES, dihedral
 
 
@@ -96,9 +97,21 @@ class KnobGradient:
         (grad,) = torch.autograd.grad(pred.sum(), var)
         return grad.detach(), pred.detach()
 
+    def _draw(
+        self, x: torch.Tensor, a: torch.Tensor, eps: torch.Tensor, j: int, deadline: float | None
+    ) -> torch.Tensor:
+        check_deadline(deadline, "the knob gradient")
+        view = dihedral(x, j % SYMMETRIES) if self.params.symmetric else x
+        return self._gradient(view, (a + eps).clamp(0, 1), a)[0]
+
     def attribute(
-        self, images: torch.Tensor, attrs: torch.Tensor, batch_size: int = 64
+        self,
+        images: torch.Tensor,
+        attrs: torch.Tensor,
+        batch_size: int = 64,
+        deadline: float | None = None,
     ) -> KnobAttribution:
+        """``deadline`` (a ``time.monotonic()`` instant) is checked before every pass."""
         p = self.params
         self.gen.eval()
         self.reg.eval()
@@ -109,15 +122,12 @@ class KnobGradient:
         grads, base = [], []
         for i in range(0, len(images), batch_size):
             x, a = images[i : i + batch_size], attrs[i : i + batch_size]
+            check_deadline(deadline, "the knob gradient")
             grad, pred = self._gradient(x, a, a)
             if draws:
                 grad = torch.stack(
                     [
-                        self._gradient(
-                            dihedral(x, j % SYMMETRIES) if p.symmetric else x,
-                            (a + eps[i : i + batch_size]).clamp(0, 1),
-                            a,
-                        )[0]
+                        self._draw(x, a, eps[i : i + batch_size], j, deadline)
                         for j, eps in enumerate(noise)
                     ]
                 ).mean(dim=0)

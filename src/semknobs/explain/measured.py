@@ -35,6 +35,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.errors import DataError
+from semknobs.explain.counterfactual import check_deadline
 from semknobs.explain.gradient import lot_mean
 from semknobs.meter import MeterParams, calibration, measure_tiles
 from semknobs.pixels import to_uint8
@@ -134,10 +135,11 @@ def measured_jacobian(
     n_jobs: int = 1,
     batch_size: int = 64,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> np.ndarray:
     """Per tile ``J[n, i, j]``: measured change of attribute ``i`` per unit of knob ``j``, by
     central differences of one-knob edits ``A +- step e_j`` (knob units; NaN where the meter
-    has no reading at either end)."""
+    has no reading at either end). ``deadline`` (``time.monotonic()``) is checked per knob."""
     from tqdm.auto import tqdm
 
     gen.eval()
@@ -145,6 +147,7 @@ def measured_jacobian(
     batches = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
     with torch.no_grad():
         for j in tqdm(range(K), desc="measured jacobian", unit="knob", disable=not progress):
+            check_deadline(deadline, "the measured Jacobian")
             shift = torch.zeros_like(attrs)
             shift[:, j] = step
             ends = []
@@ -220,9 +223,11 @@ def gain_corrected(
     lots: np.ndarray,
     clip: tuple[float, float] = GAIN_CLIP,
     min_gain: float = 0.0,
+    study: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per lot L and knob k: ``mean_L(g_k) * G_k / clip(mean_L(J_kk), clip * G_k)``, with ``G_k``
-    the mean gain over all the tiles; a knob whose ``G_k`` is below ``min_gain`` (or not
+    the mean gain over all the tiles (or ``study``, the study's gains measured elsewhere: one
+    scan has no study of its own); a knob whose ``G_k`` is below ``min_gain`` (or not
     positive) keeps its lot mean. Only the gain's *variation* between lots is divided out, so the
     study-mean scale of each knob stays the knob gradient's; each row gets its lot's value.
 
@@ -239,8 +244,12 @@ def gain_corrected(
             f"gain_corrected: {len(gradient)} gradients, lot ids {lots.shape}, J {jacobian.shape}"
         )
     gain = np.diagonal(jacobian, axis1=1, axis2=2)  # (n, K)
-    read = np.isfinite(gain).sum(axis=0)
-    study = np.where(read > 0, np.nansum(gain, axis=0) / np.maximum(read, 1), 0.0)
+    if study is None:
+        read = np.isfinite(gain).sum(axis=0)
+        study = np.where(read > 0, np.nansum(gain, axis=0) / np.maximum(read, 1), 0.0)
+    study = np.nan_to_num(np.asarray(study, dtype=float), nan=0.0)
+    if study.shape != (K,):
+        raise ValueError(f"gain_corrected: study gains of shape {study.shape}, not ({K},)")
     out, lot_gain = lot_mean(gradient, lots).copy(), lot_mean(gain, lots)  # the mean skips NaN
     for k in np.flatnonzero((study > 0) & (study >= min_gain)):
         used = np.clip(np.nan_to_num(lot_gain[:, k], nan=study[k]), *(c * study[k] for c in clip))

@@ -15,7 +15,12 @@ Params: ``target`` ("higher", "lower" or a stress in MPa), ``lam``, ``steps``, `
 a range (the bundle's ``limits``, from ``explain.limits``) checked before any work. A request
 whose search runs past ``limits.deadline_s`` (model_config ``deadline_s`` overrides it) is
 stopped and answered ``DEADLINE_EXCEEDED`` (HTTP 504).
-Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attribute`).
+Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attribute`), then
+``lot`` (the input's ``lot`` column, or ``all``: every tile of the request is one lot), each
+tile's knob gradient ``gradient_<a>`` and its edits' meter-read gains ``gain_<a>``, and its lot's
+gain-corrected knob gradient with a 95 % interval, mean gain and ``J^-T``-corrected attribution
+(``lot_<value>_<a>``, ``lot_condition``: :mod:`semknobs.explain.lot_gradient`). Param
+``gradient=false`` skips that work (the columns come back empty).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
 
@@ -34,7 +39,8 @@ from semknobs.model_folder import CONFIG_FILE, img_size
 from semknobs.registry import ModelKind
 
 KIND = "explainer"
-PARAMS = ("target", "lam", "steps", "delta", "restarts")
+SEARCH = ("target", "lam", "steps", "delta", "restarts")
+PARAMS = (*SEARCH, "gradient")
 
 
 def _signature(config: Mapping[str, Any]):
@@ -47,7 +53,9 @@ def _signature(config: Mapping[str, Any]):
     from semknobs.explain.counterfactual import CounterfactualParams
 
     inputs = Schema(
-        [ColSpec("string", "image")] + [ColSpec("double", a, required=False) for a in ATTRIBUTES]
+        [ColSpec("string", "image")]
+        + [ColSpec("double", a, required=False) for a in ATTRIBUTES]
+        + [ColSpec("string", "lot", required=False)]
     )
     numbers = ["prediction_mpa", "baseline_mpa", "target_mpa", "achieved_mpa", "distance"]
     columns = [ColSpec("double", c) for c in numbers]
@@ -55,7 +63,11 @@ def _signature(config: Mapping[str, Any]):
     for a in ATTRIBUTES:
         kinds = ("start", "new", "change", "knob_delta", "measured_delta")
         columns += [ColSpec("double", f"{k}_{a}") for k in kinds]
-    columns += [ColSpec("double", "measured_cosine")]
+    columns += [ColSpec("double", "measured_cosine"), ColSpec("string", "lot")]
+    columns += [ColSpec("double", f"{k}_{a}") for k in ("gradient", "gain") for a in ATTRIBUTES]
+    for name in served_names():
+        kind = "boolean" if name.startswith("lot_corrected_flag_") else "double"
+        columns += [ColSpec(kind, name)]
     cf = from_mapping(CounterfactualParams, config.get("counterfactual") or {})
     params = ParamSchema(
         [
@@ -64,6 +76,7 @@ def _signature(config: Mapping[str, Any]):
             ParamSpec("steps", "long", int(cf.steps)),
             ParamSpec("delta", "double", float(cf.delta)),
             ParamSpec("restarts", "long", int(cf.restarts)),
+            ParamSpec("gradient", "boolean", True),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=Schema(columns), params=params)
@@ -113,15 +126,18 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 
         from semknobs.explain.counterfactual import SearchDeadline
-        from semknobs.serving.tile_codec import decode_frame
+        from semknobs.serving.tile_codec import decode_frame, decode_lots
 
         explainer = self.explainer
         deadline = time.monotonic() + self.deadline_s
         try:
-            unknown = set(params or {}) - set(PARAMS)
+            params = dict(params or {})
+            unknown = set(params) - set(PARAMS)
             if unknown:
                 raise ValueError(f"unknown params {sorted(unknown)}; known: {list(PARAMS)}")
-            search = explainer.settings(**(params or {}))
+            gradient = _flag(params.pop("gradient", True), "gradient")
+            search = explainer.settings(**params)
+            lots = None
             if isinstance(model_input, pd.DataFrame):
                 if len(model_input) > explainer.limits.max_tiles:
                     raise ValueError(
@@ -130,9 +146,18 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                     )
                 percentiles = explainer.tile.get("percentiles", (0.5, 99.5))
                 tiles, attributes = decode_frame(model_input, explainer.img_size, percentiles)
+                lots = decode_lots(model_input)
             else:
                 tiles, attributes = np.asarray(model_input), None
-            return explainer.attribute(tiles, attributes, search, deadline=deadline).table
+            table = explainer.attribute(tiles, attributes, search, deadline=deadline).table
+            table["lot"] = lots or "all"
+            if not gradient:
+                return table.reindex(columns=[*table.columns, *_gradient_columns()])
+            lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline=deadline)
+            per_tile = lot.tiles.drop(columns="lot")
+            return pd.concat([table, per_tile, lot.served_columns()], axis=1)[
+                [*table.columns, *_gradient_columns()]
+            ]
         except ValueError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         except SearchDeadline as exc:
@@ -141,6 +166,29 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 "`semknobs serve --deadline`); ask for fewer tiles, steps or restarts",
                 error_code=DEADLINE_EXCEEDED,
             ) from None
+
+
+def _gradient_columns() -> list[str]:
+    per_tile = [f"{k}_{a}" for k in ("gradient", "gain") for a in ATTRIBUTES]
+    return per_tile + served_names()
+
+
+def served_names() -> list[str]:
+    from semknobs.explain.lot_gradient import SERVED
+
+    return [f"lot_{col}_{a}" for col in SERVED for a in ATTRIBUTES] + ["lot_condition"]
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean param as MLflow passes it (bool, or a string from a JSON request)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
 
 
 MODEL = ExplainerModel()

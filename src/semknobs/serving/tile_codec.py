@@ -1,8 +1,9 @@
 """Tiles as text: base64 PNG/TIFF strings in a DataFrame, the served explainer's input format.
 
 A DataFrame input has a column ``image`` (base64 of a PNG or TIFF file, 8- or 16-bit greyscale,
-``S x S`` pixels at the model's tile size) and optionally one column per attribute (expert scores
-on the label scale; all four or none). 16-bit tiles are mapped to 8 bits with the tile stage's
+``S x S`` pixels at the model's tile size), optionally one column per attribute (expert scores
+on the label scale; all four or none) and optionally ``lot`` (which lot each tile belongs to:
+the served knob gradient is per lot). 16-bit tiles are mapped to 8 bits with the tile stage's
 robust percentile mapping.
 """
 
@@ -19,6 +20,8 @@ import pandas as pd
 from semknobs.attributes import ATTRIBUTES
 
 IMAGE_COLUMN = "image"
+LOT_COLUMN = "lot"
+MAX_LOT_NAME = 200
 _PNG = b"\x89PNG\r\n\x1a\n"
 _TIFF = (b"II*\x00", b"MM\x00*")
 
@@ -120,3 +123,21 @@ def decode_frame(
         i, j = bad[0]
         raise ValueError(f"row {i}, column {ATTRIBUTES[j]!r}: not a finite number")
     return np.stack(tiles), values
+
+
+def decode_lots(frame: pd.DataFrame) -> list[str] | None:
+    """Each row's lot name from the optional ``lot`` column (None without it); errors name the
+    row at fault."""
+    if LOT_COLUMN not in frame.columns:
+        return None
+    names = []
+    for i, value in enumerate(frame[LOT_COLUMN]):
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            raise ValueError(f"row {i}, column {LOT_COLUMN!r}: empty (name every tile's lot)")
+        name = str(value).strip()
+        if not name or len(name) > MAX_LOT_NAME:
+            raise ValueError(
+                f"row {i}, column {LOT_COLUMN!r}: a lot name of 1-{MAX_LOT_NAME} characters"
+            )
+        names.append(name)
+    return names

@@ -16,7 +16,8 @@ If no logged model of the folder is in the tracking store (a fresh store, models
 ``dvc pull``), the folder is logged again in this run and the version says so
 (``semknobs.relogged = true``). ``out`` (the versions registered, with their run ids) is a record
 of this run, not a DVC out: version numbers and run ids depend on the store, not the inputs.
-The bundle carries the ``explain`` stage's search settings and the ``tile`` stage's tiling, so
+The bundle carries the ``explain`` stage's search and knob-gradient settings, its meter-read
+knob gains (for the gain-corrected lot gradient) and the ``tile`` stage's tiling, so
 ``semknobs explain`` and the served explainer reproduce the stage's numbers. Promotion to
 ``champion`` is a separate, gated step: ``semknobs promote``.
 """
@@ -24,13 +25,14 @@ The bundle carries the ``explain`` stage's search settings and the ``tile`` stag
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semknobs import registry, tracking
-from semknobs.attributes import AttributeScaler
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import from_mapping, load_params, section
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
@@ -38,8 +40,10 @@ from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
 from semknobs.explain.bundle import save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
-from semknobs.explain.measured import fit_from_files
+from semknobs.explain.lot_gradient import GradientSettings
+from semknobs.explain.measured import CorrectedParams, fit_from_files
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.model_folder import read_config
 from semknobs.names import CANDIDATE, MODEL_NAMES
@@ -74,6 +78,8 @@ class Params:
     tile: TileParams  # how the bundle tiles whole scans
     limits: SearchLimits = field(default_factory=SearchLimits)  # explain.limits
     meter: MeterParams = field(default_factory=MeterParams)  # measure.meter: reads the edits
+    knob_gradient: KnobGradientParams = field(default_factory=KnobGradientParams)  # explain.
+    corrected: CorrectedParams = field(default_factory=CorrectedParams)  # explain.corrected
 
 
 @dataclass(frozen=True)
@@ -94,14 +100,21 @@ class Paths:
 
 def load(params_file: Path, paths: Paths) -> Params:
     raw = load_params(params_file)
+    explain = raw.get("explain") or {}
     return Params(
         register=section(RegisterParams, raw, NAME, params_file),
         counterfactual=search_params_from(raw, str(params_file)),
         tile=section(TileParams, raw, "tile", params_file),
-        limits=from_mapping(
-            SearchLimits, raw.get("explain", {}).get("limits"), f"{params_file}: explain.limits"
-        ),
+        limits=from_mapping(SearchLimits, explain.get("limits"), f"{params_file}: explain.limits"),
         meter=section(MeasureParams, raw, "measure", params_file).meter,
+        knob_gradient=from_mapping(
+            KnobGradientParams,
+            explain.get("knob_gradient"),
+            f"{params_file}: explain.knob_gradient",
+        ),
+        corrected=from_mapping(
+            CorrectedParams, explain.get("corrected"), f"{params_file}: explain.corrected"
+        ),
     )
 
 
@@ -110,6 +123,8 @@ def logged_params(params: Params) -> dict[str, Any]:
         "register": params.register,
         "explain.counterfactual": params.counterfactual,
         "explain.limits": params.limits,
+        "explain.knob_gradient": params.knob_gradient,
+        "explain.corrected": params.corrected,
     }
 
 
@@ -148,6 +163,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         metrics=metrics["explainer"],
         limits=params.limits,
         meter=meter,
+        gradient=GradientSettings(
+            params.knob_gradient, params.corrected, study_gain(metrics["explainer"])
+        ),
     )
     size = read_config(paths.explainer_dir)["img_size"]
     versions = register_models(
@@ -182,6 +200,15 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     ]
     lines.append("promote with `semknobs promote --all` (gates in params.yaml: promote)")
     return StageResult({}, {}, lines)
+
+
+def study_gain(explain_metrics: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """The ``explain`` stage's meter-read knob gains (``corrected_gradient/gain_<a>``), or
+    None when it measured none (no meter readings, or a knob it could not read)."""
+    gains = [explain_metrics.get(f"corrected_gradient/gain_{a}") for a in ATTRIBUTES]
+    if not all(isinstance(g, int | float) and math.isfinite(g) for g in gains):
+        return None
+    return tuple(float(g) for g in gains)
 
 
 def _read_json(path: Path) -> dict:

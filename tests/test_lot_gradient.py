@@ -1,0 +1,114 @@
+"""The lot knob gradient that ``semknobs explain`` and the served explainer report, on known
+answers: a linear editor and regressor give the exact gradient with a zero-width interval; the
+gain correction divides out a lot's gain relative to the study's (within its clip), leaves weak
+knobs alone and says so; the negation gives the negation; a constant gives zero."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.explain.gradient import KnobGradientParams
+from semknobs.explain.lot_gradient import (
+    GradientSettings,
+    lot_gradient,
+    summarise_lot,
+)
+from semknobs.explain.measured import CorrectedParams
+
+K = len(ATTRIBUTES)
+W = torch.tensor([0.2, -0.4, 0.1, 0.3])  # the editor adds W . A to every pixel
+C = 10.0  # the regressor: C * mean pixel, so dR/dA = C * W exactly
+
+
+class PlaneEditor(nn.Module):
+    def forward(self, x: torch.Tensor, attrs: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return x + (attrs @ W)[:, None, None, None]
+
+
+class MeanPixel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return C * x.mean(dim=(1, 2, 3))
+
+
+def _settings(**corrected) -> GradientSettings:
+    return GradientSettings(
+        KnobGradientParams(smoothing=0.0),
+        CorrectedParams(bootstrap=200, **corrected),
+        study_gain=(1.0, 0.6, 0.2, 1.0),
+    )
+
+
+def test_a_linear_editor_gives_the_exact_gradient_per_lot():
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 8, 8) * 2 - 1
+    attrs = torch.full((6, K), 0.5)
+    out = lot_gradient(
+        PlaneEditor(), MeanPixel(), images, attrs, ["a", "a", "a", "b", "b", "b"], _settings()
+    )
+    assert list(out.tiles["lot"]) == ["a"] * 3 + ["b"] * 3
+    for j, a in enumerate(ATTRIBUTES):
+        np.testing.assert_allclose(out.tiles[f"gradient_{a}"], C * W[j].item(), rtol=1e-5)
+    assert set(out.lots["lot"]) == {"a", "b"} and len(out.lots) == 2 * K
+    np.testing.assert_allclose(out.lots["gradient"], np.tile(C * W.numpy(), 2), rtol=1e-5)
+    # identical tiles: a zero-width interval; no meter: nothing measured or corrected, and said
+    np.testing.assert_allclose(out.lots["gradient_high"] - out.lots["gradient_low"], 0, atol=1e-5)
+    assert out.lots["gain"].isna().all() and (out.lots["gain_factor"] == 1).all()
+    assert out.lots["corrected_flag"].all()
+    assert out.lots["note"].str.contains("no meter").all()
+    served = out.served_columns()
+    assert len(served) == 6 and served["lot_gain_corrected_size"].iloc[0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="lot names"):
+        lot_gradient(PlaneEditor(), MeanPixel(), images, attrs, ["a"], _settings())
+
+
+def _jacobian(lot_gain: np.ndarray, n: int, noise: float = 0.01) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    jac = np.zeros((n, K, K))
+    jac[:, range(K), range(K)] = lot_gain + rng.normal(0, noise, (n, K))
+    return jac
+
+
+def test_gain_correction_of_one_lot_against_the_study_gains():
+    """Study gains (1, 0.6, 0.2, 1); this lot's (0.5, 0.3, 0.2, 0.1): size and porosity were
+    moved half as far as in the study, so their response is doubled; dispersity's study gain is
+    below gain_min (left alone, and the note says why); facetness's lot gain is below the clip
+    (x0.25 of the study's), so its factor is capped at 4."""
+    rng = np.random.default_rng(0)
+    grad = np.array([2.0, -3.0, 1.0, 0.5]) + rng.normal(0, 0.1, (8, K))
+    jac = _jacobian(np.array([0.5, 0.3, 0.2, 0.1]), 8)
+    rows = summarise_lot("L1", grad, jac, _settings()).set_index("attribute")
+    np.testing.assert_allclose(rows["gain_factor"], [2.0, 2.0, 1.0, 4.0], rtol=0.05)
+    np.testing.assert_allclose(rows["gain_corrected"], grad.mean(0) * rows["gain_factor"])
+    assert rows.loc["size", "gain_corrected_low"] < rows.loc["size", "gain_corrected"]
+    assert "gain_min" in rows.loc["dispersity", "note"]
+    assert "capped" in rows.loc["facetness", "note"] and not rows.loc["size", "note"]
+    # J diagonal: J^-T g = g / gain with the lot's mean J; a small condition number
+    expected = grad.mean(0) / np.diagonal(jac, axis1=1, axis2=2).mean(0)
+    np.testing.assert_allclose(rows["corrected"], expected, rtol=1e-9)
+    assert rows["condition"].iloc[0] == pytest.approx(5.0, rel=0.1)
+    assert not rows.loc["size", "corrected_flag"]
+    # the negation gives the negation; a constant zero response gives zero
+    neg = summarise_lot("L1", -grad, jac, _settings()).set_index("attribute")
+    np.testing.assert_allclose(neg["gain_corrected"], -rows["gain_corrected"])
+    zero = summarise_lot("L1", np.zeros_like(grad), jac, _settings())
+    assert (zero["gain_corrected"] == 0).all() and zero["note"].str.contains("spans zero").all()
+
+
+def test_label_units_few_tiles_and_bad_settings():
+    scaler = AttributeScaler((0.0, 0.0, 0.0, 0.0), (10.0, 4.0, 2.0, 1.0))
+    grad = np.ones((2, K))
+    rows = summarise_lot("L", grad, _jacobian(np.ones(K), 2), _settings(), scaler=scaler)
+    # lot gains 1: porosity (study 0.6) scaled by 0.6, dispersity (study 0.2) left alone
+    np.testing.assert_allclose(rows["per_label_unit"], [0.1, 0.15, 0.5, 1.0], rtol=0.05)
+    # two tiles: no bootstrap interval worth the name; everything corrected is flagged
+    assert rows["corrected_flag"].all() and rows["note"].str.contains("no interval").all()
+    one = summarise_lot("L", grad[:1], _jacobian(np.ones(K), 1), _settings())
+    assert one["gradient_low"].isna().all() and one["note"].str.contains("spans zero").sum() == 0
+    no_study = summarise_lot("L", grad, _jacobian(np.ones(K), 2), GradientSettings(study_gain=None))
+    assert (no_study["gain_factor"] == 1).all()
+    assert no_study["note"].str.contains("no study gains").all()
+    for bad in [(1.0, 2.0), (1.0, float("nan"), 1.0, 1.0)]:
+        with pytest.raises(ValueError, match="study_gain"):
+            GradientSettings(study_gain=bad)
