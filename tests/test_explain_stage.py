@@ -48,6 +48,7 @@ def models(tiny_study, tmp_path):
     )
     params["explain"]["counterfactual"].update(steps=5, restarts=2)
     params["explain"]["referee"].update(tiles_per_lot=3, bootstrap=50)
+    params["explain"]["meter_regression"].update(min_tiles=6)  # the tiny lots have few tiles
     params["explain"]["referee"]["oracle"].update(seeds=2, n_jobs=1)
     params["synthesize"].update(n_lots=6, scans_per_lot=1, fields_y=2, fields_x=3, n_jobs=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -109,6 +110,9 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     assert metrics["knob_gradient/er/lot_centred_cosine"] is None  # NaN, written as null
     assert "oracle/lot_centred_cosine_ceiling" in metrics
     assert np.isfinite(metrics["corrected_gradient/condition"])  # the meter read the edits
+    natural = pd.read_csv(root / "reports" / "meter_regression.csv")
+    assert len(natural) == 6 and (natural["tiles"] >= 6).all()  # every lot, all its tiles
+    assert np.isfinite(metrics["meter_regression/er/cosine_median"])
     # a constant explainer scores 0 across tiles, whatever its plain cosine
     assert metrics["correlation/er/centred_cosine"] == 0.0
     assert metrics["linear_model/er/centred_cosine"] == 0.0

@@ -39,6 +39,7 @@ EXPLAINERS = (
     "knob_gradient",
     "knob_gradient_lot",
     "knob_gradient_gain",
+    "meter_regression",
     "counterfactual",
     "sensitivity",
     "correlation",

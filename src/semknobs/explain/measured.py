@@ -118,6 +118,21 @@ def fit_from_files(
         raise DataError(f"{measurements}: {exc}") from None
 
 
+def calibrated_readings(
+    measurements: str | Path, tiles: pd.Series, calib: MeterCalibration
+) -> np.ndarray:
+    """The measure stage's readings of ``tiles`` (tile ids), in knob units (n, 4)."""
+    try:
+        readings = pd.read_csv(measurements).set_index("tile")[list(ATTRIBUTES)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{measurements}: unreadable meter readings ({exc})") from None
+    missing = sorted(set(tiles) - set(readings.index))
+    if missing:
+        raise DataError(f"{measurements}: no readings of tile(s) {missing[:5]} (rerun measure)")
+    raw = readings.loc[np.asarray(tiles)].to_numpy(float)
+    return raw * np.array(calib.alpha) + np.array(calib.beta)
+
+
 def measured_change(
     calib: MeterCalibration, before: torch.Tensor, after: torch.Tensor, n_jobs: int = 1
 ) -> np.ndarray:

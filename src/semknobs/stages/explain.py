@@ -25,16 +25,19 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.bundle import StressInMPa
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
 from semknobs.explain.measured import (
     CorrectedParams,
+    calibrated_readings,
     corrected_attribution,
     fit_from_files,
     gain_corrected,
     measured_jacobian,
 )
+from semknobs.explain.natural import MeterRegression, MeterRegressionParams
 from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
 from semknobs.meter import MeasureParams
 from semknobs.models.regressor import predict
@@ -52,6 +55,9 @@ HEADLINE = (
     *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
     "knob_gradient_gain/er/cosine_median",
     "knob_gradient_gain/er/lot_centred_cosine",
+    "meter_regression/er/cosine_median",
+    "meter_regression/er/lot_centred_cosine",
+    *(f"meter_regression/er/sign_{a}" for a in ATTRIBUTES),
     "oracle/lot_centred_cosine_ceiling",
     "regressor/rl/cosine_median",
     "counterfactual/validity_model",
@@ -67,6 +73,7 @@ class ExplainStageParams(ExplainParams):
 
     referee: RefereeParams = field(default_factory=RefereeParams)
     corrected: CorrectedParams = field(default_factory=CorrectedParams)
+    meter_regression: MeterRegressionParams = field(default_factory=MeterRegressionParams)
     limits: SearchLimits = field(default_factory=SearchLimits)  # the bundle's (register)
     synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
     measure: MeasureParams = field(default_factory=MeasureParams)  # the measure section
@@ -150,7 +157,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         "knob_gradient_lot": lot_gradient,
         "sensitivity": out.sweep.slopes(),
     }
-    corrected = None
+    corrected, summary_natural = None, []
     if paths.measurements is not None:  # what the knobs really moved, by the meter
         calib = fit_from_files(
             paths.measurements, labels, list(splits.train), scaler, params.measure.meter
@@ -172,6 +179,17 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         tables["knob_gradient"] = tables["knob_gradient"].assign(
             **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)}
         )
+        # the regressor across the natural variation of each lot's tiles, as the meter reads it
+        readings = calibrated_readings(paths.measurements, manifest["tile"], calib)
+        natural = MeterRegression(StressInMPa(reg), params.meter_regression).attribute(
+            to_model(all_tiles), readings, manifest["lot"], params.batch_size
+        )
+        tables["meter_regression"] = natural.table
+        slopes = natural.per_tile(tiles["lot"])
+        if np.isfinite(slopes).all():
+            uses["meter_regression"] = slopes
+        else:
+            summary_natural.append("meter regression: a lot without slopes (too few tiles read)")
         tables["corrected_gradient"] = corrected.table()
         tables["measured_jacobian"] = pd.DataFrame(
             corrected.jacobian, columns=[f"knob_{a}" for a in ATTRIBUTES]
@@ -201,7 +219,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             f"{r.source}/lots/flag_{r.attribute}": float(r.flag) for r in support.itertuples()
         }
         summary += flag_lines(support)
-    summary += summary_corrected
+    summary += summary_corrected + summary_natural
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
         judged = _referee(
