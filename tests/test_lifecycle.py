@@ -330,6 +330,16 @@ def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path
                      "--steps", "3", "--no-gradient"]) == 0  # fmt: skip
     assert "knob_gradient" not in json.loads((bare / "tile_one.json").read_text())
     assert not list(bare.glob("*_gradient.*"))
+    # the inputs as one lot: its knob gradient over all 1 + 6 tiles, beside each input's
+    pooled = tmp_path / "pooled"
+    assert cli.main([*argv, "--out", str(pooled), "--steps", "3", "--one-lot", "B7"]) == 0
+    lot = json.loads((pooled / "B7_lot.json").read_text())
+    assert lot["tiles"] == 7 and len(lot["inputs"]) == 2
+    tiles = pd.read_csv(pooled / "B7_lot_gradient.csv")
+    assert len(tiles) == 7 and lot["knob_gradient"]["size"]["gradient"] == pytest.approx(
+        tiles["gradient_size"].mean(), rel=1e-4
+    )
+    assert "lot B7: 7 tile(s)" in capsys.readouterr().out
 
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")

@@ -112,3 +112,56 @@ def test_label_units_few_tiles_and_bad_settings():
     for bad in [(1.0, 2.0), (1.0, float("nan"), 1.0, 1.0)]:
         with pytest.raises(ValueError, match="study_gain"):
             GradientSettings(study_gain=bad)
+
+
+class Stress(nn.Module):
+    """A regressor with ``predict_mpa``: 40 + 10 x mean pixel."""
+
+    def predict_mpa(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 + 10.0 * x.mean(dim=(1, 2, 3))
+
+
+def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(tiny_study, tmp_path):
+    """A bundle with a meter: the scan's knob gradient comes with measured gains, and the meter
+    regression (no AttGAN) is fitted on the scan's own tiles and drawn beside it."""
+    from semknobs.explain.bundle import KnobExplainer
+    from semknobs.explain.counterfactual import CounterfactualParams
+    from semknobs.explain.files import explain_paths
+    from semknobs.explain.measured import MeterCalibration
+    from semknobs.explain.natural import MeterRegressionParams
+
+    scan = sorted(tiny_study["raw"].glob("*/*"))[0]
+    explainer = KnobExplainer(
+        PlaneEditor(),
+        Stress(),
+        scaler=AttributeScaler((0.0,) * K, (10.0,) * K),
+        stress_range=20.0,
+        defaults=CounterfactualParams(steps=3),
+        tile={"tile_px": 128, "out_px": 64, "info_bar_px": "auto", "percentiles": [0.5, 99.5]},
+        meter=MeterCalibration((1.0,) * K, (0.0,) * K),
+        gradient=_settings(),
+        natural=MeterRegressionParams(min_tiles=K + 2),
+    )
+    (summary,) = explain_paths([scan], explainer=explainer, out_dir=tmp_path, progress=False)
+    gradient, natural = summary["knob_gradient"], summary["meter_regression"]
+    assert natural["tiles"] == summary["tiles"] >= K + 2
+    for j, a in enumerate(ATTRIBUTES):
+        assert gradient[a]["gradient"] == pytest.approx(C * W[j].item(), rel=1e-4)
+        assert gradient[a]["gain"] is not None  # the meter read the edits (a plane: ~no change)
+        low, slope, high = (natural[a][k] for k in ("low", "slope", "high"))
+        assert low <= slope <= high
+    assert (tmp_path / f"{scan.stem}_gradient.png").stat().st_size > 0
+    # served: the same tiles in one request, named as one lot -> the same meter regression
+    from semknobs.explain.files import read_tiles
+    from semknobs.serving.explainer_model import ExplainerModel
+    from semknobs.serving.tile_codec import tiles_frame
+
+    model = ExplainerModel()
+    model.explainer, model.deadline_s = explainer, 60.0
+    tiles, _ = read_tiles(scan, explainer)
+    rows = model.predict(None, tiles_frame(tiles).assign(lot="S1"), {"steps": 3})
+    assert len(rows) == summary["tiles"] and (rows["lot"] == "S1").all()
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(rows[f"lot_meter_regression_slope_{a}"], natural[a]["slope"])
+        np.testing.assert_allclose(rows[f"gradient_{a}"], C * W[ATTRIBUTES.index(a)].item(),
+                                   rtol=1e-4)  # fmt: skip

@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     explain.add_argument("--delta", type=float, help="requested change (default: the bundle's)")
     explain.add_argument(
+        "--one-lot",
+        metavar="NAME",
+        help="the inputs are one lot's: also its knob gradient and meter regression over all "
+        "their tiles (<NAME>_lot.json, <NAME>_lot_gradient.*)",
+    )
+    explain.add_argument(
         "--no-gradient",
         action="store_true",
         help="skip each input's knob gradient (<stem>_gradient.*, knob_gradient in the JSON)",
@@ -222,6 +228,7 @@ def _explain(args: argparse.Namespace) -> int:
             settings=settings,
             attributes=args.attributes,
             gradient=not args.no_gradient,
+            one_lot=args.one_lot,
         )
     except ValueError as exc:  # bad --target/--lam/--steps
         raise SemknobsError(str(exc)) from None
@@ -229,13 +236,23 @@ def _explain(args: argparse.Namespace) -> int:
         parts = [
             f"{t}: {v['baseline_mpa']:.1f} -> {v['achieved_mpa']:.1f} MPa "
             f"({100 * v['success_rate']:.0f}% reached)"
-            for t, v in s["targets"].items()
+            for t, v in s.get("targets", {}).items()
         ]
-        print(f"{s['input']}: {s['tiles']} tile(s); " + "; ".join(parts))
+        if "lot" in s:
+            parts = [f"{len(s['inputs'])} input(s) as one lot"]
+        print(
+            f"{s.get('input', 'lot ' + str(s.get('lot')))}: {s['tiles']} tile(s); "
+            + "; ".join(parts)
+        )
         if "knob_gradient" in s:
             print(
                 "  knob gradient, gain-corrected (MPa per knob unit, 95 % interval): "
                 + gradient_line(s["knob_gradient"])
+            )
+        if "meter_regression" in s:
+            print(
+                "  meter regression, no AttGAN (MPa per knob unit, 95 % interval): "
+                + gradient_line(s["meter_regression"], "slope")
             )
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0

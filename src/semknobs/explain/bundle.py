@@ -17,6 +17,7 @@ request may ask is bounded by :mod:`semknobs.explain.limits`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from semknobs.explain.counterfactual import (
 from semknobs.explain.limits import SearchLimits, search_params
 from semknobs.explain.lot_gradient import GradientSettings, LotGradient, lot_gradient
 from semknobs.explain.measured import MeterCalibration
+from semknobs.explain.natural import LotSlopes, MeterRegression, MeterRegressionParams
 from semknobs.model_folder import read_folder
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.regressor import RegressorConfig, TargetStats
@@ -73,6 +75,7 @@ class ExplainerFolder:
     limits: SearchLimits = field(default_factory=SearchLimits)  # what a request may ask
     meter: MeterCalibration | None = None  # reads the edits (None in bundles before it)
     gradient: GradientSettings = field(default_factory=GradientSettings)  # lots' knob gradients
+    natural: MeterRegressionParams = field(default_factory=MeterRegressionParams)  # no AttGAN
 
 
 class StressInMPa(nn.Module):
@@ -122,6 +125,7 @@ class KnobExplainer:
         limits: SearchLimits | None = None,
         meter: MeterCalibration | None = None,
         gradient: GradientSettings | None = None,
+        natural: MeterRegressionParams | None = None,
     ):
         self.gen = gen.eval()
         self.reg = StressInMPa(reg).eval()
@@ -135,6 +139,7 @@ class KnobExplainer:
         self.limits = limits or SearchLimits()
         self.meter = meter
         self.gradient = gradient or GradientSettings()
+        self.natural = natural or MeterRegressionParams()
         self.search = KnobCounterfactual(self.gen, self.reg, stress_range=self.stress_range)
 
     @classmethod
@@ -156,6 +161,7 @@ class KnobExplainer:
             limits=config.limits,
             meter=config.meter,
             gradient=config.gradient,
+            natural=config.natural,
             **kwargs,
         )
 
@@ -231,6 +237,23 @@ class KnobExplainer:
             self.gen, self.reg, images, attrs, names, self.gradient, meter=self.meter,
             scaler=self.scaler, batch_size=self.batch_size, deadline=deadline,
         )  # fmt: skip
+
+    def meter_regression(
+        self, tiles: np.ndarray, lots: Sequence[str] | None = None
+    ) -> LotSlopes | None:
+        """Each lot's predictions regressed on its tiles' meter readings
+        (:mod:`semknobs.explain.natural`; no AttGAN); None without a meter in the bundle."""
+        if self.meter is None:
+            return None
+        images = self.check_tiles(tiles)
+        names = ["all"] * len(images) if lots is None else list(lots)
+        if max(Counter(names).values()) < self.natural.min_tiles:  # nothing to fit: no reading
+            readings = np.full((len(images), len(ATTRIBUTES)), np.nan)
+        else:
+            readings = self.meter.read(to_uint8(images))
+        return MeterRegression(self.reg, self.natural).attribute(
+            images, readings, np.asarray(names), self.batch_size
+        )
 
     def attribute(
         self,
@@ -334,6 +357,7 @@ def save_explainer_dir(
     limits: SearchLimits | None = None,
     meter: MeterCalibration | None = None,
     gradient: GradientSettings | None = None,
+    natural: MeterRegressionParams | None = None,
 ) -> Path:
     """Write a bundle folder from the AttGAN and regressor model folders."""
     from semknobs.model_folder import save_model_dir
@@ -362,5 +386,6 @@ def save_explainer_dir(
         limits=limits or SearchLimits(),
         meter=meter,
         gradient=gradient or GradientSettings(),
+        natural=natural or MeterRegressionParams(),
     )
     return save_model_dir(path, kind=KIND, weights=weights, config=to_mapping(config))

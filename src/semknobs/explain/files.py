@@ -8,7 +8,9 @@ knob change with a 95 % interval, success rate; and the input's knob gradient, t
 as one lot: :mod:`semknobs.explain.lot_gradient`), ``<stem>.png`` (tiles with their raised and
 lowered edits, and the mean knob changes), ``<stem>_gradient.csv`` (each tile's knob gradient and
 its edits' meter-read gains) and ``<stem>_gradient.png`` (the input's knob gradient with its
-intervals). Files are written under temporary names and renamed.
+intervals, beside the input's meter regression: :mod:`semknobs.explain.natural`, also in the
+JSON as ``meter_regression`` when the bundle has a meter). Files are written under temporary
+names and renamed.
 """
 
 from __future__ import annotations
@@ -131,8 +133,13 @@ def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
     gains makes it large). Hatched: the interval spans zero, or the value is flagged."""
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+    natural = "meter_regression" in lot.columns
     panels = [
-        (left, [("gradient", "knob gradient", "0.7"), ("gain_corrected", "gain-corrected", "C0")]),
+        (
+            left,
+            [("gradient", "knob gradient", "0.7"), ("gain_corrected", "gain-corrected", "C0")]
+            + [("meter_regression", "meter regression (no AttGAN)", "C2")] * natural,
+        ),
         (right, [("corrected", "J$^{-T}$-corrected (measured units)", "C1")]),
     ]
     x = np.arange(len(lot))
@@ -165,16 +172,17 @@ def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
     return fig
 
 
-def gradient_line(knob_gradient: dict[str, Any]) -> str:
-    """``size +1.2 [-0.3, 2.7], ...`` from a summary's ``knob_gradient`` section."""
+def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str:
+    """``size +1.2 [-0.3, 2.7], ...`` from a summary's ``knob_gradient`` section (or, with
+    ``value="slope"``, its ``meter_regression`` section)."""
+    low, high = ("low", "high") if value == "slope" else (f"{value}_low", f"{value}_high")
 
     def number(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.3g}"
 
     return ", ".join(
-        f"{a} {number(v['gain_corrected'])} [{number(v['gain_corrected_low'])}, "
-        f"{number(v['gain_corrected_high'])}]"
-        for a, v in knob_gradient.items()
+        f"{a} {number(v[value])} [{number(v[low])}, {number(v[high])}]"
+        for a, v in section.items()
         if a in ATTRIBUTES
     )
 
@@ -198,12 +206,16 @@ def explain_paths(
     attributes: Sequence[float] | None = None,
     progress: bool = True,
     gradient: bool = True,
+    one_lot: str | None = None,
 ) -> list[dict[str, Any]]:
     """Explain every input; returns one summary per input (also written as ``<stem>.json``).
 
     ``attributes``: the inputs' expert scores (size, porosity, dispersity, facetness), used as
     every tile's starting point; without them the bundle estimates each tile's. ``gradient``:
     also the input's knob gradient (``knob_gradient`` in the summary, ``<stem>_gradient.*``).
+    ``one_lot``: the inputs are tiles of one lot of that name; the last summary (also
+    ``<one_lot>_lot.json``, ``<one_lot>_lot_gradient.*``) is that lot's knob gradient and meter
+    regression over all their tiles.
 
     All inputs are read and checked before anything is written, so a bad or missing file stops
     the run with nothing half-done (:func:`read_scan` names it).
@@ -232,15 +244,54 @@ def explain_paths(
         with atomic_path(out_dir / f"{stem}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         if gradient:
-            lot = explainer.knob_gradient(tiles, start, lots=[stem] * len(tiles))
-            summary["knob_gradient"] = {**lot.summary(stem), "units": GRADIENT_UNITS}
-            with atomic_path(out_dir / f"{stem}_gradient.csv") as tmp:
-                per_tile = where.assign(input=str(path), tile=np.arange(len(tiles)))
-                per_tile.join(lot.tiles.drop(columns="lot")).to_csv(
-                    tmp, index=False, float_format="%.6g"
-                )
-            save_figure(gradient_figure(path.name, lot.lots), out_dir / f"{stem}_gradient.png")
+            per_tile = where.assign(input=str(path), tile=np.arange(len(tiles)))
+            summary |= lot_outputs(explainer, stem, path.name, tiles, start, per_tile, out_dir)
         write_json(out_dir / f"{stem}.json", summary)
         save_figure(figure(path.name, tiles, runs), out_dir / f"{stem}.png")
         summaries.append(summary)
+    if gradient and one_lot is not None:  # every input's tiles as one lot
+        name = _stem(Path(f"{one_lot}_lot"), taken)
+        tiles = np.concatenate([t for _, t, _ in inputs])
+        start = None
+        if attributes is not None:
+            start = np.tile(np.asarray(attributes, float), (len(tiles), 1))
+        per_tile = pd.concat(
+            [w.assign(input=str(p), tile=np.arange(len(w))) for p, _, w in inputs],
+            ignore_index=True,
+        )
+        summary = {"lot": one_lot, "inputs": [str(p) for p, _, _ in inputs], "tiles": len(tiles)}
+        summary |= lot_outputs(explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir)
+        write_json(out_dir / f"{name}.json", summary)
+        summaries.append(summary)
     return summaries
+
+
+def lot_outputs(
+    explainer: KnobExplainer,
+    stem: str,
+    title: str,
+    tiles: np.ndarray,
+    start: np.ndarray | None,
+    per_tile: pd.DataFrame,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The knob gradient and meter regression of ``tiles`` taken as one lot: writes
+    ``<stem>_gradient.csv`` and ``<stem>_gradient.png``, returns the summary's entries."""
+    lot = explainer.knob_gradient(tiles, start, lots=[stem] * len(tiles))
+    out: dict[str, Any] = {"knob_gradient": {**lot.summary(stem), "units": GRADIENT_UNITS}}
+    with atomic_path(out_dir / f"{stem}_gradient.csv") as tmp:
+        table = per_tile.reset_index(drop=True).join(lot.tiles.drop(columns="lot"))
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    natural = explainer.meter_regression(tiles, [stem] * len(tiles))
+    shown = lot.lots
+    if natural is not None:
+        out["meter_regression"] = natural.summary(stem)
+        row = natural.table.iloc[0]
+        shown = shown.assign(
+            **{
+                f"meter_regression{end}": [row[f"{k}_{a}"] for a in ATTRIBUTES]
+                for end, k in (("", "slope"), ("_low", "low"), ("_high", "high"))
+            }
+        )
+    save_figure(gradient_figure(title, shown), out_dir / f"{stem}_gradient.png")
+    return out

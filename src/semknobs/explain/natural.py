@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,15 @@ class LotSlopes:
     tiles or collinear readings), ``low_<a>``/``high_<a>`` (95 % OLS interval)."""
 
     table: pd.DataFrame
+
+    def summary(self, lot: str) -> dict[str, Any]:
+        """One lot's slopes per attribute with their interval, JSON-ready (NaN -> None)."""
+        row = self.table.set_index("lot").loc[lot]
+        out: dict[str, Any] = {"tiles": int(row["tiles"])}
+        for a in ATTRIBUTES:
+            values = {k: float(row[f"{k}_{a}"]) for k in ("slope", "low", "high")}
+            out[a] = {k: (v if np.isfinite(v) else None) for k, v in values.items()}
+        return out
 
     def per_tile(self, lots: np.ndarray | pd.Series) -> np.ndarray:
         """(n, 4): each tile's lot's slopes (NaN for a lot not fitted)."""

@@ -19,7 +19,9 @@ Output: one row per tile (see :meth:`semknobs.explain.bundle.KnobExplainer.attri
 ``lot`` (the input's ``lot`` column, or ``all``: every tile of the request is one lot), each
 tile's knob gradient ``gradient_<a>`` and its edits' meter-read gains ``gain_<a>``, and its lot's
 gain-corrected knob gradient with a 95 % interval, mean gain and ``J^-T``-corrected attribution
-(``lot_<value>_<a>``, ``lot_condition``: :mod:`semknobs.explain.lot_gradient`). Param
+(``lot_<value>_<a>``, ``lot_condition``: :mod:`semknobs.explain.lot_gradient`) and, with a
+meter in the bundle, its lot's meter regression (``lot_meter_regression_{slope,low,high}_<a>``,
+:mod:`semknobs.explain.natural`; empty for a lot of fewer than ``min_tiles`` tiles). Param
 ``gradient=false`` skips that work (the columns come back empty).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
@@ -155,9 +157,13 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 return table.reindex(columns=[*table.columns, *_gradient_columns()])
             lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline=deadline)
             per_tile = lot.tiles.drop(columns="lot")
-            return pd.concat([table, per_tile, lot.served_columns()], axis=1)[
-                [*table.columns, *_gradient_columns()]
-            ]
+            parts = [table, per_tile, lot.served_columns()]
+            natural = explainer.meter_regression(tiles, table["lot"])
+            if natural is not None:
+                fitted = natural.table.set_index("lot").loc[table["lot"]].reset_index(drop=True)
+                parts.append(fitted.drop(columns="tiles").add_prefix("lot_meter_regression_"))
+            out = pd.concat(parts, axis=1)
+            return out.reindex(columns=[*table.columns, *_gradient_columns()])
         except ValueError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         except SearchDeadline as exc:
@@ -176,7 +182,10 @@ def _gradient_columns() -> list[str]:
 def served_names() -> list[str]:
     from semknobs.explain.lot_gradient import SERVED
 
-    return [f"lot_{col}_{a}" for col in SERVED for a in ATTRIBUTES] + ["lot_condition"]
+    natural = [
+        f"lot_meter_regression_{k}_{a}" for k in ("slope", "low", "high") for a in ATTRIBUTES
+    ]
+    return [f"lot_{col}_{a}" for col in SERVED for a in ATTRIBUTES] + ["lot_condition", *natural]
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -44,6 +44,7 @@ from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_gradient import GradientSettings
 from semknobs.explain.measured import CorrectedParams, fit_from_files
+from semknobs.explain.natural import MeterRegressionParams
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.model_folder import read_config
 from semknobs.names import CANDIDATE, MODEL_NAMES
@@ -80,6 +81,7 @@ class Params:
     meter: MeterParams = field(default_factory=MeterParams)  # measure.meter: reads the edits
     knob_gradient: KnobGradientParams = field(default_factory=KnobGradientParams)  # explain.
     corrected: CorrectedParams = field(default_factory=CorrectedParams)  # explain.corrected
+    natural: MeterRegressionParams = field(default_factory=MeterRegressionParams)  # explain.
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ def load(params_file: Path, paths: Paths) -> Params:
         corrected=from_mapping(
             CorrectedParams, explain.get("corrected"), f"{params_file}: explain.corrected"
         ),
+        natural=from_mapping(
+            MeterRegressionParams,
+            explain.get("meter_regression"),
+            f"{params_file}: explain.meter_regression",
+        ),
     )
 
 
@@ -125,6 +132,7 @@ def logged_params(params: Params) -> dict[str, Any]:
         "explain.limits": params.limits,
         "explain.knob_gradient": params.knob_gradient,
         "explain.corrected": params.corrected,
+        "explain.meter_regression": params.natural,
     }
 
 
@@ -166,6 +174,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         gradient=GradientSettings(
             params.knob_gradient, params.corrected, study_gain(metrics["explainer"])
         ),
+        natural=params.natural,
     )
     size = read_config(paths.explainer_dir)["img_size"]
     versions = register_models(
