@@ -43,9 +43,12 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from semknobs.data.tiles import load_tiles
 from semknobs.evaluation import fidelity
+from semknobs.explain.bundle import KnobExplainer
 from semknobs.explain.gradient import lot_mean
-from semknobs.explain.measured import GAIN_CLIP, gain_corrected
+from semknobs.explain.measured import GAIN_CLIP, calibrated_readings, gain_corrected
+from semknobs.explain.natural import LotSlopes, MeterRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import knob_gradient_variants as kv
@@ -87,20 +90,15 @@ def mediated(g: np.ndarray, jac: np.ndarray, lots: np.ndarray) -> tuple[np.ndarr
     return plain, [kv.A[k] for k in chosen]
 
 
-def natural_slopes(root: Path):
+def natural_slopes(root: Path) -> LotSlopes:
     """``meter_regression`` of a study workspace: every tile's prediction on its readings."""
-    from semknobs.data.tiles import load_tiles
-    from semknobs.explain.bundle import KnobExplainer
-    from semknobs.explain.measured import calibrated_readings
-    from semknobs.explain.natural import MeterRegression
-    from semknobs.pixels import to_model
-
     bundle = KnobExplainer.load(root / "models" / "explainer")
     tiles, manifest = load_tiles(root / "data" / "tiles")
-    readings = calibrated_readings(
-        root / "data" / "measurements.csv", manifest["tile"], bundle.meter
-    )
-    return MeterRegression(bundle.reg).attribute(to_model(tiles), readings, manifest["lot"])
+    readings = calibrated_readings(root / "data" / "measurements.csv", manifest, bundle.meter)
+    slopes = MeterRegression(bundle.reg.reg).attribute(tiles, readings, manifest["lot"])
+    if slopes.table.filter(like="slope_").isna().any(axis=None):
+        raise SystemExit(f"{root}: a lot without meter-regression slopes (too few tiles read)")
+    return slopes
 
 
 def main() -> int:

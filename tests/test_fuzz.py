@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ from semknobs.data.scans import read_scan
 from semknobs.data.schemas import read_lots
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError, ParamsError, SemknobsError
-from semknobs.serving.tile_codec import decode_tile, encode_tile
+from semknobs.serving.tile_codec import decode_lots, decode_tile, encode_tile
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -126,3 +127,26 @@ def test_random_params_raise_params_errors(mapping):
         assert "params.yaml: tile" in str(exc)
     else:
         assert isinstance(params, TileParams)
+
+
+LOT_VALUES = st.one_of(
+    st.text(max_size=300),
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(),
+    st.just(pd.NA),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@FUZZ
+@given(values=st.lists(LOT_VALUES, min_size=1, max_size=8))
+def test_served_lot_names_are_names_or_a_value_error_naming_the_row(values):
+    frame = pd.DataFrame({"lot": pd.Series(values, dtype=object)})
+    try:
+        names = decode_lots(frame)
+    except ValueError as exc:
+        assert "row " in str(exc) and "'lot'" in str(exc)
+    else:
+        assert len(names) == len(values)
+        assert all(isinstance(n, str) and 0 < len(n) <= 200 and n != "<NA>" for n in names)

@@ -16,6 +16,7 @@ from semknobs.explain.lot_gradient import (
     summarise_lot,
 )
 from semknobs.explain.measured import CorrectedParams
+from semknobs.explain.natural import lot_slopes
 
 K = len(ATTRIBUTES)
 W = torch.tensor([0.2, -0.4, 0.1, 0.3])  # the editor adds W . A to every pixel
@@ -61,6 +62,29 @@ def test_a_linear_editor_gives_the_exact_gradient_per_lot():
     assert len(served) == 6 and served["lot_gain_corrected_size"].iloc[0] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="lot names"):
         lot_gradient(PlaneEditor(), MeanPixel(), images, attrs, ["a"], _settings())
+
+
+class SquaredMean(nn.Module):
+    """R = C x mean pixel^2: the knob gradient 2 C mean(G) W differs from tile to tile."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return C * x.mean(dim=(1, 2, 3)) ** 2
+
+
+def test_each_row_gets_its_own_lots_values():
+    """Interleaved lots with different gradients: every served row carries its lot's mean."""
+    torch.manual_seed(1)
+    images = torch.rand(9, 1, 8, 8) * 2 - 1
+    lots = ["a", "b", "c"] * 3
+    out = lot_gradient(
+        PlaneEditor(), SquaredMean(), images, torch.full((9, K), 0.5), lots, _settings()
+    )
+    served = out.served_columns()
+    for a in ATTRIBUTES:
+        means = out.tiles.groupby("lot")[f"gradient_{a}"].mean()
+        np.testing.assert_allclose(served[f"lot_gain_corrected_{a}"], means.loc[lots], rtol=1e-6)
+        assert means.nunique() == 3  # the lots do differ, so a mix-up would show
+    assert list(out.lots["lot"].unique()) == ["a", "b", "c"]
 
 
 def _jacobian(lot_gain: np.ndarray, n: int, noise: float = 0.01) -> np.ndarray:
@@ -117,6 +141,10 @@ def test_label_units_few_tiles_and_bad_settings():
 class Stress(nn.Module):
     """A regressor with ``predict_mpa``: 40 + 10 x mean pixel."""
 
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # predict() looks up the device
+
     def predict_mpa(self, x: torch.Tensor) -> torch.Tensor:
         return 40.0 + 10.0 * x.mean(dim=(1, 2, 3))
 
@@ -165,3 +193,27 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         np.testing.assert_allclose(rows[f"lot_meter_regression_slope_{a}"], natural[a]["slope"])
         np.testing.assert_allclose(rows[f"gradient_{a}"], C * W[ATTRIBUTES.index(a)].item(),
                                    rtol=1e-4)  # fmt: skip
+    # two interleaved lots in one request: each row gets its own lot's fit, as fitted directly
+    twice = np.concatenate([tiles, tiles[::-1]])
+    names = np.array(["P", "Q"] * len(tiles))
+    rows = model.predict(None, tiles_frame(twice).assign(lot=names), {"steps": 3})
+    direct = lot_slopes(
+        rows["prediction_mpa"], explainer.meter.read(twice), names, explainer.natural
+    ).table.set_index("lot")
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(
+            rows[f"lot_meter_regression_slope_{a}"], direct.loc[names, f"slope_{a}"], rtol=1e-6
+        )
+    assert direct["slope_size"].nunique() == 2
+    # the pooled lot is named as given; --one-lot without the gradient is refused
+    *_, lot = explain_paths(
+        [scan, scan], explainer=explainer, out_dir=tmp_path / "pooled", progress=False,
+        one_lot="L03.v2",
+    )  # fmt: skip
+    assert lot["tiles"] == 2 * summary["tiles"]
+    assert (tmp_path / "pooled" / "L03.v2_lot.json").exists()
+    with pytest.raises(ValueError, match="no-gradient"):
+        explain_paths([scan], explainer=explainer, out_dir=tmp_path / "x", gradient=False,
+                      one_lot="L", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="no tiles"):
+        explainer.knob_gradient(np.zeros((0, 64, 64), np.uint8))

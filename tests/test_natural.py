@@ -67,23 +67,35 @@ def test_a_constant_regressor_gets_zero_slopes_and_a_lot_too_small_none():
 
 
 class MeanPixel(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A regressor with ``predict_mpa``: 10 x the tile's mean pixel in [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # predict() looks up the device
+
+    def predict_mpa(self, x: torch.Tensor) -> torch.Tensor:
         return 10.0 * x.mean(dim=(1, 2, 3))
 
 
 def test_meter_regression_reads_the_regressor_on_real_tiles(tmp_path):
     """A reading that is the tile's mean pixel (in knob units) gets the regressor's slope."""
-    images = torch.rand(60, 1, 8, 8) * 2 - 1
-    brightness = images.mean(dim=(1, 2, 3)).numpy()
+    tiles = RNG.integers(0, 256, (60, 8, 8)).astype(np.uint8)
+    brightness = tiles.mean(axis=(1, 2)) / 127.5 - 1
     readings = np.c_[brightness, RNG.uniform(0, 1, (60, K - 1))]
-    res = MeterRegression(MeanPixel()).attribute(images, readings, np.repeat(["A", "B"], 30))
+    lots = np.repeat(["A", "B"], 30)
+    res = MeterRegression(MeanPixel()).attribute(tiles, readings, lots)
     np.testing.assert_allclose(res.table["slope_size"], 10.0, rtol=1e-3)
     np.testing.assert_allclose(res.table[[f"slope_{a}" for a in ATTRIBUTES[1:]]], 0, atol=1e-3)
-    # the measure stage's readings, calibrated; a tile it never read is named
-    frame = pd.DataFrame({"tile": [3, 1], **{a: [1.0, 2.0] for a in ATTRIBUTES}})
+    given = MeterRegression(MeanPixel()).attribute(tiles, readings, lots, 10.0 * brightness)
+    pd.testing.assert_frame_equal(given.table, res.table, atol=1e-4)
+    # the measure stage's readings, calibrated; a tile it never read, or of another lot, named
+    frame = pd.DataFrame({"tile": [3, 1], "lot": ["A", "B"], **{a: [1.0, 2.0] for a in ATTRIBUTES}})
     frame.to_csv(tmp_path / "m.csv", index=False)
     calib = MeterCalibration((2.0,) * K, (0.5,) * K)
-    got = calibrated_readings(tmp_path / "m.csv", pd.Series([1, 3]), calib)
+    manifest = pd.DataFrame({"tile": [1, 3], "lot": ["B", "A"]})
+    got = calibrated_readings(tmp_path / "m.csv", manifest, calib)
     np.testing.assert_allclose(got, [[4.5] * K, [2.5] * K])
-    with pytest.raises(DataError, match=r"m\.csv.*\[7\]"):
-        calibrated_readings(tmp_path / "m.csv", pd.Series([1, 7]), calib)
+    with pytest.raises(DataError, match=r"m\.csv: no readings for 1 tile"):
+        calibrated_readings(tmp_path / "m.csv", manifest.assign(tile=[1, 7]), calib)
+    with pytest.raises(DataError, match="do not match the tile manifest"):
+        calibrated_readings(tmp_path / "m.csv", manifest.assign(lot=["A", "A"]), calib)

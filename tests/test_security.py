@@ -58,5 +58,5 @@ def test_servers_bind_to_loopback_by_default(monkeypatch, tmp_path) -> None:
     [("../../etc/passwd", "passwd"), ("/abs/dir/scan 1.tif", "scan_1"), ("..", "input")],
 )
 def test_output_names_stay_in_the_output_folder(name: str, expected: str) -> None:
-    stem = _stem(Path(name), set())
+    stem = _stem(Path(name).stem, set())
     assert stem == expected and "/" not in stem and stem not in ("", ".", "..")

@@ -237,23 +237,15 @@ def _explain(args: argparse.Namespace) -> int:
             f"{t}: {v['baseline_mpa']:.1f} -> {v['achieved_mpa']:.1f} MPa "
             f"({100 * v['success_rate']:.0f}% reached)"
             for t, v in s.get("targets", {}).items()
-        ]
-        if "lot" in s:
-            parts = [f"{len(s['inputs'])} input(s) as one lot"]
-        print(
-            f"{s.get('input', 'lot ' + str(s.get('lot')))}: {s['tiles']} tile(s); "
-            + "; ".join(parts)
-        )
-        if "knob_gradient" in s:
-            print(
-                "  knob gradient, gain-corrected (MPa per knob unit, 95 % interval): "
-                + gradient_line(s["knob_gradient"])
-            )
-        if "meter_regression" in s:
-            print(
-                "  meter regression, no AttGAN (MPa per knob unit, 95 % interval): "
-                + gradient_line(s["meter_regression"], "slope")
-            )
+        ] or [f"{len(s['inputs'])} input(s) as one lot"]
+        print(f"{s.get('input') or 'lot ' + s['lot']}: {s['tiles']} tile(s); " + "; ".join(parts))
+        for key, what, value in (
+            ("knob_gradient", "knob gradient, gain-corrected", "gain_corrected"),
+            ("meter_regression", "meter regression, no AttGAN", "slope"),
+        ):
+            if key in s:
+                line = gradient_line(s[key], value)
+                print(f"  {what} (MPa per knob unit, 95 % interval): {line}")
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

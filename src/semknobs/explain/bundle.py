@@ -36,6 +36,7 @@ from semknobs.explain.counterfactual import (
     CounterfactualParams,
     CounterfactualResult,
     KnobCounterfactual,
+    check_deadline,
 )
 from semknobs.explain.limits import SearchLimits, search_params
 from semknobs.explain.lot_gradient import GradientSettings, LotGradient, lot_gradient
@@ -190,10 +191,19 @@ class KnobExplainer:
             )
         return to_model(tiles)
 
+    def read_meter(self, tiles: np.ndarray) -> np.ndarray | None:
+        """The calibrated meter's readings of uint8 tiles (n, 4), knob units; None without a
+        meter. Callers that need them more than once pass them on as ``readings``."""
+        return None if self.meter is None else self.meter.read(np.asarray(tiles))
+
     def start_attributes(
-        self, images: torch.Tensor, attributes: np.ndarray | None
+        self,
+        images: torch.Tensor,
+        attributes: np.ndarray | None,
+        readings: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, str]:
-        """Normalised starting attributes (n, 4) and where they came from."""
+        """Normalised starting attributes (n, 4) and where they came from (``readings``: the
+        meter's, when already read)."""
         if attributes is not None:
             given = np.asarray(attributes, dtype=float)
             if given.shape != (len(images), len(ATTRIBUTES)) or not np.isfinite(given).all():
@@ -203,7 +213,7 @@ class KnobExplainer:
                 )
             return torch.from_numpy(np.clip(self.scaler.transform(given), 0, 1)).float(), "given"
         if self.meter is not None:  # the calibrated meter: knob units; no reading -> middle
-            measured = self.meter.read(to_uint8(images))
+            measured = self.meter.read(to_uint8(images)) if readings is None else readings
             measured = np.where(np.isfinite(measured), measured, 0.5)
             return torch.from_numpy(np.clip(measured, 0, 1)).float(), "measured"
         if self.dis is None:
@@ -212,7 +222,9 @@ class KnobExplainer:
         return torch.sigmoid(logits).float(), "estimated"
 
     def check_tiles(self, tiles: np.ndarray) -> torch.Tensor:
-        """At most ``limits.max_tiles`` uint8 tiles -> the model's input."""
+        """1 to ``limits.max_tiles`` uint8 tiles -> the model's input."""
+        if len(tiles) == 0:
+            raise ValueError("no tiles to explain")
         if len(tiles) > self.limits.max_tiles:
             raise ValueError(
                 f"{len(tiles)} tiles in one request; at most {self.limits.max_tiles} "
@@ -226,12 +238,16 @@ class KnobExplainer:
         attributes: np.ndarray | None = None,
         lots: Sequence[str] | None = None,
         deadline: float | None = None,
+        readings: np.ndarray | None = None,
     ) -> LotGradient:
         """Each lot's knob gradient, gain-corrected, with what its edits did
         (:mod:`semknobs.explain.lot_gradient`); ``lots`` names each tile's lot (default: all
-        tiles are one lot, e.g. one scan). Starting attributes as in :meth:`attribute`."""
+        tiles are one lot, e.g. one scan). Starting attributes as in :meth:`attribute`.
+
+        The SmoothGrad draws are drawn for the whole call (as the ``explain`` stage draws them),
+        so a tile's gradient depends a little on which tiles it is explained with."""
         images = self.check_tiles(tiles)
-        attrs, _ = self.start_attributes(images, attributes)
+        attrs, _ = self.start_attributes(images, attributes, readings)
         names = ["all"] * len(images) if lots is None else lots
         return lot_gradient(
             self.gen, self.reg, images, attrs, names, self.gradient, meter=self.meter,
@@ -239,20 +255,31 @@ class KnobExplainer:
         )  # fmt: skip
 
     def meter_regression(
-        self, tiles: np.ndarray, lots: Sequence[str] | None = None
+        self,
+        tiles: np.ndarray,
+        lots: Sequence[str] | None = None,
+        *,
+        readings: np.ndarray | None = None,
+        predictions: np.ndarray | None = None,
+        deadline: float | None = None,
     ) -> LotSlopes | None:
         """Each lot's predictions regressed on its tiles' meter readings
-        (:mod:`semknobs.explain.natural`; no AttGAN); None without a meter in the bundle."""
+        (:mod:`semknobs.explain.natural`; no AttGAN); None without a meter in the bundle.
+        ``readings`` / ``predictions`` (R(I), MPa) when already known; the meter reads nothing
+        when no lot has ``min_tiles`` tiles."""
         if self.meter is None:
             return None
-        images = self.check_tiles(tiles)
-        names = ["all"] * len(images) if lots is None else list(lots)
-        if max(Counter(names).values()) < self.natural.min_tiles:  # nothing to fit: no reading
-            readings = np.full((len(images), len(ATTRIBUTES)), np.nan)
-        else:
-            readings = self.meter.read(to_uint8(images))
-        return MeterRegression(self.reg, self.natural).attribute(
-            images, readings, np.asarray(names), self.batch_size
+        self.check_tiles(tiles)
+        names = np.asarray(["all"] * len(tiles) if lots is None else list(lots))
+        if readings is None:
+            check_deadline(deadline, "the meter regression")
+            readings = (
+                self.meter.read(np.asarray(tiles))
+                if max(Counter(names.tolist()).values()) >= self.natural.min_tiles
+                else np.full((len(tiles), len(ATTRIBUTES)), np.nan)
+            )
+        return MeterRegression(self.reg.reg, self.natural).attribute(
+            np.asarray(tiles), readings, names, predictions
         )
 
     def attribute(
@@ -284,6 +311,7 @@ class KnobExplainer:
         attributes: np.ndarray | None,
         searches: Sequence[CounterfactualParams],
         deadline: float | None = None,
+        readings: np.ndarray | None = None,
     ) -> list[Explanation]:
         """:meth:`attribute` for several searches of the same tiles (``semknobs explain``:
         higher and lower). What does not depend on the search is done once: the checks, the
@@ -291,7 +319,7 @@ class KnobExplainer:
         for params in searches:
             self.limits.check(params, self.stress_range)
         images = self.check_tiles(tiles)
-        attrs, source = self.start_attributes(images, attributes)
+        attrs, source = self.start_attributes(images, attributes, readings)
         direct = in_batches(self.reg, images, self.batch_size).numpy()
         recon_reading = None
         out = []

@@ -187,8 +187,8 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
     )
 
 
-def _stem(path: Path, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip(".") or "input"
+def _stem(name: str, taken: set[str]) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "input"
     candidate, k = stem, 2
     while candidate in taken:
         candidate, k = f"{stem}_{k}", k + 1
@@ -222,17 +222,22 @@ def explain_paths(
     """
     from tqdm.auto import tqdm
 
+    if one_lot is not None and not gradient:
+        raise ValueError("one_lot (--one-lot) reports the lot's knob gradient: drop --no-gradient")
     searches = {t: explainer.settings(target=t, **(settings or {})) for t in targets}
     inputs = [(Path(p), *read_tiles(Path(p), explainer)) for p in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    summaries = []
+    summaries, known = [], []  # known: each input's meter readings and R(I), for the lot
     for path, tiles, where in tqdm(inputs, desc="explain", unit="input", disable=not progress):
-        stem = _stem(path, taken)
+        stem = _stem(path.stem, taken)
         start = None
         if attributes is not None:
             start = np.tile(np.asarray(attributes, float), (len(tiles), 1))
-        runs = dict(zip(searches, explainer.attribute_all(tiles, start, list(searches.values()))))
+        readings = explainer.read_meter(tiles) if attributes is None or gradient else None
+        found = explainer.attribute_all(tiles, start, list(searches.values()), None, readings)
+        runs = dict(zip(searches, found))
+        known.append((readings, found[0].table["prediction_mpa"].to_numpy()))
         table = pd.concat(
             [
                 where.assign(input=str(path), tile=np.arange(len(tiles)), target=t).join(r.table)
@@ -245,12 +250,16 @@ def explain_paths(
             table.to_csv(tmp, index=False, float_format="%.6g")
         if gradient:
             per_tile = where.assign(input=str(path), tile=np.arange(len(tiles)))
-            summary |= lot_outputs(explainer, stem, path.name, tiles, start, per_tile, out_dir)
+            summary |= lot_outputs(
+                explainer, stem, path.name, tiles, start, per_tile, out_dir, *known[-1]
+            )
         write_json(out_dir / f"{stem}.json", summary)
         save_figure(figure(path.name, tiles, runs), out_dir / f"{stem}.png")
         summaries.append(summary)
     if gradient and one_lot is not None:  # every input's tiles as one lot
-        name = _stem(Path(f"{one_lot}_lot"), taken)
+        name = _stem(f"{one_lot}_lot", taken)
+        readings = None if known[0][0] is None else np.concatenate([r for r, _ in known])
+        predictions = np.concatenate([p for _, p in known])
         tiles = np.concatenate([t for _, t, _ in inputs])
         start = None
         if attributes is not None:
@@ -260,7 +269,10 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"lot": one_lot, "inputs": [str(p) for p, _, _ in inputs], "tiles": len(tiles)}
-        summary |= lot_outputs(explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir)
+        summary |= lot_outputs(
+            explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir, readings,
+            predictions,
+        )  # fmt: skip
         write_json(out_dir / f"{name}.json", summary)
         summaries.append(summary)
     return summaries
@@ -274,15 +286,20 @@ def lot_outputs(
     start: np.ndarray | None,
     per_tile: pd.DataFrame,
     out_dir: Path,
+    readings: np.ndarray | None = None,
+    predictions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The knob gradient and meter regression of ``tiles`` taken as one lot: writes
-    ``<stem>_gradient.csv`` and ``<stem>_gradient.png``, returns the summary's entries."""
-    lot = explainer.knob_gradient(tiles, start, lots=[stem] * len(tiles))
+    ``<stem>_gradient.csv`` and ``<stem>_gradient.png``, returns the summary's entries
+    (``readings``, ``predictions``: the tiles' meter readings and R(I), when already known)."""
+    lot = explainer.knob_gradient(tiles, start, [stem] * len(tiles), None, readings)
     out: dict[str, Any] = {"knob_gradient": {**lot.summary(stem), "units": GRADIENT_UNITS}}
     with atomic_path(out_dir / f"{stem}_gradient.csv") as tmp:
         table = per_tile.reset_index(drop=True).join(lot.tiles.drop(columns="lot"))
         table.to_csv(tmp, index=False, float_format="%.6g")
-    natural = explainer.meter_regression(tiles, [stem] * len(tiles))
+    natural = explainer.meter_regression(
+        tiles, [stem] * len(tiles), readings=readings, predictions=predictions
+    )
     shown = lot.lots
     if natural is not None:
         out["meter_regression"] = natural.summary(stem)

@@ -88,11 +88,14 @@ class LotGradient:
 
     def served_columns(self) -> pd.DataFrame:
         """Per tile, its lot's :data:`SERVED` values as ``lot_<column>_<a>`` (+ condition)."""
-        wide = self.lots.pivot(index="lot", columns="attribute", values=list(SERVED))
-        wide.columns = [f"lot_{col}_{a}" for col, a in wide.columns]
-        cond = self.lots.groupby("lot", sort=False)["condition"].first().rename("lot_condition")
-        order = [f"lot_{col}_{a}" for col in SERVED for a in ATTRIBUTES]
-        per_lot = wide[order].join(cond)
+        by_lot = self.lots.set_index(["lot", "attribute"])
+        columns = {
+            f"lot_{col}_{a}": by_lot[col].xs(a, level="attribute")  # keeps each column's dtype
+            for col in SERVED
+            for a in ATTRIBUTES
+        }
+        columns["lot_condition"] = self.lots.groupby("lot", sort=False)["condition"].first()
+        per_lot = pd.DataFrame(columns)
         return per_lot.loc[self.tiles["lot"]].reset_index(drop=True)
 
 
@@ -182,17 +185,20 @@ def summarise_lot(
             study = np.asarray(settings.study_gain, dtype=float)
             ones, one_lot = np.ones_like(grad), np.zeros(n, dtype=int)
             factor = gain_corrected(ones, jac, one_lot, c.gain_clip, c.gain_min, study)[0]
-            for k in np.flatnonzero(study >= c.gain_min):
+            corrects = (study > 0) & (study >= c.gain_min)  # as gain_corrected decides
+            for k in np.flatnonzero(corrects):
                 low, high = (f * study[k] for f in c.gain_clip)
-                if not low <= gain[k] <= high:
+                if not np.isfinite(gain[k]):
+                    notes[k].append("no reading of this knob's edits: the study gain is used")
+                elif not low <= gain[k] <= high:
                     notes[k].append(
                         f"lot gain {gain[k]:.2f} outside {low:.2f}-{high:.2f} (gain_clip x the "
                         f"study's {study[k]:.2f}): correction capped at x{factor[k]:.2f}"
                     )
-            for k in np.flatnonzero(study < c.gain_min):
+            for k in np.flatnonzero(~corrects):
                 notes[k].append(
-                    f"edits deliver {study[k]:.2f} of a requested change (study gain < "
-                    f"gain_min {c.gain_min:g}): not gain-corrected, a weak edit's response"
+                    f"edits deliver {study[k]:.2f} of a requested change in the study "
+                    f"(gain_min {c.gain_min:g}): not gain-corrected, a weak edit's response"
                 )
         else:
             for note in notes:
@@ -252,8 +258,8 @@ def _plain(value: Any) -> Any:
 
 
 def _t_half_width(values: np.ndarray) -> np.ndarray:
-    """Half width of the 95 % t-interval of the column means (NaN below two rows)."""
+    """Half width of the 95 % t-interval of the column means (NaN below :data:`MIN_TILES`)."""
     n = len(values)
-    if n < 2:
+    if n < MIN_TILES:
         return np.full(values.shape[1], np.nan)
     return stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)

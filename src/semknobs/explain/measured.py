@@ -37,7 +37,7 @@ from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.errors import DataError
 from semknobs.explain.counterfactual import check_deadline
 from semknobs.explain.gradient import lot_mean
-from semknobs.meter import MeterParams, calibration, measure_tiles
+from semknobs.meter import MeterParams, calibration, measure_tiles, read_measurements
 from semknobs.pixels import to_uint8
 
 K = len(ATTRIBUTES)
@@ -91,7 +91,11 @@ class MeterCalibration:
     def read(self, tiles: np.ndarray, n_jobs: int = 1) -> np.ndarray:
         """uint8 tiles (n, S, S) -> calibrated readings (n, 4), knob units, NaN = no reading."""
         raw = measure_tiles(tiles, self.meter, n_jobs=n_jobs, progress=False)
-        return raw[list(ATTRIBUTES)].to_numpy(float) * np.array(self.alpha) + np.array(self.beta)
+        return self.calibrate(raw[list(ATTRIBUTES)].to_numpy(float))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw meter readings (n, 4) -> knob units."""
+        return np.asarray(raw, dtype=float) * np.array(self.alpha) + np.array(self.beta)
 
 
 def fit_from_files(
@@ -119,18 +123,10 @@ def fit_from_files(
 
 
 def calibrated_readings(
-    measurements: str | Path, tiles: pd.Series, calib: MeterCalibration
+    measurements: str | Path, tiles: pd.DataFrame, calib: MeterCalibration
 ) -> np.ndarray:
-    """The measure stage's readings of ``tiles`` (tile ids), in knob units (n, 4)."""
-    try:
-        readings = pd.read_csv(measurements).set_index("tile")[list(ATTRIBUTES)]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{measurements}: unreadable meter readings ({exc})") from None
-    missing = sorted(set(tiles) - set(readings.index))
-    if missing:
-        raise DataError(f"{measurements}: no readings of tile(s) {missing[:5]} (rerun measure)")
-    raw = readings.loc[np.asarray(tiles)].to_numpy(float)
-    return raw * np.array(calib.alpha) + np.array(calib.beta)
+    """The measure stage's readings of ``tiles`` (a manifest: ``tile``, ``lot``), knob units."""
+    return calib.calibrate(read_measurements(measurements, tiles).to_numpy())
 
 
 def measured_change(
@@ -154,7 +150,7 @@ def measured_jacobian(
 ) -> np.ndarray:
     """Per tile ``J[n, i, j]``: measured change of attribute ``i`` per unit of knob ``j``, by
     central differences of one-knob edits ``A +- step e_j`` (knob units; NaN where the meter
-    has no reading at either end). ``deadline`` (``time.monotonic()``) is checked per knob."""
+    has no reading at either end). ``deadline`` (``time.monotonic()``) is checked per batch."""
     from tqdm.auto import tqdm
 
     gen.eval()
@@ -162,13 +158,16 @@ def measured_jacobian(
     batches = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
     with torch.no_grad():
         for j in tqdm(range(K), desc="measured jacobian", unit="knob", disable=not progress):
-            check_deadline(deadline, "the measured Jacobian")
             shift = torch.zeros_like(attrs)
             shift[:, j] = step
             ends = []
             for sign in (1, -1):
-                edited = [gen(images[sl], (attrs + sign * shift)[sl], attrs[sl]) for sl in batches]
+                edited = []
+                for sl in batches:
+                    check_deadline(deadline, "the measured Jacobian")
+                    edited.append(gen(images[sl], (attrs + sign * shift)[sl], attrs[sl]))
                 ends.append(torch.cat(edited))
+            check_deadline(deadline, "the measured Jacobian")
             jac[:, :, j] = measured_change(calib, ends[1], ends[0], n_jobs) / (2 * step)
     return jac
 

@@ -24,16 +24,16 @@ Not in the paper. Nothing here reads the renderer or the truth.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
+from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.models.regressor import predict
 
 K = len(ATTRIBUTES)
 
@@ -109,26 +109,21 @@ def lot_slopes(
 
 
 class MeterRegression:
-    """Captum-shaped: ``MeterRegression(reg).attribute(images, readings, lots)``; ``reg(x)``
-    gives MPa for images in [-1, 1]; ``readings`` are the calibrated meter's (knob units)."""
+    """Captum-shaped: ``MeterRegression(reg).attribute(tiles, readings, lots)`` for uint8 tiles
+    (n, S, S); ``reg`` is a regressor with ``predict_mpa``; ``readings`` are the calibrated
+    meter's (knob units). ``predictions`` (MPa) skips the regressor when already known."""
 
-    def __init__(
-        self,
-        reg: Callable[[torch.Tensor], torch.Tensor],
-        params: MeterRegressionParams | None = None,
-    ):
-        self.reg = reg.eval() if isinstance(reg, torch.nn.Module) else reg
+    def __init__(self, reg: nn.Module, params: MeterRegressionParams | None = None):
+        self.reg = reg
         self.params = params or MeterRegressionParams()
 
     def attribute(
         self,
-        images: torch.Tensor,
+        tiles: np.ndarray,
         readings: np.ndarray,
         lots: np.ndarray | pd.Series,
-        batch_size: int = 64,
+        predictions: np.ndarray | None = None,
     ) -> LotSlopes:
-        with torch.no_grad():
-            pred = torch.cat(
-                [self.reg(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-            )
-        return lot_slopes(pred.float().cpu().numpy(), readings, lots, self.params)
+        if predictions is None:
+            predictions = predict(self.reg, tiles)
+        return lot_slopes(predictions, readings, lots, self.params)

@@ -151,14 +151,20 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 lots = decode_lots(model_input)
             else:
                 tiles, attributes = np.asarray(model_input), None
-            table = explainer.attribute(tiles, attributes, search, deadline=deadline).table
+            explainer.check_tiles(tiles)  # count, dtype and shape, before any work
+            readings = explainer.read_meter(tiles) if attributes is None else None
+            (res,) = explainer.attribute_all(tiles, attributes, [search], deadline, readings)
+            table = res.table
             table["lot"] = lots or "all"
             if not gradient:
                 return table.reindex(columns=[*table.columns, *_gradient_columns()])
-            lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline=deadline)
+            lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline, readings)
             per_tile = lot.tiles.drop(columns="lot")
             parts = [table, per_tile, lot.served_columns()]
-            natural = explainer.meter_regression(tiles, table["lot"])
+            natural = explainer.meter_regression(
+                tiles, table["lot"], readings=readings, predictions=table["prediction_mpa"],
+                deadline=deadline,
+            )  # fmt: skip
             if natural is not None:
                 fitted = natural.table.set_index("lot").loc[table["lot"]].reset_index(drop=True)
                 parts.append(fitted.drop(columns="tiles").add_prefix("lot_meter_regression_"))

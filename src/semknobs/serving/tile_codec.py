@@ -132,8 +132,8 @@ def decode_lots(frame: pd.DataFrame) -> list[str] | None:
         return None
     names = []
     for i, value in enumerate(frame[LOT_COLUMN]):
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            raise ValueError(f"row {i}, column {LOT_COLUMN!r}: empty (name every tile's lot)")
+        if not isinstance(value, str) and (not np.isscalar(value) or pd.isna(value)):
+            raise ValueError(f"row {i}, column {LOT_COLUMN!r}: empty or not a name ({value!r:.40})")
         name = str(value).strip()
         if not name or len(name) > MAX_LOT_NAME:
             raise ValueError(

@@ -25,7 +25,6 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
-from semknobs.explain.bundle import StressInMPa
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
@@ -180,9 +179,9 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)}
         )
         # the regressor across the natural variation of each lot's tiles, as the meter reads it
-        readings = calibrated_readings(paths.measurements, manifest["tile"], calib)
-        natural = MeterRegression(StressInMPa(reg), params.meter_regression).attribute(
-            to_model(all_tiles), readings, manifest["lot"], params.batch_size
+        readings = calibrated_readings(paths.measurements, manifest, calib)
+        natural = MeterRegression(reg, params.meter_regression).attribute(
+            all_tiles, readings, manifest["lot"]
         )
         tables["meter_regression"] = natural.table
         slopes = natural.per_tile(tiles["lot"])
