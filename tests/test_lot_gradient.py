@@ -122,15 +122,19 @@ def test_gain_correction_of_one_lot_against_the_study_gains():
 
 def test_label_units_few_tiles_and_bad_settings():
     scaler = AttributeScaler((0.0, 0.0, 0.0, 0.0), (10.0, 4.0, 2.0, 1.0))
-    grad = np.ones((2, K))
-    rows = summarise_lot("L", grad, _jacobian(np.ones(K), 2), _settings(), scaler=scaler)
+    grad = np.ones((4, K))
+    rows = summarise_lot("L", grad, _jacobian(np.ones(K), 4), _settings(), scaler=scaler)
     # lot gains 1: porosity (study 0.6) scaled by 0.6, dispersity (study 0.2) left alone
     np.testing.assert_allclose(rows["per_label_unit"], [0.1, 0.15, 0.5, 1.0], rtol=0.05)
-    # two tiles: no bootstrap interval worth the name; everything corrected is flagged
-    assert rows["corrected_flag"].all() and rows["note"].str.contains("no interval").all()
+    # two tiles: no interval, no gain correction (one tile's gain is too noisy), all flagged
+    two = summarise_lot("L", grad[:2], _jacobian(np.ones(K), 2), _settings(), scaler=scaler)
+    np.testing.assert_allclose(two["per_label_unit"], [0.1, 0.25, 0.5, 1.0])
+    assert two["corrected_flag"].all() and two["gradient_low"].isna().all()
+    assert two["note"].str.contains("no interval").all()
+    assert two["note"].str.contains("gains not measured").all()
     one = summarise_lot("L", grad[:1], _jacobian(np.ones(K), 1), _settings())
     assert one["gradient_low"].isna().all() and one["note"].str.contains("spans zero").sum() == 0
-    no_study = summarise_lot("L", grad, _jacobian(np.ones(K), 2), GradientSettings(study_gain=None))
+    no_study = summarise_lot("L", grad, _jacobian(np.ones(K), 4), GradientSettings(study_gain=None))
     assert (no_study["gain_factor"] == 1).all()
     assert no_study["note"].str.contains("no study gains").all()
     for bad in [(1.0, 2.0), (1.0, float("nan"), 1.0, 1.0)]:

@@ -8,7 +8,9 @@ stage's ``knob_gradient_gain`` does (README, "The explanations"), and says how f
 * ``gradient``: the mean over the lot's tiles of ``d R(G(I; A)) / d A`` (the stage's
   ``explain.knob_gradient`` settings), MPa per knob unit, with a t-interval over the tiles;
 * ``gain``: how far each knob's edits moved the meter's reading of their own attribute in this
-  lot (the diagonal of the measured Jacobian, lot mean; 1 = the edit did what was asked);
+  lot (the diagonal of the measured Jacobian, lot mean; 1 = the edit did what was asked). Not
+  measured for a lot of fewer than :data:`MIN_TILES` tiles: one tile's gain is too noisy to
+  divide by, so such a lot is not corrected (and a one-tile request stays fast);
 * ``gain_corrected`` (the headline): ``gradient * study_gain / gain`` (the lot's gain clipped to
   ``explain.corrected.gain_clip`` times the study's) for knobs whose study gain is at least
   ``explain.corrected.gain_min``; other knobs keep the gradient. The study gains are the
@@ -121,14 +123,16 @@ def lot_gradient(
     explainer = KnobGradient(gen, reg, settings.knob_gradient)
     grad = explainer.attribute(images, attrs, batch_size, deadline).gradient
     jac = np.full((len(images), K, K), np.nan)
-    if meter is not None:
-        step = settings.corrected.step
-        jac = measured_jacobian(
+    names, counts = np.unique(lots, return_counts=True)
+    read = np.isin(lots, names[counts >= MIN_TILES])  # a lot of 1-2 tiles: gains too noisy
+    if meter is not None and read.any():
+        rows = torch.from_numpy(np.flatnonzero(read))
+        jac[read] = measured_jacobian(
             gen,
-            images,
-            attrs,
+            images[rows],
+            attrs[rows],
             meter,
-            step,
+            settings.corrected.step,
             batch_size=batch_size,
             progress=False,
             deadline=deadline,
@@ -177,6 +181,9 @@ def summarise_lot(
     if not measured:
         for note in notes:
             note.append("no meter in the bundle: gains and corrections not measured")
+    elif n < MIN_TILES:
+        for note in notes:
+            note.append("gains not measured below that (too noisy): not corrected")
     else:
         with warnings.catch_warnings():  # a knob no tile could read: NaN, not a warning
             warnings.simplefilter("ignore", RuntimeWarning)
