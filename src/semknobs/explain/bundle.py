@@ -17,7 +17,6 @@ request may ask is bounded by :mod:`semknobs.explain.limits`.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +274,7 @@ class KnobExplainer:
             check_deadline(deadline, "the meter regression")
             readings = (
                 self.meter.read(np.asarray(tiles))
-                if max(Counter(names.tolist()).values()) >= self.natural.min_tiles
+                if np.unique(names, return_counts=True)[1].max() >= self.natural.min_tiles
                 else np.full((len(tiles), len(ATTRIBUTES)), np.nan)
             )
         return MeterRegression(self.reg.reg, self.natural).attribute(

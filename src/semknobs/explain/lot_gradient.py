@@ -49,7 +49,8 @@ from semknobs.explain.measured import (
     CorrectedParams,
     MeterCalibration,
     corrected_attribution,
-    gain_corrected,
+    corrected_knobs,
+    gain_factor,
     measured_jacobian,
 )
 
@@ -190,9 +191,8 @@ def summarise_lot(
             gain = np.nanmean(np.diagonal(jac, axis1=1, axis2=2), axis=0)
         if settings.study_gain is not None:
             study = np.asarray(settings.study_gain, dtype=float)
-            ones, one_lot = np.ones_like(grad), np.zeros(n, dtype=int)
-            factor = gain_corrected(ones, jac, one_lot, c.gain_clip, c.gain_min, study)[0]
-            corrects = (study > 0) & (study >= c.gain_min)  # as gain_corrected decides
+            factor = gain_factor(jac, np.zeros(n, dtype=int), c.gain_clip, c.gain_min, study)[0]
+            corrects = corrected_knobs(study, c.gain_min)
             for k in np.flatnonzero(corrects):
                 low, high = (f * study[k] for f in c.gain_clip)
                 if not np.isfinite(gain[k]):
@@ -245,7 +245,11 @@ def summarise_lot(
         }
     )
     if scaler is not None:
-        rows.insert(9, "per_label_unit", headline / (np.array(scaler.high) - np.array(scaler.low)))
+        rows.insert(
+            rows.columns.get_loc("gain_corrected") + 1,
+            "per_label_unit",
+            headline / (np.array(scaler.high) - np.array(scaler.low)),
+        )
     for k in range(K):
         low, high = rows.loc[k, "gain_corrected_low"], rows.loc[k, "gain_corrected_high"]
         if np.isfinite(low) and low <= 0 <= high:

@@ -253,10 +253,28 @@ def gain_corrected(
     edits do through texture the meter does not read (measured on the study suite: README).
     """
     lots = np.asarray(lots)
-    if lots.shape != (len(gradient),) or jacobian.shape != (len(gradient), K, K):
-        raise ValueError(
-            f"gain_corrected: {len(gradient)} gradients, lot ids {lots.shape}, J {jacobian.shape}"
-        )
+    if lots.shape != (len(gradient),):
+        raise ValueError(f"gain_corrected: {len(gradient)} gradients, lot ids {lots.shape}")
+    return lot_mean(gradient, lots) * gain_factor(jacobian, lots, clip, min_gain, study)
+
+
+def corrected_knobs(study: np.ndarray, min_gain: float) -> np.ndarray:
+    """(K,) bool: the knobs :func:`gain_corrected` divides (a positive study gain >= min_gain)."""
+    return (study > 0) & (study >= min_gain)
+
+
+def gain_factor(
+    jacobian: np.ndarray,
+    lots: np.ndarray,
+    clip: tuple[float, float] = GAIN_CLIP,
+    min_gain: float = 0.0,
+    study: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n, K): what :func:`gain_corrected` multiplies each row's lot mean by,
+    ``G_k / clip(mean_L(J_kk), clip * G_k)`` on :func:`corrected_knobs`, 1 elsewhere."""
+    lots = np.asarray(lots)
+    if lots.shape != (len(jacobian),) or jacobian.shape[1:] != (K, K):
+        raise ValueError(f"gain_corrected: lot ids {lots.shape}, J {jacobian.shape}")
     gain = np.diagonal(jacobian, axis1=1, axis2=2)  # (n, K)
     if study is None:
         read = np.isfinite(gain).sum(axis=0)
@@ -264,11 +282,11 @@ def gain_corrected(
     study = np.nan_to_num(np.asarray(study, dtype=float), nan=0.0)
     if study.shape != (K,):
         raise ValueError(f"gain_corrected: study gains of shape {study.shape}, not ({K},)")
-    out, lot_gain = lot_mean(gradient, lots).copy(), lot_mean(gain, lots)  # the mean skips NaN
-    for k in np.flatnonzero((study > 0) & (study >= min_gain)):
+    factor, lot_gain = np.ones_like(gain), lot_mean(gain, lots)  # the mean skips NaN
+    for k in np.flatnonzero(corrected_knobs(study, min_gain)):
         used = np.clip(np.nan_to_num(lot_gain[:, k], nan=study[k]), *(c * study[k] for c in clip))
-        out[:, k] *= study[k] / used
-    return out
+        factor[:, k] = study[k] / used
+    return factor
 
 
 def _solve(jacobian: np.ndarray, gradient: np.ndarray) -> np.ndarray:

@@ -67,10 +67,13 @@ class LotSlopes:
             out[a] = {k: (v if np.isfinite(v) else None) for k, v in values.items()}
         return out
 
+    def rows(self, lots: np.ndarray | pd.Series) -> pd.DataFrame:
+        """Each tile's lot's row of :attr:`table` (NaN for a lot not fitted), without ``lot``."""
+        return self.table.set_index("lot").reindex(np.asarray(lots)).reset_index(drop=True)
+
     def per_tile(self, lots: np.ndarray | pd.Series) -> np.ndarray:
         """(n, 4): each tile's lot's slopes (NaN for a lot not fitted)."""
-        slopes = self.table.set_index("lot")[[f"slope_{a}" for a in ATTRIBUTES]]
-        return slopes.reindex(np.asarray(lots)).to_numpy(float)
+        return self.rows(lots)[[f"slope_{a}" for a in ATTRIBUTES]].to_numpy(float)
 
 
 def lot_slopes(

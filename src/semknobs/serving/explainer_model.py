@@ -166,8 +166,8 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 deadline=deadline,
             )  # fmt: skip
             if natural is not None:
-                fitted = natural.table.set_index("lot").loc[table["lot"]].reset_index(drop=True)
-                parts.append(fitted.drop(columns="tiles").add_prefix("lot_meter_regression_"))
+                fitted = natural.rows(table["lot"]).drop(columns="tiles")
+                parts.append(fitted.add_prefix("lot_meter_regression_"))
             out = pd.concat(parts, axis=1)
             return out.reindex(columns=[*table.columns, *_gradient_columns()])
         except ValueError as exc:

@@ -103,25 +103,19 @@ class Paths:
 def load(params_file: Path, paths: Paths) -> Params:
     raw = load_params(params_file)
     explain = raw.get("explain") or {}
+
+    def part(cls, key: str):  # a subsection of ``explain`` (defaults where absent)
+        return from_mapping(cls, explain.get(key), f"{params_file}: explain.{key}")
+
     return Params(
         register=section(RegisterParams, raw, NAME, params_file),
         counterfactual=search_params_from(raw, str(params_file)),
         tile=section(TileParams, raw, "tile", params_file),
-        limits=from_mapping(SearchLimits, explain.get("limits"), f"{params_file}: explain.limits"),
+        limits=part(SearchLimits, "limits"),
         meter=section(MeasureParams, raw, "measure", params_file).meter,
-        knob_gradient=from_mapping(
-            KnobGradientParams,
-            explain.get("knob_gradient"),
-            f"{params_file}: explain.knob_gradient",
-        ),
-        corrected=from_mapping(
-            CorrectedParams, explain.get("corrected"), f"{params_file}: explain.corrected"
-        ),
-        natural=from_mapping(
-            MeterRegressionParams,
-            explain.get("meter_regression"),
-            f"{params_file}: explain.meter_regression",
-        ),
+        knob_gradient=part(KnobGradientParams, "knob_gradient"),
+        corrected=part(CorrectedParams, "corrected"),
+        natural=part(MeterRegressionParams, "meter_regression"),
     )
 
 
