@@ -21,7 +21,7 @@ import torch
 
 from semknobs import cli, registry, tracking
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
-from semknobs.config import to_mapping
+from semknobs.config import section, to_mapping
 from semknobs.errors import ModelError, ParamsError
 from semknobs.explain.bundle import KnobExplainer, save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams
@@ -34,7 +34,7 @@ from semknobs.names import MODEL_NAMES
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.serving.client import frame_request, free_port, post, running_server
 from semknobs.serving.tile_codec import tiles_frame
-from semknobs.stages.register import SPECS, register_models
+from semknobs.stages.register import SPECS, RegisterParams, register_models
 
 SIZE = 32
 GAN = AttGANConfig(
@@ -151,6 +151,29 @@ def test_gates_known_answers() -> None:
     assert "missing" in results[4].text
     with pytest.raises(ValueError, match="min or a max"):
         Gate("x")
+
+
+@pytest.mark.parametrize(
+    ("alias", "match"),
+    [
+        ("champion", "semknobs promote"),  # would skip the quality gates
+        ("latest", "reserves"),
+        ("v3", "v<number>"),
+        ("two words", "letters"),
+        ("", "letters"),
+    ],
+)
+def test_register_alias_is_checked_before_anything_is_registered(alias, match) -> None:
+    with pytest.raises(ParamsError, match=rf"params\.yaml: register: .*{match}"):
+        section(RegisterParams, {"register": {"alias": alias}}, "register", "params.yaml")
+
+
+def test_a_study_registers_under_its_own_alias() -> None:
+    from semknobs.names import CANDIDATE
+    from semknobs.science import study_alias
+
+    assert study_alias("other_law") == f"{CANDIDATE}-other_law"
+    assert RegisterParams(study_alias("my study.v2")).alias == f"{CANDIDATE}-my_study_v2"
 
 
 def test_register_links_each_version_to_its_run(store: Path, folders) -> None:

@@ -85,12 +85,31 @@ def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
     study = science.Study("wide", {"synthesize": {"n_lots": 40}})
     ws = science.prepare_workspace(root, study, tmp_path / "work")
     assert (ws / "code.py").exists() and not (ws / "ignored.txt").exists()
-    assert load_params(ws / "params.yaml") == {"synthesize": {"seed": 7, "n_lots": 40}}
+    assert load_params(ws / "params.yaml") == {
+        "synthesize": {"seed": 7, "n_lots": 40},
+        "register": {"alias": "candidate-wide"},  # the main workspace keeps its @candidate
+    }
     assert "study 'wide'" in (ws / "params.yaml").read_text()
     again = science.prepare_workspace(root, study, tmp_path / "work")  # a rerun reuses it
     assert again == ws and (ws / ".git").is_dir()
     local = (ws / ".dvc" / "config.local").read_text()  # one cache, the main one
     assert str((root / ".dvc" / "cache").resolve()) in local
+
+
+def test_a_study_that_names_its_alias_keeps_it(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "params.yaml").write_text("register:\n  alias: candidate\n")
+    (root / ".dvc").mkdir()
+    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    env = science._git_env()
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    plain = science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
+    assert load_params(plain / "params.yaml")["register"] == {"alias": "candidate-s"}
+    named = science.Study("t", {"register": {"alias": "mine"}})
+    ws = science.prepare_workspace(root, named, tmp_path / "work")
+    assert load_params(ws / "params.yaml")["register"] == {"alias": "mine"}
 
 
 def test_a_workspace_needs_a_dvc_repository(tmp_path):

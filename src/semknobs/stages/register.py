@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from semknobs.explain.measured import CorrectedParams, fit_from_files
 from semknobs.explain.natural import MeterRegressionParams
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.model_folder import read_config
-from semknobs.names import CANDIDATE, MODEL_NAMES
+from semknobs.names import CANDIDATE, CHAMPION, MODEL_NAMES
 from semknobs.serving import attgan_model, explainer_model, regressor_model
 from semknobs.stage import StageContext, StageResult, write_json
 
@@ -70,6 +71,21 @@ KEY_METRICS = {
 @dataclass(frozen=True)
 class RegisterParams:
     alias: str = CANDIDATE  # the alias the new versions get
+
+    def __post_init__(self) -> None:
+        # checked before anything is registered; @champion only moves through the gates
+        if not re.fullmatch(r"[\w-]{1,255}", self.alias) or re.fullmatch(r"v\d+", self.alias):
+            raise ValueError(
+                f"register.alias must be letters, digits, '_' or '-' and not v<number>, "
+                f"got {self.alias!r}"
+            )
+        if self.alias.lower() == "latest":
+            raise ValueError("register.alias cannot be 'latest': MLflow reserves it")
+        if self.alias == CHAMPION:
+            raise ValueError(
+                f"register.alias cannot be {CHAMPION!r}: only `semknobs promote` moves it, "
+                "behind the quality gates"
+            )
 
 
 @dataclass(frozen=True)
