@@ -23,8 +23,9 @@ from semknobs import cli, registry, tracking
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import section, to_mapping
 from semknobs.errors import ModelError, ParamsError
-from semknobs.explain.bundle import KnobExplainer, save_explainer_dir
+from semknobs.explain.bundle import KnobExplainer
 from semknobs.explain.counterfactual import CounterfactualParams
+from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.study import ExplainParams, explain
 from semknobs.lifecycle.promote import Gate, PromoteParams, champions, check_gates, promote
 from semknobs.model_folder import save_model_dir

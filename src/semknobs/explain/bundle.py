@@ -1,10 +1,7 @@
 """The explainer bundle: AttGAN + regressor + the Eq. 2 knob search as one model folder.
 
-This is what ``semknobs-explainer`` serves and ``semknobs explain`` runs. A bundle folder (kind
-``explainer``) holds ``generator``, ``discriminator`` and ``regressor`` safetensors and a
-``config.json`` with both models' configs, the attribute scaler, the training stress range, the
-default search settings (the ``explain`` stage's, so a bundle reproduces the stage's numbers) and
-the tiling settings (so whole scans are tiled as the pipeline tiled them).
+This is what ``semknobs-explainer`` serves and ``semknobs explain`` runs; the folder it loads
+from is :mod:`semknobs.explain.folder`'s format.
 
 Starting attributes: when the caller gives a tile's attributes (expert scores on the label scale,
 e.g. its lot's labels) they are normalised with the AttGAN's scaler and clipped to [0, 1], as the
@@ -18,7 +15,7 @@ request may ask is bounded by :mod:`semknobs.explain.limits`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +25,6 @@ import torch
 from torch import nn
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
-from semknobs.config import to_mapping
-from semknobs.errors import ModelError
 from semknobs.evaluation.fidelity import cosine
 from semknobs.explain.counterfactual import (
     CounterfactualParams,
@@ -37,45 +32,13 @@ from semknobs.explain.counterfactual import (
     KnobCounterfactual,
     check_deadline,
 )
+from semknobs.explain.folder import KIND, ExplainerFolder
 from semknobs.explain.limits import SearchLimits, search_params
 from semknobs.explain.lot_gradient import GradientSettings, LotGradient, lot_gradient
 from semknobs.explain.measured import MeterCalibration
 from semknobs.explain.natural import LotSlopes, MeterRegression, MeterRegressionParams
 from semknobs.model_folder import read_folder
-from semknobs.models.attgan import AttGANConfig
-from semknobs.models.regressor import RegressorConfig, TargetStats
 from semknobs.pixels import model_to_uint8, to_model, to_uint8
-
-KIND = "explainer"
-
-
-@dataclass(frozen=True)
-class AttGANPart:
-    model: AttGANConfig
-    scaler: dict[str, dict[str, float]]
-
-
-@dataclass(frozen=True)
-class RegressorPart:
-    model: RegressorConfig
-    target: TargetStats
-
-
-@dataclass(frozen=True)
-class ExplainerFolder:
-    """``config.json`` of an explainer bundle folder (besides the bookkeeping entries)."""
-
-    img_size: int
-    attgan: AttGANPart
-    regressor: RegressorPart
-    stress_range: float  # MPa, of the training lots: the unit of ``counterfactual.delta``
-    counterfactual: CounterfactualParams  # the ``explain`` stage's search settings
-    tile: dict[str, Any] = field(default_factory=dict)  # the ``tile`` stage's settings
-    metrics: dict[str, Any] = field(default_factory=dict)
-    limits: SearchLimits = field(default_factory=SearchLimits)  # what a request may ask
-    meter: MeterCalibration | None = None  # reads the edits (None in bundles before it)
-    gradient: GradientSettings = field(default_factory=GradientSettings)  # lots' knob gradients
-    natural: MeterRegressionParams = field(default_factory=MeterRegressionParams)  # no AttGAN
 
 
 class StressInMPa(nn.Module):
@@ -370,49 +333,3 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
     defined = (np.linalg.norm(a, axis=1) > 0) & (np.linalg.norm(b, axis=1) > 0)
     return np.where(defined, cosine(a, b), np.nan)
-
-
-def save_explainer_dir(
-    path: str | Path,
-    *,
-    attgan_dir: str | Path,
-    regressor_dir: str | Path,
-    stress_range: float,
-    counterfactual: CounterfactualParams,
-    tile: dict[str, Any],
-    metrics: dict[str, float] | None = None,
-    limits: SearchLimits | None = None,
-    meter: MeterCalibration | None = None,
-    gradient: GradientSettings | None = None,
-    natural: MeterRegressionParams | None = None,
-) -> Path:
-    """Write a bundle folder from the AttGAN and regressor model folders."""
-    from semknobs.model_folder import save_model_dir
-    from semknobs.serving import attgan_model, regressor_model
-
-    gan_dir, reg_dir = Path(attgan_dir), Path(regressor_dir)
-    gan = read_folder(gan_dir, attgan_model.AttGANFolder, kind=attgan_model.KIND)
-    reg = read_folder(reg_dir, regressor_model.RegressorFolder, kind=regressor_model.KIND)
-    if gan.img_size != reg.img_size:
-        raise ModelError(
-            f"{gan_dir} edits {gan.img_size}-px tiles but {reg_dir} scores {reg.img_size}-px tiles"
-        )
-    weights = {
-        "generator": attgan_model.build(gan_dir, gan, "generator"),
-        "discriminator": attgan_model.build(gan_dir, gan, "discriminator"),
-        "regressor": regressor_model.build(reg_dir, reg.model, reg.target),
-    }
-    config = ExplainerFolder(
-        img_size=gan.img_size,
-        attgan=AttGANPart(gan.model, gan.scaler),
-        regressor=RegressorPart(reg.model, reg.target),
-        stress_range=float(stress_range),
-        counterfactual=counterfactual,
-        tile=tile,
-        metrics=metrics or {},
-        limits=limits or SearchLimits(),
-        meter=meter,
-        gradient=gradient or GradientSettings(),
-        natural=natural or MeterRegressionParams(),
-    )
-    return save_model_dir(path, kind=KIND, weights=weights, config=to_mapping(config))

@@ -39,8 +39,8 @@ from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
-from semknobs.explain.bundle import save_explainer_dir
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_gradient import GradientSettings
