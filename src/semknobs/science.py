@@ -8,7 +8,8 @@ working tree's files with the overlaid ``params.yaml``, reproduced with ``dvc re
 only repeats what changed) into the main workspace's DVC cache, whose run cache restores a stage
 that any workspace has run with the same code, data and params. All runs log to the main
 workspace's MLflow store, with execution id ``science-<name>-<time>``, so the MLflow UI compares
-studies side by side.
+studies side by side; a study's ``register`` stage gives its versions alias ``candidate-<name>``
+(:func:`study_alias`), so the main workspace's ``@candidate`` stays the main pipeline's.
 
 Output: ``metrics/science.json`` (the ``explain`` stage's keys under one prefix per study, plus
 the regressor's lot R2 and the realised design correlation), a markdown table and a figure.
