@@ -26,6 +26,13 @@ of the 24, the oracle rendered here, as ``gain_variants.py``); the held-out lots
    falls by no more than 0.05 on any, the per-tile median cosine rises on average and falls by
    no more than 0.02 on any, and ``ZS gain``'s lot centred cosine is not below KGG's by > 0.05.
 
+5. **Where the two truth-free explainers agree** (added after 1-4, its own rule written before
+   its result): per tile and attribute, the sign where KGG and MR agree, "undetermined" where
+   they do not. Rule: report it as a flag iff on every study the sign accuracy on the agreeing
+   entries is at least the better explainer's overall accuracy + 0.03, with coverage >= 0.5.
+   (The margin cannot be met where an explainer is already above 0.97: on the confounded study
+   KGG's training-lot accuracy is 0.984. The rule stands as written.)
+
 Also: how much of the per-tile spread is SmoothGrad's sampling (a second seed, 64 draws).
 KG: the knob gradient per tile; KGG: ``knob_gradient_gain``; MR: ``meter_regression``.
 Needs ``make science``; ~10 min on 2 cores.
@@ -232,17 +239,39 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     for name, e in out.items():
         s = fidelity.scores(e * sc.slopes, sc.oracle, sc.known, lots)
         rows.append({"study": study, "lots": "train", "variant": name, **s})
+    rows.append(
+        {"study": study, "lots": "train", **agreement(out["KGG"], out["MR"], sc.oracle, sc.known)}
+    )
     # the held-out lots, meter-regression variants only (report only)
     test = kv.load_scored("test")
     test_lots = test.tiles["lot"].to_numpy()
     for name, per_tile in fits.items():
         s = fidelity.scores(per_tile(test_lots) * test.slopes, test.oracle, test.known, test_lots)
         rows.append({"study": study, "lots": "test", "variant": name, **s})
+    kgg_test = test.tiles[[f"knob_gradient_gain_{a}" for a in A]].to_numpy()
+    mr_test = fits["MR"](test_lots)
+    rows.append(
+        {"study": study, "lots": "test", **agreement(kgg_test, mr_test, test.oracle, test.known)}
+    )
     return rows, notes
 
 
+def agreement(kgg, mr, oracle, known) -> dict[str, float | str]:
+    """Sign accuracy of KGG and MR where the oracle's sign is known, and of their common sign
+    where they agree (``coverage``: the share of known entries where they do)."""
+    right, agree = np.sign(kgg) == np.sign(oracle), (np.sign(kgg) == np.sign(mr)) & known
+    return {
+        "variant": "KGG = MR",
+        "accuracy_kgg": float(right[known].mean()),
+        "accuracy_mr": float((np.sign(mr) == np.sign(oracle))[known].mean()),
+        "coverage": float(agree.sum() / known.sum()),
+        "accuracy_agreeing": float(right[agree].mean()),
+    }
+
+
 def verdicts(table: pd.DataFrame) -> list[str]:
-    t = table[table["lots"] == "train"].set_index(["variant", "study"])
+    t = table[(table["lots"] == "train") & (table["variant"] != "KGG = MR")]
+    t = t.set_index(["variant", "study"])
 
     def m(variant, metric):
         return t.loc[variant][metric]
@@ -296,6 +325,14 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         f"zoom: size sign change {size.mean():+.2f} (mean), "
         f"per-tile cosine change {rise.mean():+.3f} -> {VERDICT[ok]}"
     )
+    agree = table[(table["lots"] == "train") & (table["variant"] == "KGG = MR")]
+    best = agree[["accuracy_kgg", "accuracy_mr"]].max(axis=1)
+    ok = bool(((agree["accuracy_agreeing"] >= best + 0.03) & (agree["coverage"] >= 0.5)).all())
+    out.append(
+        "KGG = MR: accuracy where they agree minus the better one's "
+        + " / ".join(f"{v:+.3f}" for v in agree["accuracy_agreeing"] - best)
+        + f" -> {VERDICT[ok]}"
+    )
     return out
 
 
@@ -314,11 +351,24 @@ def main() -> int:
     lines = ["| lots | study | variant | cosine median | lot centred | signs s / p / d / f |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        if r["variant"] == "KGG = MR":
+            continue
         signs = " / ".join(f"{r[f'sign_{a}']:.2f}" for a in A)
         lines.append(
             f"| {r['lots']} | {r['study']} | {r['variant']} | {r['cosine_median']:.3f} | "
             f"{r['lot_centred_cosine']:.3f} | {signs} |"
         )
+    lines += [
+        "",
+        "| lots | study | KGG signs | MR signs | agree (coverage) | signs where they agree |",
+    ]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if r["variant"] == "KGG = MR":
+            lines.append(
+                f"| {r['lots']} | {r['study']} | {r['accuracy_kgg']:.3f} | {r['accuracy_mr']:.3f} "
+                f"| {r['coverage']:.2f} | {r['accuracy_agreeing']:.3f} |"
+            )
     text = "\n".join(lines) + "\n\nTraining lots: 144 tiles per study, oracle rendered here. "
     text += "Test lots: the explain stage's scored tiles (report only).\n\n"
     text += "\n".join(f"* {n}" for n in notes) + "\n\nRules (module docstring):\n\n"
