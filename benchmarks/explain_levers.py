@@ -8,7 +8,7 @@ of the 24, the oracle rendered here, as ``gain_variants.py``); the held-out lots
    variation of a lot's tiles (particle draws), and an errors-in-variables correction against
    the nominal truth has nothing to correct. Regression calibration instead: each reading
    replaced by the concept network's (C, trained on readings and labels only), ``CR`` (OLS on C)
-   and ``IV`` (the readings instrumented by C). Rule: adopt the better iff its lot centred
+   and ``IV`` (the readings instrumented by C). Rule: adopt a variant iff its lot centred
    cosine beats MR's on >= 2 of 3 studies with a mean gain >= 0.05, no sign accuracy drops by
    > 0.10 and no median cosine by > 0.05.
 2. **Residual edits** ``x + G(x, b, a) - G(x, a, a)``: the regressor's gradient taken at the real
@@ -16,12 +16,14 @@ of the 24, the oracle rendered here, as ``gain_variants.py``); the held-out lots
    rises on >= 2 of 3 studies (mean rise >= 0.02), no study's per-tile or gain-corrected lot
    centred cosine falls by > 0.05, no sign accuracy by > 0.10.
 3. **The concept network's Jacobian of the edits** (autograd, no meter noise): ``CJd`` divides
-   each knob's gradient by C's gain of that knob, ``CJf`` solves ``J_C^T s = g``. Rule: adopt
-   the better iff its per-tile median cosine beats KG's by >= 0.02 on >= 2 of 3 studies and on
+   each knob's gradient by C's gain of that knob (floored at 0.1, so a knob C barely sees is
+   not divided by ~0), ``CJf`` solves ``J_C^T s = g``. Rule: adopt a variant iff its per-tile
+   median cosine beats KG's by >= 0.02 on >= 2 of 3 studies and on
    average, no sign accuracy drops by > 0.10, and its lot mean's lot centred cosine is not below
    KGG's by > 0.05.
 4. **Zoom as a size knob** (no generator): ``dR/ds`` of the tile zoomed by s in [1.05, 1.25],
-   divided by the meter's pooled size change per unit s, as the size entry (``ZS``). Rule:
+   divided by the meter's pooled size change per unit s, as the size entry (``ZS``; in the
+   regressor's standardised units, as the knob gradient is here). Rule:
    adopt iff the per-tile size sign accuracy beats KG's by >= 0.05 on >= 2 of 3 studies and
    falls by no more than 0.05 on any, the per-tile median cosine rises on average and falls by
    no more than 0.02 on any, and ``ZS gain``'s lot centred cosine is not below KGG's by > 0.05.
@@ -34,7 +36,10 @@ of the 24, the oracle rendered here, as ``gain_variants.py``); the held-out lots
    KGG's training-lot accuracy is 0.984. The rule stands as written.)
 
 Also: how much of the per-tile spread is SmoothGrad's sampling (a second seed, 64 draws).
-KG: the knob gradient per tile; KGG: ``knob_gradient_gain``; MR: ``meter_regression``.
+KG: the knob gradient per tile; KGG: ``knob_gradient_gain``; MR: ``meter_regression``. The
+knob gradients here are in the regressor's standardised units per knob unit (MPa: times the
+regressor's target sd, which the notes give); the meter regressions in MPa. Scores are cosines
+and signs, so only each explainer's own units matter.
 Needs ``make science``; ~10 min on 2 cores.
 
     python benchmarks/explain_levers.py   # -> benchmarks/explain_levers.{json,md}
@@ -55,6 +60,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from semknobs.config import from_mapping, load_params
+from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation import fidelity
@@ -114,14 +121,17 @@ def read_concepts(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
         )
 
 
-def instrumented(predictions, readings, instruments, lots) -> dict[str, np.ndarray]:
-    """Per lot, 2SLS of the predictions on the readings, instrumented (just identified)."""
+def instrumented(predictions, readings, instruments, lots, min_tiles: int = 10) -> dict:
+    """Per lot, 2SLS of the predictions on the readings, instrumented (just identified); NaN
+    for a lot with fewer than ``min_tiles`` read tiles or a singular moment matrix."""
     out = {}
     ok = np.isfinite(readings).all(axis=1)
     for lot in np.unique(lots):
         i = (lots == lot) & ok
         x, z = (np.c_[np.ones(i.sum()), v[i]] for v in (readings, instruments))
-        out[lot] = np.linalg.solve(z.T @ x, z.T @ predictions[i])[1:]
+        out[lot] = np.full(len(A), np.nan)
+        if i.sum() >= min_tiles and np.linalg.matrix_rank(z.T @ x) == len(A) + 1:
+            out[lot] = np.linalg.solve(z.T @ x, z.T @ predictions[i])[1:]
     return out
 
 
@@ -155,8 +165,8 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     corr = from_mapping(CorrectedParams, params["explain"]["corrected"])
     calib = fit_from_files(
         root / "data" / "measurements.csv",
-        kv.read_lots(root / "data" / "synthetic" / "lots.csv"),
-        kv.read_splits(root / "data" / "splits.json").training_lots(),
+        read_lots(root / "data" / "synthetic" / "lots.csv"),
+        read_splits(root / "data" / "splits.json").training_lots(),
         sc.scaler,
         from_mapping(MeterParams, params["measure"]["meter"]),
     )
@@ -219,6 +229,7 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     lo, hi = (zoom(sc.x, s) for s in ZOOM)
     change = (calib.read(to_uint8(hi), 2) - calib.read(to_uint8(lo), 2)) / (ZOOM[1] - ZOOM[0])
     slope = (predict(sc.reg, to_uint8(hi)) - predict(sc.reg, to_uint8(lo))) / (ZOOM[1] - ZOOM[0])
+    slope /= float(sc.reg.target_std)  # MPa -> the standardised units of the knob gradient
     zs = g.copy()
     zs[:, 0] = slope / np.nanmean(change[:, 0])
     out |= {"ZS": zs, "ZS lot": lot_mean(zs, lots), "ZS gain": out["KGG"].copy()}
@@ -233,6 +244,13 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
         "KG seed 1": second,
         "KG 64 draws": gradient(sc.gen, replace(kg_params, samples=64, seed=2)),
     }
+    sd = float(sc.reg.target_std)
+    notes.append(
+        f"{study}: mean knob gradient, MPa per knob unit (target sd {sd:.2f}): KG "
+        + " / ".join(f"{v:+.2f}" for v in g.mean(0) * sd)
+        + "; residual KG "
+        + " / ".join(f"{v:+.2f}" for v in g_res.mean(0) * sd)
+    )
     agree = np.median(cosine(g * sc.slopes, second * sc.slopes))
     notes.append(f"{study}: per-tile cosine of two SmoothGrad seeds (median) {agree:.3f}")
     rows = []
@@ -240,7 +258,11 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
         s = fidelity.scores(e * sc.slopes, sc.oracle, sc.known, lots)
         rows.append({"study": study, "lots": "train", "variant": name, **s})
     rows.append(
-        {"study": study, "lots": "train", **agreement(out["KGG"], out["MR"], sc.oracle, sc.known)}
+        {
+            "study": study,
+            "lots": "train",
+            **agreement(out["KGG"] * sc.slopes, out["MR"] * sc.slopes, sc.oracle, sc.known),
+        }
     )
     # the held-out lots, meter-regression variants only (report only)
     test = kv.load_scored("test")
@@ -248,8 +270,15 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     for name, per_tile in fits.items():
         s = fidelity.scores(per_tile(test_lots) * test.slopes, test.oracle, test.known, test_lots)
         rows.append({"study": study, "lots": "test", "variant": name, **s})
+    means = {name: per_tile(test_lots) * test.slopes for name, per_tile in fits.items()}
+    notes.append(
+        f"{study}: held out, mean MPa per true unit: oracle "
+        + " / ".join(f"{v:+.1f}" for v in test.oracle.mean(0))
+        + "; "
+        + "; ".join(f"{n} " + " / ".join(f"{v:+.1f}" for v in m.mean(0)) for n, m in means.items())
+    )
     kgg_test = test.tiles[[f"knob_gradient_gain_{a}" for a in A]].to_numpy()
-    mr_test = fits["MR"](test_lots)
+    mr_test = fits["MR"](test_lots) * test.slopes
     rows.append(
         {"study": study, "lots": "test", **agreement(kgg_test, mr_test, test.oracle, test.known)}
     )

@@ -158,10 +158,14 @@ def test_gates_known_answers() -> None:
     ("alias", "match"),
     [
         ("champion", "semknobs promote"),  # would skip the quality gates
+        ("Champion", "semknobs promote"),
         ("latest", "reserves"),
+        ("LATEST", "reserves"),
         ("v3", "v<number>"),
+        ("V3", "v<number>"),
         ("two words", "letters"),
         ("", "letters"),
+        ("a" * 256, "1-255"),
     ],
 )
 def test_register_alias_is_checked_before_anything_is_registered(alias, match) -> None:

@@ -70,6 +70,13 @@ def test_study_names_must_be_unique(tmp_path):
         science.read_studies([tmp_path / "x.yaml", tmp_path / "a" / "x.yaml"])
 
 
+def test_studies_whose_aliases_would_collide_are_refused(tmp_path):
+    for name in ("a.b", "a_b"):
+        (tmp_path / f"{name}.yaml").write_text("synthesize:\n  seed: 1\n")
+    with pytest.raises(SemknobsError, match="same alias"):
+        science.read_studies([tmp_path / "a.b.yaml", tmp_path / "a_b.yaml"])
+
+
 def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
@@ -107,6 +114,9 @@ def test_a_study_that_names_its_alias_keeps_it(tmp_path):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
     plain = science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
     assert load_params(plain / "params.yaml")["register"] == {"alias": "candidate-s"}
+    empty = science.Study("u", {"register": None, "synthesize": {"seed": 1}})
+    ws_empty = science.prepare_workspace(root, empty, tmp_path / "work")
+    assert load_params(ws_empty / "params.yaml")["register"] == {"alias": "candidate-u"}
     named = science.Study("t", {"register": {"alias": "mine"}})
     ws = science.prepare_workspace(root, named, tmp_path / "work")
     assert load_params(ws / "params.yaml")["register"] == {"alias": "mine"}

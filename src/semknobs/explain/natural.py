@@ -13,17 +13,17 @@ about a quarter), and the knob gradient's between-lot variation does not follow 
 (README, "The explanations"). Real tiles are on the regressor's manifold by construction.
 
 What it follows: within a synthetic lot the tiles' nominal attributes hardly vary (sd 0.005
-knob units against the readings' 0.10-0.14, ``benchmarks/explain_levers.md``), so the slopes
+knob units against the readings' 0.11-0.15, ``benchmarks/explain_levers.md``), so the slopes
 follow the regressor across the *realised* variation of a lot's tiles (which particles were
 drawn), as the meter reads it. What limits it: the meter's error against that realised material
 attenuates the slopes toward 0 (on the default study the mean vector is about 0.6 of the
 oracle's); no truth-free split separates that error, and regression calibration by the concept
 network (its readings in place of the meter's, or as instruments) moved the magnitudes toward
-the oracle's but followed the regressor between lots less well, so it was not adopted (same
-file). Readings that vary together share their effect; a concept with little spread between a
-lot's tiles is estimated poorly; whatever else varies with a reading between tiles (an
-unmeasured texture) is credited to it. The standard errors are the usual OLS ones, which ignore
-the reading error; a slope whose 95 % interval spans zero does not settle the sign.
+the oracle's but followed the regressor between lots less well on average, so it was not
+adopted (same file). Readings that vary together share their effect; a concept with little
+spread between a lot's tiles is estimated poorly; whatever else varies with a reading between
+tiles (an unmeasured texture) is credited to it. The standard errors are the usual OLS ones,
+which ignore the reading error; a slope whose 95 % interval spans zero does not settle the sign.
 
 Not in the paper. Nothing here reads the renderer or the truth.
 """

@@ -1,5 +1,6 @@
 """Stage ``register``: build the explainer bundle and register the AttGAN, the regressor and
-the explainer as new versions (alias ``candidate``) in the MLflow model registry.
+the explainer as new versions (alias ``register.alias``, default ``candidate``) in the MLflow
+model registry.
 
 The training stages *log* their models (MLflow LoggedModels linked to the training run, tagged
 with their folder's digest); this stage finds them by the digest of the model folders it is given
@@ -73,18 +74,19 @@ class RegisterParams:
     alias: str = CANDIDATE  # the alias the new versions get
 
     def __post_init__(self) -> None:
-        # checked before anything is registered; @champion only moves through the gates
-        if not re.fullmatch(r"[\w-]{1,255}", self.alias) or re.fullmatch(r"v\d+", self.alias):
+        # checked before anything is registered (MLflow's own rules, and the gates' alias)
+        if not re.fullmatch(r"[\w-]{1,255}", self.alias):
             raise ValueError(
-                f"register.alias must be letters, digits, '_' or '-' and not v<number>, "
-                f"got {self.alias!r}"
+                f"register.alias must be 1-255 letters, digits, '_' or '-', got {self.alias!r}"
             )
-        if self.alias.lower() == "latest":
-            raise ValueError("register.alias cannot be 'latest': MLflow reserves it")
-        if self.alias == CHAMPION:
+        if re.fullmatch(r"[vV]\d+", self.alias) or self.alias.lower() == "latest":
             raise ValueError(
-                f"register.alias cannot be {CHAMPION!r}: only `semknobs promote` moves it, "
-                "behind the quality gates"
+                f"register.alias cannot be {self.alias!r}: MLflow reserves 'latest' and v<number>"
+            )
+        if self.alias.lower() == CHAMPION:
+            raise ValueError(
+                f"register.alias cannot be {self.alias!r}: only `semknobs promote` moves "
+                f"@{CHAMPION}, behind the quality gates"
             )
 
 
