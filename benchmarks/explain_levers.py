@@ -60,22 +60,18 @@ from safetensors.torch import load_file
 from torch import nn
 
 from semknobs.config import from_mapping, load_params
-from semknobs.data.schemas import read_lots
-from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.fidelity import cosine
+from semknobs.explain.bundle import in_batches
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
 from semknobs.explain.measured import (
     CorrectedParams,
     calibrated_readings,
-    fit_from_files,
     gain_corrected,
-    measured_jacobian,
 )
 from semknobs.explain.natural import lot_slopes
-from semknobs.meter import MeterParams
 from semknobs.models.concept import ConceptConfig, ConceptNet
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model, to_uint8
@@ -112,13 +108,8 @@ def concept_net(root: Path) -> ConceptNet:
 
 
 def read_concepts(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate(
-            [
-                net(to_model(tiles[i : i + 256]), symmetric=True).numpy()
-                for i in range(0, len(tiles), 256)
-            ]
-        )
+    read = lambda x: net(x, symmetric=True)  # noqa: E731
+    return in_batches(read, to_model(tiles), 256).numpy()
 
 
 def instrumented(predictions, readings, instruments, lots, min_tiles: int = 10) -> dict:
@@ -163,19 +154,13 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     lots = sc.tiles["lot"].to_numpy()
     kg_params = from_mapping(KnobGradientParams, params["explain"]["knob_gradient"])
     corr = from_mapping(CorrectedParams, params["explain"]["corrected"])
-    calib = fit_from_files(
-        root / "data" / "measurements.csv",
-        read_lots(root / "data" / "synthetic" / "lots.csv"),
-        read_splits(root / "data" / "splits.json").training_lots(),
-        sc.scaler,
-        from_mapping(MeterParams, params["measure"]["meter"]),
-    )
+    calib = kv.meter_calibration(sc)
 
     def gradient(gen, p=kg_params):
         return KnobGradient(gen, sc.reg, p).attribute(sc.x, sc.attrs).gradient
 
     def jacobian(gen):
-        return measured_jacobian(gen, sc.x, sc.attrs, calib, corr.step, n_jobs=2, progress=False)
+        return kv._jacobian(sc, gen, calib)
 
     def gained(g, jac):
         return gain_corrected(g, jac, lots, corr.gain_clip, corr.gain_min)

@@ -48,6 +48,7 @@ from semknobs.evaluation.referee import RefereeParams, label_fit
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
 from semknobs.explain.measured import (
     CorrectedParams,
+    MeterCalibration,
     fit_from_files,
     gain_corrected,
     measured_jacobian,
@@ -198,19 +199,28 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
     }
 
 
-def _jacobian(sc: Scored) -> np.ndarray:
-    """The explain stage's measured Jacobian of the scored tiles (its meter calibration on the
-    training lots, its step)."""
+def meter_calibration(sc: Scored) -> MeterCalibration:
+    """The explain stage's meter calibration: its readings of the training lots' tiles against
+    their labels, in the AttGAN's knob units."""
     params = load_params(ROOT / "params.yaml")
-    calib = fit_from_files(
+    return fit_from_files(
         ROOT / "data" / "measurements.csv",
         read_lots(ROOT / "data" / "synthetic" / "lots.csv"),
         read_splits(ROOT / "data" / "splits.json").training_lots(),
         sc.scaler,
         from_mapping(MeterParams, params["measure"]["meter"]),
     )
+
+
+def _jacobian(
+    sc: Scored, gen: torch.nn.Module | None = None, calib: MeterCalibration | None = None
+) -> np.ndarray:
+    """The explain stage's measured Jacobian of the scored tiles' edits by ``gen`` (default:
+    the committed generator): its meter calibration on the training lots, its step."""
+    params = load_params(ROOT / "params.yaml")
     step = from_mapping(CorrectedParams, params["explain"]["corrected"]).step
-    return measured_jacobian(sc.gen, sc.x, sc.attrs, calib, step, n_jobs=2)
+    calib = calib or meter_calibration(sc)
+    return measured_jacobian(gen or sc.gen, sc.x, sc.attrs, calib, step, n_jobs=2)
 
 
 def main() -> int:

@@ -77,18 +77,26 @@ def test_studies_whose_aliases_would_collide_are_refused(tmp_path):
         science.read_studies([tmp_path / "a.b.yaml", tmp_path / "a_b.yaml"])
 
 
-def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
+def _committed_root(tmp_path, params: str, files=(), dvc: bool = True):
+    """A main workspace: ``params.yaml`` and ``files`` (name, text), committed to git; with
+    ``dvc``, a ``.dvc/config`` as ``dvc init`` leaves it."""
     root = tmp_path / "root"
     root.mkdir()
-    (root / "params.yaml").write_text("synthesize:\n  seed: 7  # a comment\n  n_lots: 30\n")
-    (root / "code.py").write_text("print(1)\n")
-    (root / ".gitignore").write_text("ignored.txt\n")
-    (root / "ignored.txt").write_text("no\n")
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    for name, text in (("params.yaml", params), *files):
+        (root / name).write_text(text)
+    if dvc:
+        (root / ".dvc").mkdir()
+        (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     env = science._git_env()
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    return root
+
+
+def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
+    files = [("code.py", "print(1)\n"), (".gitignore", "ignored.txt\n"), ("ignored.txt", "no\n")]
+    params = "synthesize:\n  seed: 7  # a comment\n  n_lots: 30\n"
+    root = _committed_root(tmp_path, params, files)
     study = science.Study("wide", {"synthesize": {"n_lots": 40}})
     ws = science.prepare_workspace(root, study, tmp_path / "work")
     assert (ws / "code.py").exists() and not (ws / "ignored.txt").exists()
@@ -104,14 +112,7 @@ def test_a_workspace_holds_the_tree_with_the_overlaid_params(tmp_path):
 
 
 def test_a_study_that_names_its_alias_keeps_it(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "params.yaml").write_text("register:\n  alias: candidate\n")
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
-    env = science._git_env()
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
-        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    root = _committed_root(tmp_path, "register:\n  alias: candidate\n")
     plain = science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
     assert load_params(plain / "params.yaml")["register"] == {"alias": "candidate-s"}
     empty = science.Study("u", {"register": None, "synthesize": {"seed": 1}})
@@ -123,12 +124,7 @@ def test_a_study_that_names_its_alias_keeps_it(tmp_path):
 
 
 def test_a_workspace_needs_a_dvc_repository(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "params.yaml").write_text("synthesize:\n  seed: 7\n")
-    env = science._git_env()
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
-        subprocess.run(["git", *args], cwd=root, check=True, env=env)
+    root = _committed_root(tmp_path, "synthesize:\n  seed: 7\n", dvc=False)
     with pytest.raises(SemknobsError, match="not a DVC repository"):
         science.prepare_workspace(root, science.Study("s", {}), tmp_path / "work")
     assert not (tmp_path / "work").exists()  # nothing half-written
