@@ -113,6 +113,14 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     natural = pd.read_csv(root / "reports" / "meter_regression.csv")
     assert len(natural) == 6 and (natural["tiles"] >= 6).all()  # every lot, all its tiles
     assert np.isfinite(metrics["meter_regression/er/cosine_median"])
+    # the signs the knob gradient and the meter regression agree on: every lot, and scored
+    agreed = pd.read_csv(root / "reports" / "agreed_signs.csv")
+    assert len(agreed) == 6 * len(ATTRIBUTES) and set(agreed["agreed_sign"]) <= {-1, 0, 1}
+    both = np.sign(agreed["knob_gradient_gain"]) == np.sign(agreed["meter_regression"])
+    assert (agreed["agreed_sign"] != 0).eq(both).all()
+    assert metrics["agreed_signs/lots/coverage"] == pytest.approx(both.mean())
+    assert 0 <= metrics["agreed_signs/er/coverage"] <= 1
+    assert {f"agreed_signs/er/sign_{a}" for a in ATTRIBUTES} <= set(metrics)
     # a constant explainer scores 0 across tiles, whatever its plain cosine
     assert metrics["correlation/er/centred_cosine"] == 0.0
     assert metrics["linear_model/er/centred_cosine"] == 0.0

@@ -95,3 +95,23 @@ def test_rank_correlation_edge_cases():
     assert fidelity.rank_correlation(np.ones(5), x) == 0.0
     assert np.isnan(fidelity.rank_correlation(x, np.ones(5)))
     assert np.isnan(fidelity.rank_correlation(x[:2], x[:2]))
+
+
+def test_sign_agreement_known_answers(reference):
+    """A partial sign explanation: perfect 1 / 1, negated coverage 1 / accuracy 0, one that
+    never commits 0 / NaN; undetermined entries lower the coverage, not the accuracy."""
+    g, _ = reference
+    known = np.abs(g) > 0
+    perfect = fidelity.sign_agreement(np.sign(g), g, known)
+    assert perfect["coverage"] == 1.0 and perfect["sign_accuracy"] == 1.0
+    negated = fidelity.sign_agreement(-np.sign(g), g, known)
+    assert negated["coverage"] == 1.0 and negated["sign_accuracy"] == 0.0
+    silent = fidelity.sign_agreement(np.zeros_like(g), g, known)
+    assert silent["coverage"] == 0.0 and np.isnan(silent["sign_accuracy"])
+    half = np.sign(g).copy()
+    half[::2] = 0  # every other tile undetermined; unknown references are not counted
+    s = fidelity.sign_agreement(half, g, known)
+    assert s["coverage"] == pytest.approx(0.5, abs=0.05) and s["sign_accuracy"] == 1.0
+    assert all(s[f"sign_{a}"] == 1.0 for a in ATTRIBUTES)
+    unknown = fidelity.sign_agreement(-np.sign(g), g, np.zeros_like(known))
+    assert np.isnan(unknown["coverage"]) and np.isnan(unknown["sign_accuracy"])

@@ -183,6 +183,12 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         low, slope, high = (natural[a][k] for k in ("low", "slope", "high"))
         assert low <= slope <= high
     assert (tmp_path / f"{scan.stem}_gradient.png").stat().st_size > 0
+    # the sign both give, where they agree (the gain-corrected gradient and the slope)
+    expected = {}
+    for a in ATTRIBUTES:
+        g, m = np.sign(gradient[a]["gain_corrected"]), np.sign(natural[a]["slope"])
+        expected[a] = {1.0: "+", -1.0: "-"}[g] if g == m and g != 0 else "undetermined"
+    assert summary["agreed_signs"] == expected
     # served: the same tiles in one request, named as one lot -> the same meter regression
     from semknobs.explain.files import read_tiles
     from semknobs.serving.explainer_model import ExplainerModel
@@ -195,6 +201,8 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     assert len(rows) == summary["tiles"] and (rows["lot"] == "S1").all()
     for a in ATTRIBUTES:
         np.testing.assert_allclose(rows[f"lot_meter_regression_slope_{a}"], natural[a]["slope"])
+        words = rows[f"lot_agreed_sign_{a}"].map({1.0: "+", -1.0: "-", 0.0: "undetermined"})
+        assert (words == expected[a]).all()
         np.testing.assert_allclose(rows[f"gradient_{a}"], C * W[ATTRIBUTES.index(a)].item(),
                                    rtol=1e-4)  # fmt: skip
     # two interleaved lots in one request: each row gets its own lot's fit, as fitted directly

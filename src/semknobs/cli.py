@@ -209,6 +209,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from semknobs.explain.agreement import agreement_line
     from semknobs.explain.bundle import KnobExplainer
     from semknobs.explain.files import explain_paths, gradient_line
 
@@ -246,6 +247,8 @@ def _explain(args: argparse.Namespace) -> int:
             if key in s:
                 line = gradient_line(s[key], value)
                 print(f"  {what} (MPa per knob unit, 95 % interval): {line}")
+        if "agreed_signs" in s:
+            print(f"  signs both agree on: {agreement_line(s['agreed_signs'])}")
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

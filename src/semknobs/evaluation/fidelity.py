@@ -171,3 +171,25 @@ def scores_with_ci(
             "high": [float(high.get(m, np.nan)) for m in point],
         }
     )
+
+
+def sign_agreement(signs: np.ndarray, reference: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """A partial sign explanation (n, 4): +1 / -1 where it commits, 0 where it does not
+    (:func:`semknobs.explain.agreement.agreed_signs`). Over the entries whose reference sign is
+    ``known``: ``coverage`` (share committed) and ``sign_accuracy`` (share right among the
+    committed; NaN if none), pooled and per attribute (``coverage_<a>``, ``sign_<a>``). A
+    perfect one scores 1 / 1, its negation coverage 1 / accuracy 0, one that never commits 0 /
+    NaN."""
+    signs, reference = np.asarray(signs, float), np.asarray(reference, float)
+    known = np.asarray(known, bool)
+    committed = (signs != 0) & known
+    right = committed & (np.sign(signs) == np.sign(reference))
+
+    def share(num: np.ndarray, den: np.ndarray) -> float:
+        return float(num.sum() / den.sum()) if den.any() else float("nan")
+
+    out = {"coverage": share(committed, known), "sign_accuracy": share(right, committed)}
+    for k, a in enumerate(ATTRIBUTES):
+        out[f"coverage_{a}"] = share(committed[:, k], known[:, k])
+        out[f"sign_{a}"] = share(right[:, k], committed[:, k])
+    return out

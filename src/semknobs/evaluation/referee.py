@@ -13,7 +13,10 @@ regressor against the law: the ceiling for any explainer of this regressor), ``<
 ``<explainer>/el`` (against the law). Counterfactuals are also judged by validity: the proposed
 knob change, mapped to true attributes and rendered, must move the regressor's prediction
 (``counterfactual/validity_model``) and the law's stress (``counterfactual/validity_law``) the
-requested way; only searches that converged are counted.
+requested way; only searches that converged are counted. ``agreed_signs/er/*``: the signs the
+lot's gain-corrected knob gradient and meter regression agree on
+(:mod:`semknobs.explain.agreement`), their coverage and accuracy
+(:func:`~semknobs.evaluation.fidelity.sign_agreement`).
 
 Units. Explanations live in normalised knob units (expert scores scaled to [0, 1]); per
 attribute the labels follow the truth as ``label ~ s_k * true + c_k`` over the lots
@@ -36,6 +39,7 @@ from semknobs.errors import DataError
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, OracleParams
 from semknobs.evaluation.referee_figures import fidelity_figure, scatter_figure
+from semknobs.explain.agreement import agreed_signs
 from semknobs.explain.lot_support import proxy_flags
 
 
@@ -134,6 +138,12 @@ def referee(
         for r in table.itertuples()
         if r.explainer != "constant"
     }
+    if {"knob_gradient_gain", "meter_regression"} <= mapped.keys():  # the signs they agree on
+        # the lot's mean, as the bundle's lot gradient gives it
+        lot_kgg = pd.DataFrame(mapped["knob_gradient_gain"]).groupby(lots).transform("mean")
+        signs = agreed_signs(lot_kgg.to_numpy(), mapped["meter_regression"])
+        agreement = fidelity.sign_agreement(signs, g_r, r_known)
+        metrics |= {f"agreed_signs/er/{k}": v for k, v in agreement.items()}
 
     validity, v_metrics = _validity(counterfactuals, true, slopes, ids, truth, oracle)
     metrics |= v_metrics

@@ -9,7 +9,8 @@ as one lot: :mod:`semknobs.explain.lot_gradient`), ``<stem>.png`` (tiles with th
 lowered edits, and the mean knob changes), ``<stem>_gradient.csv`` (each tile's knob gradient and
 its edits' meter-read gains) and ``<stem>_gradient.png`` (the input's knob gradient with its
 intervals, beside the input's meter regression: :mod:`semknobs.explain.natural`, also in the
-JSON as ``meter_regression`` when the bundle has a meter). Files are written under temporary
+JSON as ``meter_regression`` when the bundle has a meter, with the signs the two agree on as
+``agreed_signs``: :mod:`semknobs.explain.agreement`). Files are written under temporary
 names and renamed.
 """
 
@@ -27,6 +28,7 @@ from scipy import stats
 
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
+from semknobs.explain.agreement import WORDS, lot_agreement, sign_words
 from semknobs.explain.bundle import Explanation, KnobExplainer
 from semknobs.pixels import model_to_uint8
 from semknobs.stage import save_figure, write_json
@@ -130,7 +132,9 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
 def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
     """The input's knob gradient with 95 % intervals: as the edits give it and gain-corrected
     (the headline, left), and in measured concept units (right, its own scale: dividing by small
-    gains makes it large). Hatched: the interval spans zero, or the value is flagged."""
+    gains makes it large). Hatched: the interval spans zero, or the value is flagged. Under each
+    attribute on the left, with a meter regression: the sign it and the gain-corrected knob
+    gradient agree on, or "undetermined"."""
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     natural = "meter_regression" in lot.columns
@@ -159,7 +163,11 @@ def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
             for bar, hatch in zip(bars, unsure):
                 bar.set_hatch("///" if hatch else None)
         ax.axhline(0, color="0.3", lw=0.6)
-        ax.set_xticks(x, lot["attribute"], fontsize=8)
+        ticks = lot["attribute"]
+        if "agreed_sign" in lot.columns and ax is left:  # the sign both explainers give
+            words = [f"both {WORDS[v]}" if v else "undetermined" for v in lot["agreed_sign"]]
+            ticks = [f"{a}\n{w}" for a, w in zip(ticks, words)]
+        ax.set_xticks(x, ticks, fontsize=8)
         ax.legend(fontsize=7)
     left.set_ylabel("MPa per knob unit")
     right.set_ylabel("MPa per measured knob unit")
@@ -304,11 +312,14 @@ def lot_outputs(
     if natural is not None:
         out["meter_regression"] = natural.summary(stem)
         row = natural.table.iloc[0]
+        signs = lot_agreement(lot, natural).iloc[0][[f"agreed_sign_{a}" for a in ATTRIBUTES]]
+        out["agreed_signs"] = sign_words(signs.to_numpy(float))
         shown = shown.assign(
             **{
                 f"meter_regression{end}": [row[f"{k}_{a}"] for a in ATTRIBUTES]
                 for end, k in (("", "slope"), ("_low", "low"), ("_high", "high"))
-            }
+            },
+            agreed_sign=signs.to_numpy(float),
         )
     save_figure(gradient_figure(title, shown), out_dir / f"{stem}_gradient.png")
     return out

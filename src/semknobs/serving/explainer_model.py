@@ -21,7 +21,9 @@ tile's knob gradient ``gradient_<a>`` and its edits' meter-read gains ``gain_<a>
 gain-corrected knob gradient with a 95 % interval, mean gain and ``J^-T``-corrected attribution
 (``lot_<value>_<a>``, ``lot_condition``: :mod:`semknobs.explain.lot_gradient`) and, with a
 meter in the bundle, its lot's meter regression (``lot_meter_regression_{slope,low,high}_<a>``,
-:mod:`semknobs.explain.natural`; empty for a lot of fewer than ``min_tiles`` tiles). Param
+:mod:`semknobs.explain.natural`; empty for a lot of fewer than ``min_tiles`` tiles) and the sign
+the two agree on (``lot_agreed_sign_<a>``: +1 or -1, 0 where they disagree or either is missing;
+:mod:`semknobs.explain.agreement`). Param
 ``gradient=false`` skips that work (the columns come back empty).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
@@ -127,6 +129,7 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 
+        from semknobs.explain.agreement import lot_agreement
         from semknobs.explain.counterfactual import SearchDeadline
         from semknobs.serving.tile_codec import decode_frame, decode_lots
 
@@ -168,6 +171,8 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
             if natural is not None:
                 fitted = natural.rows(table["lot"]).drop(columns="tiles")
                 parts.append(fitted.add_prefix("lot_meter_regression_"))
+                signs = lot_agreement(lot, natural).set_index("lot").loc[table["lot"]]
+                parts.append(signs.reset_index(drop=True).add_prefix("lot_"))
             out = pd.concat(parts, axis=1)
             return out.reindex(columns=[*table.columns, *_gradient_columns()])
         except ValueError as exc:
@@ -190,7 +195,7 @@ def served_names() -> list[str]:
 
     natural = [
         f"lot_meter_regression_{k}_{a}" for k in ("slope", "low", "high") for a in ATTRIBUTES
-    ]
+    ] + [f"lot_agreed_sign_{a}" for a in ATTRIBUTES]
     return [f"lot_{col}_{a}" for col in SERVED for a in ATTRIBUTES] + ["lot_condition", *natural]
 
 

@@ -25,6 +25,7 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain.agreement import agreed_signs
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
@@ -57,6 +58,9 @@ HEADLINE = (
     "meter_regression/er/cosine_median",
     "meter_regression/er/lot_centred_cosine",
     *(f"meter_regression/er/sign_{a}" for a in ATTRIBUTES),
+    "agreed_signs/lots/coverage",
+    "agreed_signs/er/coverage",
+    "agreed_signs/er/sign_accuracy",
     "oracle/lot_centred_cosine_ceiling",
     "regressor/rl/cosine_median",
     "counterfactual/validity_model",
@@ -189,6 +193,12 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             uses["meter_regression"] = slopes
         else:
             summary_natural.append("meter regression: a lot without slopes (too few tiles read)")
+        tables["agreed_signs"], agreed = _agreed_signs(gain, slopes, tiles["lot"])
+        metrics |= agreed
+        summary_natural.append(
+            "signs the knob gradient and the meter regression agree on, share of lots: "
+            + ", ".join(f"{a} {agreed[f'agreed_signs/lots/coverage_{a}']:.2f}" for a in ATTRIBUTES)
+        )
         tables["corrected_gradient"] = corrected.table()
         tables["measured_jacobian"] = pd.DataFrame(
             corrected.jacobian, columns=[f"knob_{a}" for a in ATTRIBUTES]
@@ -235,6 +245,30 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     _write_reports(paths.reports, tables, figures)
     summary += [f"{key} = {metrics[key]:.3f}" for key in HEADLINE if key in metrics]
     return StageResult(metrics, {"explain": paths.reports}, summary)
+
+
+def _agreed_signs(
+    gain: np.ndarray, slopes: np.ndarray, lots: pd.Series
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per lot and attribute, the lot's gain-corrected knob gradient, its meter regression and
+    the sign they agree on (:mod:`semknobs.explain.agreement`); the share of lots with a sign."""
+    names = list(dict.fromkeys(lots))
+    first = np.array([np.flatnonzero(lots.to_numpy() == n)[0] for n in names])
+    kgg, mr = lot_mean(gain, lots)[first], slopes[first]
+    signs = agreed_signs(kgg, mr)
+    table = pd.DataFrame(
+        {
+            "lot": np.repeat(names, len(ATTRIBUTES)),
+            "attribute": np.tile(list(ATTRIBUTES), len(names)),
+            "knob_gradient_gain": kgg.ravel(),
+            "meter_regression": mr.ravel(),
+            "agreed_sign": signs.ravel(),
+        }
+    )
+    metrics = {"agreed_signs/lots/coverage": float(np.mean(signs != 0))}
+    for k, a in enumerate(ATTRIBUTES):
+        metrics[f"agreed_signs/lots/coverage_{a}"] = float(np.mean(signs[:, k] != 0))
+    return table, metrics
 
 
 def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, uses):
