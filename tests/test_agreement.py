@@ -51,7 +51,22 @@ def test_lot_agreement_matches_each_lot_with_its_own_slopes():
     assert (none.drop(columns="lot").to_numpy() == 0).all()
 
 
+def test_lot_agreement_reads_lots_named_by_numbers():
+    """Lot ids given as integers to the meter regression still meet the lot gradient's (str)."""
+    lot = _lot_gradient({"7": [1.0, 1.0, -1.0, -1.0], "12": [-1.0, -1.0, 1.0, 1.0]})
+    slopes = {12: [-2.0, -2.0, 2.0, 2.0], 7: [3.0, -3.0, -3.0, 3.0]}
+    table = pd.DataFrame(
+        {"lot": list(slopes), "tiles": [20, 20]}
+        | {f"slope_{a}": [v[k] for v in slopes.values()] for k, a in enumerate(ATTRIBUTES)}
+    )
+    out = lot_agreement(lot, LotSlopes(table)).set_index("lot")
+    np.testing.assert_array_equal(out.loc["7"], [1.0, 0.0, -1.0, 0.0])
+    np.testing.assert_array_equal(out.loc["12"], [-1.0, -1.0, 1.0, 1.0])
+
+
 def test_sign_words_and_line():
     words = sign_words(np.array([-1.0, 1.0, 0.0, -1.0]))
     assert words == dict(zip(ATTRIBUTES, ["-", "+", "undetermined", "-"]))
     assert agreement_line(words) == "size -, porosity +, dispersity undetermined, facetness -"
+    with pytest.raises(ValueError, match="4 signs"):
+        sign_words(np.array([1.0, -1.0]))

@@ -119,7 +119,21 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     both = np.sign(agreed["knob_gradient_gain"]) == np.sign(agreed["meter_regression"])
     assert (agreed["agreed_sign"] != 0).eq(both).all()
     assert metrics["agreed_signs/lots/coverage"] == pytest.approx(both.mean())
+    by_lot = agreed.set_index(["lot", "attribute"])
+    for row in natural.itertuples():  # the slopes are each lot's own meter regression
+        for a in ATTRIBUTES:
+            assert by_lot.loc[(row.lot, a), "meter_regression"] == pytest.approx(
+                getattr(row, f"slope_{a}"), rel=1e-5
+            )
+    gains = pd.read_csv(root / "reports" / "knob_gradient.csv").groupby("lot").first()
+    for lot, row in gains.iterrows():  # ... and the knob gradient each lot's gain-corrected one
+        for a in ATTRIBUTES:
+            assert by_lot.loc[(lot, a), "knob_gradient_gain"] == pytest.approx(
+                row[f"gain_gradient_{a}"], rel=1e-5
+            )
+    assert metrics["agreed_signs/er/entries"] <= 2 * len(ATTRIBUTES)  # one per test lot
     assert 0 <= metrics["agreed_signs/er/coverage"] <= 1
+    assert "agreed_signs/er/errors_flagged" in metrics
     assert {f"agreed_signs/er/sign_{a}" for a in ATTRIBUTES} <= set(metrics)
     # a constant explainer scores 0 across tiles, whatever its plain cosine
     assert metrics["correlation/er/centred_cosine"] == 0.0

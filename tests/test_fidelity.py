@@ -98,20 +98,36 @@ def test_rank_correlation_edge_cases():
 
 
 def test_sign_agreement_known_answers(reference):
-    """A partial sign explanation: perfect 1 / 1, negated coverage 1 / accuracy 0, one that
-    never commits 0 / NaN; undetermined entries lower the coverage, not the accuracy."""
+    """Two explainers' common signs: two perfect ones 1 / 1, two negated ones coverage 1 /
+    accuracy 0 / no error flagged, a perfect and a negated one commit nowhere and flag every
+    error; undetermined entries lower the coverage, not the accuracy."""
     g, _ = reference
     known = np.abs(g) > 0
-    perfect = fidelity.sign_agreement(np.sign(g), g, known)
+    perfect = fidelity.sign_agreement(2 * g, g, g, known)
     assert perfect["coverage"] == 1.0 and perfect["sign_accuracy"] == 1.0
-    negated = fidelity.sign_agreement(-np.sign(g), g, known)
+    assert np.isnan(perfect["errors_flagged"])  # nothing is wrong
+    negated = fidelity.sign_agreement(-g, -3 * g, g, known)
     assert negated["coverage"] == 1.0 and negated["sign_accuracy"] == 0.0
-    silent = fidelity.sign_agreement(np.zeros_like(g), g, known)
-    assert silent["coverage"] == 0.0 and np.isnan(silent["sign_accuracy"])
-    half = np.sign(g).copy()
-    half[::2] = 0  # every other tile undetermined; unknown references are not counted
-    s = fidelity.sign_agreement(half, g, known)
+    assert negated["errors_flagged"] == 0.0
+    split = fidelity.sign_agreement(g, -g, g, known)
+    assert split["coverage"] == 0.0 and np.isnan(split["sign_accuracy"])
+    assert split["errors_flagged"] == 1.0
+    # the second is wrong on every other tile: those are undetermined, the rest are right
+    second = g.copy()
+    second[::2] *= -1
+    s = fidelity.sign_agreement(g, second, g, known)
     assert s["coverage"] == pytest.approx(0.5, abs=0.05) and s["sign_accuracy"] == 1.0
+    assert s["errors_flagged"] == 1.0
     assert all(s[f"sign_{a}"] == 1.0 for a in ATTRIBUTES)
-    unknown = fidelity.sign_agreement(-np.sign(g), g, np.zeros_like(known))
+    # a constant with the right signs is as accurate, and flags nothing: 0 of its errors
+    ref = np.array([[1.0, -1.0, 1.0, 1.0], [1.0, -1.0, -1.0, 1.0]])
+    constant = np.array([[2.0, -1.0, 1.0, 3.0]] * 2)
+    c = fidelity.sign_agreement(constant, constant, ref, np.ones_like(ref, bool))
+    assert (c["coverage"], c["sign_accuracy"], c["errors_flagged"]) == (1.0, 7 / 8, 0.0)
+    # a missing value is undetermined, not a wrong sign
+    missing = second.copy()
+    missing[:] = np.nan
+    m = fidelity.sign_agreement(g, missing, g, known)
+    assert m["coverage"] == 0.0 and np.isnan(m["errors_flagged"])
+    unknown = fidelity.sign_agreement(-g, -g, g, np.zeros_like(known))
     assert np.isnan(unknown["coverage"]) and np.isnan(unknown["sign_accuracy"])

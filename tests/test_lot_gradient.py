@@ -156,6 +156,7 @@ class Stress(nn.Module):
 def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(tiny_study, tmp_path):
     """A bundle with a meter: the scan's knob gradient comes with measured gains, and the meter
     regression (no AttGAN) is fitted on the scan's own tiles and drawn beside it."""
+    from semknobs.explain.agreement import agreed_signs
     from semknobs.explain.bundle import KnobExplainer
     from semknobs.explain.counterfactual import CounterfactualParams
     from semknobs.explain.files import explain_paths
@@ -217,6 +218,11 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
             rows[f"lot_meter_regression_slope_{a}"], direct.loc[names, f"slope_{a}"], rtol=1e-6
         )
     assert direct["slope_size"].nunique() == 2
+    for a in ATTRIBUTES:  # each row carries its own lot's agreed sign
+        expected_sign = agreed_signs(
+            rows[f"lot_gain_corrected_{a}"].to_numpy(), rows[f"lot_meter_regression_slope_{a}"]
+        )
+        np.testing.assert_array_equal(rows[f"lot_agreed_sign_{a}"], expected_sign)
     # the pooled lot is named as given; --one-lot without the gradient is refused
     *_, lot = explain_paths(
         [scan, scan], explainer=explainer, out_dir=tmp_path / "pooled", progress=False,

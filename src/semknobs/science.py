@@ -264,6 +264,16 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
                 f"{', '.join(flagged) or 'none'}; knob gradient's flags agree on "
                 f"{_fmt(get('knob_gradient/lots/flag_agreement'))} of the attributes"
             )
+        if get("agreed_signs/er/coverage") is not None:
+            facts.append(
+                "signs the gain-corrected knob gradient and the meter regression agree on: "
+                f"{_fmt(get('agreed_signs/er/coverage'))} of the entries, right on "
+                f"{_fmt(get('agreed_signs/er/sign_accuracy'))} of them; the undetermined rest "
+                f"holds {_fmt(get('agreed_signs/er/errors_flagged'))} of the wrong signs (per "
+                "attribute "
+                f"{_per_knob(get, 'agreed_signs/er/sign')} at coverage "
+                f"{_per_knob(get, 'agreed_signs/er/coverage')})"
+            )
         lines += [f"- {f}" for f in facts] + [""]
         head = ["explainer", "fidelity", *(m.replace("_", " ") for m in TABLE_METRICS)]
         lines.append("| " + " | ".join(head) + " |")

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.explain.agreement import agreed_signs
 
 METRICS = (
     "cosine_median",
@@ -173,22 +174,48 @@ def scores_with_ci(
     )
 
 
-def sign_agreement(signs: np.ndarray, reference: np.ndarray, known: np.ndarray) -> dict[str, float]:
-    """A partial sign explanation (n, 4): +1 / -1 where it commits, 0 where it does not
-    (:func:`semknobs.explain.agreement.agreed_signs`). Over the entries whose reference sign is
-    ``known``: ``coverage`` (share committed) and ``sign_accuracy`` (share right among the
-    committed; NaN if none), pooled and per attribute (``coverage_<a>``, ``sign_<a>``). A
-    perfect one scores 1 / 1, its negation coverage 1 / accuracy 0, one that never commits 0 /
-    NaN."""
-    signs, reference = np.asarray(signs, float), np.asarray(reference, float)
-    known = np.asarray(known, bool)
+def sign_agreement(
+    first: np.ndarray, second: np.ndarray, reference: np.ndarray, known: np.ndarray
+) -> dict[str, float]:
+    """Two explanations (n, 4) as a partial sign explanation: their common sign where they agree
+    (:func:`semknobs.explain.agreement.agreed_signs`), undetermined elsewhere. Over the entries
+    whose reference sign is ``known``: ``coverage`` (share with a common sign), ``sign_accuracy``
+    (share right among those; NaN if none) and ``errors_flagged`` (of the entries where either
+    explanation's sign is wrong, NaN not counted, the share left undetermined; NaN if neither is
+    ever wrong), pooled, and per attribute ``coverage_<a>``, ``sign_<a>``.
+
+    Two copies of a perfect explainer score 1 / 1 / NaN, of its negation 1 / 0 / 0, a perfect and
+    a negated one 0 / NaN / 1. Sign accuracy alone is weak where the reference's sign is the same
+    on every row (a constant with the right signs scores 1); ``errors_flagged`` asks whether the
+    undetermined entries are where the explainers go wrong, which no constant can answer."""
+    signs = agreed_signs(first, second)
+    reference, known = np.asarray(reference, float), np.asarray(known, bool)
+    if (
+        signs.ndim != 2
+        or signs.shape[1] != len(ATTRIBUTES)
+        or {reference.shape, known.shape} != {signs.shape}
+    ):
+        raise ValueError(
+            f"sign_agreement: explanations {signs.shape}, reference {reference.shape} and known "
+            f"{known.shape} must all be (n, {len(ATTRIBUTES)})"
+        )
+    truth = np.sign(reference)
     committed = (signs != 0) & known
-    right = committed & (np.sign(signs) == np.sign(reference))
+    right = committed & (signs == truth)
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    wrong = known & (  # a missing value (NaN) is not a wrong sign
+        ((np.sign(first) != truth) & np.isfinite(first))
+        | ((np.sign(second) != truth) & np.isfinite(second))
+    )
 
     def share(num: np.ndarray, den: np.ndarray) -> float:
         return float(num.sum() / den.sum()) if den.any() else float("nan")
 
-    out = {"coverage": share(committed, known), "sign_accuracy": share(right, committed)}
+    out = {
+        "coverage": share(committed, known),
+        "sign_accuracy": share(right, committed),
+        "errors_flagged": share(wrong & (signs == 0), wrong),
+    }
     for k, a in enumerate(ATTRIBUTES):
         out[f"coverage_{a}"] = share(committed[:, k], known[:, k])
         out[f"sign_{a}"] = share(right[:, k], committed[:, k])

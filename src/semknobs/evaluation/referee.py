@@ -15,8 +15,8 @@ knob change, mapped to true attributes and rendered, must move the regressor's p
 (``counterfactual/validity_model``) and the law's stress (``counterfactual/validity_law``) the
 requested way; only searches that converged are counted. ``agreed_signs/er/*``: the signs the
 lot's gain-corrected knob gradient and meter regression agree on
-(:mod:`semknobs.explain.agreement`), their coverage and accuracy
-(:func:`~semknobs.evaluation.fidelity.sign_agreement`).
+(:mod:`semknobs.explain.agreement`): coverage, accuracy and the share of wrong signs they leave
+undetermined (:func:`~semknobs.evaluation.fidelity.sign_agreement`).
 
 Units. Explanations live in normalised knob units (expert scores scaled to [0, 1]); per
 attribute the labels follow the truth as ``label ~ s_k * true + c_k`` over the lots
@@ -39,7 +39,6 @@ from semknobs.errors import DataError
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, OracleParams
 from semknobs.evaluation.referee_figures import fidelity_figure, scatter_figure
-from semknobs.explain.agreement import agreed_signs
 from semknobs.explain.lot_support import proxy_flags
 
 
@@ -96,6 +95,7 @@ def referee(
     oracle: Oracle,
     params: RefereeParams,
     support: pd.DataFrame | None = None,
+    agreement: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RefereeOutput:
     """Score every explanation of the rows of ``tiles`` (manifest rows of held-out tiles).
 
@@ -103,7 +103,9 @@ def referee(
     correlation slopes); ``directions``: name -> (n, 4) knob displacements (counterfactual
     delta-A); ``labels``: normalised lot labels (lot + the four attributes); ``support``: the
     explain stage's proxy flags (:func:`semknobs.explain.lot_support.lot_support`), checked
-    against the same rule applied to the regressor's measured use.
+    against the same rule applied to the regressor's measured use; ``agreement``: each row's lot
+    knob gradient (gain-corrected) and lot meter regression (MPa per knob unit, NaN allowed),
+    whose agreed signs are scored once per lot (:func:`_agreement`).
     """
     started = time.perf_counter()
     tiles = tiles.reset_index(drop=True)
@@ -138,12 +140,8 @@ def referee(
         for r in table.itertuples()
         if r.explainer != "constant"
     }
-    if {"knob_gradient_gain", "meter_regression"} <= mapped.keys():  # the signs they agree on
-        # the lot's mean, as the bundle's lot gradient gives it
-        lot_kgg = pd.DataFrame(mapped["knob_gradient_gain"]).groupby(lots).transform("mean")
-        signs = agreed_signs(lot_kgg.to_numpy(), mapped["meter_regression"])
-        agreement = fidelity.sign_agreement(signs, g_r, r_known)
-        metrics |= {f"agreed_signs/er/{k}": v for k, v in agreement.items()}
+    if agreement is not None:
+        metrics |= _agreement(agreement, slopes, g_r, se, lots)
 
     validity, v_metrics = _validity(counterfactuals, true, slopes, ids, truth, oracle)
     metrics |= v_metrics
@@ -194,6 +192,29 @@ def _check_flags(support: pd.DataFrame, oracle_use: np.ndarray) -> tuple[pd.Data
         source="regressor (oracle)", use=median, flag=truth_flag
     )
     return pd.concat([support, oracle_rows[support.columns]], ignore_index=True), metrics
+
+
+def _agreement(
+    agreement: tuple[np.ndarray, np.ndarray],
+    slopes: np.ndarray,
+    g_r: np.ndarray,
+    se: np.ndarray,
+    lots: np.ndarray,
+) -> dict[str, float]:
+    """``agreed_signs/er/*``: the signs two lot-level explainers agree on, one entry per lot and
+    attribute (a lot's value is the same on all its tiles), against the lot's oracle (its tiles'
+    mean; known where beyond twice its standard error). ``entries``: how many are known."""
+    by = pd.DataFrame(g_r).groupby(lots)
+    oracle = by.mean().to_numpy()
+    lot_se = np.sqrt(pd.DataFrame(se**2).groupby(lots).sum().to_numpy())
+    lot_se /= by.size().to_numpy()[:, None]
+    first = pd.Series(np.arange(len(lots))).groupby(lots).first().to_numpy()
+    kgg, mr = (np.asarray(x, dtype=float)[first] * slopes for x in agreement)
+    known = np.abs(oracle) > 2 * lot_se
+    out = fidelity.sign_agreement(kgg, mr, oracle, known)
+    return {f"agreed_signs/er/{k}": v for k, v in out.items()} | {
+        "agreed_signs/er/entries": float(known.sum())
+    }
 
 
 def _rows(explainer: str, fid: str, table: pd.DataFrame) -> pd.DataFrame:

@@ -9,15 +9,20 @@ regression where the meter reads a concept poorly (facetness, dispersity). Where
 a concept the same sign, that sign is reported (+1 / -1); where they differ, or either has no
 value (a lot under ``meter_regression.min_tiles`` read tiles, no meter), it is undetermined (0).
 
-Measured against the oracle (evaluation only), on lots none of it had seen:
-``benchmarks/sign_agreement.md``, 24 fresh lots per study rendered from each study's own
-design, by a rule written before the result. Where the two agree (coverage 0.92 / 0.82 / 0.86
-of the lot-attributes whose oracle sign is known, default / other_law / confounded) the sign is
-right on 1.000 / 0.980 / 1.000, against the knob gradient's 0.966 / 0.918 / 0.959 and the meter
-regression's 0.949 / 0.869 / 0.904 on every entry. Where they disagree neither is reliable (the
-knob gradient is right on 0.60-0.70 of them). The entries whose oracle sign is known are the
-larger effects (59-73 of 96 per study), so small effects are not covered by these figures.
-The ``explain`` stage scores the same on its held-out lots (``agreed_signs/er/*``).
+The gain correction never changes a sign (its factor is positive), so the knob gradient's side
+is the sign of the lot's mean knob gradient.
+
+What it is: a reliability marker for the two per-lot explainers, not a better sign. Measured
+against the oracle (evaluation only) on lots none of it had seen (``benchmarks/sign_agreement.md``:
+24 fresh lots per study rendered from each study's own design; its rules, written before the
+results, in ``sign_agreement_rules.md``): where the two agree (0.92 / 0.82 / 0.86 of the
+lot-attributes whose oracle sign is known, default / other_law / confounded) the sign is right on
+1.000 / 0.980 / 1.000, and the undetermined rest holds 1.00 / 0.92 / 1.00 of the entries where
+either explainer's sign is wrong. But on these studies each concept's sign is the same in nearly
+every lot, so a study-level sign does as well: the explain stage's ``linear_model`` (truth-free)
+is right on 1.000 / 0.984 / 0.986 of the same entries. Those entries are the larger effects
+(59-73 of 96 per study); small ones are not covered. The ``explain`` stage scores it on its
+held-out lots, one entry per lot and attribute (``agreed_signs/er/*``).
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def lot_agreement(lot: LotGradient, natural: LotSlopes | None) -> pd.DataFrame:
     if natural is None:
         slopes = np.full(kgg.shape, np.nan)
     else:
-        slopes = natural.table.set_index("lot").reindex(kgg.index)
+        table = natural.table.assign(lot=natural.table["lot"].astype(str))  # as lot_gradient's
+        slopes = table.set_index("lot").reindex(kgg.index)
         slopes = slopes[[f"slope_{a}" for a in ATTRIBUTES]].to_numpy(float)
     signs = agreed_signs(kgg.to_numpy(float), slopes)
     out = pd.DataFrame(signs, columns=[f"agreed_sign_{a}" for a in ATTRIBUTES])
@@ -61,7 +67,10 @@ def lot_agreement(lot: LotGradient, natural: LotSlopes | None) -> pd.DataFrame:
 
 def sign_words(signs: np.ndarray) -> dict[str, str]:
     """One lot's agreed signs (4,) as ``{attribute: "+" | "-" | "undetermined"}``."""
-    return {a: WORDS[float(v)] for a, v in zip(ATTRIBUTES, np.asarray(signs, float))}
+    signs = np.asarray(signs, float)
+    if signs.shape != (len(ATTRIBUTES),):
+        raise ValueError(f"sign_words: one lot's {len(ATTRIBUTES)} signs, got {signs.shape}")
+    return {a: WORDS[float(v)] for a, v in zip(ATTRIBUTES, signs)}
 
 
 def agreement_line(words: dict[str, str]) -> str:

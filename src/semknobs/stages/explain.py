@@ -61,6 +61,7 @@ HEADLINE = (
     "agreed_signs/lots/coverage",
     "agreed_signs/er/coverage",
     "agreed_signs/er/sign_accuracy",
+    "agreed_signs/er/errors_flagged",
     "oracle/lot_centred_cosine_ceiling",
     "regressor/rl/cosine_median",
     "counterfactual/validity_model",
@@ -160,7 +161,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         "knob_gradient_lot": lot_gradient,
         "sensitivity": out.sweep.slopes(),
     }
-    corrected, summary_natural = None, []
+    corrected, summary_natural, agreement = None, [], None
     if paths.measurements is not None:  # what the knobs really moved, by the meter
         calib = fit_from_files(
             paths.measurements, labels, list(splits.train), scaler, params.measure.meter
@@ -194,6 +195,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         else:
             summary_natural.append("meter regression: a lot without slopes (too few tiles read)")
         tables["agreed_signs"], agreed = _agreed_signs(gain, slopes, tiles["lot"])
+        agreement = (gain, slopes)  # NaN slopes allowed: undetermined
         metrics |= agreed
         summary_natural.append(
             "signs the knob gradient and the meter regression agree on, share of lots: "
@@ -232,7 +234,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
         judged = _referee(
-            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, uses
+            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, uses, agreement
         )
         if judged is None:
             summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")
@@ -254,7 +256,7 @@ def _agreed_signs(
     the sign they agree on (:mod:`semknobs.explain.agreement`); the share of lots with a sign."""
     names = list(dict.fromkeys(lots))
     first = np.array([np.flatnonzero(lots.to_numpy() == n)[0] for n in names])
-    kgg, mr = lot_mean(gain, lots)[first], slopes[first]
+    kgg, mr = gain[first], slopes[first]  # both already each row's lot value
     signs = agreed_signs(kgg, mr)
     table = pd.DataFrame(
         {
@@ -271,7 +273,9 @@ def _agreed_signs(
     return table, metrics
 
 
-def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, uses):
+def _referee(
+    params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, support, uses, agreement
+):
     synthetic = params.synthetic
     truth = read_truth(truth_dir)
     scored = out.tiles.iloc[rows].reset_index(drop=True)
@@ -300,6 +304,7 @@ def _referee(params, truth_dir, out: ExplainOutput, rows, labels, scaler, reg, s
             oracle=oracle,
             params=params.referee,
             support=support,
+            agreement=None if agreement is None else tuple(a[rows] for a in agreement),
         )
 
 
