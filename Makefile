@@ -33,7 +33,7 @@ repro: $(STAMP)
 # The study suite: the pipeline on every study of studies/ (the default in this workspace, the
 # others in .science/<study>), then one fidelity table (metrics/science.json, docs/science.md).
 science: repro
-	$(BIN)/python -m semknobs.science studies/default.yaml studies/other_law.yaml studies/confounded.yaml
+	$(BIN)/python -m semknobs.science studies/default.yaml studies/other_law.yaml studies/confounded.yaml studies/interaction.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

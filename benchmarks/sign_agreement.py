@@ -33,15 +33,22 @@ claim beyond a study-level one.
 Needs ``make science``; ~5 min on 2 cores.
 
     python benchmarks/sign_agreement.py   # -> benchmarks/sign_agreement.{json,md}
+    python benchmarks/sign_agreement.py --oracle-seeds 16   # -> sign_agreement_seeds16.*
+
+With 16 oracle renders per point (~4x the oracle's time) smaller effects get a known sign, so
+the cells where the regressor's sign really changes between lots (``mixed_cells``) can be
+tested: there a constant cannot be right everywhere (rule: ``sign_agreement_rules.md``).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +103,7 @@ def label_slopes(root: Path, scaler: AttributeScaler) -> np.ndarray:
     return slopes
 
 
-def study_entries(study: str, root: Path) -> pd.DataFrame:
+def study_entries(study: str, root: Path, oracle_seeds: int | None = None) -> pd.DataFrame:
     """One row per fresh lot and attribute: KGG's and MR's values (true units), the oracle's."""
     synthetic = Synthetic.from_params(root / "params.yaml")
     rng = np.random.default_rng([SEED, 0])
@@ -129,6 +136,8 @@ def study_entries(study: str, root: Path) -> pd.DataFrame:
     linear = pd.read_csv(root / "reports" / "explain" / "linear_model.csv").set_index("attribute")
     params = load_params(root / "params.yaml")["explain"]["referee"]
     oracle_params = from_mapping(RefereeParams, params).oracle
+    if oracle_seeds is not None:
+        oracle_params = replace(oracle_params, seeds=oracle_seeds)
     reg, _ = regressor_model.load(root / "models" / "regressor")
     with Oracle(synthetic.study, synthetic.tiling, lambda t: predict(reg, t), oracle_params) as o:
         oracle = o.gradient(true, ORACLE_IDS + np.arange(LOTS))
@@ -193,17 +202,57 @@ def study_scores(e: pd.DataFrame) -> list[dict[str, float | str]]:
     return rows + [row(a, slice(k, k + 1)) for k, a in enumerate(A)]
 
 
-def main() -> int:
+def mixed_cells(table: pd.DataFrame, min_known: int = 10, minority: float = 0.2) -> list[str]:
+    """Where the oracle's sign really changes between lots: (study, attribute) cells with >=
+    ``min_known`` known entries whose minority sign holds >= ``minority`` of them. Pooled over
+    those cells: each explainer's sign accuracy against the best constant (each cell's majority
+    sign, oracle-picked) on the same entries; the agreed sign on the entries it covers."""
+    known = table[table["known"]].copy()
+    known["truth"] = np.sign(known["oracle"])
+    cells = []
+    for _, g in known.groupby(["study", "attribute"], sort=False):
+        share = (g["truth"] > 0).mean()
+        if len(g) >= min_known and min(share, 1 - share) >= minority:
+            cells.append(g.assign(majority=1.0 if share >= 0.5 else -1.0))
+    lines = [f"\nCells whose oracle sign changes between lots (>= {min_known} known entries, "
+             f"minority >= {minority}): "]  # fmt: skip
+    if not cells:
+        return [lines[0] + "none, so per-lot sign information cannot be tested here."]
+    mixed = pd.concat(cells)
+    lines[0] += ", ".join(
+        f"{g['study'].iloc[0]} {g['attribute'].iloc[0]} ({len(g)})" for g in cells
+    )
+    right = {n: np.sign(mixed[n]) == mixed["truth"] for n in ("kgg", "mr", "majority")}
+    agree = agreed_signs(mixed["kgg"].to_numpy(), mixed["mr"].to_numpy()) != 0
+    lines += [
+        "",
+        "| pooled over those cells | entries | accuracy | best constant on the same entries |",
+        "| --- | --- | --- | --- |",
+        f"| KGG | {len(mixed)} | {right['kgg'].mean():.3f} | {right['majority'].mean():.3f} |",
+        f"| MR | {len(mixed)} | {right['mr'].mean():.3f} | {right['majority'].mean():.3f} |",
+        f"| agreed sign (its coverage {agree.mean():.2f}) | {int(agree.sum())} | "
+        f"{right['kgg'][agree].mean():.3f} | {right['majority'][agree].mean():.3f} |",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--oracle-seeds", type=int, help="renders per oracle point (default: the referee's)"
+    )
+    args = parser.parse_args(argv)
+    suffix = "" if args.oracle_seeds is None else f"_seeds{args.oracle_seeds}"
     torch.set_num_threads(2)
     entries = []
     for study, root in gv.STUDIES.items():
         if not (root / "models" / "explainer").exists():
             raise SystemExit(f"{root}: no explainer bundle (run `make science` first)")
-        entries.append(study_entries(study, root))
+        entries.append(study_entries(study, root, args.oracle_seeds))
         print(f"{study}: done", flush=True)
     table = pd.concat(entries, ignore_index=True)
     rows = [r for _, e in table.groupby("study", sort=False) for r in study_scores(e)]
-    (HERE / "sign_agreement.json").write_text(
+    (HERE / f"sign_agreement{suffix}.json").write_text(
         json.dumps({"rows": rows, "entries": table.to_dict("records")}, indent=1) + "\n"
     )
     lines = [
@@ -254,9 +303,10 @@ def main() -> int:
         + " / ".join(f"{r['errors_flagged']:.2f}" for r in pooled)
         + " of the entries where either explainer's sign is wrong (errors flagged)."
     )
+    lines += mixed_cells(table)
     text = "\n".join(lines) + "\n"
     text += f"\n{LOTS} fresh lots per study, seed {SEED}, oracle at each lot's true attributes.\n"
-    (HERE / "sign_agreement.md").write_text(text)
+    (HERE / f"sign_agreement{suffix}.md").write_text(text)
     print(text)
     return 0
 
