@@ -34,6 +34,7 @@ Needs ``make science``; ~5 min on 2 cores.
 
     python benchmarks/sign_agreement.py   # -> benchmarks/sign_agreement.{json,md}
     python benchmarks/sign_agreement.py --oracle-seeds 16   # -> sign_agreement_seeds16.*
+    python benchmarks/sign_agreement.py --studies interaction --oracle-seeds 16
 
 With 16 oracle renders per point (~4x the oracle's time) smaller effects get a known sign, so
 the cells where the regressor's sign really changes between lots (``mixed_cells``) can be
@@ -78,7 +79,8 @@ HERE = Path(__file__).resolve().parent
 A = list(ATTRIBUTES)
 SEED, LOTS, TILES_PER_LOT = 20261205, 24, 6
 ORACLE_IDS = 10**6  # fresh lots' oracle ids start here, past any study's tile ids
-TARGET = {"default": 0.85, "other_law": 0.80, "confounded": 0.80}  # the issue's sign targets
+STUDIES = {**gv.STUDIES, "interaction": gv.kv.ROOT / ".science" / "interaction"}
+TARGET = {"default": 0.85}  # the issue's sign targets: 0.85 on the default study, 0.80 elsewhere
 
 
 def render_lot(job: tuple) -> np.ndarray:
@@ -168,11 +170,14 @@ def study_scores(e: pd.DataFrame) -> list[dict[str, float | str]]:
 
     kgg, mr, linear, oracle = (piv(c) for c in ("kgg", "mr", "linear_model", "oracle"))
     known, truth = piv("known").astype(bool), np.sign(piv("oracle"))
-    majority = np.broadcast_to(np.sign(np.where(known, truth, 0).sum(axis=0)), truth.shape)
+    # each attribute's majority sign among its known entries (a tie: +1, as in mixed_cells)
+    majority = np.where(np.where(known, truth, 0).sum(axis=0) >= 0, 1.0, -1.0)
+    majority = np.broadcast_to(majority, truth.shape)
     undetermined = agreed_signs(kgg, mr) == 0
-    pooled = fidelity.sign_agreement(kgg, mr, oracle, known)
 
     def acc(x: np.ndarray, mask: np.ndarray) -> float:
+        """Sign accuracy over ``mask``; a missing value (NaN) is left out, not counted wrong."""
+        mask = mask & np.isfinite(x)
         return float((np.sign(x) == truth)[mask].mean()) if mask.any() else float("nan")
 
     def row(name: str, cols: slice) -> dict[str, float | str]:
@@ -189,8 +194,9 @@ def study_scores(e: pd.DataFrame) -> list[dict[str, float | str]]:
         }  # fmt: skip
 
     rows = [row("all", slice(None))]
-    assert rows[0]["coverage"] == pooled["coverage"]
     # a simpler abstention at the same coverage: KGG's own largest magnitudes (MPa per true unit)
+    if not np.isfinite(kgg[known]).all():
+        raise SystemExit(f"{e['study'].iloc[0]}: a lot without a knob gradient")
     size = np.abs(kgg)[known]
     keep = size >= np.quantile(size, 1 - rows[0]["coverage"])
     right = (np.sign(kgg) == truth)[known]
@@ -226,13 +232,18 @@ def mixed_cells(table: pd.DataFrame, min_known: int = 10, minority: float = 0.2)
     agree = agreed_signs(mixed["kgg"].to_numpy(), mixed["mr"].to_numpy()) != 0
     lines += [
         "",
-        "| pooled over those cells | entries | accuracy | best constant on the same entries |",
-        "| --- | --- | --- | --- |",
-        f"| KGG | {len(mixed)} | {right['kgg'].mean():.3f} | {right['majority'].mean():.3f} |",
-        f"| MR | {len(mixed)} | {right['mr'].mean():.3f} | {right['majority'].mean():.3f} |",
-        f"| agreed sign (its coverage {agree.mean():.2f}) | {int(agree.sum())} | "
-        f"{right['kgg'][agree].mean():.3f} | {right['majority'][agree].mean():.3f} |",
+        "| pooled over those cells | entries | accuracy | best constant on the same entries | "
+        "per-lot sign information (rule: >= constant + 0.10) |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    every = np.ones(len(mixed), bool)
+    covered = f"agreed sign (its coverage {agree.mean():.2f})"
+    for name, ok, n in (("KGG", every, "kgg"), ("MR", every, "mr"), (covered, agree, "kgg")):
+        got, constant = right[n][ok].mean(), right["majority"][ok].mean()
+        lines.append(
+            f"| {name} | {int(ok.sum())} | {got:.3f} | {constant:.3f} | "
+            f"{'yes' if got >= constant + 0.10 else 'no'} |"
+        )
     return lines
 
 
@@ -241,11 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--oracle-seeds", type=int, help="renders per oracle point (default: the referee's)"
     )
+    parser.add_argument(
+        "--studies", nargs="+", choices=list(STUDIES), default=list(gv.STUDIES),
+        help="studies to run (default: the three of the first rule)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    suffix = "" if args.oracle_seeds is None else f"_seeds{args.oracle_seeds}"
+    suffix = "" if args.studies == list(gv.STUDIES) else "_" + "_".join(args.studies)
+    suffix += "" if args.oracle_seeds is None else f"_seeds{args.oracle_seeds}"
     torch.set_num_threads(2)
     entries = []
-    for study, root in gv.STUDIES.items():
+    for study in args.studies:
+        root = STUDIES[study]
         if not (root / "models" / "explainer").exists():
             raise SystemExit(f"{root}: no explainer bundle (run `make science` first)")
         entries.append(study_entries(study, root, args.oracle_seeds))
@@ -269,15 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     verdict = []
     for r in (r for r in rows if r["attribute"] == "all"):
-        best = max(r["accuracy_kgg"], r["accuracy_mr"])
+        best, target = max(r["accuracy_kgg"], r["accuracy_mr"]), TARGET.get(r["study"], 0.80)
         ok = (
-            r["accuracy_agreeing"] >= TARGET[r["study"]],
+            r["accuracy_agreeing"] >= target,
             r["accuracy_agreeing"] >= best,
             r["coverage"] >= 0.60,
         )
         verdict.append(all(ok))
         lines.append(
-            f"\n* {r['study']}: (a) {r['accuracy_agreeing']:.3f} >= {TARGET[r['study']]:.2f} "
+            f"\n* {r['study']}: (a) {r['accuracy_agreeing']:.3f} >= {target:.2f} "
             f"{ok[0]}; (b) >= better one's {best:.3f} {ok[1]}; (c) coverage "
             f"{r['coverage']:.2f} >= 0.60 {ok[2]}"
         )
