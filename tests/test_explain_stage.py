@@ -131,7 +131,19 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
             assert by_lot.loc[(lot, a), "knob_gradient_gain"] == pytest.approx(
                 row[f"gain_gradient_{a}"], rel=1e-5
             )
-    assert metrics["agreed_signs/er/entries"] <= 2 * len(ATTRIBUTES)  # one per test lot
+    # the held-out score, recomputed by hand from the referee's per-tile table: one entry per lot
+    scored = pd.read_csv(root / "reports" / "referee_tiles.csv")
+    by = scored.groupby("lot")
+    cols = lambda kind: [f"{kind}_{a}" for a in ATTRIBUTES]  # noqa: E731
+    oracle = by[cols("oracle")].mean().to_numpy()
+    se = np.sqrt((scored[cols("oracle_se")] ** 2).groupby(scored["lot"]).sum().to_numpy())
+    known = np.abs(oracle) > 2 * se / by.size().to_numpy()[:, None]
+    kgg = np.sign(by[cols("knob_gradient_gain")].first().to_numpy())
+    mr = np.sign(by[cols("meter_regression")].first().to_numpy())
+    agree = (kgg == mr) & known
+    assert metrics["agreed_signs/er/entries"] == known.sum() <= 2 * len(ATTRIBUTES)
+    if known.any():
+        assert metrics["agreed_signs/er/coverage"] == pytest.approx(agree.sum() / known.sum())
     assert 0 <= metrics["agreed_signs/er/coverage"] <= 1
     assert "agreed_signs/er/errors_flagged" in metrics
     assert {f"agreed_signs/er/sign_{a}" for a in ATTRIBUTES} <= set(metrics)

@@ -129,5 +129,10 @@ def test_sign_agreement_known_answers(reference):
     missing[:] = np.nan
     m = fidelity.sign_agreement(g, missing, g, known)
     assert m["coverage"] == 0.0 and np.isnan(m["errors_flagged"])
+    # one wrong, the other missing: undetermined, and it is the wrong one's error that is flagged
+    wrong_and_missing = fidelity.sign_agreement(-g, np.full_like(g, np.nan), g, known)
+    assert wrong_and_missing["coverage"] == 0.0 and wrong_and_missing["errors_flagged"] == 1.0
+    with pytest.raises(ValueError, match="must all be"):
+        fidelity.sign_agreement(g, g, g[:, :3], known[:, :3])
     unknown = fidelity.sign_agreement(-g, -g, g, np.zeros_like(known))
     assert np.isnan(unknown["coverage"]) and np.isnan(unknown["sign_accuracy"])

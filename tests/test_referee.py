@@ -15,6 +15,7 @@ from semknobs.evaluation.oracle import Oracle, OracleParams
 from semknobs.evaluation.referee import (
     Counterfactuals,
     RefereeParams,
+    _agreement,
     label_fit,
     referee,
     true_attributes,
@@ -103,3 +104,26 @@ def test_the_referee_refuses_tiles_the_truth_does_not_cover(tiny_study):
     other = pd.DataFrame({"lot": ["X"], "scan": ["s"], "y0": [0], "x0": [0], "tile_px": [128]})
     with pytest.raises(DataError, match="does not cover"):
         true_attributes(truth, other)
+
+
+def test_agreed_signs_are_scored_once_per_lot_against_the_lots_oracle():
+    """Interleaved, unsorted lots: each lot's values meet its own tiles' oracle mean; a lot
+    without meter-regression slopes is undetermined, not dropped."""
+    lots = np.array(["B", "A", "C", "B", "A", "C"])
+    g_r = np.array([[-4.0, 2, 1, 1], [3, 2, 1, 1], [5, 5, 5, 5], [-2, 2, 1, 1], [1, 2, 1, 1],
+                    [5, 5, 5, 5]])  # fmt: skip
+    se = np.full_like(g_r, 0.1)
+    kgg = np.where(lots[:, None] == "B", -1.0, 1.0) * np.ones((6, 4))  # lot values, every tile
+    mr = kgg.copy()
+    mr[lots == "A", 3] = -1.0  # A: facetness disputed
+    mr[lots == "C"] = np.nan  # C: no meter regression
+    slopes = np.array([2.0, 1.0, 1.0, 0.5])  # positive: signs unchanged
+    m = _agreement((kgg, mr), slopes, g_r, se, lots)
+    assert m["agreed_signs/er/entries"] == 12.0  # 3 lots x 4, every oracle sign known
+    # A: size + porosity + dispersity + right, facetness undetermined; B: size - right,
+    # porosity - wrong (oracle +), dispersity - wrong, facetness - wrong; C: undetermined
+    assert m["agreed_signs/er/coverage"] == pytest.approx(7 / 12)
+    assert m["agreed_signs/er/sign_accuracy"] == pytest.approx(4 / 7)
+    assert m["agreed_signs/er/coverage_size"] == pytest.approx(2 / 3)
+    # wrong signs: A facetness (MR), B porosity/dispersity/facetness (both) -> 1 of 4 flagged
+    assert m["agreed_signs/er/errors_flagged"] == pytest.approx(1 / 4)

@@ -62,6 +62,21 @@ def test_the_other_law_flips_signs_and_has_a_zero_effect_attribute():
     assert (grad[:, 2] > 0).any() and (grad[:, 2] < 0).any()  # dispersity: sign set by facetness
 
 
+def test_the_interaction_law_flips_two_signs_within_the_study_and_stays_positive():
+    """Dispersity's and facetness's effects change sign between the study's own lots (so a
+    constant sign cannot be right on every lot), and the stress is positive on all of [0, 1]^4."""
+    (study,) = [s for s in science.read_studies(STUDIES) if s.name == "interaction"]
+    synth = _synth(study)
+    lots = lot_design(synth.n_lots, synth.design, np.random.default_rng([synth.seed, 0]))
+    grad = synth.law.gradient(lots)
+    for k in (2, 3):
+        minority = min((grad[:, k] > 0).mean(), (grad[:, k] < 0).mean())
+        assert minority >= 0.3, (k, minority)
+    assert np.all(grad[:, 0] < 0) and np.all(grad[:, 1] < 0)  # size, porosity as the default's
+    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * 4)).reshape(4, -1).T
+    assert synth.law(corners).min() > 10  # the law is multilinear in q, f: corners bound it
+
+
 def test_study_names_must_be_unique(tmp_path):
     (tmp_path / "a").mkdir()
     for folder in (tmp_path, tmp_path / "a"):
