@@ -170,7 +170,7 @@ def test_the_table_reports_the_attgan_and_the_proxy_flags_where_the_study_has_th
     flags = {f"regressor/lots/flag_{a}": float(a == "facetness") for a in ATTRIBUTES}
     explain = flags | {"knob_gradient/lots/flag_agreement": 0.75, "test/psnr": -1.0}
     explain |= {"agreed_signs/er/coverage": 0.7, "agreed_signs/er/sign_accuracy": 0.96}
-    explain |= {"agreed_signs/er/errors_flagged": 0.8}
+    explain |= {"agreed_signs/er/errors_flagged": 0.8, "agreed_signs/er/entries": 20.0}
     explain |= {f"agreed_signs/er/sign_{a}": 1.0 for a in ATTRIBUTES}
     attgan = {f"control/spearman_{a}": 0.8 for a in ATTRIBUTES} | {
         "control/mean_spearman": 0.8,
@@ -191,9 +191,9 @@ def test_the_table_reports_the_attgan_and_the_proxy_flags_where_the_study_has_th
         in text
     )
     assert "agree on 0.75" in text
-    assert "meter regression agree on: 0.70 of the entries, right on 0.96" in text
-    assert "holds 0.80 of the wrong signs" in text
-    assert "per attribute 1.00 / 1.00 / 1.00 / 1.00 at coverage – / – / – / –" in text
+    assert "agree on: 0.70 of the 20 held-out lot-attributes with a known oracle sign" in text
+    assert "right on 0.96 of them" in text and "holds 0.80 of either explainer's wrong" in text
+    assert "facetness: right on 1.00 / 1.00 / 1.00 / 1.00 at coverage – / – / – / –" in text
 
 
 def test_the_make_target_runs_every_study():

@@ -265,12 +265,14 @@ def markdown(results: dict[str, float], names: list[str]) -> str:
                 f"{_fmt(get('knob_gradient/lots/flag_agreement'))} of the attributes"
             )
         if get("agreed_signs/er/coverage") is not None:
+            entries = int(get("agreed_signs/er/entries") or 0)
             facts.append(
                 "signs the gain-corrected knob gradient and the meter regression agree on: "
-                f"{_fmt(get('agreed_signs/er/coverage'))} of the entries, right on "
+                f"{_fmt(get('agreed_signs/er/coverage'))} of the {entries} held-out "
+                "lot-attributes with a known oracle sign, right on "
                 f"{_fmt(get('agreed_signs/er/sign_accuracy'))} of them; the undetermined rest "
-                f"holds {_fmt(get('agreed_signs/er/errors_flagged'))} of the wrong signs (per "
-                "attribute "
+                f"holds {_fmt(get('agreed_signs/er/errors_flagged'))} of either explainer's "
+                "wrong signs (size / porosity / dispersity / facetness: right on "
                 f"{_per_knob(get, 'agreed_signs/er/sign')} at coverage "
                 f"{_per_knob(get, 'agreed_signs/er/coverage')})"
             )
