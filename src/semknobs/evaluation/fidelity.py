@@ -26,6 +26,10 @@ Metrics (keys as in ``<explainer>/<fidelity>/<metric>``):
   effect is stronger in some lots than in others? 0 for a constant explanation (no across-tile
   information), NaN when the reference itself is constant (e.g. an attribute the law ignores).
 
+:func:`sign_agreement` scores a partial sign explanation (two explainers' common sign, none
+where they differ): ``coverage``, ``sign_accuracy`` where it commits, and ``errors_flagged``, the
+share of either explainer's wrong signs it leaves undetermined; a constant cannot score that.
+
 Intervals: a cluster bootstrap over lots (tiles of one lot are not independent), percentile
 95 % intervals.
 """
@@ -181,8 +185,9 @@ def sign_agreement(
     (:func:`semknobs.explain.agreement.agreed_signs`), undetermined elsewhere. Over the entries
     whose reference sign is ``known``: ``coverage`` (share with a common sign), ``sign_accuracy``
     (share right among those; NaN if none) and ``errors_flagged`` (of the entries where either
-    explanation's sign is wrong, NaN not counted, the share left undetermined; NaN if neither is
-    ever wrong), pooled, and per attribute ``coverage_<a>``, ``sign_<a>``.
+    explanation's sign is wrong -- NaN is not counted, an exact 0 is -- the share left
+    undetermined; NaN if neither is ever wrong), pooled, and per attribute ``coverage_<a>``,
+    ``sign_<a>``.
 
     Two copies of a perfect explainer score 1 / 1 / NaN, of its negation 1 / 0 / 0, a perfect and
     a negated one 0 / NaN / 1. Sign accuracy alone is weak where the reference's sign is the same

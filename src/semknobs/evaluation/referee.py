@@ -15,8 +15,9 @@ knob change, mapped to true attributes and rendered, must move the regressor's p
 (``counterfactual/validity_model``) and the law's stress (``counterfactual/validity_law``) the
 requested way; only searches that converged are counted. ``agreed_signs/er/*``: the signs the
 lot's gain-corrected knob gradient and meter regression agree on
-(:mod:`semknobs.explain.agreement`): coverage, accuracy and the share of wrong signs they leave
-undetermined (:func:`~semknobs.evaluation.fidelity.sign_agreement`).
+(:mod:`semknobs.explain.agreement`), scored once per held-out lot against the lot's mean oracle
+gradient (``er`` only): coverage, accuracy, the share of wrong signs they leave undetermined
+(:func:`~semknobs.evaluation.fidelity.sign_agreement`) and ``entries`` (how many are known).
 
 Units. Explanations live in normalised knob units (expert scores scaled to [0, 1]); per
 attribute the labels follow the truth as ``label ~ s_k * true + c_k`` over the lots

@@ -14,15 +14,18 @@ is the sign of the lot's mean knob gradient.
 
 What it is: a reliability marker for the two per-lot explainers, not a better sign. Measured
 against the oracle (evaluation only) on lots none of it had seen (``benchmarks/sign_agreement.md``:
-24 fresh lots per study rendered from each study's own design; its rules, written before the
-results, in ``sign_agreement_rules.md``): where the two agree (0.92 / 0.82 / 0.86 of the
-lot-attributes whose oracle sign is known, default / other_law / confounded) the sign is right on
-1.000 / 0.980 / 1.000, and the undetermined rest holds 1.00 / 0.92 / 1.00 of the entries where
-either explainer's sign is wrong. But on these studies each concept's sign is the same in nearly
-every lot, so a study-level sign does as well: the explain stage's ``linear_model`` (truth-free)
-is right on 1.000 / 0.984 / 0.986 of the same entries. Those entries are the larger effects
-(59-73 of 96 per study); small ones are not covered. The ``explain`` stage scores it on its
-held-out lots, one entry per lot and attribute (``agreed_signs/er/*``).
+24 fresh lots per study rendered from each study's own design; its first rule, written before
+the results, and the addenda after, in ``sign_agreement_rules.md``): where the two agree (0.92 /
+0.82 / 0.86 of the lot-attributes whose oracle sign is known, default / other_law / confounded)
+the sign is right on 1.000 / 0.980 / 1.000, and the undetermined rest holds 1.00 / 0.92 / 1.00
+of the entries where either explainer's sign is wrong. But on these studies each concept's sign
+is the same in nearly every lot, so a study-level sign does as well: the explain stage's
+``linear_model`` (truth-free) is right on 1.000 / 0.984 / 0.986 of the same entries. Those
+entries are the larger effects (59-73 of 96 per study; with 16 oracle renders per point 80-81,
+and the same picture). No study, the ``interaction`` one included, has a concept whose
+regressor sign changes between lots often enough to test per-lot signs against a constant. The
+``explain`` stage scores it on its held-out lots, one entry per lot and attribute
+(``agreed_signs/er/*``).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ gain-corrected knob gradient with a 95 % interval, mean gain and ``J^-T``-correc
 meter in the bundle, its lot's meter regression (``lot_meter_regression_{slope,low,high}_<a>``,
 :mod:`semknobs.explain.natural`; empty for a lot of fewer than ``min_tiles`` tiles) and the sign
 the two agree on (``lot_agreed_sign_<a>``: +1 or -1, 0 where they disagree or the lot has no
-meter regression; :mod:`semknobs.explain.agreement`); without a meter these columns are empty.
-Param
+meter regression; :mod:`semknobs.explain.agreement`); without a meter in the bundle both the
+meter-regression and the agreed-sign columns are empty. Param
 ``gradient=false`` skips that work (the columns come back empty).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """

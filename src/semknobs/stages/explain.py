@@ -198,7 +198,8 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         agreement = (gain, slopes)  # NaN slopes allowed: undetermined
         metrics |= agreed
         summary_natural.append(
-            "signs the knob gradient and the meter regression agree on, share of lots: "
+            "signs the gain-corrected knob gradient and the meter regression agree on, share of "
+            "lots: "
             + ", ".join(f"{a} {agreed[f'agreed_signs/lots/coverage_{a}']:.2f}" for a in ATTRIBUTES)
         )
         tables["corrected_gradient"] = corrected.table()
