@@ -117,6 +117,15 @@ def oracle_ceiling(tiles: pd.DataFrame) -> str:
     )
 
 
+def label_slopes(labels: pd.DataFrame, root: Path, scaler: AttributeScaler) -> np.ndarray:
+    """Knob units -> true units: the referee's label fit of the study's lot ``labels``
+    (unclipped knob units, as the referee fits them) on its truth."""
+    knob_labels = labels.copy()
+    knob_labels[A] = scaler.transform(labels[A].to_numpy())
+    truth = read_truth(root / "data" / "synthetic" / "truth")
+    return label_fit(truth.lots, knob_labels)[0]
+
+
 @dataclass(frozen=True)
 class Scored:
     """The committed models and the scored tiles with their oracle, ready for an explainer."""
@@ -144,10 +153,7 @@ def load_scored(lots: str, per_lot: int = 2) -> Scored:
         scored = _training_tiles(manifest, reg, per_lot)
     labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
     scaler = AttributeScaler.from_dict(gan.scaler)
-    knob_labels = labels.copy()  # unclipped, as the referee fits them
-    knob_labels[A] = scaler.transform(labels[A].to_numpy())
-    truth = read_truth(ROOT / "data" / "synthetic" / "truth")
-    slopes, _ = label_fit(truth.lots, knob_labels)  # knob units -> true units, the referee's
+    slopes = label_slopes(labels, ROOT, scaler)
     oracle = scored[[f"oracle_{a}" for a in A]].to_numpy()
     known = np.abs(oracle) > 2 * scored[[f"oracle_se_{a}" for a in A]].to_numpy()
 

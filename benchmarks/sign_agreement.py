@@ -58,15 +58,13 @@ import torch
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
-from semknobs.data.dataset import AttributeScaler
 from semknobs.data.design import lot_design
 from semknobs.data.schemas import read_lots
 from semknobs.data.synth import _expert_scores, scan_image
 from semknobs.data.tiles import tile_scan
-from semknobs.data.truth import read_truth
 from semknobs.evaluation import fidelity
 from semknobs.evaluation.oracle import Oracle, Synthetic
-from semknobs.evaluation.referee import RefereeParams, label_fit
+from semknobs.evaluation.referee import RefereeParams
 from semknobs.explain.agreement import agreed_signs
 from semknobs.explain.bundle import KnobExplainer
 from semknobs.models.regressor import predict
@@ -97,14 +95,6 @@ def render_lot(job: tuple) -> np.ndarray:
     return np.concatenate(out)
 
 
-def label_slopes(root: Path, scaler: AttributeScaler) -> np.ndarray:
-    """Knob units -> true units, the referee's label fit on the study's own lots."""
-    labels = read_lots(root / "data" / "synthetic" / "lots.csv")
-    labels[A] = scaler.transform(labels[A].to_numpy())
-    slopes, _ = label_fit(read_truth(root / "data" / "synthetic" / "truth").lots, labels)
-    return slopes
-
-
 def study_entries(study: str, root: Path, oracle_seeds: int | None = None) -> pd.DataFrame:
     """One row per fresh lot and attribute: KGG's and MR's values (true units), the oracle's."""
     synthetic = Synthetic.from_params(root / "params.yaml")
@@ -133,7 +123,8 @@ def study_entries(study: str, root: Path, oracle_seeds: int | None = None) -> pd
     given = labels[np.searchsorted(names, lot_of[rows])]
     kgg = bundle.knob_gradient(tiles[rows], given, lot_of[rows], readings=readings[rows])
     kgg = kgg.lots.set_index(["lot", "attribute"])["gain_corrected"]
-    slopes = label_slopes(root, bundle.scaler)
+    labels_csv = read_lots(root / "data" / "synthetic" / "lots.csv")
+    slopes = gv.kv.label_slopes(labels_csv, root, bundle.scaler)
     # the truth-free constant: the explain stage's linear model of the lot-mean predictions
     linear = pd.read_csv(root / "reports" / "explain" / "linear_model.csv").set_index("attribute")
     params = load_params(root / "params.yaml")["explain"]["referee"]
@@ -158,6 +149,11 @@ def study_entries(study: str, root: Path, oracle_seeds: int | None = None) -> pd
     return pd.DataFrame(out)
 
 
+def majority_sign(truth: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Each column's majority sign among its known entries (a tie: +1): the best constant."""
+    return np.where(np.where(known, truth, 0).sum(axis=0) >= 0, 1.0, -1.0)
+
+
 def study_scores(e: pd.DataFrame) -> list[dict[str, float | str]]:
     """One study's entries: pooled ("all") and per attribute, over the entries whose oracle sign
     is known. Accuracy of KGG, MR, the linear model (a truth-free constant) and the best
@@ -170,9 +166,7 @@ def study_scores(e: pd.DataFrame) -> list[dict[str, float | str]]:
 
     kgg, mr, linear, oracle = (piv(c) for c in ("kgg", "mr", "linear_model", "oracle"))
     known, truth = piv("known").astype(bool), np.sign(piv("oracle"))
-    # each attribute's majority sign among its known entries (a tie: +1, as in mixed_cells)
-    majority = np.where(np.where(known, truth, 0).sum(axis=0) >= 0, 1.0, -1.0)
-    majority = np.broadcast_to(majority, truth.shape)
+    majority = np.broadcast_to(majority_sign(truth, known), truth.shape)
     undetermined = agreed_signs(kgg, mr) == 0
 
     def acc(x: np.ndarray, mask: np.ndarray) -> float:
@@ -219,7 +213,8 @@ def mixed_cells(table: pd.DataFrame, min_known: int = 10, minority: float = 0.2)
     for _, g in known.groupby(["study", "attribute"], sort=False):
         share = (g["truth"] > 0).mean()
         if len(g) >= min_known and min(share, 1 - share) >= minority:
-            cells.append(g.assign(majority=1.0 if share >= 0.5 else -1.0))
+            sign = majority_sign(g[["truth"]].to_numpy(), np.ones((len(g), 1), bool))[0]
+            cells.append(g.assign(majority=sign))
     lines = [f"\nCells whose oracle sign changes between lots (>= {min_known} known entries, "
              f"minority >= {minority}): "]  # fmt: skip
     if not cells:

@@ -209,7 +209,7 @@ def _agreement(
     oracle = by.mean().to_numpy()
     lot_se = np.sqrt(pd.DataFrame(se**2).groupby(lots).sum().to_numpy())
     lot_se /= by.size().to_numpy()[:, None]
-    first = pd.Series(np.arange(len(lots))).groupby(lots).first().to_numpy()
+    first = np.unique(lots, return_index=True)[1]  # each lot's first row, sorted as groupby
     kgg, mr = (np.asarray(x, dtype=float)[first] * slopes for x in agreement)
     known = np.abs(oracle) > 2 * lot_se
     out = fidelity.sign_agreement(kgg, mr, oracle, known)

@@ -255,8 +255,8 @@ def _agreed_signs(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per lot and attribute, the lot's gain-corrected knob gradient, its meter regression and
     the sign they agree on (:mod:`semknobs.explain.agreement`); the share of lots with a sign."""
-    names = list(dict.fromkeys(lots))
-    first = np.array([np.flatnonzero(lots.to_numpy() == n)[0] for n in names])
+    first = np.sort(np.unique(lots, return_index=True)[1])  # each lot's first row, in order
+    names = lots.to_numpy()[first]
     kgg, mr = gain[first], slopes[first]  # both already each row's lot value
     signs = agreed_signs(kgg, mr)
     table = pd.DataFrame(
