@@ -67,6 +67,51 @@ def tiny_study(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+TINY_MODEL = {"enc_dim": 8, "dec_dim": 8, "dis_dim": 8, "dis_fc_dim": 16}
+# the default design (concept loss) shrunk: pre-training, and a refresh on measured edits at 20
+TINY_CONCEPT = {
+    "steps": 10,
+    "batch_size": 16,
+    "refresh_every": 20,
+    "refresh_tiles": 8,
+    "refresh_steps": 5,
+    "pool_size": 32,
+    "model": {"width": 8, "blocks": 3},
+}
+
+
+@pytest.fixture
+def stage_inputs(tiny_study, tmp_path):
+    """An AttGAN stage's inputs beside ``tiny_study``: 2 test lots and 2 folds of 2 training lots,
+    the repo's params with the AttGAN shrunk, meter readings and a tiny regressor."""
+    import pandas as pd
+    import yaml
+
+    from semknobs.data.split import SplitParams, make_splits, write_splits
+    from semknobs.data.tiles import load_tiles
+    from semknobs.meter import MeterParams, measure_tiles
+
+    lots = pd.read_csv(tiny_study["lots"])
+    splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
+    write_splits(tmp_path / "splits.json", splits)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
+    params["train_attgan"]["train"]["model"].update(TINY_MODEL)
+    params["train_attgan"]["train"]["concept"].update(TINY_CONCEPT)
+    # 4 training lots: too few for the texture fit (the e2e study's 6 train with it)
+    params["train_attgan"]["train"]["lambda_texture"] = 0.0
+    params["train_attgan"]["sample_every"] = 30
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "tuned.yaml").write_text("{}\n")
+    tiles, manifest = load_tiles(tiny_study["tiles"])  # the concept network's meter readings
+    readings = measure_tiles(tiles, MeterParams(), n_jobs=1)
+    manifest[["tile", "lot", "scan", "row", "col"]].join(readings).to_csv(
+        tmp_path / "measurements.csv", index=False
+    )
+    save_tiny_regressor(tmp_path / "regressor")  # for the feature loss, when a test turns it on
+    return tmp_path
+
+
 @pytest.fixture
 def mlflow_tmp(tmp_path, monkeypatch) -> Path:
     """A real sqlite MLflow store in a temp dir, used by stage scripts run in-process."""

@@ -51,6 +51,12 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
     assert stage.train.model.img_size == 128 and stage.train.model.enc_layers == 5
     meter = load_section(MeasureParams, "measure", tmp_path / "params.yaml").meter
     assert meter.pore_radius == 4 and meter.min_area == 16.0  # lengths x2, areas x4 at 128 px
+    # the profile's tuning space, merged, checks against its (deeper) AttGAN
+    from semknobs.train.tune_attgan import TuneAttGANParams, check_against, dimensions
+
+    tune = load_section(TuneAttGANParams, "tune_attgan", tmp_path / "params.yaml")
+    check_against(dimensions(tune.space), stage.train)
+    assert tune.trial_steps == 3000 and tune.space["model"] == {"shortcut_layers": [0, 2]}
     merged = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert merged["split"] == yaml.safe_load((ROOT / "params.yaml").read_text())["split"]
     assert main(["profile", "nope", "--params", str(tmp_path / "params.yaml")]) == 2

@@ -13,57 +13,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-import yaml
 
-from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.errors import ParamsError
-from semknobs.meter import MeterParams, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.stage import StageContext
 from semknobs.stages import evaluate_attgan
 from semknobs.stages import train_attgan as train_attgan_stage
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 
-from .conftest import ROOT, save_tiny_regressor
-
-TINY_MODEL = {"enc_dim": 8, "dec_dim": 8, "dis_dim": 8, "dis_fc_dim": 16}
-# the default design (concept loss) shrunk: pre-training, and a refresh on measured edits at 20
-TINY_CONCEPT = {
-    "steps": 10,
-    "batch_size": 16,
-    "refresh_every": 20,
-    "refresh_tiles": 8,
-    "refresh_steps": 5,
-    "pool_size": 32,
-    "model": {"width": 8, "blocks": 3},
-}
-
-
-@pytest.fixture
-def stage_inputs(tiny_study, tmp_path):
-    lots = pd.read_csv(tiny_study["lots"])
-    splits = make_splits(lots, SplitParams(n_folds=2, test_lots=2))
-    write_splits(tmp_path / "splits.json", splits)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train_attgan"]["train"].update(steps=60, checkpoint_every=5, log_every=5, batch_size=8)
-    params["train_attgan"]["train"]["model"].update(TINY_MODEL)
-    params["train_attgan"]["train"]["concept"].update(TINY_CONCEPT)
-    # 4 training lots: too few for the texture fit (the e2e study's 6 train with it)
-    params["train_attgan"]["train"]["lambda_texture"] = 0.0
-    params["train_attgan"]["sample_every"] = 30
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "tuned.yaml").write_text("{}\n")
-    tiles, manifest = load_tiles(tiny_study["tiles"])  # the concept network's meter readings
-    readings = measure_tiles(tiles, MeterParams(), n_jobs=1)
-    manifest[["tile", "lot", "scan", "row", "col"]].join(readings).to_csv(
-        tmp_path / "measurements.csv", index=False
-    )
-    save_tiny_regressor(tmp_path / "regressor")  # for the feature loss, when a test turns it on
-    return tmp_path
+from .conftest import ROOT, TINY_MODEL, save_tiny_regressor
 
 
 def _args(study, root) -> dict[str, Path]:
@@ -200,7 +161,6 @@ def test_kill_9_then_rerun_resumes_and_finishes(tiny_study, stage_inputs):
 
 def test_unchanged_attributes_give_a_close_copy(tiny_study):
     """After a short training, G(I; A_I) is much closer to I than to other tiles."""
-    from semknobs.data.tiles import load_tiles
     from semknobs.evaluation.samples import generate
 
     tiles, _ = load_tiles(tiny_study["tiles"])

@@ -1,26 +1,50 @@
-"""tune_attgan: off by default; a clear refusal where its trials cannot train the design."""
+"""tune_attgan: off by default; the concept-loss design tuned for real on tiny data (three
+objectives with the regressor); a bad space, fold or input refused before any trial trains."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
 
+import optuna
 import pytest
+import yaml
 
 from semknobs.errors import ParamsError
 from semknobs.stages import tune_attgan
+from semknobs.train import tuning
+from semknobs.train.tune_attgan import choose, dimensions, objectives
 
-from .conftest import ROOT
+from .conftest import ROOT, save_tiny_regressor
 
 
-def _paths(tmp_path):
+def _paths(root, study=None, **kw):
+    study = study or {"tiles": root / "tiles", "lots": root / "lots.csv"}
     return tune_attgan.Paths(
-        tiles_dir=tmp_path / "tiles",
-        lots=tmp_path / "lots.csv",
-        splits=tmp_path / "splits.json",
-        out=tmp_path / "tuned.yaml",
-        reports=tmp_path / "reports",
-        storage=str(tmp_path / "study.journal"),
+        tiles_dir=study["tiles"],
+        lots=study["lots"],
+        splits=root / "splits.json",
+        out=root / "tuned.yaml",
+        reports=root / "reports",
+        measurements=root / "measurements.csv",
+        regressor_dir=root / "regressor",
+        storage=str(root / "study.journal"),
+        **kw,
     )
+
+
+def _tiny(root, n_trials=2, **space):
+    """The stage's params from the shrunken ``params.yaml`` (``stage_inputs``), tuning for real."""
+    params = tune_attgan.load(root / "params.yaml", _paths(root))
+    tune = dataclasses.replace(
+        params.tune,
+        n_trials=n_trials,
+        trial_steps=12,
+        space=space or {"lambda_rec": [5.0, 50.0], "model": {"shortcut_layers": [0, 2]}},
+        eval=dataclasses.replace(params.tune.eval, n_tiles=6, points=3),
+    )
+    return dataclasses.replace(params, tune=tune)
 
 
 def test_off_writes_an_empty_tuned_file_once(tmp_path):
@@ -34,19 +58,117 @@ def test_off_writes_an_empty_tuned_file_once(tmp_path):
     assert paths.out.read_text() == "lr: 0.001\n"
 
 
-def test_the_concept_loss_design_is_refused_before_any_work(tmp_path):
+def test_the_default_space_holds_train_attgans_own_params():
+    params = tune_attgan.load(ROOT / "params.yaml", _paths(ROOT))
+    for d in dimensions(params.tune.space):
+        owner = params.base.model if d.key.startswith("model.") else params.base
+        value = getattr(owner, d.key.removeprefix("model."))
+        assert d.values[0] <= value <= d.values[1], d.key
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        ({"lambda_rek": [1.0, 2.0]}, "lambda_rek: not a train_attgan.train parameter"),
+        ({"concept": [1, 2]}, "concept: not a train_attgan.train parameter"),
+        ({"lambda_rec": [0.0, 2.0]}, "lambda_rec: log-uniform needs low > 0"),
+        ({"lambda_rec": [3.0, 2.0]}, "lambda_rec: expected finite low <= high"),
+        ({"lr": [1e-4, float("inf")]}, "lr: expected finite low <= high"),
+        ({"lr": [float("nan"), 1e-3]}, "lr: expected finite low <= high"),
+        ({"lr": [1e-4]}, r"lr: expected \[low, high\] numbers"),
+        ({"lr": ["a", "b"]}, r"lr: expected \[low, high\] numbers"),
+        ({"model": {"shortcut_layers": [0, 1.5]}}, "shortcut_layers: an integer parameter needs"),
+        ({"model": {"shortcut_layers": [0, 3]}}, "shortcut_layers: 3 is not valid"),
+        ({"model": {"condition": ["absolute", "sideways"]}}, "condition: 'sideways' is not valid"),
+        ({"model": {"film": [True, 1]}}, "film: choices must be bool"),
+        ({"critic": ["r1", "r2"]}, "critic: choices must be"),
+        ({"critic": ["r1", "r1"]}, "critic: expected distinct choices"),
+        ({"model": [0, 1]}, "model: expected a mapping"),
+        ({"lr": 0.001}, r"lr: expected \[low, high\] or a list"),
+        ({}, "empty"),
+    ],
+)
+def test_a_bad_space_is_refused_before_any_work(tmp_path, space, match):
     paths = _paths(tmp_path)  # no tiles exist: the refusal must come first
     params = tune_attgan.load(ROOT / "params.yaml", paths)
-    assert params.base.lambda_concept > 0
-    params = dataclasses.replace(params, tune=dataclasses.replace(params.tune, n_trials=2))
-    with pytest.raises(ParamsError, match="lambda_concept"):
-        tune_attgan.run(params, paths)
+    tune = dataclasses.replace(params.tune, n_trials=2, space=space)
+    with pytest.raises(ParamsError, match=match):
+        tune_attgan.run(dataclasses.replace(params, tune=tune), paths)
     assert not paths.out.exists() and not (tmp_path / "study.journal").exists()
-    base = dataclasses.replace(params.base, lambda_concept=0.0, lambda_regressor=1.0)
-    with pytest.raises(ParamsError, match="lambda_regressor=0 -S train_attgan.train.lambda_tex"):
-        tune_attgan.run(dataclasses.replace(params, base=base), paths)
-    assert not paths.out.exists()
-    base = dataclasses.replace(params.base, lambda_concept=0.0, lambda_texture=0.5)
-    with pytest.raises(ParamsError, match="lambda_texture > 0"):
-        tune_attgan.run(dataclasses.replace(params, base=base), paths)
-    assert not paths.out.exists()
+
+
+def test_bad_inputs_are_refused_before_any_trial(tiny_study, stage_inputs):
+    root = stage_inputs
+    params = _tiny(root)
+    cases = [
+        (dataclasses.replace(params, tune=dataclasses.replace(params.tune, val_fold=2)), {}),
+        (params, {"measurements": None}),
+        (params, {"regressor_dir": root / "small"}),
+    ]
+    save_tiny_regressor(root / "small", img_size=32)
+    matches = ["val_fold: 2 is not a fold", "needs --measurements", "reads 32-px tiles"]
+    for (p, kw), match in zip(cases, matches, strict=True):
+        with pytest.raises(ParamsError, match=match):
+            tune_attgan.run(p, dataclasses.replace(_paths(root, tiny_study), **kw))
+    base = dataclasses.replace(params.base, lambda_texture=1.0)  # 2 fitting lots: too few
+    with pytest.raises(ParamsError, match="texture loss needs at least 6 fitting lots"):
+        tune_attgan.run(dataclasses.replace(params, base=base), _paths(root, tiny_study))
+    assert not (root / "tuned.yaml").read_text().strip("{}\n")  # the fixture's empty file
+    assert not (root / "study.journal").exists()
+
+
+def _study(values, n_objectives=3):
+    names, directions = objectives(n_objectives == 3)
+    study = optuna.create_study(directions=directions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(values=v))
+    return study
+
+
+def test_choose_known_answers():
+    # (psnr, control, shift); trial 0 is the baseline (train_attgan's own params)
+    values = [(24.0, 0.70, 5.0), (23.0, 0.95, 4.0), (25.0, 0.90, 6.0), (23.8, 0.80, 5.2)]
+    study = _study(values)
+    assert choose(study, psnr_tolerance_db=0.5, shift_tolerance_pct=0.5).number == 3
+    assert choose(study, psnr_tolerance_db=1.0, shift_tolerance_pct=0.5).number == 1
+    assert choose(study, psnr_tolerance_db=0.5, shift_tolerance_pct=1.0).number == 2
+    assert choose(study, psnr_tolerance_db=0.0, shift_tolerance_pct=0.0).number == 0
+    two = _study([(24.0, 0.70), (23.0, 0.95), (23.8, 0.80)], n_objectives=2)
+    assert choose(two, psnr_tolerance_db=0.5, shift_tolerance_pct=0.0).number == 2  # no shift
+    dominated = _study([(22.0, 0.5, 9.0), (23.0, 0.6, 8.0), (21.0, 0.9, 8.5)])
+    assert choose(dominated, psnr_tolerance_db=0.0, shift_tolerance_pct=0.0).number == 1
+
+
+def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, stage_inputs):
+    root = stage_inputs
+    paths = _paths(root, tiny_study)
+    params = _tiny(root)
+    result = tune_attgan.run(params, paths)
+    storage = tuning.make_storage(paths.storage)
+    study = optuna.load_study(study_name=paths.study_name, storage=storage)
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 2
+    assert study.metric_names == ["val/psnr", "val/mean_control", "val/recon_shift_pct_range"]
+    # the first trial is train_attgan's own params; every objective is a real, finite score
+    assert trials[0].params == {"lambda_rec": params.base.lambda_rec, "model.shortcut_layers": 1}
+    for t in trials:
+        psnr, control, shift = t.values
+        assert 5 < psnr < 60 and -1 <= control <= 1 and 0 <= shift < 1e4
+        assert t.user_attrs["val/recon_shift_pct_range"] == shift
+    tuned = yaml.safe_load(paths.out.read_text())
+    chosen = trials[json.loads((root / "reports" / "study.json").read_text())["chosen_trial"]]
+    assert tuned == {
+        "lambda_rec": chosen.params["lambda_rec"],
+        "model": {"shortcut_layers": chosen.params["model.shortcut_layers"]},
+    }
+    assert result.metrics["tune/chosen_recon_shift_pct_range"] == chosen.values[2]
+    assert (root / "reports" / "pareto_front.png").stat().st_size > 0
+
+    tune_attgan.run(params, paths)  # the study holds its 2 trials: nothing trains again
+    assert len(optuna.load_study(study_name=paths.study_name, storage=storage).trials) == 2
+    # the same study scored without the regressor would mix objectives: refused
+    with pytest.raises(ParamsError, match="start a new study"):
+        tune_attgan.run(params, dataclasses.replace(paths, regressor_dir=None))

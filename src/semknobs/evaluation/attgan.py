@@ -48,6 +48,18 @@ def reconstruction_metrics(real: np.ndarray, rec: np.ndarray) -> dict[str, float
     return {"test/psnr": float(psnr.mean()), "test/ssim": float(np.mean(ssim))}
 
 
+def shift_metrics(direct: np.ndarray, recon: np.ndarray, stress_range: float) -> dict[str, float]:
+    """The regressor's reconstruction shift: ``recon`` = R(G(I; A)) against ``direct`` = R(I),
+    both in MPa per tile; the headline is the mean absolute shift as a percentage of the training
+    lots' stress range (the issue's realism target: at most 3 %)."""
+    shift = np.asarray(recon) - np.asarray(direct)
+    return {
+        "recon/shift_mean_mpa": float(shift.mean()),
+        "recon/shift_abs_mean_mpa": float(np.abs(shift).mean()),
+        "recon/shift_pct_range": float(100 * np.abs(shift).mean() / stress_range),
+    }
+
+
 def control_matrix(
     gen: Generator,
     images: np.ndarray,

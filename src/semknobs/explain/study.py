@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.evaluation.attgan import shift_metrics
 from semknobs.explain import figures
 from semknobs.explain.bundle import StressInMPa, in_batches
 from semknobs.explain.correlation import correlation_table, linear_coefficients, marginal_slopes
@@ -100,10 +101,7 @@ def explain(
     sens = ForwardSensitivity(gen, reg_mpa, batch_size=params.batch_size)
     direct = in_batches(reg_mpa, images, params.batch_size)
     sweep = sens.attribute(images, attrs, points=params.sweep_points)
-    shift = sweep.baseline - direct.numpy()
-    metrics["recon/shift_mean_mpa"] = float(shift.mean())
-    metrics["recon/shift_abs_mean_mpa"] = float(np.abs(shift).mean())
-    metrics["recon/shift_pct_range"] = float(100 * np.abs(shift).mean() / stress_range)
+    metrics |= shift_metrics(direct.numpy(), sweep.baseline, stress_range)
 
     # 2. forward sensitivity
     tables["sensitivity"] = figures.sensitivity_table(sweep)

@@ -1,9 +1,11 @@
-"""Stage ``tune_attgan``: a multi-objective Optuna study of the AttGAN (PSNR vs concept control)
-on a validation fold (:mod:`semknobs.train.tune_attgan`); writes the chosen params for
-``train_attgan``.
+"""Stage ``tune_attgan``: a multi-objective Optuna study of the AttGAN (PSNR, concept control and
+the regressor's reconstruction shift) on a validation fold (:mod:`semknobs.train.tune_attgan`);
+writes the chosen params for ``train_attgan``.
 
 Minutes per trial on a CPU, so ``tune_attgan.n_trials: 0`` (the default) leaves the committed
-tuned file as it is; set it to N to run (or extend) the study to N trials.
+tuned file as it is; set it to N to run (or extend) the study to N trials. Every check of the
+inputs (search space, meter readings, regressor, an existing study's objectives) runs before
+the first trial trains.
 """
 
 from __future__ import annotations
@@ -18,29 +20,37 @@ import optuna
 from semknobs import tracking
 from semknobs.config import from_mapping, load_params, load_section, to_mapping
 from semknobs.data.dataset import fit_scaler, load_tileset
+from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
+from semknobs.meter import MeasureParams, MeterParams, read_measurements
+from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
+from semknobs.train.texture import MIN_TEXTURE_LOTS
 from semknobs.train.tune_attgan import (
-    METRICS,
+    TrialData,
     TuneAttGANParams,
     baseline_trial,
+    check_against,
     choose,
+    dimensions,
+    nested,
     objective_factory,
+    objectives,
     study_summary,
-    tuned_overrides,
 )
 
 NAME = "tune_attgan"
-DEPS = ("tiles_dir", "lots", "splits")
+DEPS = ("tiles_dir", "lots", "splits", "measurements", "regressor_dir")
 
 
 @dataclass(frozen=True)
 class Params:
     tune: TuneAttGANParams
     base: AttGANTrainParams  # train_attgan.train: what the trials vary
+    meter: MeterParams | None = None  # the measure stage's (the concept network learns from it)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,13 @@ class Paths:
     splits: Path
     out: Path = field(metadata={"help": "tuned params YAML to write"})
     reports: Path
+    measurements: Path | None = field(
+        default=None, metadata={"help": "the measure stage's readings (for the concept loss)"}
+    )
+    regressor_dir: Path | None = field(
+        default=None,
+        metadata={"help": "the trained regressor (the shift objective; the feature loss)"},
+    )
     storage: str = field(
         default="optuna/attgan.journal",
         metadata={"help": "journal file, or an RDB URL shared by workers"},
@@ -60,7 +77,8 @@ class Paths:
 def load(params_file: Path, paths: Paths) -> Params:
     section = load_params(params_file).get("train_attgan", {})
     base = from_mapping(TrainAttGANStageParams, section, where=f"{params_file}: train_attgan")
-    return Params(load_section(TuneAttGANParams, NAME, params_file), base.train)
+    meter = load_section(MeasureParams, "measure", params_file).meter
+    return Params(load_section(TuneAttGANParams, NAME, params_file), base.train, meter)
 
 
 def logged_params(params: Params) -> Any:
@@ -77,37 +95,73 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         write_json(reports / "study.json", {"n_trials": 0, "note": "tuning is off (n_trials: 0)"})
         return StageResult({}, {}, [f"n_trials is 0: keeping {paths.out} as it is (no tuning)"])
 
-    # the trials would need the meter readings, the trained regressor and the lot ids too
-    needs = [
-        k
-        for k in ("lambda_concept", "lambda_regressor", "lambda_texture")
-        if getattr(params.base, k) > 0
-    ]
-    if needs:
-        raise ParamsError(
-            f"tune_attgan: tuning the concept-loss design (train_attgan.train.{needs[0]} > 0) "
-            "is not supported yet; set tune_attgan.n_trials: 0, or tune the critic-head design "
-            "with " + " ".join(f"-S train_attgan.train.{k}=0" for k in needs)
-        )
+    dims = dimensions(space.space)
+    check_against(dims, params.base)
     splits = read_splits(paths.splits)
-    fit_lots, val_lots = splits.cv_folds(str(paths.splits))[space.val_fold]
+    folds = splits.cv_folds(str(paths.splits))
+    if not 0 <= space.val_fold < len(folds):
+        raise ParamsError(
+            f"tune_attgan.val_fold: {space.val_fold} is not a fold of {paths.splits} "
+            f"(0..{len(folds) - 1})"
+        )
+    fit_lots, val_lots = folds[space.val_fold]
+    tuned_keys = {d.key for d in dims}
+    texture = params.base.lambda_texture > 0 or "lambda_texture" in tuned_keys
+    if texture and len(fit_lots) < MIN_TEXTURE_LOTS:
+        raise ParamsError(
+            f"tune_attgan: the texture loss needs at least {MIN_TEXTURE_LOTS} fitting lots, "
+            f"fold {space.val_fold} of {paths.splits} leaves {len(fit_lots)}; set "
+            "train_attgan.train.lambda_texture: 0 and leave it out of tune_attgan.space"
+        )
+    concept = params.base.lambda_concept > 0 or "lambda_concept" in tuned_keys
+    if concept and paths.measurements is None:
+        raise ParamsError("tune_attgan: the concept loss needs --measurements (measure)")
+    regressor = None
+    if paths.regressor_dir is not None:
+        regressor, _ = regressor_model.load(paths.regressor_dir)
+        if regressor.cfg.img_size != params.base.model.img_size:
+            raise ParamsError(
+                f"tune_attgan: the regressor in {paths.regressor_dir} reads "
+                f"{regressor.cfg.img_size}-px tiles, the AttGAN makes "
+                f"{params.base.model.img_size}-px ones (train_attgan.train.model.img_size)"
+            )
+    elif params.base.lambda_regressor > 0 or "lambda_regressor" in tuned_keys:
+        raise ParamsError("tune_attgan: lambda_regressor > 0 needs --regressor-dir")
+    names, directions = objectives(regressor is not None)
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = tuning.make_storage(paths.storage)
+    _check_existing(storage, paths, names)
     scaler = fit_scaler(paths.lots, fit_lots)
     train = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=fit_lots, scaler=scaler
     )
     val = load_tileset(tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=val_lots, scaler=scaler)
+    readings = None
+    if concept:
+        readings = read_measurements(paths.measurements, train.manifest).to_numpy()
+    labels = read_lots(paths.lots)
+    stress = labels.loc[labels["lot"].isin(fit_lots), "peak_stress"]
+    data = TrialData(
+        train_images=train.images,
+        train_attrs=train.attrs,
+        val_images=val.images,
+        val_attrs=val.attrs,
+        readings=readings,
+        lots=train.manifest["lot"].to_numpy(),
+        meter=params.meter,
+    )
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = tuning.create_study(
-        paths.storage,
+        storage,
         paths.study_name,
-        metric_names=METRICS,
-        directions=["maximize", "maximize"],
+        metric_names=names,
+        directions=directions,
         sampler=optuna.samplers.TPESampler(seed=space.seed),
     )
     if not study.trials:  # always score train_attgan's own params first
-        study.enqueue_trial(baseline_trial(params.base))
-    remaining = space.n_trials - len([t for t in study.trials if t.state.is_finished()])
+        study.enqueue_trial(baseline_trial(params.base, dims))
+    remaining = space.n_trials - tuning.n_finished(study)
     if remaining > 0:
         trials = tuning.TrialTracking(
             stage=NAME,
@@ -120,16 +174,17 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         objective = objective_factory(
             space=space,
             base=params.base,
-            train=(train.images, train.attrs),
-            val=(val.images, val.attrs),
+            data=data,
+            regressor=regressor,
+            stress_range=float(stress.max() - stress.min()),
             tracking=trials,
         )
-        study.optimize(objective, n_trials=remaining)
-    chosen = choose(study, space.psnr_floor)
-    overrides = tuned_overrides(chosen)
-    about = (
-        f"study {paths.study_name!r}, trial {chosen.number}: val/psnr {chosen.values[0]:.2f} dB, "
-        f"val/mean_control {chosen.values[1]:.3f}"
+        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
+    chosen = choose(study, space.psnr_tolerance_db, space.shift_tolerance_pct)
+    overrides = nested(chosen.params)
+    values = dict(zip(names, chosen.values, strict=True))
+    about = f"study {paths.study_name!r}, trial {chosen.number}: " + ", ".join(
+        f"{k} {v:.3g}" for k, v in values.items()
     )
     tuning.write_tuned(paths.out, overrides, written_by=NAME, about=about)
     summary = study_summary(study, chosen)
@@ -138,9 +193,24 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     )
     from optuna.visualization.matplotlib import plot_pareto_front
 
-    axes = plot_pareto_front(study, target_names=["val/psnr (dB)", "val/mean_control"])
+    axes = plot_pareto_front(study, target_names=names)
     save_figure(axes.figure, reports / "pareto_front.png")
-    metrics = {"tune/chosen_psnr": chosen.values[0], "tune/chosen_control": chosen.values[1]}
+    metrics = {f"tune/chosen_{k.split('/')[-1]}": v for k, v in values.items()}
     return StageResult(
-        metrics, {"figures": reports}, [f"chose trial {chosen.number}; wrote {paths.out}"]
+        metrics, {"figures": reports}, [f"chose trial {chosen.number} ({about}); wrote {paths.out}"]
     )
+
+
+def _check_existing(storage: optuna.storages.BaseStorage, paths: Paths, names: list[str]) -> None:
+    """An existing study of another set of objectives (e.g. before ``--regressor-dir``) cannot
+    be extended: say so before any work."""
+    try:
+        old = optuna.load_study(study_name=paths.study_name, storage=storage)
+    except KeyError:
+        return
+    if old.metric_names is not None and list(old.metric_names) != names:
+        raise ParamsError(
+            f"tune_attgan: study {paths.study_name!r} in {paths.storage} scores "
+            f"{old.metric_names}, this run {names}; start a new study (--study-name or "
+            "--storage), or delete the old one"
+        )

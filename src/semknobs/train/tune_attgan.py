@@ -1,16 +1,33 @@
-"""Multi-objective tuning of the AttGAN: reconstruction PSNR vs mean concept control.
+"""Multi-objective tuning of the AttGAN: reconstruction PSNR, concept control and, given the
+trained regressor, the regressor's reconstruction shift.
 
-Each trial trains a short AttGAN on the training folds except ``val_fold`` and scores it on the
-tiles of ``val_fold`` (the test lots are never touched). The two objectives are ``val/psnr`` and
-``val/mean_control`` (mean over attributes of the meter-measured control rho); both maximised.
+Each trial trains a short AttGAN (``trial_steps``) on the training folds except ``val_fold`` and
+scores it on tiles of ``val_fold`` (the test lots are never touched):
+
+* ``val/psnr``: reconstruction PSNR (dB), maximised;
+* ``val/mean_control``: mean over attributes of the meter-measured control rho, maximised;
+* ``val/recon_shift_pct_range``: mean |R(G(I; A)) - R(I)| as a % of the training lots' stress range,
+  minimised (only with a regressor). The regressor reads the validation tiles and their
+  reconstructions, never a label, so nothing here reads the truth.
+
+The search space is declared in ``params.yaml`` only (``tune_attgan.space``): each key names a
+``train_attgan.train`` parameter (the architecture's under ``model:``) and gives ``[low, high]``
+for a number (floats log-uniform, integers uniform) or the choices for a true/false or text
+parameter. ``model.enc_layers`` sets ``dec_layers`` too, and ``model.shortcut_layers`` is kept
+below the trial's number of layers.
+
 The chosen trial is the Pareto-optimal one with the best mean control among those whose PSNR
-reaches ``psnr_floor`` (else the best PSNR); its params are written to a YAML file that
-``train_attgan`` reads (``--tuned``), so nobody copies numbers by hand.
+is at most ``psnr_tolerance_db`` below the baseline trial's (trial 0: ``train_attgan``'s own
+params, always run first) and whose shift is at most ``shift_tolerance_pct`` above it. Its params
+are written to a YAML file that ``train_attgan`` reads (``--tuned``), so nobody copies numbers by
+hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,70 +36,162 @@ import numpy as np
 import optuna
 import torch
 
+from semknobs.errors import ParamsError
 from semknobs.evaluation.attgan import (
     AttGANEvalParams,
     control_matrix,
     control_metrics,
     reconstruction_metrics,
+    shift_metrics,
 )
 from semknobs.evaluation.samples import generate
+from semknobs.meter import MeterParams
+from semknobs.models.attgan import AttGANConfig
+from semknobs.models.regressor import PeakStressRegressor
+from semknobs.pixels import to_model
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 
-METRICS = ["val/psnr", "val/mean_control"]
+PSNR, CONTROL, SHIFT = "val/psnr", "val/mean_control", "val/recon_shift_pct_range"
 
 
-@dataclass(frozen=True)
-class AttGANSearchSpace:
-    """Declared in ``params.yaml`` only (``tune_attgan.space``): no defaults here."""
-
-    lambda_rec: tuple[float, float]  # log-uniform
-    lambda_att_g: tuple[float, float]  # log-uniform
-    lr: tuple[float, float]  # log-uniform
-    enc_layers: tuple[int, int]
-    shortcut_layers: tuple[int, int]
+def objectives(with_regressor: bool) -> tuple[list[str], list[str]]:
+    """(metric names, directions) of a study, with or without the regressor's shift."""
+    if with_regressor:
+        return [PSNR, CONTROL, SHIFT], ["maximize", "maximize", "minimize"]
+    return [PSNR, CONTROL], ["maximize", "maximize"]
 
 
 @dataclass(frozen=True)
 class TuneAttGANParams:
-    """The ``tune_attgan`` params section."""
+    """The ``tune_attgan`` params section (``space``: no default, declared in params.yaml)."""
 
-    space: AttGANSearchSpace
+    space: dict[str, Any]
     n_trials: int = 0
     trial_steps: int = 1000
     seed: int = 0
     val_fold: int = 0
-    psnr_floor: float = 22.0
+    psnr_tolerance_db: float = 0.5
+    shift_tolerance_pct: float = 0.5
     eval: AttGANEvalParams = field(default_factory=lambda: AttGANEvalParams(n_tiles=48, points=4))
 
 
-def suggest(trial: optuna.Trial, space: AttGANSearchSpace) -> dict[str, Any]:
-    """The overrides one trial tries (the same shape as the tuned-params file)."""
-    layers = trial.suggest_int("enc_layers", *space.enc_layers)
-    shortcut_hi = min(space.shortcut_layers[1], layers - 1)
-    return {
-        "lambda_rec": trial.suggest_float("lambda_rec", *space.lambda_rec, log=True),
-        "lambda_att_g": trial.suggest_float("lambda_att_g", *space.lambda_att_g, log=True),
-        "lr": trial.suggest_float("lr", *space.lr, log=True),
-        "model": {
-            "enc_layers": layers,
-            "dec_layers": layers,
-            "shortcut_layers": trial.suggest_int(
-                "shortcut_layers", space.shortcut_layers[0], shortcut_hi
-            ),
-        },
-    }
+@dataclass(frozen=True)
+class Dimension:
+    """One tuned parameter: ``key`` as in the space, its type and its range or choices."""
+
+    key: str
+    kind: type
+    values: tuple[Any, ...]
 
 
-def baseline_trial(base: AttGANTrainParams) -> dict[str, Any]:
+def dimensions(space: dict[str, Any], where: str = "tune_attgan.space") -> list[Dimension]:
+    """The space checked against ``AttGANTrainParams``: known keys, typed, finite, in order.
+    Architecture keys sit under ``model:`` as in ``train_attgan.train``; a dimension's key (and
+    its Optuna name) is ``model.<name>``."""
+    train_types = typing.get_type_hints(AttGANTrainParams)
+    model_types = typing.get_type_hints(AttGANConfig)
+    del train_types["model"], train_types["concept"]  # nested sections: not tunable here
+    dims = []
+    model = space.get("model", {})
+    if not isinstance(model, dict):
+        raise ParamsError(f"{where}.model: expected a mapping of architecture keys, got {model!r}")
+    flat = {k: v for k, v in space.items() if k != "model"}
+    flat |= {f"model.{k}": v for k, v in model.items()}
+    for key, values in flat.items():
+        types = model_types if key.startswith("model.") else train_types
+        name = key.removeprefix("model.")
+        kind = types.get(name)
+        if kind is None:
+            known = sorted(train_types) + [f"model.{k}" for k in sorted(model_types)]
+            raise ParamsError(f"{where}.{key}: not a train_attgan.train parameter; known: {known}")
+        at = f"{where}.{key}"
+        if not isinstance(values, list):
+            raise ParamsError(f"{at}: expected [low, high] or a list of choices, got {values!r}")
+        if kind in (int, float):
+            if len(values) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise ParamsError(f"{at}: expected [low, high] numbers, got {values!r}")
+            low, high = values
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ParamsError(f"{at}: expected finite low <= high, got {values!r}")
+            if kind is int and not all(isinstance(v, int) for v in values):
+                raise ParamsError(
+                    f"{at}: an integer parameter needs integer bounds, got {values!r}"
+                )
+            if kind is float and low <= 0:
+                raise ParamsError(f"{at}: log-uniform needs low > 0, got {values!r}")
+            dims.append(Dimension(key, kind, (kind(low), kind(high))))
+        else:
+            allowed = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+            if not values or len(set(map(repr, values))) != len(values):
+                raise ParamsError(f"{at}: expected distinct choices, got {values!r}")
+            if not all(v in allowed if allowed else type(v) is kind for v in values):
+                expected = list(allowed) if allowed else kind.__name__
+                raise ParamsError(f"{at}: choices must be {expected}, got {values!r}")
+            dims.append(Dimension(key, object, tuple(values)))
+    if not dims:
+        raise ParamsError(f"{where}: empty; declare at least one parameter to tune")
+    return dims
+
+
+def check_against(dims: list[Dimension], base: AttGANTrainParams) -> None:
+    """Every bound and choice builds valid train params on ``base`` (e.g. a known ``condition``,
+    ``shortcut_layers`` below the layers): a bad space fails here, before any trial trains."""
+    layers = {d.key: d for d in dims}.get("model.enc_layers")
+    for d in dims:
+        for value in d.values:
+            flat = {d.key: value}
+            if layers is not None and d.key == "model.shortcut_layers":
+                flat["model.enc_layers"] = layers.values[1]  # checked at the most layers
+            try:
+                apply(base, nested(flat), base.steps)
+            except (ValueError, TypeError) as exc:
+                raise ParamsError(
+                    f"tune_attgan.space.{d.key}: {value!r} is not valid: {exc}"
+                ) from None
+
+
+def suggest(trial: optuna.Trial, dims: list[Dimension], base: AttGANTrainParams) -> dict[str, Any]:
+    """The flat overrides one trial tries (``model.<name>`` keys for the architecture)."""
+    out: dict[str, Any] = {}
+    for d in dims:
+        if d.kind is float:
+            out[d.key] = trial.suggest_float(d.key, *d.values, log=True)
+        elif d.kind is int:
+            low, high = d.values
+            if d.key == "model.shortcut_layers":  # fewer than the trial's layers
+                layers = out.get("model.enc_layers", base.model.enc_layers)
+                high = max(low, min(high, layers - 1))
+            out[d.key] = trial.suggest_int(d.key, low, high)
+        else:
+            out[d.key] = trial.suggest_categorical(d.key, list(d.values))
+    return out
+
+
+def baseline_trial(base: AttGANTrainParams, dims: list[Dimension]) -> dict[str, Any]:
     """Optuna params of ``base`` itself (enqueued first, so the study includes the default)."""
     return {
-        "enc_layers": base.model.enc_layers,
-        "lambda_rec": base.lambda_rec,
-        "lambda_att_g": base.lambda_att_g,
-        "lr": base.lr,
-        "shortcut_layers": base.model.shortcut_layers,
+        d.key: getattr(base.model if d.key.startswith("model.") else base, d.key.split(".")[-1])
+        for d in dims
     }
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat trial params as the tuned-params file's mapping (``model.x`` -> ``{model: {x}}``)."""
+    out: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("model."):
+            model[key.removeprefix("model.")] = value
+        else:
+            out[key] = value
+    if "enc_layers" in model:
+        model["dec_layers"] = model["enc_layers"]
+    if model:
+        out["model"] = model
+    return out
 
 
 def apply(base: AttGANTrainParams, overrides: dict[str, Any], steps: int) -> AttGANTrainParams:
@@ -91,20 +200,41 @@ def apply(base: AttGANTrainParams, overrides: dict[str, Any], steps: int) -> Att
     return dataclasses.replace(base, model=model, steps=steps, **flat)
 
 
+@dataclass(frozen=True)
+class TrialData:
+    """What every trial trains on and is scored on (uint8 tiles, attributes in [0, 1])."""
+
+    train_images: np.ndarray
+    train_attrs: np.ndarray
+    val_images: np.ndarray
+    val_attrs: np.ndarray
+    readings: np.ndarray | None = None  # meter readings of the training tiles (concept loss)
+    lots: np.ndarray | None = None  # their lot ids (concept calibration, texture fit)
+    meter: MeterParams | None = None
+
+
 def objective_factory(
     *,
     space: TuneAttGANParams,
     base: AttGANTrainParams,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    data: TrialData,
+    regressor: PeakStressRegressor | None = None,
+    stress_range: float | None = None,
     tracking: tuning.TrialTracking | None = None,
-) -> Callable[[optuna.Trial], tuple[float, float]]:
+) -> Callable[[optuna.Trial], tuple[float, ...]]:
+    """The study's objective; ``regressor`` (with the training lots' ``stress_range``) adds the
+    shift objective."""
+    dims = dimensions(space.space)
     rng = np.random.default_rng(space.seed)
-    pick = rng.choice(len(val[0]), min(space.eval.n_tiles, len(val[0])), replace=False)
+    n_val = len(data.val_images)
+    pick = rng.choice(n_val, min(space.eval.n_tiles, n_val), replace=False)
+    images, attrs = data.val_images[pick], data.val_attrs[pick]
+    direct = None if regressor is None else _predict(regressor, images, space.eval.batch_size)
+    names, _ = objectives(regressor is not None)
     tracked = tracking or tuning.TrialTracking("tune_attgan", "")
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        overrides = suggest(trial, space.space)
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        overrides = nested(suggest(trial, dims, base))
         with tuning.trial_run(tracked, trial, overrides) as run:
             metrics = _score(overrides)
             for key, value in metrics.items():
@@ -113,56 +243,79 @@ def objective_factory(
                 from semknobs import tracking as stage_tracking
 
                 stage_tracking.log_metrics(metrics)
-        return metrics["val/psnr"], metrics["val/mean_control"]
+        return tuple(metrics[k] for k in names)
 
     def _score(overrides: dict[str, Any]) -> dict[str, float]:
         params = apply(base, overrides, space.trial_steps)
         trainer = train_attgan(
             params=params,
-            images=torch.from_numpy(train[0]),
-            attrs=torch.from_numpy(train[1]),
+            images=torch.from_numpy(data.train_images),
+            attrs=torch.from_numpy(data.train_attrs),
             progress=False,
+            readings=data.readings,
+            lots=data.lots,
+            meter=data.meter,
+            regressor=regressor if params.lambda_regressor > 0 else None,
         )
-        images, attrs = val[0][pick], val[1][pick]
-        rec = reconstruction_metrics(images, generate(trainer.generator, images, attrs, attrs))
-        control = control_metrics(control_matrix(trainer.generator, images, attrs, space.eval)[0])
+        rec = generate(trainer.generator, images, attrs, attrs)
+        realism = reconstruction_metrics(images, rec)
+        matrix, _ = control_matrix(trainer.generator, images, attrs, space.eval, data.meter)
+        control = control_metrics(matrix)
         metrics = {
-            "val/psnr": rec["test/psnr"],
-            "val/ssim": rec["test/ssim"],
+            PSNR: realism["test/psnr"],
+            "val/ssim": realism["test/ssim"],
             **{k.replace("control/", "val/control_"): v for k, v in control.items()},
+            CONTROL: control["control/mean_spearman"],
         }
-        metrics["val/mean_control"] = control["control/mean_spearman"]
+        if regressor is not None and direct is not None and stress_range:
+            shifted = _predict(regressor, rec, space.eval.batch_size)
+            shift = shift_metrics(direct, shifted, stress_range)
+            metrics |= {k.replace("recon/", "val/recon_"): v for k, v in shift.items()}
         return metrics
 
     return objective
 
 
-def choose(study: optuna.Study, psnr_floor: float) -> optuna.trial.FrozenTrial:
+def _predict(regressor: PeakStressRegressor, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The regressor's MPa on uint8 tiles, in batches."""
+    regressor.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                regressor.predict_mpa(to_model(images[i : i + batch_size])).numpy()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+
+def choose(
+    study: optuna.Study, psnr_tolerance_db: float, shift_tolerance_pct: float
+) -> optuna.trial.FrozenTrial:
+    """The Pareto-optimal trial with the best control among those no worse than the baseline
+    (trial 0, ``train_attgan``'s own params) by more than the tolerances on PSNR and shift: the
+    baseline itself qualifies, so a study never chooses worse realism than the defaults for
+    control it cannot see. Without a completed baseline: the best control on the front."""
     front = study.best_trials
-    good = [t for t in front if t.values[0] >= psnr_floor]
-    if good:
-        return max(good, key=lambda t: t.values[1])
-    return max(front, key=lambda t: t.values[0])
+    names = list(study.metric_names or [])
+    base = study.trials[0] if study.trials else None
+    if base is None or base.state != optuna.trial.TrialState.COMPLETE:
+        return max(front, key=lambda t: (t.values[1], -t.number))
 
+    def qualifies(t: optuna.trial.FrozenTrial) -> bool:
+        ok = t.values[0] >= base.values[0] - psnr_tolerance_db
+        if SHIFT in names:
+            ok = ok and t.values[2] <= base.values[2] + shift_tolerance_pct
+        return ok
 
-def tuned_overrides(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    p = trial.params
-    return {
-        "lambda_rec": float(p["lambda_rec"]),
-        "lambda_att_g": float(p["lambda_att_g"]),
-        "lr": float(p["lr"]),
-        "model": {
-            "enc_layers": int(p["enc_layers"]),
-            "dec_layers": int(p["enc_layers"]),
-            "shortcut_layers": int(p["shortcut_layers"]),
-        },
-    }
+    good = [t for t in front if qualifies(t)] or [base]
+    return max(good, key=lambda t: (t.values[1], -t.number))
 
 
 def study_summary(study: optuna.Study, chosen: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     return {
         "chosen_trial": chosen.number,
-        "values": {"val/psnr": chosen.values[0], "val/mean_control": chosen.values[1]},
+        "values": dict(zip(names, chosen.values, strict=True)),
         "pareto_trials": [t.number for t in study.best_trials],
         "n_trials": len(study.trials),
         "states": tuning.state_counts(study),
