@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from semknobs.errors import ParamsError
 from semknobs.train.distributed import World, world_from_env
 
-from . import test_regressor_stage, test_train_attgan_stage
+from . import conftest, test_regressor_stage, test_train_attgan_stage
 from .conftest import ROOT
 
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node"]
@@ -103,7 +103,7 @@ def _stage_command(stage: str, study: dict, root: Path) -> list[str]:
 
 def _stage_inputs(stage: str, study: dict, root: Path) -> None:
     if stage == "train_attgan":
-        test_train_attgan_stage.stage_inputs.__wrapped__(study, root)
+        conftest.stage_inputs.__wrapped__(study, root)
     else:
         test_regressor_stage.stage_inputs.__wrapped__(study, root)
 

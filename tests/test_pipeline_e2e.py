@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT
-from .test_train_attgan_stage import TINY_CONCEPT
+from .conftest import ROOT, TINY_CONCEPT
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import optuna
 import pytest
 import yaml
 
-from semknobs.errors import ParamsError
+from semknobs.errors import ParamsError, SemknobsError
 from semknobs.stages import tune_attgan
 from semknobs.train import tuning
-from semknobs.train.tune_attgan import choose, dimensions, objectives
+from semknobs.train.tune_attgan import BASELINE, choose, dimensions, objectives, study_name
 
 from .conftest import ROOT, save_tiny_regressor
 
@@ -64,6 +64,9 @@ def test_the_default_space_holds_train_attgans_own_params():
         owner = params.base.model if d.key.startswith("model.") else params.base
         value = getattr(owner, d.key.removeprefix("model."))
         assert d.values[0] <= value <= d.values[1], d.key
+    # enc_layers is drawn first whatever the order, so shortcut_layers can be bounded by it
+    later = dimensions({"model": {"shortcut_layers": [0, 2], "enc_layers": [3, 4]}})
+    assert [d.key for d in later] == ["model.enc_layers", "model.shortcut_layers"]
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,11 @@ def test_the_default_space_holds_train_attgans_own_params():
         ({"critic": ["r1", "r2"]}, "critic: choices must be"),
         ({"critic": ["r1", "r1"]}, "critic: expected distinct choices"),
         ({"model": [0, 1]}, "model: expected a mapping"),
+        ({"model.shortcut_layers": [0, 2]}, "nest architecture keys under model:"),
+        ({"steps": [100, 200]}, "steps: not tunable"),
+        ({"model": {"img_size": [32, 64]}}, "img_size: not tunable"),
+        ({"model": {"dec_layers": [3, 4]}}, "dec_layers: not tunable"),
+        ({"model": {"shortcut_layers": [3, 3], "enc_layers": [3, 4]}}, "shortcut_layers: 3 is not"),
         ({"lr": 0.001}, r"lr: expected \[low, high\] or a list"),
         ({}, "empty"),
     ],
@@ -113,18 +121,27 @@ def test_bad_inputs_are_refused_before_any_trial(tiny_study, stage_inputs):
     base = dataclasses.replace(params.base, lambda_texture=1.0)  # 2 fitting lots: too few
     with pytest.raises(ParamsError, match="texture loss needs at least 6 fitting lots"):
         tune_attgan.run(dataclasses.replace(params, base=base), _paths(root, tiny_study))
+    flat = root / "flat_lots.csv"  # every lot the same stress: the shift has no range
+    flat.write_text(tiny_study["lots"].read_text())
+    import pandas as pd
+
+    lots = pd.read_csv(flat, dtype={"lot": str})
+    lots.assign(peak_stress=50.0).to_csv(flat, index=False)
+    with pytest.raises(ParamsError, match="no range"):
+        tune_attgan.run(params, dataclasses.replace(_paths(root, tiny_study), lots=flat))
     assert not (root / "tuned.yaml").read_text().strip("{}\n")  # the fixture's empty file
     assert not (root / "study.journal").exists()
 
 
-def _study(values, n_objectives=3):
+def _study(values, n_objectives=3, baseline=0):
     names, directions = objectives(n_objectives == 3)
     study = optuna.create_study(directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(names)
-    for v in values:
-        study.add_trial(optuna.trial.create_trial(values=v))
+    for i, v in enumerate(values):
+        marks = {BASELINE: True} if i == baseline else {}
+        study.add_trial(optuna.trial.create_trial(values=v, user_attrs=marks))
     return study
 
 
@@ -140,6 +157,41 @@ def test_choose_known_answers():
     assert choose(two, psnr_tolerance_db=0.5, shift_tolerance_pct=0.0).number == 2  # no shift
     dominated = _study([(22.0, 0.5, 9.0), (23.0, 0.6, 8.0), (21.0, 0.9, 8.5)])
     assert choose(dominated, psnr_tolerance_db=0.0, shift_tolerance_pct=0.0).number == 1
+    later = _study([(21.0, 0.95, 4.0), (24.0, 0.70, 5.0)], baseline=1)  # marked, not numbered
+    assert choose(later, psnr_tolerance_db=0.5, shift_tolerance_pct=0.5).number == 1
+    with pytest.raises(SemknobsError, match="no completed baseline trial"):
+        choose(_study(values[1:], baseline=None), 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"n_trials": -1}, "n_trials"),
+        ({"trial_steps": 0}, "trial_steps"),
+        ({"psnr_tolerance_db": float("nan")}, "psnr_tolerance_db"),
+        ({"shift_tolerance_pct": -0.1}, "shift_tolerance_pct"),
+    ],
+)
+def test_bad_scalar_params_are_refused(change, match):
+    params = tune_attgan.load(ROOT / "params.yaml", _paths(ROOT))
+    with pytest.raises(ParamsError, match=f"tune_attgan.{match}"):
+        dataclasses.replace(params.tune, **change)
+
+
+def test_the_study_name_follows_what_makes_trials_comparable():
+    params = tune_attgan.load(ROOT / "params.yaml", _paths(ROOT))
+    name = study_name(params.tune, params.base, "data", True)
+    assert name == study_name(
+        dataclasses.replace(params.tune, n_trials=9), params.base, "data", True
+    )
+    other_space = dataclasses.replace(params.tune, space={"lr": [1e-4, 1e-3]})
+    others = [
+        study_name(other_space, params.base, "data", True),
+        study_name(params.tune, dataclasses.replace(params.base, lr=1e-4), "data", True),
+        study_name(params.tune, params.base, "other data", True),
+        study_name(params.tune, params.base, "data", False),
+    ]
+    assert len({name, *others}) == 5
 
 
 def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, stage_inputs):
@@ -148,18 +200,22 @@ def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, 
     params = _tiny(root)
     result = tune_attgan.run(params, paths)
     storage = tuning.make_storage(paths.storage)
-    study = optuna.load_study(study_name=paths.study_name, storage=storage)
+    (name,) = optuna.get_all_study_names(storage)
+    assert name.startswith("semknobs-attgan-")
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(trials) == 2
     assert study.metric_names == ["val/psnr", "val/mean_control", "val/recon_shift_pct_range"]
     # the first trial is train_attgan's own params; every objective is a real, finite score
     assert trials[0].params == {"lambda_rec": params.base.lambda_rec, "model.shortcut_layers": 1}
+    assert trials[0].user_attrs[BASELINE] and BASELINE not in trials[1].user_attrs
     for t in trials:
         psnr, control, shift = t.values
         assert 5 < psnr < 60 and -1 <= control <= 1 and 0 <= shift < 1e4
         assert t.user_attrs["val/recon_shift_pct_range"] == shift
     tuned = yaml.safe_load(paths.out.read_text())
-    chosen = trials[json.loads((root / "reports" / "study.json").read_text())["chosen_trial"]]
+    number = json.loads((root / "reports" / "study.json").read_text())["chosen_trial"]
+    (chosen,) = [t for t in trials if t.number == number]
     assert tuned == {
         "lambda_rec": chosen.params["lambda_rec"],
         "model": {"shortcut_layers": chosen.params["model.shortcut_layers"]},
@@ -168,7 +224,7 @@ def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, 
     assert (root / "reports" / "pareto_front.png").stat().st_size > 0
 
     tune_attgan.run(params, paths)  # the study holds its 2 trials: nothing trains again
-    assert len(optuna.load_study(study_name=paths.study_name, storage=storage).trials) == 2
-    # the same study scored without the regressor would mix objectives: refused
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2
+    # the same (named) study scored without the regressor would mix objectives: refused
     with pytest.raises(ParamsError, match="start a new study"):
-        tune_attgan.run(params, dataclasses.replace(paths, regressor_dir=None))
+        tune_attgan.run(params, dataclasses.replace(paths, regressor_dir=None, study_name=name))

@@ -30,6 +30,7 @@ from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 from semknobs.train.tune_attgan import (
+    BASELINE,
     TrialData,
     TuneAttGANParams,
     baseline_trial,
@@ -39,6 +40,7 @@ from semknobs.train.tune_attgan import (
     nested,
     objective_factory,
     objectives,
+    study_name,
     study_summary,
 )
 
@@ -71,7 +73,9 @@ class Paths:
         default="optuna/attgan.journal",
         metadata={"help": "journal file, or an RDB URL shared by workers"},
     )
-    study_name: str = "semknobs-attgan"
+    study_name: str | None = field(
+        default=None, metadata={"help": "default: semknobs-attgan-<hash of params and data>"}
+    )
 
 
 def load(params_file: Path, paths: Paths) -> Params:
@@ -128,10 +132,20 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     elif params.base.lambda_regressor > 0 or "lambda_regressor" in tuned_keys:
         raise ParamsError("tune_attgan: lambda_regressor > 0 needs --regressor-dir")
     names, directions = objectives(regressor is not None)
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    labels = read_lots(paths.lots)  # the stress range only scales the shift (a constant)
+    stress = labels.loc[labels["lot"].isin(splits.train), "peak_stress"]
+    stress_range = float(stress.max() - stress.min())
+    if not stress_range > 0:  # NaN or 0: no shift in % of a range
+        raise ParamsError(
+            f"tune_attgan: the training lots' peak_stress in {paths.lots} has no range "
+            f"({stress_range}); the shift objective needs one"
+        )
+    key = tracking.data_version(
+        [p for p in (paths.tiles_dir, paths.lots, paths.splits, paths.measurements) if p]
+    ).get("data.version", "")
+    name = paths.study_name or study_name(space, params.base, key, regressor is not None)
     storage = tuning.make_storage(paths.storage)
-    _check_existing(storage, paths, names)
+    _check_existing(storage, name, paths.storage, names, directions)
     scaler = fit_scaler(paths.lots, fit_lots)
     train = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=fit_lots, scaler=scaler
@@ -140,8 +154,6 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     readings = None
     if concept:
         readings = read_measurements(paths.measurements, train.manifest).to_numpy()
-    labels = read_lots(paths.lots)
-    stress = labels.loc[labels["lot"].isin(fit_lots), "peak_stress"]
     data = TrialData(
         train_images=train.images,
         train_attrs=train.attrs,
@@ -152,20 +164,23 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         meter=params.meter,
     )
 
-    study = tuning.create_study(
-        storage,
-        paths.study_name,
-        metric_names=names,
-        directions=directions,
-        sampler=optuna.samplers.TPESampler(seed=space.seed),
-    )
-    if not study.trials:  # always score train_attgan's own params first
-        study.enqueue_trial(baseline_trial(params.base, dims))
-    remaining = space.n_trials - tuning.n_finished(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = tuning.create_study(
+            storage,
+            name,
+            metric_names=names,
+            directions=directions,
+            sampler=optuna.samplers.TPESampler(seed=space.seed),
+        )
+        _enqueue_baseline(study, baseline_trial(params.base, dims))
+    # a baseline re-queued after a killed run runs even when n_trials is reached
+    waiting = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.WAITING])
+    remaining = max(space.n_trials - tuning.n_finished(study), int(bool(waiting)))
     if remaining > 0:
         trials = tuning.TrialTracking(
             stage=NAME,
-            study_name=paths.study_name,
+            study_name=name,
             tracking_uri=tracking.configure() if ctx.run_id else None,
             experiment_id=ctx.experiment_id,
             parent_run_id=ctx.run_id,
@@ -176,41 +191,57 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
             base=params.base,
             data=data,
             regressor=regressor,
-            stress_range=float(stress.max() - stress.min()),
+            stress_range=stress_range,
             tracking=trials,
         )
         study.optimize(objective, n_trials=remaining, show_progress_bar=True)
     chosen = choose(study, space.psnr_tolerance_db, space.shift_tolerance_pct)
     overrides = nested(chosen.params)
     values = dict(zip(names, chosen.values, strict=True))
-    about = f"study {paths.study_name!r}, trial {chosen.number}: " + ", ".join(
+    about = f"study {name!r}, trial {chosen.number}: " + ", ".join(
         f"{k} {v:.3g}" for k, v in values.items()
     )
-    tuning.write_tuned(paths.out, overrides, written_by=NAME, about=about)
     summary = study_summary(study, chosen)
     write_json(
         reports / "study.json", summary | {"overrides": overrides, "space": to_mapping(space)}
     )
     from optuna.visualization.matplotlib import plot_pareto_front
 
-    axes = plot_pareto_front(study, target_names=names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot_pareto_front(study, target_names=names)
     save_figure(axes.figure, reports / "pareto_front.png")
+    tuning.write_tuned(paths.out, overrides, written_by=NAME, about=about)  # last: all or nothing
     metrics = {f"tune/chosen_{k.split('/')[-1]}": v for k, v in values.items()}
     return StageResult(
         metrics, {"figures": reports}, [f"chose trial {chosen.number} ({about}); wrote {paths.out}"]
     )
 
 
-def _check_existing(storage: optuna.storages.BaseStorage, paths: Paths, names: list[str]) -> None:
-    """An existing study of another set of objectives (e.g. before ``--regressor-dir``) cannot
-    be extended: say so before any work."""
-    try:
-        old = optuna.load_study(study_name=paths.study_name, storage=storage)
-    except KeyError:
+def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:
+    """Queue ``train_attgan``'s own params (marked as the baseline) unless a baseline trial is
+    complete or already waiting: a run killed during the baseline runs it again."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+    if not any(t.user_attrs.get(BASELINE) for t in study.get_trials(states=states)):
+        study.enqueue_trial(params, user_attrs={BASELINE: True})
+
+
+def _check_existing(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    shown: str,
+    names: list[str],
+    directions: list[str],
+) -> None:
+    """An existing study of other objectives (e.g. an explicit ``--study-name`` scored before
+    ``--regressor-dir``) cannot be extended: say so before any work."""
+    if name not in optuna.get_all_study_names(storage):
         return
-    if old.metric_names is not None and list(old.metric_names) != names:
+    old = optuna.load_study(study_name=name, storage=storage)
+    old_directions = [d.name.lower() for d in old.directions]
+    if list(old.metric_names or []) != names or old_directions != directions:
         raise ParamsError(
-            f"tune_attgan: study {paths.study_name!r} in {paths.storage} scores "
-            f"{old.metric_names}, this run {names}; start a new study (--study-name or "
+            f"tune_attgan: study {name!r} in {shown} scores {old.metric_names} "
+            f"({old_directions}), this run {names}; start a new study (--study-name or "
             "--storage), or delete the old one"
         )

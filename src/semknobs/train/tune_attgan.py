@@ -13,12 +13,14 @@ scores it on tiles of ``val_fold`` (the test lots are never touched):
 The search space is declared in ``params.yaml`` only (``tune_attgan.space``): each key names a
 ``train_attgan.train`` parameter (the architecture's under ``model:``) and gives ``[low, high]``
 for a number (floats log-uniform, integers uniform) or the choices for a true/false or text
-parameter. ``model.enc_layers`` sets ``dec_layers`` too, and ``model.shortcut_layers`` is kept
-below the trial's number of layers.
+parameter. ``model.enc_layers`` is drawn first and sets ``dec_layers`` too, and
+``model.shortcut_layers`` is kept below the trial's number of layers; keys that are not
+hyperparameters (``FIXED``) are refused.
 
 The chosen trial is the Pareto-optimal one with the best mean control among those whose PSNR
-is at most ``psnr_tolerance_db`` below the baseline trial's (trial 0: ``train_attgan``'s own
-params, always run first) and whose shift is at most ``shift_tolerance_pct`` above it. Its params
+is at most ``psnr_tolerance_db`` below the baseline trial's (``train_attgan``'s own params,
+queued first and marked with the ``baseline`` user attr) and whose shift is at most
+``shift_tolerance_pct`` above it. Its params
 are written to a YAML file that ``train_attgan`` reads (``--tuned``), so nobody copies numbers by
 hand.
 """
@@ -36,7 +38,7 @@ import numpy as np
 import optuna
 import torch
 
-from semknobs.errors import ParamsError
+from semknobs.errors import ParamsError, SemknobsError
 from semknobs.evaluation.attgan import (
     AttGANEvalParams,
     control_matrix,
@@ -45,12 +47,14 @@ from semknobs.evaluation.attgan import (
     shift_metrics,
 )
 from semknobs.evaluation.samples import generate
+from semknobs.explain.bundle import in_batches
 from semknobs.meter import MeterParams
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.regressor import PeakStressRegressor
 from semknobs.pixels import to_model
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
+from semknobs.train.base import fingerprint
 
 PSNR, CONTROL, SHIFT = "val/psnr", "val/mean_control", "val/recon_shift_pct_range"
 
@@ -75,6 +79,47 @@ class TuneAttGANParams:
     shift_tolerance_pct: float = 0.5
     eval: AttGANEvalParams = field(default_factory=lambda: AttGANEvalParams(n_tiles=48, points=4))
 
+    def __post_init__(self) -> None:
+        for name, value, ok in (
+            ("n_trials", self.n_trials, self.n_trials >= 0),
+            ("trial_steps", self.trial_steps, self.trial_steps >= 1),
+            ("psnr_tolerance_db", self.psnr_tolerance_db, 0 <= self.psnr_tolerance_db < math.inf),
+            (
+                "shift_tolerance_pct",
+                self.shift_tolerance_pct,
+                0 <= self.shift_tolerance_pct < math.inf,
+            ),
+            ("eval.n_tiles", self.eval.n_tiles, self.eval.n_tiles >= 2),
+            ("eval.points", self.eval.points, self.eval.points >= 2),
+        ):
+            if not ok:
+                raise ParamsError(f"tune_attgan.{name}: {value!r} is out of range")
+
+
+def study_name(
+    tune: TuneAttGANParams, base: AttGANTrainParams, data_key: str, with_regressor: bool
+) -> str:
+    """``semknobs-attgan-<hash>`` of everything that makes trials comparable (space, trial
+    length, fold, evaluation, the trained params, the data, the objectives): a changed space or
+    base never extends an old study. ``n_trials`` and the choice's tolerances are left out."""
+    key = f"{base.fingerprint(data_key)}:{with_regressor}"
+    ignore = ("n_trials", "psnr_tolerance_db", "shift_tolerance_pct")
+    return f"semknobs-attgan-{fingerprint(tune, key, ignore=ignore)}"
+
+
+# train params a study may not vary, and why
+FIXED = {
+    "steps": "trials train trial_steps",
+    "seed": "trials must differ in the params only",
+    "device": "not a hyperparameter",
+    "checkpoint_every": "not a hyperparameter",
+    "log_every": "not a hyperparameter",
+    "model.img_size": "the tiles' size",
+    "model.channels": "the tiles' channels",
+    "model.n_attrs": "the four concepts",
+    "model.dec_layers": "follows model.enc_layers",
+}
+
 
 @dataclass(frozen=True)
 class Dimension:
@@ -96,8 +141,16 @@ def dimensions(space: dict[str, Any], where: str = "tune_attgan.space") -> list[
     model = space.get("model", {})
     if not isinstance(model, dict):
         raise ParamsError(f"{where}.model: expected a mapping of architecture keys, got {model!r}")
+    dotted = [k for k in space if "." in k]
+    if dotted:
+        raise ParamsError(f"{where}.{dotted[0]}: nest architecture keys under model:")
     flat = {k: v for k, v in space.items() if k != "model"}
     flat |= {f"model.{k}": v for k, v in model.items()}
+    for key in flat:
+        if key in FIXED:
+            raise ParamsError(f"{where}.{key}: not tunable ({FIXED[key]})")
+    if "model.enc_layers" in flat:  # drawn first: shortcut_layers is bounded by it
+        flat = {"model.enc_layers": flat.pop("model.enc_layers"), **flat}
     for key, values in flat.items():
         types = model_types if key.startswith("model.") else train_types
         name = key.removeprefix("model.")
@@ -144,7 +197,8 @@ def check_against(dims: list[Dimension], base: AttGANTrainParams) -> None:
         for value in d.values:
             flat = {d.key: value}
             if layers is not None and d.key == "model.shortcut_layers":
-                flat["model.enc_layers"] = layers.values[1]  # checked at the most layers
+                # the clamp in suggest keeps high below a trial's layers; low must fit the fewest
+                flat["model.enc_layers"] = layers.values[0 if value == d.values[0] else 1]
             try:
                 apply(base, nested(flat), base.steps)
             except (ValueError, TypeError) as exc:
@@ -195,6 +249,7 @@ def nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply(base: AttGANTrainParams, overrides: dict[str, Any], steps: int) -> AttGANTrainParams:
+    """``base`` with a trial's nested overrides, trained for ``steps``."""
     model = dataclasses.replace(base.model, **overrides.get("model", {}))
     flat = {k: v for k, v in overrides.items() if k != "model"}
     return dataclasses.replace(base, model=model, steps=steps, **flat)
@@ -267,7 +322,7 @@ def objective_factory(
             **{k.replace("control/", "val/control_"): v for k, v in control.items()},
             CONTROL: control["control/mean_spearman"],
         }
-        if regressor is not None and direct is not None and stress_range:
+        if regressor is not None and direct is not None and stress_range is not None:
             shifted = _predict(regressor, rec, space.eval.batch_size)
             shift = shift_metrics(direct, shifted, stress_range)
             metrics |= {k.replace("recon/", "val/recon_"): v for k, v in shift.items()}
@@ -277,41 +332,43 @@ def objective_factory(
 
 
 def _predict(regressor: PeakStressRegressor, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The regressor's MPa on uint8 tiles, in batches."""
+    """The regressor's MPa on uint8 tiles, on whatever device it sits (a trial with the feature
+    loss moves it to the trainer's)."""
+    device = next(regressor.parameters()).device
     regressor.eval()
-    with torch.no_grad():
-        return np.concatenate(
-            [
-                regressor.predict_mpa(to_model(images[i : i + batch_size])).numpy()
-                for i in range(0, len(images), batch_size)
-            ]
-        )
+    return in_batches(regressor.predict_mpa, to_model(images, device), batch_size).cpu().numpy()
+
+
+BASELINE = "baseline"  # the user attr that marks train_attgan's own params
 
 
 def choose(
     study: optuna.Study, psnr_tolerance_db: float, shift_tolerance_pct: float
 ) -> optuna.trial.FrozenTrial:
-    """The Pareto-optimal trial with the best control among those no worse than the baseline
-    (trial 0, ``train_attgan``'s own params) by more than the tolerances on PSNR and shift: the
-    baseline itself qualifies, so a study never chooses worse realism than the defaults for
-    control it cannot see. Without a completed baseline: the best control on the front."""
-    front = study.best_trials
-    names = list(study.metric_names or [])
-    base = study.trials[0] if study.trials else None
-    if base is None or base.state != optuna.trial.TrialState.COMPLETE:
-        return max(front, key=lambda t: (t.values[1], -t.number))
+    """The Pareto-optimal trial with the best control among those at most the tolerances worse
+    than the baseline (``train_attgan``'s own params) on PSNR and shift. The baseline qualifies
+    itself, so the choice is never more than the tolerances worse on realism than the defaults."""
+    done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    base = next((t for t in done if t.user_attrs.get(BASELINE)), None)
+    if base is None:
+        raise SemknobsError(
+            f"tune_attgan: study {study.study_name!r} has no completed baseline trial "
+            "(train_attgan's own params); rerun the stage to run it"
+        )
+    with_shift = SHIFT in (study.metric_names or [])
 
     def qualifies(t: optuna.trial.FrozenTrial) -> bool:
         ok = t.values[0] >= base.values[0] - psnr_tolerance_db
-        if SHIFT in names:
+        if with_shift:
             ok = ok and t.values[2] <= base.values[2] + shift_tolerance_pct
         return ok
 
-    good = [t for t in front if qualifies(t)] or [base]
+    good = [t for t in study.best_trials if qualifies(t)] or [base]
     return max(good, key=lambda t: (t.values[1], -t.number))
 
 
 def study_summary(study: optuna.Study, chosen: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The study's record for ``reports/tune_attgan/study.json``."""
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     return {
         "chosen_trial": chosen.number,
