@@ -140,9 +140,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
             f"tune_attgan: the training lots' peak_stress in {paths.lots} has no range "
             f"({stress_range}); the shift objective needs one"
         )
-    key = tracking.data_version(
-        [p for p in (paths.tiles_dir, paths.lots, paths.splits, paths.measurements) if p]
-    ).get("data.version", "")
+    inputs = (paths.tiles_dir, paths.lots, paths.splits, paths.measurements, paths.regressor_dir)
+    # a retrained regressor scores the shift differently: a new study, as for new data
+    key = tracking.data_version([p for p in inputs if p]).get("data.version", "")
     name = paths.study_name or study_name(space, params.base, key, regressor is not None)
     storage = tuning.make_storage(paths.storage)
     _check_existing(storage, name, paths.storage, names, directions)
