@@ -24,6 +24,7 @@ from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
 from semknobs.meter import MeasureParams, MeterParams, read_measurements
+from semknobs.models.regressor import PeakStressRegressor
 from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
@@ -120,26 +121,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     concept = params.base.lambda_concept > 0 or "lambda_concept" in tuned_keys
     if concept and paths.measurements is None:
         raise ParamsError("tune_attgan: the concept loss needs --measurements (measure)")
-    regressor = None
-    if paths.regressor_dir is not None:
-        regressor, _ = regressor_model.load(paths.regressor_dir)
-        if regressor.cfg.img_size != params.base.model.img_size:
-            raise ParamsError(
-                f"tune_attgan: the regressor in {paths.regressor_dir} reads "
-                f"{regressor.cfg.img_size}-px tiles, the AttGAN makes "
-                f"{params.base.model.img_size}-px ones (train_attgan.train.model.img_size)"
-            )
-    elif params.base.lambda_regressor > 0 or "lambda_regressor" in tuned_keys:
-        raise ParamsError("tune_attgan: lambda_regressor > 0 needs --regressor-dir")
+    regressor = _regressor(params, paths, tuned_keys)
     names, directions = objectives(regressor is not None)
-    labels = read_lots(paths.lots)  # the stress range only scales the shift (a constant)
-    stress = labels.loc[labels["lot"].isin(splits.train), "peak_stress"]
-    stress_range = float(stress.max() - stress.min())
-    if not stress_range > 0:  # NaN or 0: no shift in % of a range
-        raise ParamsError(
-            f"tune_attgan: the training lots' peak_stress in {paths.lots} has no range "
-            f"({stress_range}); the shift objective needs one"
-        )
+    stress_range = _stress_range(paths.lots, splits.train)
     inputs = (paths.tiles_dir, paths.lots, paths.splits, paths.measurements, paths.regressor_dir)
     # a retrained regressor scores the shift differently: a new study, as for new data
     key = tracking.data_version([p for p in inputs if p]).get("data.version", "")
@@ -188,6 +172,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         )
         objective = objective_factory(
             space=space,
+            dims=dims,
             base=params.base,
             data=data,
             regressor=regressor,
@@ -216,6 +201,37 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     return StageResult(
         metrics, {"figures": reports}, [f"chose trial {chosen.number} ({about}); wrote {paths.out}"]
     )
+
+
+def _regressor(params: Params, paths: Paths, tuned_keys: set[str]) -> PeakStressRegressor | None:
+    """The trained regressor of the shift objective (and the feature loss), checked against the
+    AttGAN's tiles; None without ``--regressor-dir``, which the feature loss refuses."""
+    if paths.regressor_dir is None:
+        if params.base.lambda_regressor > 0 or "lambda_regressor" in tuned_keys:
+            raise ParamsError("tune_attgan: lambda_regressor > 0 needs --regressor-dir")
+        return None
+    regressor, _ = regressor_model.load(paths.regressor_dir)
+    if regressor.cfg.img_size != params.base.model.img_size:
+        raise ParamsError(
+            f"tune_attgan: the regressor in {paths.regressor_dir} reads "
+            f"{regressor.cfg.img_size}-px tiles, the AttGAN makes "
+            f"{params.base.model.img_size}-px ones (train_attgan.train.model.img_size)"
+        )
+    return regressor
+
+
+def _stress_range(lots_csv: Path, train_lots: list[str]) -> float:
+    """The training lots' peak-stress range, which only scales the shift (a constant), as in
+    ``explain``; NaN or 0 is refused."""
+    labels = read_lots(lots_csv)
+    stress = labels.loc[labels["lot"].isin(train_lots), "peak_stress"]
+    value = float(stress.max() - stress.min())
+    if not value > 0:
+        raise ParamsError(
+            f"tune_attgan: the training lots' peak_stress in {lots_csv} has no range "
+            f"({value}); the shift objective needs one"
+        )
+    return value
 
 
 def _enqueue_baseline(study: optuna.Study, params: dict[str, Any]) -> None:

@@ -271,15 +271,15 @@ class TrialData:
 def objective_factory(
     *,
     space: TuneAttGANParams,
+    dims: list[Dimension],
     base: AttGANTrainParams,
     data: TrialData,
     regressor: PeakStressRegressor | None = None,
-    stress_range: float | None = None,
+    stress_range: float = float("nan"),
     tracking: tuning.TrialTracking | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, ...]]:
-    """The study's objective; ``regressor`` (with the training lots' ``stress_range``) adds the
-    shift objective."""
-    dims = dimensions(space.space)
+    """The study's objective over ``dims`` (:func:`dimensions` of ``space.space``);
+    ``regressor`` (with the training lots' ``stress_range``) adds the shift objective."""
     rng = np.random.default_rng(space.seed)
     n_val = len(data.val_images)
     pick = rng.choice(n_val, min(space.eval.n_tiles, n_val), replace=False)
@@ -322,7 +322,7 @@ def objective_factory(
             **{k.replace("control/", "val/control_"): v for k, v in control.items()},
             CONTROL: control["control/mean_spearman"],
         }
-        if regressor is not None and direct is not None and stress_range is not None:
+        if direct is not None:  # with a regressor
             shifted = _predict(regressor, rec, space.eval.batch_size)
             shift = shift_metrics(direct, shifted, stress_range)
             metrics |= {k.replace("recon/", "val/recon_"): v for k, v in shift.items()}
