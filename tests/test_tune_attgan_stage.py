@@ -1,5 +1,6 @@
-"""tune_attgan: off by default; the concept-loss design tuned for real on tiny data (three
-objectives with the regressor); a bad space, fold or input refused before any trial trains."""
+"""tune_attgan: off by default; the concept-loss design tuned for real on tiny data (four
+objectives with the regressor and meter readings); a bad space, fold or input refused before any
+trial trains."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import dataclasses
 import json
 import warnings
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 
 from semknobs.errors import ParamsError, SemknobsError
+from semknobs.explain.gradient import KnobGradientParams
+from semknobs.explain.natural import MeterRegressionParams
 from semknobs.stages import tune_attgan
 from semknobs.train import tuning
+from semknobs.train.sign_objective import AGREEMENT, SignReference
 from semknobs.train.tune_attgan import BASELINE, choose, dimensions, objectives, study_name
 
 from .conftest import ROOT, save_tiny_regressor
@@ -44,7 +49,8 @@ def _tiny(root, n_trials=2, **space):
         space=space or {"lambda_rec": [5.0, 50.0], "model": {"shortcut_layers": [0, 2]}},
         eval=dataclasses.replace(params.tune.eval, n_tiles=6, points=3),
     )
-    return dataclasses.replace(params, tune=tune)
+    # the tiny lots' tiles are too few for the default meter regression (the sign agreement)
+    return dataclasses.replace(params, tune=tune, meter_regression=MeterRegressionParams(6))
 
 
 def test_off_writes_an_empty_tuned_file_once(tmp_path):
@@ -134,7 +140,7 @@ def test_bad_inputs_are_refused_before_any_trial(tiny_study, stage_inputs):
 
 
 def _study(values, n_objectives=3, baseline=0):
-    names, directions = objectives(n_objectives == 3)
+    names, directions = objectives(n_objectives >= 3, n_objectives == 4)
     study = optuna.create_study(directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -163,6 +169,15 @@ def test_choose_known_answers():
         choose(_study(values[1:], baseline=None), 0.5, 0.5)
 
 
+def test_choose_keeps_the_sign_agreement_of_the_baseline_within_its_tolerance():
+    # (psnr, control, shift, sign agreement); trial 1 controls best but agrees far less
+    values = [(24.0, 0.70, 5.0, 0.80), (24.0, 0.95, 5.0, 0.60), (24.0, 0.85, 5.0, 0.78)]
+    study = _study(values, n_objectives=4)
+    assert choose(study, 0.5, 0.5, agreement_tolerance=0.05).number == 2
+    assert choose(study, 0.5, 0.5, agreement_tolerance=0.25).number == 1
+    assert choose(study, 0.5, 0.5, agreement_tolerance=0.0).number == 0
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -170,6 +185,8 @@ def test_choose_known_answers():
         ({"trial_steps": 0}, "trial_steps"),
         ({"psnr_tolerance_db": float("nan")}, "psnr_tolerance_db"),
         ({"shift_tolerance_pct": -0.1}, "shift_tolerance_pct"),
+        ({"agreement_tolerance": 1.5}, "agreement_tolerance"),
+        ({"agreement_tiles": 0}, "agreement_tiles"),
     ],
 )
 def test_bad_scalar_params_are_refused(change, match):
@@ -180,18 +197,27 @@ def test_bad_scalar_params_are_refused(change, match):
 
 def test_the_study_name_follows_what_makes_trials_comparable():
     params = tune_attgan.load(ROOT / "params.yaml", _paths(ROOT))
-    name = study_name(params.tune, params.base, "data", True)
-    assert name == study_name(
-        dataclasses.replace(params.tune, n_trials=9), params.base, "data", True
-    )
+    three, four = objectives(True)[0], objectives(True, True)[0]
+    ref = SignReference(("L1",), np.ones((1, 4)), (np.arange(2),), params.knob_gradient)
+    name = study_name(params.tune, params.base, "data", four, ref)
+    for same in ({"n_trials": 9}, {"agreement_tolerance": 0.2}, {"psnr_tolerance_db": 1.0}):
+        assert name == study_name(
+            dataclasses.replace(params.tune, **same), params.base, "data", four, ref
+        )
     other_space = dataclasses.replace(params.tune, space={"lr": [1e-4, 1e-3]})
+    smoother = dataclasses.replace(ref, knob_gradient=KnobGradientParams(smoothing=0.1))
     others = [
-        study_name(other_space, params.base, "data", True),
-        study_name(params.tune, dataclasses.replace(params.base, lr=1e-4), "data", True),
-        study_name(params.tune, params.base, "other data", True),
-        study_name(params.tune, params.base, "data", False),
+        study_name(other_space, params.base, "data", four, ref),
+        study_name(params.tune, dataclasses.replace(params.base, lr=1e-4), "data", four, ref),
+        study_name(params.tune, params.base, "other data", four, ref),
+        study_name(params.tune, params.base, "data", three),
+        study_name(params.tune, params.base, "data", objectives(False)[0]),
+        study_name(params.tune, params.base, "data", four, smoother),
+        study_name(
+            dataclasses.replace(params.tune, agreement_tiles=4), params.base, "data", four, ref
+        ),
     ]
-    assert len({name, *others}) == 5
+    assert len({name, *others}) == 8
 
 
 def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, stage_inputs):
@@ -205,14 +231,24 @@ def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, 
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(trials) == 2
-    assert study.metric_names == ["val/psnr", "val/mean_control", "val/recon_shift_pct_range"]
+    assert study.metric_names == [
+        "val/psnr",
+        "val/mean_control",
+        "val/recon_shift_pct_range",
+        AGREEMENT,
+    ]
     # the first trial is train_attgan's own params; every objective is a real, finite score
     assert trials[0].params == {"lambda_rec": params.base.lambda_rec, "model.shortcut_layers": 1}
     assert trials[0].user_attrs[BASELINE] and BASELINE not in trials[1].user_attrs
+    lots = len(json.loads(paths.splits.read_text())["folds"][0])
     for t in trials:
-        psnr, control, shift = t.values
+        psnr, control, shift, agreement = t.values
         assert 5 < psnr < 60 and -1 <= control <= 1 and 0 <= shift < 1e4
         assert t.user_attrs["val/recon_shift_pct_range"] == shift
+        # a share of the validation fold's lot-attributes, per attribute a share of its lots
+        assert agreement * lots * 4 == pytest.approx(round(agreement * lots * 4))
+        per = [t.user_attrs[f"{AGREEMENT}_{a}"] for a in ("size", "porosity", "dispersity")]
+        assert all(0 <= v <= 1 for v in per)
     tuned = yaml.safe_load(paths.out.read_text())
     number = json.loads((root / "reports" / "study.json").read_text())["chosen_trial"]
     (chosen,) = [t for t in trials if t.number == number]
@@ -221,10 +257,24 @@ def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, 
         "model": {"shortcut_layers": chosen.params["model.shortcut_layers"]},
     }
     assert result.metrics["tune/chosen_recon_shift_pct_range"] == chosen.values[2]
-    assert (root / "reports" / "pareto_front.png").stat().st_size > 0
+    for figure in ("pareto_front.png", "pareto_front_agreement.png"):
+        assert (root / "reports" / figure).stat().st_size > 0
 
     tune_attgan.run(params, paths)  # the study holds its 2 trials: nothing trains again
     assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2
     # the same (named) study scored without the regressor would mix objectives: refused
     with pytest.raises(ParamsError, match="start a new study"):
         tune_attgan.run(params, dataclasses.replace(paths, regressor_dir=None, study_name=name))
+
+
+def test_without_lots_the_meter_regression_can_fit_the_study_has_three_objectives(
+    tiny_study, stage_inputs
+):
+    root = stage_inputs
+    params = _tiny(root, n_trials=1)
+    params = dataclasses.replace(params, meter_regression=MeterRegressionParams(100_000))
+    result = tune_attgan.run(params, _paths(root, tiny_study))
+    assert any("no sign-agreement objective" in line for line in result.summary)
+    study = json.loads((root / "reports" / "study.json").read_text())
+    assert list(study["values"]) == objectives(True)[0]
+    assert not (root / "reports" / "pareto_front_agreement.png").exists()

@@ -53,6 +53,18 @@ def agreed_signs(gradient: np.ndarray, slopes: np.ndarray) -> np.ndarray:
     return np.where((g == s) & (g != 0), g, 0.0)
 
 
+def coverage(signs: np.ndarray) -> dict[str, float]:
+    """Agreed signs (lots, 4) -> ``coverage``, the share of lot-attributes with a sign, and
+    ``coverage_<a>`` per attribute. Truth-free: how often two routes to the regressor's
+    response agree, not whether they are right."""
+    signs = np.asarray(signs, float)
+    if signs.ndim != 2 or signs.shape[1] != len(ATTRIBUTES) or not len(signs):
+        raise ValueError(f"coverage: expected (lots, {len(ATTRIBUTES)}) signs, got {signs.shape}")
+    out = {"coverage": float(np.mean(signs != 0))}
+    out |= {f"coverage_{a}": float(np.mean(signs[:, k] != 0)) for k, a in enumerate(ATTRIBUTES)}
+    return out
+
+
 def lot_agreement(lot: LotGradient, natural: LotSlopes | None) -> pd.DataFrame:
     """Per lot of ``lot``: ``lot`` and ``agreed_sign_<a>`` (all 0 without a meter regression)."""
     kgg = lot.lots.pivot(index="lot", columns="attribute", values="gain_corrected")

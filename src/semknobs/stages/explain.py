@@ -25,7 +25,7 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
-from semknobs.explain.agreement import agreed_signs
+from semknobs.explain.agreement import agreed_signs, coverage
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
@@ -268,10 +268,7 @@ def _agreed_signs(
             "agreed_sign": signs.ravel(),
         }
     )
-    metrics = {"agreed_signs/lots/coverage": float(np.mean(signs != 0))}
-    for k, a in enumerate(ATTRIBUTES):
-        metrics[f"agreed_signs/lots/coverage_{a}"] = float(np.mean(signs[:, k] != 0))
-    return table, metrics
+    return table, {f"agreed_signs/lots/{k}": v for k, v in coverage(signs).items()}
 
 
 def _referee(

@@ -18,20 +18,26 @@ from typing import Any
 import optuna
 
 from semknobs import tracking
-from semknobs.config import from_mapping, load_params, load_section, to_mapping
-from semknobs.data.dataset import fit_scaler, load_tileset
+from semknobs.attributes import AttributeScaler
+from semknobs.config import from_mapping, load_params, section, to_mapping
+from semknobs.data.dataset import TileSet, fit_scaler, load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
+from semknobs.explain.gradient import KnobGradientParams
+from semknobs.explain.measured import calibrated_readings, fit_from_files
+from semknobs.explain.natural import MeterRegressionParams
 from semknobs.meter import MeasureParams, MeterParams, read_measurements
 from semknobs.models.regressor import PeakStressRegressor
 from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
+from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_reference
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 from semknobs.train.tune_attgan import (
     BASELINE,
+    CONTROL,
     TrialData,
     TuneAttGANParams,
     baseline_trial,
@@ -41,6 +47,7 @@ from semknobs.train.tune_attgan import (
     nested,
     objective_factory,
     objectives,
+    predict_mpa,
     study_name,
     study_summary,
 )
@@ -54,6 +61,9 @@ class Params:
     tune: TuneAttGANParams
     base: AttGANTrainParams  # train_attgan.train: what the trials vary
     meter: MeterParams | None = None  # the measure stage's (the concept network learns from it)
+    # the explain stage's: the sign-agreement objective compares what explain reports
+    knob_gradient: KnobGradientParams = field(default_factory=KnobGradientParams)
+    meter_regression: MeterRegressionParams = field(default_factory=MeterRegressionParams)
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,25 @@ class Paths:
 
 
 def load(params_file: Path, paths: Paths) -> Params:
-    section = load_params(params_file).get("train_attgan", {})
-    base = from_mapping(TrainAttGANStageParams, section, where=f"{params_file}: train_attgan")
-    meter = load_section(MeasureParams, "measure", params_file).meter
-    return Params(load_section(TuneAttGANParams, NAME, params_file), base.train, meter)
+    params = load_params(params_file)
+    where = f"{params_file}: train_attgan"
+    base = from_mapping(TrainAttGANStageParams, params.get("train_attgan", {}), where=where)
+    explain = params.get("explain", {})
+    return Params(
+        section(TuneAttGANParams, params, NAME, params_file),
+        base.train,
+        section(MeasureParams, params, "measure", params_file).meter,
+        from_mapping(
+            KnobGradientParams,
+            explain.get("knob_gradient", {}),
+            where=f"{params_file}: explain.knob_gradient",
+        ),
+        from_mapping(
+            MeterRegressionParams,
+            explain.get("meter_regression", {}),
+            where=f"{params_file}: explain.meter_regression",
+        ),
+    )
 
 
 def logged_params(params: Params) -> Any:
@@ -122,19 +147,28 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     if concept and paths.measurements is None:
         raise ParamsError("tune_attgan: the concept loss needs --measurements (measure)")
     regressor = _regressor(params, paths, tuned_keys)
-    names, directions = objectives(regressor is not None)
     stress_range = _stress_range(paths.lots, splits.train)
-    inputs = (paths.tiles_dir, paths.lots, paths.splits, paths.measurements, paths.regressor_dir)
-    # a retrained regressor scores the shift differently: a new study, as for new data
-    key = tracking.data_version([p for p in inputs if p]).get("data.version", "")
-    name = paths.study_name or study_name(space, params.base, key, regressor is not None)
-    storage = tuning.make_storage(paths.storage)
-    _check_existing(storage, name, paths.storage, names, directions)
     scaler = fit_scaler(paths.lots, fit_lots)
     train = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=fit_lots, scaler=scaler
     )
     val = load_tileset(tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=val_lots, scaler=scaler)
+    reference, notes = None, []
+    if regressor is not None and paths.measurements is not None:
+        reference = _sign_reference(params, paths, fit_lots, val, scaler, regressor)
+        if reference is None:
+            notes.append(
+                "no sign-agreement objective: no validation lot has "
+                f"{params.meter_regression.min_tiles} tiles the meter reads fully "
+                "(explain.meter_regression.min_tiles)"
+            )
+    names, directions = objectives(regressor is not None, reference is not None)
+    inputs = (paths.tiles_dir, paths.lots, paths.splits, paths.measurements, paths.regressor_dir)
+    # a retrained regressor scores the shift differently: a new study, as for new data
+    key = tracking.data_version([p for p in inputs if p]).get("data.version", "")
+    name = paths.study_name or study_name(space, params.base, key, names, reference)
+    storage = tuning.make_storage(paths.storage)
+    _check_existing(storage, name, paths.storage, names, directions)
     readings = None
     if concept:
         readings = read_measurements(paths.measurements, train.manifest).to_numpy()
@@ -143,6 +177,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         train_attrs=train.attrs,
         val_images=val.images,
         val_attrs=val.attrs,
+        reference=reference,
         readings=readings,
         lots=train.manifest["lot"].to_numpy(),
         meter=params.meter,
@@ -180,7 +215,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
             tracking=trials,
         )
         study.optimize(objective, n_trials=remaining, show_progress_bar=True)
-    chosen = choose(study, space.psnr_tolerance_db, space.shift_tolerance_pct)
+    chosen = choose(
+        study, space.psnr_tolerance_db, space.shift_tolerance_pct, space.agreement_tolerance
+    )
     overrides = nested(chosen.params)
     values = dict(zip(names, chosen.values, strict=True))
     about = f"study {name!r}, trial {chosen.number}: " + ", ".join(
@@ -190,17 +227,34 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     write_json(
         reports / "study.json", summary | {"overrides": overrides, "space": to_mapping(space)}
     )
-    from optuna.visualization.matplotlib import plot_pareto_front
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = plot_pareto_front(study, target_names=names)
-    save_figure(axes.figure, reports / "pareto_front.png")
+    _plot_fronts(study, names, reports)
     tuning.write_tuned(paths.out, overrides, written_by=NAME, about=about)  # last: all or nothing
     metrics = {f"tune/chosen_{k.split('/')[-1]}": v for k, v in values.items()}
     return StageResult(
-        metrics, {"figures": reports}, [f"chose trial {chosen.number} ({about}); wrote {paths.out}"]
+        metrics,
+        {"figures": reports},
+        [*notes, f"chose trial {chosen.number} ({about}); wrote {paths.out}"],
     )
+
+
+def _plot_fronts(study: optuna.Study, names: list[str], reports: Path) -> None:
+    """``pareto_front.png`` over the first three objectives (Optuna draws at most three) and,
+    with the sign agreement, ``pareto_front_agreement.png``: control against agreement."""
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    plots = {"pareto_front.png": names[:3]}
+    if AGREEMENT in names:
+        plots["pareto_front_agreement.png"] = [CONTROL, AGREEMENT]
+    for file, shown in plots.items():
+        index = [names.index(k) for k in shown]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axes = plot_pareto_front(
+                study,
+                targets=lambda t, index=index: tuple(t.values[i] for i in index),
+                target_names=shown,
+            )
+        save_figure(axes.figure, reports / file)
 
 
 def _regressor(params: Params, paths: Paths, tuned_keys: set[str]) -> PeakStressRegressor | None:
@@ -218,6 +272,31 @@ def _regressor(params: Params, paths: Paths, tuned_keys: set[str]) -> PeakStress
             f"{params.base.model.img_size}-px ones (train_attgan.train.model.img_size)"
         )
     return regressor
+
+
+def _sign_reference(
+    params: Params,
+    paths: Paths,
+    fit_lots: list[str],
+    val: TileSet,
+    scaler: AttributeScaler,
+    regressor: PeakStressRegressor,
+) -> SignReference | None:
+    """The validation lots' meter regression (the regressor on all their tiles against the
+    meter's readings, calibrated on the fitting lots' labels as ``explain`` calibrates on the
+    training lots'), and which of their tiles each trial's knob gradient reads."""
+    calib = fit_from_files(
+        paths.measurements, read_lots(paths.lots), fit_lots, scaler, params.meter or MeterParams()
+    )
+    return sign_reference(
+        predict_mpa(regressor, val.images, params.tune.eval.batch_size),
+        calibrated_readings(paths.measurements, val.manifest, calib),
+        val.manifest["lot"].to_numpy(),
+        tiles_per_lot=params.tune.agreement_tiles,
+        knob_gradient=params.knob_gradient,
+        meter_regression=params.meter_regression,
+        seed=params.tune.seed,
+    )
 
 
 def _stress_range(lots_csv: Path, train_lots: list[str]) -> float:

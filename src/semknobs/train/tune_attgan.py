@@ -8,7 +8,10 @@ scores it on tiles of ``val_fold`` (the test lots are never touched):
 * ``val/mean_control``: mean over attributes of the meter-measured control rho, maximised;
 * ``val/recon_shift_pct_range``: mean |R(G(I; A)) - R(I)| as a % of the training lots' stress range,
   minimised (only with a regressor). The regressor reads the validation tiles and their
-  reconstructions, never a label, so nothing here reads the truth.
+  reconstructions, never a label, so nothing here reads the truth;
+* ``val/sign_agreement``: the share of validation lot-attributes where the trial's lot knob
+  gradient and the meter regression share a sign (:mod:`semknobs.train.sign_objective`),
+  maximised (with a regressor and meter readings): the truth-free stand-in for fidelity.
 
 The search space is declared in ``params.yaml`` only (``tune_attgan.space``): each key names a
 ``train_attgan.train`` parameter (the architecture's under ``model:``) and gives ``[low, high]``
@@ -19,8 +22,9 @@ hyperparameters (``FIXED``) are refused.
 
 The chosen trial is the Pareto-optimal one with the best mean control among those whose PSNR
 is at most ``psnr_tolerance_db`` below the baseline trial's (``train_attgan``'s own params,
-queued first and marked with the ``baseline`` user attr) and whose shift is at most
-``shift_tolerance_pct`` above it. Its params
+queued first and marked with the ``baseline`` user attr), whose shift is at most
+``shift_tolerance_pct`` above it and whose sign agreement is at most ``agreement_tolerance``
+below it. Its params
 are written to a YAML file that ``train_attgan`` reads (``--tuned``), so nobody copies numbers by
 hand.
 """
@@ -55,15 +59,20 @@ from semknobs.pixels import to_model
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
 from semknobs.train.base import fingerprint
+from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_agreement
 
 PSNR, CONTROL, SHIFT = "val/psnr", "val/mean_control", "val/recon_shift_pct_range"
 
 
-def objectives(with_regressor: bool) -> tuple[list[str], list[str]]:
-    """(metric names, directions) of a study, with or without the regressor's shift."""
+def objectives(with_regressor: bool, with_agreement: bool = False) -> tuple[list[str], list[str]]:
+    """(metric names, directions) of a study: PSNR and control, with a regressor its shift, and
+    with meter readings of the validation lots too the sign agreement."""
+    names, directions = [PSNR, CONTROL], ["maximize", "maximize"]
     if with_regressor:
-        return [PSNR, CONTROL, SHIFT], ["maximize", "maximize", "minimize"]
-    return [PSNR, CONTROL], ["maximize", "maximize"]
+        names, directions = [*names, SHIFT], [*directions, "minimize"]
+        if with_agreement:
+            names, directions = [*names, AGREEMENT], [*directions, "maximize"]
+    return names, directions
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class TuneAttGANParams:
     val_fold: int = 0
     psnr_tolerance_db: float = 0.5
     shift_tolerance_pct: float = 0.5
+    agreement_tolerance: float = 0.05
+    agreement_tiles: int = 8  # tiles per validation lot whose knob gradients meet its regression
     eval: AttGANEvalParams = field(default_factory=lambda: AttGANEvalParams(n_tiles=48, points=4))
 
     def __post_init__(self) -> None:
@@ -89,6 +100,8 @@ class TuneAttGANParams:
                 self.shift_tolerance_pct,
                 0 <= self.shift_tolerance_pct < math.inf,
             ),
+            ("agreement_tolerance", self.agreement_tolerance, 0 <= self.agreement_tolerance <= 1),
+            ("agreement_tiles", self.agreement_tiles, 1 <= self.agreement_tiles <= 1000),
             ("eval.n_tiles", self.eval.n_tiles, self.eval.n_tiles >= 2),
             ("eval.points", self.eval.points, self.eval.points >= 2),
         ):
@@ -97,13 +110,19 @@ class TuneAttGANParams:
 
 
 def study_name(
-    tune: TuneAttGANParams, base: AttGANTrainParams, data_key: str, with_regressor: bool
+    tune: TuneAttGANParams,
+    base: AttGANTrainParams,
+    data_key: str,
+    names: list[str],
+    reference: SignReference | None = None,
 ) -> str:
     """``semknobs-attgan-<hash>`` of everything that makes trials comparable (space, trial
-    length, fold, evaluation, the trained params, the data, the objectives): a changed space or
-    base never extends an old study. ``n_trials`` and the choice's tolerances are left out."""
-    key = f"{base.fingerprint(data_key)}:{with_regressor}"
-    ignore = ("n_trials", "psnr_tolerance_db", "shift_tolerance_pct")
+    length, fold, evaluation, the trained params, the data, the objectives, the knob gradient's
+    settings): a changed space or base never extends an old study. ``n_trials`` and the choice's
+    tolerances are left out."""
+    knob = "" if reference is None else repr(reference.knob_gradient)
+    key = f"{base.fingerprint(data_key)}:{','.join(names)}:{knob}"
+    ignore = ("n_trials", "psnr_tolerance_db", "shift_tolerance_pct", "agreement_tolerance")
     return f"semknobs-attgan-{fingerprint(tune, key, ignore=ignore)}"
 
 
@@ -263,6 +282,7 @@ class TrialData:
     train_attrs: np.ndarray
     val_images: np.ndarray
     val_attrs: np.ndarray
+    reference: SignReference | None = None  # the val lots' meter regression (sign agreement)
     readings: np.ndarray | None = None  # meter readings of the training tiles (concept loss)
     lots: np.ndarray | None = None  # their lot ids (concept calibration, texture fit)
     meter: MeterParams | None = None
@@ -279,13 +299,15 @@ def objective_factory(
     tracking: tuning.TrialTracking | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The study's objective over ``dims`` (:func:`dimensions` of ``space.space``);
-    ``regressor`` (with the training lots' ``stress_range``) adds the shift objective."""
+    ``regressor`` (with the training lots' ``stress_range``) adds the shift objective, and
+    ``data.reference`` with it the sign agreement."""
     rng = np.random.default_rng(space.seed)
     n_val = len(data.val_images)
     pick = rng.choice(n_val, min(space.eval.n_tiles, n_val), replace=False)
     images, attrs = data.val_images[pick], data.val_attrs[pick]
-    direct = None if regressor is None else _predict(regressor, images, space.eval.batch_size)
-    names, _ = objectives(regressor is not None)
+    direct = None if regressor is None else predict_mpa(regressor, images, space.eval.batch_size)
+    reference = data.reference if regressor is not None else None
+    names, _ = objectives(regressor is not None, reference is not None)
     tracked = tracking or tuning.TrialTracking("tune_attgan", "")
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
@@ -323,15 +345,24 @@ def objective_factory(
             CONTROL: control["control/mean_spearman"],
         }
         if direct is not None:  # with a regressor
-            shifted = _predict(regressor, rec, space.eval.batch_size)
+            shifted = predict_mpa(regressor, rec, space.eval.batch_size)
             shift = shift_metrics(direct, shifted, stress_range)
             metrics |= {k.replace("recon/", "val/recon_"): v for k, v in shift.items()}
+        if reference is not None:
+            metrics |= sign_agreement(
+                trainer.generator,
+                regressor,
+                data.val_images,
+                data.val_attrs,
+                reference,
+                space.eval.batch_size,
+            )
         return metrics
 
     return objective
 
 
-def _predict(regressor: PeakStressRegressor, images: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_mpa(regressor: PeakStressRegressor, images: np.ndarray, batch_size: int) -> np.ndarray:
     """The regressor's MPa on uint8 tiles, on whatever device it sits (a trial with the feature
     loss moves it to the trainer's)."""
     device = next(regressor.parameters()).device
@@ -343,11 +374,15 @@ BASELINE = "baseline"  # the user attr that marks train_attgan's own params
 
 
 def choose(
-    study: optuna.Study, psnr_tolerance_db: float, shift_tolerance_pct: float
+    study: optuna.Study,
+    psnr_tolerance_db: float,
+    shift_tolerance_pct: float,
+    agreement_tolerance: float = 0.0,
 ) -> optuna.trial.FrozenTrial:
     """The Pareto-optimal trial with the best control among those at most the tolerances worse
-    than the baseline (``train_attgan``'s own params) on PSNR and shift. The baseline qualifies
-    itself, so the choice is never more than the tolerances worse on realism than the defaults."""
+    than the baseline (``train_attgan``'s own params) on PSNR, shift and sign agreement (the
+    objectives the study has). The baseline qualifies itself, so the choice is never more than
+    the tolerances worse on them than the defaults."""
     done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     base = next((t for t in done if t.user_attrs.get(BASELINE)), None)
     if base is None:
@@ -355,16 +390,19 @@ def choose(
             f"tune_attgan: study {study.study_name!r} has no completed baseline trial "
             "(train_attgan's own params); rerun the stage to run it"
         )
-    with_shift = SHIFT in (study.metric_names or [])
+    n = len(study.directions)
+    names = list(study.metric_names or objectives(n >= 3, n >= 4)[0])
+    # how far each guarded objective may fall short of the baseline (+: larger is better)
+    guards = {PSNR: (psnr_tolerance_db, 1), SHIFT: (shift_tolerance_pct, -1)}
+    guards[AGREEMENT] = (agreement_tolerance, 1)
+    guarded = [(names.index(k), tol, sign) for k, (tol, sign) in guards.items() if k in names]
 
     def qualifies(t: optuna.trial.FrozenTrial) -> bool:
-        ok = t.values[0] >= base.values[0] - psnr_tolerance_db
-        if with_shift:
-            ok = ok and t.values[2] <= base.values[2] + shift_tolerance_pct
-        return ok
+        return all(sign * (t.values[i] - base.values[i]) >= -tol for i, tol, sign in guarded)
 
+    control = names.index(CONTROL)
     good = [t for t in study.best_trials if qualifies(t)] or [base]
-    return max(good, key=lambda t: (t.values[1], -t.number))
+    return max(good, key=lambda t: (t.values[control], -t.number))
 
 
 def study_summary(study: optuna.Study, chosen: optuna.trial.FrozenTrial) -> dict[str, Any]:
