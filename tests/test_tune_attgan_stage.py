@@ -187,6 +187,8 @@ def test_choose_keeps_the_sign_agreement_of_the_baseline_within_its_tolerance():
         ({"shift_tolerance_pct": -0.1}, "shift_tolerance_pct"),
         ({"agreement_tolerance": 1.5}, "agreement_tolerance"),
         ({"agreement_tiles": 0}, "agreement_tiles"),
+        ({"trial_seeds": 0}, "trial_seeds"),
+        ({"trial_seeds": 17}, "trial_seeds"),
     ],
 )
 def test_bad_scalar_params_are_refused(change, match):
@@ -278,3 +280,27 @@ def test_without_lots_the_meter_regression_can_fit_the_study_has_three_objective
     study = json.loads((root / "reports" / "study.json").read_text())
     assert list(study["values"]) == objectives(True)[0]
     assert not (root / "reports" / "pareto_front_agreement.png").exists()
+
+
+def test_a_trial_of_two_seeds_scores_the_mean_of_its_seeds(tiny_study, stage_inputs):
+    root = stage_inputs
+    params = _tiny(root, n_trials=1)  # the baseline trial only
+
+    def values(params, name):
+        tune_attgan.run(params, _paths(root, tiny_study, study_name=name))
+        storage = tuning.make_storage(str(root / "study.journal"))
+        (trial,) = optuna.load_study(study_name=name, storage=storage).trials
+        return trial
+
+    seed = params.base.seed
+    one = values(params, "seed")
+    nxt = values(
+        dataclasses.replace(params, base=dataclasses.replace(params.base, seed=seed + 1)), "next"
+    )
+    both = values(
+        dataclasses.replace(params, tune=dataclasses.replace(params.tune, trial_seeds=2)), "both"
+    )
+    assert one.values != nxt.values  # the seed matters, so the mean is a real test
+    assert both.values == pytest.approx([(a + b) / 2 for a, b in zip(one.values, nxt.values)])
+    for name, a, b in zip(objectives(True, True)[0], one.values, nxt.values):
+        assert both.user_attrs[f"{name}_seed_sd"] == pytest.approx(abs(a - b) / 2**0.5)

@@ -1,8 +1,9 @@
 """Multi-objective tuning of the AttGAN: reconstruction PSNR, concept control and, given the
 trained regressor, the regressor's reconstruction shift.
 
-Each trial trains a short AttGAN (``trial_steps``) on the training folds except ``val_fold`` and
-scores it on tiles of ``val_fold`` (the test lots are never touched):
+Each trial trains a short AttGAN (``trial_steps``; ``trial_seeds`` times, from the trained
+params' seed on, each objective the mean over them) on the training folds except ``val_fold``
+and scores it on tiles of ``val_fold`` (the test lots are never touched):
 
 * ``val/psnr``: reconstruction PSNR (dB), maximised;
 * ``val/mean_control``: mean over attributes of the meter-measured control rho, maximised;
@@ -88,6 +89,7 @@ class TuneAttGANParams:
     shift_tolerance_pct: float = 0.5
     agreement_tolerance: float = 0.05
     agreement_tiles: int = 8  # tiles per validation lot whose knob gradients meet its regression
+    trial_seeds: int = 1  # seeds each trial trains; its objectives are their means
     eval: AttGANEvalParams = field(default_factory=lambda: AttGANEvalParams(n_tiles=48, points=4))
 
     def __post_init__(self) -> None:
@@ -102,6 +104,7 @@ class TuneAttGANParams:
             ),
             ("agreement_tolerance", self.agreement_tolerance, 0 <= self.agreement_tolerance <= 1),
             ("agreement_tiles", self.agreement_tiles, 1 <= self.agreement_tiles <= 1000),
+            ("trial_seeds", self.trial_seeds, 1 <= self.trial_seeds <= 16),
             ("eval.n_tiles", self.eval.n_tiles, self.eval.n_tiles >= 2),
             ("eval.points", self.eval.points, self.eval.points >= 2),
         ):
@@ -323,7 +326,20 @@ def objective_factory(
         return tuple(metrics[k] for k in names)
 
     def _score(overrides: dict[str, Any]) -> dict[str, float]:
+        """Every metric as the mean over the trial's seeds (``train_attgan.train.seed`` and the
+        next ``trial_seeds - 1``), and with several seeds each objective's spread over them
+        (``<objective>_seed_sd``)."""
         params = apply(base, overrides, space.trial_steps)
+        runs = [
+            _score_seed(dataclasses.replace(params, seed=base.seed + i))
+            for i in range(space.trial_seeds)
+        ]
+        out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        if len(runs) > 1:
+            out |= {f"{k}_seed_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in names}
+        return out
+
+    def _score_seed(params: AttGANTrainParams) -> dict[str, float]:
         trainer = train_attgan(
             params=params,
             images=torch.from_numpy(data.train_images),
