@@ -52,7 +52,8 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
     meter = load_section(MeasureParams, "measure", tmp_path / "params.yaml").meter
     assert meter.pore_radius == 4 and meter.min_area == 16.0  # lengths x2, areas x4 at 128 px
     # the profile's tuning space, merged, checks against its (deeper) AttGAN
-    from semknobs.train.tune_attgan import TuneAttGANParams, check_against, dimensions
+    from semknobs.train.attgan_space import check_against, dimensions
+    from semknobs.train.tune_attgan import TuneAttGANParams
 
     tune = load_section(TuneAttGANParams, "tune_attgan", tmp_path / "params.yaml")
     check_against(dimensions(tune.space), stage.train)

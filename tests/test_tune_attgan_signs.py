@@ -64,7 +64,7 @@ def test_agreement_is_counted_per_lot_and_attribute():
     assert out[f"{AGREEMENT}_size"] == 0.5
 
 
-def test_the_reference_picks_each_lots_tiles_and_skips_lots_it_cannot_fit():
+def test_the_reference_picks_each_lots_tiles_and_none_of_a_lot_it_cannot_fit():
     rng = np.random.default_rng(1)
     lots = np.repeat(["A", "B", "C"], [30, 30, 4])  # C: fewer tiles than min_tiles
     readings = rng.normal(size=(64, 4))
@@ -80,7 +80,7 @@ def test_the_reference_picks_each_lots_tiles_and_skips_lots_it_cannot_fit():
     assert ref.lots == ("A", "B", "C")
     np.testing.assert_array_equal(np.sign(ref.slopes[:2]), np.sign([W, W]))
     assert np.isnan(ref.slopes[2]).all()
-    assert [len(r) for r in ref.rows] == [8, 8, 4]
+    assert [len(r) for r in ref.rows] == [8, 8, 0]  # C stays, undetermined, as in explain
     for name, rows in zip(ref.lots, ref.rows):
         assert (lots[rows] == name).all() and len(set(rows)) == len(rows)
 
@@ -97,3 +97,14 @@ def test_no_reference_when_no_lot_can_be_fitted():
         meter_regression=MeterRegressionParams(min_tiles=10),
     )
     assert ref is None
+
+
+def test_a_lot_whose_gradient_is_not_finite_has_no_sign():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    attrs = rng.uniform(0.2, 0.8, (6, 4)).astype(np.float32)
+    gen = Brighten()
+    with torch.no_grad():
+        gen.w[0] = float("nan")  # the size knob diverged
+    out = sign_agreement(gen, MeanStress(), images, attrs, _reference([W, W]))
+    assert out[f"{AGREEMENT}_size"] == 0.0 and out[f"{AGREEMENT}_porosity"] == 1.0

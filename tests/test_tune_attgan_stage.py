@@ -13,13 +13,15 @@ import optuna
 import pytest
 import yaml
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import ParamsError, SemknobsError
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.natural import MeterRegressionParams
 from semknobs.stages import tune_attgan
 from semknobs.train import tuning
+from semknobs.train.attgan_space import dimensions
 from semknobs.train.sign_objective import AGREEMENT, SignReference
-from semknobs.train.tune_attgan import BASELINE, choose, dimensions, objectives, study_name
+from semknobs.train.tune_attgan import BASELINE, choose, objectives, study_name
 
 from .conftest import ROOT, save_tiny_regressor
 
@@ -139,12 +141,13 @@ def test_bad_inputs_are_refused_before_any_trial(tiny_study, stage_inputs):
     assert not (root / "study.journal").exists()
 
 
-def _study(values, n_objectives=3, baseline=0):
+def _study(values, n_objectives=3, baseline=0, named=True):
     names, directions = objectives(n_objectives >= 3, n_objectives == 4)
     study = optuna.create_study(directions=directions)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(names)
+    if named:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     for i, v in enumerate(values):
         marks = {BASELINE: True} if i == baseline else {}
         study.add_trial(optuna.trial.create_trial(values=v, user_attrs=marks))
@@ -155,27 +158,29 @@ def test_choose_known_answers():
     # (psnr, control, shift); trial 0 is the baseline (train_attgan's own params)
     values = [(24.0, 0.70, 5.0), (23.0, 0.95, 4.0), (25.0, 0.90, 6.0), (23.8, 0.80, 5.2)]
     study = _study(values)
-    assert choose(study, psnr_tolerance_db=0.5, shift_tolerance_pct=0.5).number == 3
-    assert choose(study, psnr_tolerance_db=1.0, shift_tolerance_pct=0.5).number == 1
-    assert choose(study, psnr_tolerance_db=0.5, shift_tolerance_pct=1.0).number == 2
-    assert choose(study, psnr_tolerance_db=0.0, shift_tolerance_pct=0.0).number == 0
+    assert choose(study, 0.5, 0.5, 0.05).number == 3
+    assert choose(study, 1.0, 0.5, 0.05).number == 1
+    assert choose(study, 0.5, 1.0, 0.05).number == 2
+    assert choose(study, 0.0, 0.0, 0.05).number == 0
     two = _study([(24.0, 0.70), (23.0, 0.95), (23.8, 0.80)], n_objectives=2)
-    assert choose(two, psnr_tolerance_db=0.5, shift_tolerance_pct=0.0).number == 2  # no shift
+    assert choose(two, 0.5, 0.0, 0.05).number == 2  # no shift
     dominated = _study([(22.0, 0.5, 9.0), (23.0, 0.6, 8.0), (21.0, 0.9, 8.5)])
-    assert choose(dominated, psnr_tolerance_db=0.0, shift_tolerance_pct=0.0).number == 1
+    assert choose(dominated, 0.0, 0.0, 0.05).number == 1
     later = _study([(21.0, 0.95, 4.0), (24.0, 0.70, 5.0)], baseline=1)  # marked, not numbered
-    assert choose(later, psnr_tolerance_db=0.5, shift_tolerance_pct=0.5).number == 1
+    assert choose(later, 0.5, 0.5, 0.05).number == 1
     with pytest.raises(SemknobsError, match="no completed baseline trial"):
-        choose(_study(values[1:], baseline=None), 0.5, 0.5)
+        choose(_study(values[1:], baseline=None), 0.5, 0.5, 0.05)
 
 
 def test_choose_keeps_the_sign_agreement_of_the_baseline_within_its_tolerance():
     # (psnr, control, shift, sign agreement); trial 1 controls best but agrees far less
     values = [(24.0, 0.70, 5.0, 0.80), (24.0, 0.95, 5.0, 0.60), (24.0, 0.85, 5.0, 0.78)]
     study = _study(values, n_objectives=4)
-    assert choose(study, 0.5, 0.5, agreement_tolerance=0.05).number == 2
-    assert choose(study, 0.5, 0.5, agreement_tolerance=0.25).number == 1
-    assert choose(study, 0.5, 0.5, agreement_tolerance=0.0).number == 0
+    assert choose(study, 0.5, 0.5, 0.05).number == 2
+    assert choose(study, 0.5, 0.5, 0.25).number == 1
+    assert choose(study, 0.5, 0.5, 0.0).number == 0
+    # a study without metric names (made outside the stage): objectives in the stage's order
+    assert choose(_study(values, n_objectives=4, named=False), 0.5, 0.5, 0.05).number == 2
 
 
 @pytest.mark.parametrize(
@@ -201,6 +206,9 @@ def test_the_study_name_follows_what_makes_trials_comparable():
     params = tune_attgan.load(ROOT / "params.yaml", _paths(ROOT))
     three, four = objectives(True)[0], objectives(True, True)[0]
     ref = SignReference(("L1",), np.ones((1, 4)), (np.arange(2),), params.knob_gradient)
+    # what the agreement is scored against: another meter regression, other tiles, settings
+    other_slopes = dataclasses.replace(ref, slopes=-np.ones((1, 4)))
+    more_tiles = dataclasses.replace(ref, rows=(np.arange(4),))
     name = study_name(params.tune, params.base, "data", four, ref)
     for same in ({"n_trials": 9}, {"agreement_tolerance": 0.2}, {"psnr_tolerance_db": 1.0}):
         assert name == study_name(
@@ -215,11 +223,10 @@ def test_the_study_name_follows_what_makes_trials_comparable():
         study_name(params.tune, params.base, "data", three),
         study_name(params.tune, params.base, "data", objectives(False)[0]),
         study_name(params.tune, params.base, "data", four, smoother),
-        study_name(
-            dataclasses.replace(params.tune, agreement_tiles=4), params.base, "data", four, ref
-        ),
+        study_name(params.tune, params.base, "data", four, other_slopes),
+        study_name(params.tune, params.base, "data", four, more_tiles),
     ]
-    assert len({name, *others}) == 8
+    assert len({name, *others}) == 9
 
 
 def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, stage_inputs):
@@ -249,8 +256,8 @@ def test_the_concept_design_is_tuned_for_real_and_the_study_resumes(tiny_study, 
         assert t.user_attrs["val/recon_shift_pct_range"] == shift
         # a share of the validation fold's lot-attributes, per attribute a share of its lots
         assert agreement * lots * 4 == pytest.approx(round(agreement * lots * 4))
-        per = [t.user_attrs[f"{AGREEMENT}_{a}"] for a in ("size", "porosity", "dispersity")]
-        assert all(0 <= v <= 1 for v in per)
+        per = [t.user_attrs[f"{AGREEMENT}_{a}"] for a in ATTRIBUTES]
+        assert np.mean(per) == pytest.approx(agreement)  # every lot counts for each attribute
     tuned = yaml.safe_load(paths.out.read_text())
     number = json.loads((root / "reports" / "study.json").read_text())["chosen_trial"]
     (chosen,) = [t for t in trials if t.number == number]

@@ -28,11 +28,12 @@ from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.measured import calibrated_readings, fit_from_files
 from semknobs.explain.natural import MeterRegressionParams
 from semknobs.meter import MeasureParams, MeterParams, read_measurements
-from semknobs.models.regressor import PeakStressRegressor
+from semknobs.models.regressor import PeakStressRegressor, predict
 from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
+from semknobs.train.attgan_space import baseline_trial, check_against, dimensions, nested
 from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_reference
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 from semknobs.train.tune_attgan import (
@@ -40,14 +41,9 @@ from semknobs.train.tune_attgan import (
     CONTROL,
     TrialData,
     TuneAttGANParams,
-    baseline_trial,
-    check_against,
     choose,
-    dimensions,
-    nested,
     objective_factory,
     objectives,
-    predict_mpa,
     study_name,
     study_summary,
 )
@@ -239,7 +235,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
 
 def _plot_fronts(study: optuna.Study, names: list[str], reports: Path) -> None:
     """``pareto_front.png`` over the first three objectives (Optuna draws at most three) and,
-    with the sign agreement, ``pareto_front_agreement.png``: control against agreement."""
+    with the sign agreement, ``pareto_front_agreement.png``: control against agreement. Optuna
+    marks the trials on the study's front over every objective, so a marked point may look
+    dominated on the plotted axes."""
     from optuna.visualization.matplotlib import plot_pareto_front
 
     plots = {"pareto_front.png": names[:3]}
@@ -289,7 +287,7 @@ def _sign_reference(
         paths.measurements, read_lots(paths.lots), fit_lots, scaler, params.meter or MeterParams()
     )
     return sign_reference(
-        predict_mpa(regressor, val.images, params.tune.eval.batch_size),
+        predict(regressor, val.images, params.tune.eval.batch_size),
         calibrated_readings(paths.measurements, val.manifest, calib),
         val.manifest["lot"].to_numpy(),
         tiles_per_lot=params.tune.agreement_tiles,
@@ -329,7 +327,7 @@ def _check_existing(
     directions: list[str],
 ) -> None:
     """An existing study of other objectives (e.g. an explicit ``--study-name`` scored before
-    ``--regressor-dir``) cannot be extended: say so before any work."""
+    ``--regressor-dir``) cannot be extended: say so before any trial trains."""
     if name not in optuna.get_all_study_names(storage):
         return
     old = optuna.load_study(study_name=name, storage=storage)

@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from semknobs.attributes import ATTRIBUTES
@@ -53,6 +52,12 @@ class SignReference:
     rows: tuple[np.ndarray, ...]  # per lot: indices of its compared tiles among the val tiles
     knob_gradient: KnobGradientParams
 
+    def key(self) -> str:
+        """What trials are scored against (the lots, their slopes, the compared tiles and the
+        knob gradient's settings), for the study's name: any change starts a new study."""
+        rows = [r.tolist() for r in self.rows]
+        return repr((self.lots, np.round(self.slopes, 6).tolist(), rows, self.knob_gradient))
+
 
 def sign_reference(
     predictions: np.ndarray,
@@ -65,7 +70,8 @@ def sign_reference(
     seed: int = 0,
 ) -> SignReference | None:
     """From the regressor's MPa on every validation tile (n,), the tiles' calibrated readings
-    (n, 4) and lot ids (n,); None when no lot has slopes (nothing to agree with)."""
+    (n, 4) and lot ids (n,); None when no lot has slopes (nothing to agree with). A lot without
+    slopes keeps its place (it counts as undetermined, as in ``explain``) but no tiles."""
     lots = np.asarray(lots).astype(str)
     table = lot_slopes(predictions, readings, lots, meter_regression).table
     slopes = table[[f"slope_{a}" for a in ATTRIBUTES]].to_numpy(float)
@@ -73,9 +79,10 @@ def sign_reference(
         return None
     rng = np.random.default_rng(seed)
     rows = []
-    for lot in table["lot"]:
+    for lot, fitted in zip(table["lot"], np.isfinite(slopes).any(axis=1)):
         idx = np.flatnonzero(lots == lot)
-        rows.append(np.sort(rng.choice(idx, min(tiles_per_lot, len(idx)), replace=False)))
+        n = min(tiles_per_lot, len(idx)) if fitted else 0
+        rows.append(np.sort(rng.choice(idx, n, replace=False)))
     return SignReference(tuple(table["lot"]), slopes, tuple(rows), knob_gradient)
 
 
@@ -96,7 +103,11 @@ def sign_agreement(
     a = torch.as_tensor(attrs[rows], dtype=torch.float32, device=device)
     explainer = KnobGradient(gen, reg, reference.knob_gradient)
     grad = explainer.attribute(x, a, batch_size).gradient
-    lot_of_row = np.repeat(np.arange(len(reference.rows)), [len(r) for r in reference.rows])
-    per_lot = pd.DataFrame(grad).groupby(lot_of_row).mean().to_numpy()
+    # each lot's mean gradient; a lot without tiles, or with a non-finite gradient, has no sign
+    ends = np.cumsum([len(r) for r in reference.rows])
+    per_lot = np.array(
+        [grad[e - len(r) : e].mean(axis=0) if len(r) else np.full(len(ATTRIBUTES), np.nan)
+         for r, e in zip(reference.rows, ends)]
+    )  # fmt: skip
     signs = agreed_signs(per_lot, reference.slopes)
     return {k.replace("coverage", AGREEMENT): v for k, v in coverage(signs).items()}
