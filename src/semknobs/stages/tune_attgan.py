@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 
 from semknobs import tracking
 from semknobs.attributes import AttributeScaler
@@ -143,7 +144,8 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     if concept and paths.measurements is None:
         raise ParamsError("tune_attgan: the concept loss needs --measurements (measure)")
     regressor = _regressor(params, paths, tuned_keys)
-    stress_range = _stress_range(paths.lots, splits.train)
+    labels = read_lots(paths.lots)
+    stress_range = _stress_range(labels, paths.lots, splits.train)
     scaler = fit_scaler(paths.lots, fit_lots)
     train = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=fit_lots, scaler=scaler
@@ -151,7 +153,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     val = load_tileset(tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=val_lots, scaler=scaler)
     reference, notes = None, []
     if regressor is not None and paths.measurements is not None:
-        reference = _sign_reference(params, paths, fit_lots, val, scaler, regressor)
+        reference = _sign_reference(params, paths, labels, fit_lots, val, scaler, regressor)
         if reference is None:
             notes.append(
                 "no sign-agreement objective: no validation lot has "
@@ -275,6 +277,7 @@ def _regressor(params: Params, paths: Paths, tuned_keys: set[str]) -> PeakStress
 def _sign_reference(
     params: Params,
     paths: Paths,
+    labels: pd.DataFrame,
     fit_lots: list[str],
     val: TileSet,
     scaler: AttributeScaler,
@@ -284,7 +287,7 @@ def _sign_reference(
     meter's readings, calibrated on the fitting lots' labels as ``explain`` calibrates on the
     training lots'), and which of their tiles each trial's knob gradient reads."""
     calib = fit_from_files(
-        paths.measurements, read_lots(paths.lots), fit_lots, scaler, params.meter or MeterParams()
+        paths.measurements, labels, fit_lots, scaler, params.meter or MeterParams()
     )
     return sign_reference(
         predict(regressor, val.images, params.tune.eval.batch_size),
@@ -297,10 +300,9 @@ def _sign_reference(
     )
 
 
-def _stress_range(lots_csv: Path, train_lots: list[str]) -> float:
-    """The training lots' peak-stress range, which only scales the shift (a constant), as in
-    ``explain``; NaN or 0 is refused."""
-    labels = read_lots(lots_csv)
+def _stress_range(labels: pd.DataFrame, lots_csv: Path, train_lots: list[str]) -> float:
+    """The training lots' peak-stress range (``labels`` read from ``lots_csv``), which only
+    scales the shift (a constant), as in ``explain``; NaN or 0 is refused."""
     stress = labels.loc[labels["lot"].isin(train_lots), "peak_stress"]
     value = float(stress.max() - stress.min())
     if not value > 0:

@@ -117,8 +117,13 @@ def study_name(
     ``n_trials`` and the choice's tolerances are left out."""
     scored = "" if reference is None else reference.key()  # agreement_tiles is in its rows
     key = f"{base.fingerprint(data_key)}:{','.join(names)}:{scored}"
-    ignore = ("n_trials", "psnr_tolerance_db", "shift_tolerance_pct", "agreement_tolerance")
-    ignore += ("agreement_tiles",)
+    ignore = (
+        "n_trials",
+        "psnr_tolerance_db",
+        "shift_tolerance_pct",
+        "agreement_tolerance",
+        "agreement_tiles",
+    )
     return f"semknobs-attgan-{fingerprint(tune, key, ignore=ignore)}"
 
 
@@ -246,8 +251,11 @@ def choose(
     n = len(study.directions)
     names = list(study.metric_names or objectives(n >= 3, n >= 4)[0])
     # how far each guarded objective may fall short of the baseline (+: larger is better)
-    guards = {PSNR: (psnr_tolerance_db, 1), SHIFT: (shift_tolerance_pct, -1)}
-    guards[AGREEMENT] = (agreement_tolerance, 1)
+    guards = {
+        PSNR: (psnr_tolerance_db, 1),
+        SHIFT: (shift_tolerance_pct, -1),
+        AGREEMENT: (agreement_tolerance, 1),
+    }
     guarded = [(names.index(k), tol, sign) for k, (tol, sign) in guards.items() if k in names]
 
     def qualifies(t: optuna.trial.FrozenTrial) -> bool:
