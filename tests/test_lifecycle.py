@@ -21,13 +21,20 @@ import torch
 
 from semknobs import cli, registry, tracking
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
-from semknobs.config import section, to_mapping
+from semknobs.config import from_mapping, load_section, section, to_mapping
 from semknobs.errors import ModelError, ParamsError
 from semknobs.explain.bundle import KnobExplainer
 from semknobs.explain.counterfactual import CounterfactualParams
 from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.study import ExplainParams, explain
-from semknobs.lifecycle.promote import Gate, PromoteParams, champions, check_gates, promote
+from semknobs.lifecycle.promote import (
+    Gate,
+    PromoteParams,
+    Scaled,
+    champions,
+    check_gates,
+    promote,
+)
 from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
@@ -36,6 +43,8 @@ from semknobs.serving import attgan_model, regressor_model
 from semknobs.serving.client import frame_request, free_port, post, running_server
 from semknobs.serving.tile_codec import tiles_frame
 from semknobs.stages.register import SPECS, RegisterParams, register_models
+
+from .conftest import ROOT
 
 SIZE = 32
 GAN = AttGANConfig(
@@ -152,6 +161,55 @@ def test_gates_known_answers() -> None:
     assert "missing" in results[4].text
     with pytest.raises(ValueError, match="min or a max"):
         Gate("x")
+
+
+def test_scaled_and_alternative_bounds_known_answers() -> None:
+    """The issue's control target: >= 0.8 or >= 90 % of the meter's ceiling; leakage <= ceiling +
+    0.1; on data without a ceiling the absolute bound alone decides."""
+    either = (0.8, Scaled("ceiling", times=0.9))
+    gates = [
+        Gate("control", min=either),
+        Gate("leak", max=(0.3, Scaled("ceiling_leak", plus=0.1))),
+        Gate("control", min=Scaled("ceiling", times=0.9)),
+    ]
+    met_by_ceiling = {"control": 0.72, "ceiling": 0.79, "leak": 0.6, "ceiling_leak": 0.54}
+    assert [r.passed for r in check_gates(gates, met_by_ceiling)] == [True, True, True]
+    missed = {"control": 0.72, "ceiling": 0.92, "leak": 0.65, "ceiling_leak": 0.54}
+    results = check_gates(gates, missed)
+    assert [r.passed for r in results] == [False, False, False]
+    assert "one of 0.8, 0.9 x ceiling (0.828)" in results[0].text
+    assert "ceiling_leak + 0.1 (0.64)" in results[1].text
+    no_truth = {"control": 0.85, "leak": 0.25}
+    results = check_gates(gates, no_truth)
+    assert [r.passed for r in results] == [True, True, False]
+    assert "missing" in results[2].text
+    assert not check_gates(gates[:1], {"control": 0.79})[0].passed
+    with pytest.raises(ValueError, match="empty list"):
+        Gate("x", min=())
+    with pytest.raises(ValueError, match="finite"):
+        Scaled("x", times=float("nan"))
+
+
+def test_gates_from_params_yaml_parse_and_match_the_issue_targets() -> None:
+    params = load_section(PromoteParams, "promote", ROOT / "params.yaml")
+    gates = {g.metric: g for g in params.gates["attgan"]}
+    ceilings = {f"control/ceiling_{a}": 0.85 for a in ATTRIBUTES} | {
+        "control/ceiling_max_leakage": 0.54
+    }
+    at_90_percent = {f"control/spearman_{a}": 0.77 for a in ATTRIBUTES} | {
+        "control/max_leakage": 0.63,
+        "test/psnr": 24.1,
+    }
+    assert all(r.passed for r in check_gates(list(gates.values()), at_90_percent | ceilings))
+    below = at_90_percent | {"control/spearman_dispersity": 0.76, "control/max_leakage": 0.65}
+    failed = {
+        r.gate.metric for r in check_gates(list(gates.values()), below | ceilings) if not r.passed
+    }
+    assert failed == {"control/spearman_dispersity", "control/max_leakage"}
+    with pytest.raises(ParamsError, match=r"promote.gates.attgan\[0\].min"):
+        from_mapping(
+            PromoteParams, {"gates": {"attgan": [{"metric": "a", "min": [True]}]}}, "promote"
+        )
 
 
 @pytest.mark.parametrize(

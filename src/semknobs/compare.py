@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from semknobs.errors import SemknobsError
-from semknobs.lifecycle.promote import Gate, PromoteParams, check_gates, version_metrics
+from semknobs.lifecycle.promote import (
+    Gate,
+    PromoteParams,
+    bound_text,
+    check_gates,
+    version_metrics,
+)
 from semknobs.lineage import run_git
 from semknobs.names import MODEL_NAMES
 
@@ -240,7 +246,7 @@ def _gate_label(metric: str, gates: Iterable[Gate]) -> str:
     for g in gates:
         for op, bound in ((">=", g.min), ("<=", g.max)):
             if bound is not None:
-                bounds.append(f"{op}{bound:g}" if not isinstance(bound, str) else f"{op}{bound}")
+                bounds.append(f"{op}{bound_text(bound)}")
     return " ".join([metric, *bounds])
 
 

@@ -2,10 +2,13 @@
 
 Gates come from ``params.yaml`` (section ``promote``), per registered model: a metric, read from
 the version's ``metric.<key>`` tags (written by the ``register`` stage), with a ``min`` and/or
-``max`` bound; a bound may be a number or another metric's key (e.g. the regressor's lot RMSE
-must not exceed the random-forest baseline's). A gate with ``needs_truth: true`` is skipped when
-the metric is absent (fidelity exists only where a ground truth does); any other missing metric
-fails its gate.
+``max`` bound; a bound may be a number, another metric's key (e.g. the regressor's lot RMSE
+must not exceed the random-forest baseline's), a scaled metric (``{of: key, times: k, plus: c}``:
+k x key + c) or a list of these, of which the value must meet one (the issue's "control >= 0.8
+or >= 90 % of its ceiling"; a bound whose metric is absent, such as a ceiling on data without a
+ground truth, drops out of the list). A gate with ``needs_truth: true`` is skipped when the metric
+is absent (fidelity exists only where a ground truth does); any other missing metric fails its
+gate.
 
 A refused promotion names every failed gate and its value. ``force`` with a ``reason`` promotes
 anyway and records who and why. History stays on the versions: a promoted version gets
@@ -28,15 +31,38 @@ from semknobs.names import CANDIDATE, CHAMPION, MODEL_NAMES
 
 
 @dataclass(frozen=True)
+class Scaled:
+    """A bound read off another metric: ``times`` x metric ``of`` + ``plus``."""
+
+    of: str
+    times: float = 1.0
+    plus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.times) and math.isfinite(self.plus)):
+            raise ValueError(f"bound on {self.of!r}: times and plus must be finite numbers")
+
+
+Bound = float | str | Scaled
+Bounds = Bound | tuple[Bound, ...]
+
+
+@dataclass(frozen=True)
 class Gate:
     metric: str
-    min: float | str | None = None
-    max: float | str | None = None
+    min: Bounds | None = None
+    max: Bounds | None = None
     needs_truth: bool = False
 
     def __post_init__(self) -> None:
         if self.min is None and self.max is None:
             raise ValueError(f"gate on {self.metric!r} needs a min or a max")
+        for bound in (self.min, self.max):
+            if isinstance(bound, tuple) and not bound:
+                raise ValueError(f"gate on {self.metric!r}: an empty list of bounds")
+            for one in bound if isinstance(bound, tuple) else (bound,):
+                if isinstance(one, float) and not math.isfinite(one):
+                    raise ValueError(f"gate on {self.metric!r}: bound {one} is not finite")
 
 
 @dataclass(frozen=True)
@@ -95,11 +121,46 @@ def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
     return out
 
 
-def _bound(bound: float | str, metrics: Mapping[str, float]) -> tuple[float | None, str]:
+def bound_text(bounds: Bounds) -> str:
+    """A gate's bound as written, compactly: ``0.8``, ``baseline_rf/lot_r2``,
+    ``0.8|0.9xcontrol/ceiling_size``, ``control/ceiling_max_leakage+0.1``."""
+    if isinstance(bounds, tuple):
+        return "|".join(bound_text(b) for b in bounds)
+    if isinstance(bounds, Scaled):
+        text = bounds.of if bounds.times == 1 else f"{bounds.times:g}x{bounds.of}"
+        return text + (f"{bounds.plus:+g}" if bounds.plus else "")
+    return bounds if isinstance(bounds, str) else f"{bounds:g}"
+
+
+def _bound(bound: Bound, metrics: Mapping[str, float]) -> tuple[float | None, str]:
+    if isinstance(bound, Scaled):
+        value = metrics.get(bound.of)
+        shown = bound.of if bound.times == 1 else f"{bound.times:g} x {bound.of}"
+        shown += f" + {bound.plus:g}" if bound.plus else ""
+        if value is None or math.isnan(value):
+            return None, shown
+        limit = bound.times * value + bound.plus
+        return limit, f"{shown} ({limit:.4g})"
     if isinstance(bound, str):
         value = metrics.get(bound)
         return value, f"{bound} ({value:.4g})" if value is not None else bound
     return float(bound), f"{float(bound):g}"
+
+
+def _meets(value: float, op: str, bounds: Bounds, metrics: Mapping[str, float]) -> tuple[bool, str]:
+    """Whether ``value`` meets one of ``bounds`` (those whose metric is absent drop out)."""
+    if not isinstance(bounds, tuple):
+        limit, shown = _bound(bounds, metrics)
+        if limit is None:
+            return False, f"{op} {shown}: missing"
+        return (value >= limit if op == ">=" else value <= limit), f"{op} {shown}"
+    known = [
+        (limit, shown) for limit, shown in (_bound(b, metrics) for b in bounds) if limit is not None
+    ]
+    if not known:
+        return False, f"{op} one of {', '.join(_bound(b, metrics)[1] for b in bounds)}: missing"
+    ok = any(value >= limit if op == ">=" else value <= limit for limit, _ in known)
+    return ok, f"{op} one of {', '.join(shown for _, shown in known)}"
 
 
 def check_gates(gates: Sequence[Gate], metrics: Mapping[str, float]) -> list[GateResult]:
@@ -115,13 +176,12 @@ def check_gates(gates: Sequence[Gate], metrics: Mapping[str, float]) -> list[Gat
                 results.append(GateResult(gate, None, False, False, f"{gate.metric}: missing"))
             continue
         checks, passed = [], True
-        for op, bound in ((">=", gate.min), ("<=", gate.max)):
-            if bound is None:
+        for op, bounds in ((">=", gate.min), ("<=", gate.max)):
+            if bounds is None:
                 continue
-            limit, shown = _bound(bound, metrics)
-            ok = limit is not None and (value >= limit if op == ">=" else value <= limit)
+            ok, shown = _meets(value, op, bounds, metrics)
             passed &= ok
-            checks.append(f"{op} {shown}" if limit is not None else f"{op} {shown}: missing")
+            checks.append(shown)
         verb = "is" if passed else "needs"
         text = f"{gate.metric} = {value:.4g} ({verb} {', '.join(checks)})"
         results.append(GateResult(gate, value, passed, False, text))
