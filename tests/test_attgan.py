@@ -267,3 +267,12 @@ def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="concept_off_weight"):
             AttGANTrainParams(concept_off_weight=bad)
+    # per-knob column weights multiply each column, on turned knobs and knobs left alone alike
+    trainer.params = dataclasses.replace(trainer.params, concept_knob_weight=(2.0, 1.0, 1.0, 3.0))
+    # row 0: size turned (1 x 2) + porosity, dispersity alone (4 each) + facetness alone (4 x 3);
+    # row 1: 2 + 1 + 1 + 3
+    want = (2 + 4 + 4 + 12 + 2 + 1 + 1 + 3) / 8
+    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx(want)
+    for bad in ((1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (1.0, 1.0, float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="concept_knob_weight"):
+            AttGANTrainParams(concept_knob_weight=bad)

@@ -110,6 +110,8 @@ class AttGANTrainParams:
     lambda_concept: float = 30.0  # 0: no concept network
     concept_rec_grad: bool = True  # the concept loss also moves the reconstruction
     concept_off_weight: float = 1.0  # concept loss weight on knobs an edit leaves alone (b = a)
+    # concept loss weight per knob column (size, porosity, dispersity, facetness): README
+    concept_knob_weight: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
@@ -124,6 +126,12 @@ class AttGANTrainParams:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        weights = self.concept_knob_weight
+        if len(weights) != self.model.n_attrs or not all(0 <= w < float("inf") for w in weights):
+            raise ValueError(
+                f"concept_knob_weight must be {self.model.n_attrs} finite numbers >= 0 (one per "
+                f"knob), got {list(weights)}"
+            )
         if not 0 <= self.concept_off_weight < float("inf"):
             raise ValueError(
                 f"concept_off_weight must be a finite number >= 0, got {self.concept_off_weight}"
@@ -308,6 +316,8 @@ class AttGANTrainer(Trainer):
         miss = (read_fake - read_rec - wanted).pow(2)
         if self.params.concept_off_weight != 1.0:
             miss = miss * torch.where(wanted == 0, self.params.concept_off_weight, 1.0)
+        if any(w != 1.0 for w in self.params.concept_knob_weight):
+            miss = miss * miss.new_tensor(self.params.concept_knob_weight)
         return miss.mean()
 
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:

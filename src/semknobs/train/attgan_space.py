@@ -31,6 +31,7 @@ FIXED = {
     "model.channels": "the tiles' channels",
     "model.n_attrs": "the four concepts",
     "model.dec_layers": "follows model.enc_layers",
+    "concept_knob_weight": "a list per knob; tune lambda_concept (README: editor runs)",
 }
 
 
