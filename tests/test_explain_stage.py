@@ -109,7 +109,12 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     assert metrics["referee/n_lots"] == 2 and metrics["referee/n_tiles"] == 6
     assert metrics["knob_gradient/er/lot_centred_cosine"] is None  # NaN, written as null
     assert "oracle/lot_centred_cosine_ceiling" in metrics
-    assert np.isfinite(metrics["corrected_gradient/condition"])  # the meter read the edits
+    # the meter read the edits; whether this tiny editor moves every reading depends on float
+    # rounding of its training (a singular J on some CPUs: then not scored and every knob flagged)
+    jacobian = pd.read_csv(root / "reports" / "measured_jacobian.csv", index_col="measured")
+    assert (jacobian.to_numpy() != 0).any()
+    if not np.isfinite(metrics["corrected_gradient/condition"]):
+        assert all(metrics[f"corrected_gradient/flag_{a}"] == 1.0 for a in ATTRIBUTES)
     natural = pd.read_csv(root / "reports" / "meter_regression.csv")
     assert len(natural) == 6 and (natural["tiles"] >= 6).all()  # every lot, all its tiles
     assert np.isfinite(metrics["meter_regression/er/cosine_median"])
