@@ -122,25 +122,23 @@ def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
 
 
 def bound_text(bounds: Bounds) -> str:
-    """A gate's bound as written, compactly: ``0.8``, ``baseline_rf/lot_r2``,
-    ``0.8|0.9xcontrol/ceiling_size``, ``control/ceiling_max_leakage+0.1``."""
+    """A gate's bound as written: ``0.8``, ``baseline_rf/lot_r2``,
+    ``0.8|0.9 x control/ceiling_size``, ``control/ceiling_max_leakage + 0.1``."""
     if isinstance(bounds, tuple):
         return "|".join(bound_text(b) for b in bounds)
     if isinstance(bounds, Scaled):
-        text = bounds.of if bounds.times == 1 else f"{bounds.times:g}x{bounds.of}"
-        return text + (f"{bounds.plus:+g}" if bounds.plus else "")
+        text = bounds.of if bounds.times == 1 else f"{bounds.times:g} x {bounds.of}"
+        return text + (f" + {bounds.plus:g}" if bounds.plus else "")
     return bounds if isinstance(bounds, str) else f"{bounds:g}"
 
 
 def _bound(bound: Bound, metrics: Mapping[str, float]) -> tuple[float | None, str]:
     if isinstance(bound, Scaled):
         value = metrics.get(bound.of)
-        shown = bound.of if bound.times == 1 else f"{bound.times:g} x {bound.of}"
-        shown += f" + {bound.plus:g}" if bound.plus else ""
         if value is None or math.isnan(value):
-            return None, shown
+            return None, bound_text(bound)
         limit = bound.times * value + bound.plus
-        return limit, f"{shown} ({limit:.4g})"
+        return limit, f"{bound_text(bound)} ({limit:.4g})"
     if isinstance(bound, str):
         value = metrics.get(bound)
         return value, f"{bound} ({value:.4g})" if value is not None else bound
@@ -149,18 +147,14 @@ def _bound(bound: Bound, metrics: Mapping[str, float]) -> tuple[float | None, st
 
 def _meets(value: float, op: str, bounds: Bounds, metrics: Mapping[str, float]) -> tuple[bool, str]:
     """Whether ``value`` meets one of ``bounds`` (those whose metric is absent drop out)."""
-    if not isinstance(bounds, tuple):
-        limit, shown = _bound(bounds, metrics)
-        if limit is None:
-            return False, f"{op} {shown}: missing"
-        return (value >= limit if op == ">=" else value <= limit), f"{op} {shown}"
-    known = [
-        (limit, shown) for limit, shown in (_bound(b, metrics) for b in bounds) if limit is not None
-    ]
+    every = bounds if isinstance(bounds, tuple) else (bounds,)
+    read = [_bound(b, metrics) for b in every]
+    known = [(limit, shown) for limit, shown in read if limit is not None]
+    one_of = "one of " if len(every) > 1 else ""
     if not known:
-        return False, f"{op} one of {', '.join(_bound(b, metrics)[1] for b in bounds)}: missing"
+        return False, f"{op} {one_of}{', '.join(shown for _, shown in read)}: missing"
     ok = any(value >= limit if op == ">=" else value <= limit for limit, _ in known)
-    return ok, f"{op} one of {', '.join(shown for _, shown in known)}"
+    return ok, f"{op} {one_of}{', '.join(shown for _, shown in known)}"
 
 
 def check_gates(gates: Sequence[Gate], metrics: Mapping[str, float]) -> list[GateResult]:
