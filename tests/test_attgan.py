@@ -273,6 +273,15 @@ def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
     # row 1: 2 + 1 + 1 + 3
     want = (2 + 4 + 4 + 12 + 2 + 1 + 1 + 3) / 8
     assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx(want)
-    for bad in ((1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (1.0, 1.0, float("nan"), 1.0)):
-        with pytest.raises(ValueError, match="concept_knob_weight"):
-            AttGANTrainParams(concept_knob_weight=bad)
+    # per-knob "stay put" weights multiply concept_off_weight on the knobs left alone only
+    trainer.params = dataclasses.replace(
+        trainer.params, concept_knob_weight=(1.0,) * 4, concept_off_knob_weight=(3.0, 1.0, 2.0, 1.0)
+    )
+    # row 0: size turned (1; its 3 does not apply) + porosity 4 + dispersity 4 x 2 + facetness 4;
+    # row 1: every knob turned, 1 each
+    want = (1 + 4 + 8 + 4 + 4) / 8
+    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx(want)
+    for name in ("concept_knob_weight", "concept_off_knob_weight"):
+        for bad in ((1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (1.0, 1.0, float("nan"), 1.0)):
+            with pytest.raises(ValueError, match=name):
+                AttGANTrainParams(**{name: bad})

@@ -99,6 +99,8 @@ def test_the_default_space_holds_train_attgans_own_params():
         ({"steps": [100, 200]}, "steps: not tunable"),
         ({"model": {"img_size": [32, 64]}}, "img_size: not tunable"),
         ({"model": {"dec_layers": [3, 4]}}, "dec_layers: not tunable"),
+        ({"concept_knob_weight": [[4, 1, 1, 1]]}, "concept_knob_weight: not tunable"),
+        ({"concept_off_knob_weight": [[1, 1, 4, 1]]}, "concept_off_knob_weight: not tunable"),
         ({"model": {"shortcut_layers": [3, 3], "enc_layers": [3, 4]}}, "shortcut_layers: 3 is not"),
         ({"lr": 0.001}, r"lr: expected \[low, high\] or a list"),
         ({}, "empty"),

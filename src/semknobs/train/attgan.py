@@ -64,6 +64,7 @@ and of the generator's edit-and-reconstruct pass.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,8 @@ class AttGANTrainParams:
     concept_off_weight: float = 1.0  # concept loss weight on knobs an edit leaves alone (b = a)
     # concept loss weight per knob column (size, porosity, dispersity, facetness): README
     concept_knob_weight: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    # per column, times concept_off_weight: "stay put" on that knob when an edit leaves it alone
+    concept_off_knob_weight: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
@@ -126,13 +129,14 @@ class AttGANTrainParams:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        weights = self.concept_knob_weight
-        if len(weights) != self.model.n_attrs or not all(0 <= w < float("inf") for w in weights):
-            raise ValueError(
-                f"concept_knob_weight must be {self.model.n_attrs} finite numbers >= 0 (one per "
-                f"knob), got {list(weights)}"
-            )
-        if not 0 <= self.concept_off_weight < float("inf"):
+        for name in ("concept_knob_weight", "concept_off_knob_weight"):
+            weights = getattr(self, name)
+            if len(weights) != self.model.n_attrs or not all(0 <= w < math.inf for w in weights):
+                raise ValueError(
+                    f"{name} must be {self.model.n_attrs} finite numbers >= 0 (one per knob), "
+                    f"got {list(weights)}"
+                )
+        if not 0 <= self.concept_off_weight < math.inf:
             raise ValueError(
                 f"concept_off_weight must be a finite number >= 0, got {self.concept_off_weight}"
             )
@@ -314,10 +318,12 @@ class AttGANTrainer(Trainer):
             with torch.no_grad():
                 read_rec = self.concept.net(rec)
         miss = (read_fake - read_rec - wanted).pow(2)
-        if self.params.concept_off_weight != 1.0:
-            miss = miss * torch.where(wanted == 0, self.params.concept_off_weight, 1.0)
-        if any(w != 1.0 for w in self.params.concept_knob_weight):
-            miss = miss * miss.new_tensor(self.params.concept_knob_weight)
+        p = self.params
+        if p.concept_off_weight != 1.0 or any(w != 1.0 for w in p.concept_off_knob_weight):
+            off = miss.new_tensor(p.concept_off_knob_weight) * p.concept_off_weight
+            miss = miss * torch.where(wanted == 0, off, 1.0)
+        if any(w != 1.0 for w in p.concept_knob_weight):
+            miss = miss * miss.new_tensor(p.concept_knob_weight)
         return miss.mean()
 
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:

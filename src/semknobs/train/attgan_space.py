@@ -32,6 +32,7 @@ FIXED = {
     "model.n_attrs": "the four concepts",
     "model.dec_layers": "follows model.enc_layers",
     "concept_knob_weight": "a list per knob; tune lambda_concept (README: editor runs)",
+    "concept_off_knob_weight": "a list per knob; tune concept_off_weight (README: editor runs)",
 }
 
 
