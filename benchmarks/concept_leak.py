@@ -1,0 +1,266 @@
+"""Does the concept network C see the editor's leaks, and does anything ask for them?
+Evaluation only (issue 14).
+
+The concept loss pulls each edit's change, as C reads it, to the requested change on every
+knob, so a knob that moves another knob's reading (a leak) costs there. This replays
+``evaluate_attgan``'s control sweep (the same seeded held-out tiles and edits) and reads every
+edit with the trained C from the AttGAN checkpoint (the mean over its 8 symmetric views), beside
+the meter's readings of the same edits (``reports/evaluate_attgan/control_readings.csv``). Then
+the renderer's true one-attribute interventions (the meter ceiling's sweep) read by C: a leak
+there is C's own. Last, the texture loss's target ``W`` (fit on the training lots, as
+``train_attgan`` fits it) beside the texture change of the true interventions and of the edits.
+Needs ``make repro`` (or a study workspace); writes a markdown report.
+
+    python benchmarks/concept_leak.py [--workspace DIR] [--out benchmarks/concept_leak.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from semknobs.attributes import ATTRIBUTES, AttributeScaler
+from semknobs.config import from_mapping, load_params, load_section
+from semknobs.data.dataset import load_tileset
+from semknobs.data.schemas import read_lots
+from semknobs.data.split import read_splits
+from semknobs.data.truth import read_truth, tile_truth
+from semknobs.evaluation.attgan import control_from_table
+from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
+from semknobs.evaluation.referee import label_fit
+from semknobs.evaluation.samples import generate
+from semknobs.models.concept import ConceptNet
+from semknobs.pixels import to_model
+from semknobs.serving import attgan_model
+from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
+from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.texture import TextureTarget, stat_names, texture_stats
+
+A = list(ATTRIBUTES)
+
+
+def read_c(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat(
+            [
+                net(to_model(tiles[i : i + 128], "cpu"), symmetric=True)
+                for i in range(0, len(tiles), 128)
+            ]
+        ).numpy()
+
+
+def sweep_table(readings: np.ndarray, knob: str, levels: np.ndarray) -> pd.DataFrame:
+    """Readings of sweeps laid out (sweep, level) -> the control table's long form."""
+    table = pd.DataFrame(readings, columns=A)
+    table["requested_attr"] = knob
+    table["requested"] = np.tile(levels, len(table) // len(levels))
+    table["tile"] = np.repeat(np.arange(len(table) // len(levels)), len(levels))
+    return table
+
+
+def slopes(table: pd.DataFrame) -> pd.DataFrame:
+    """Least-squares slope of each reading (centred per sweep) on the requested level."""
+    out = pd.DataFrame(index=A, columns=A, dtype=float)
+    for knob, group in table.groupby("requested_attr"):
+        x = group["requested"] - group["requested"].mean()
+        for a in A:
+            y = group[a] - group.groupby("tile")[a].transform("mean")
+            out.loc[knob, a] = float((x * y).sum() / (x * x).sum())
+    return out.loc[A]
+
+
+def texture_slope(tiles: np.ndarray, levels: np.ndarray, target: TextureTarget) -> np.ndarray:
+    """Slope of each texture statistic (in spreads) on the requested level, centred per sweep."""
+    with torch.no_grad():
+        stats = (
+            torch.cat(
+                [
+                    texture_stats(to_model(tiles[i : i + 256], "cpu"), target.levels)
+                    for i in range(0, len(tiles), 256)
+                ]
+            ).numpy()
+            / target.scale.numpy()
+        )
+    stats = stats.reshape(-1, len(levels), stats.shape[1])
+    stats = stats - stats.mean(axis=1, keepdims=True)
+    x = levels - levels.mean()
+    return np.einsum("p,npt->t", x, stats) / (len(stats) * (x * x).sum())
+
+
+@dataclass
+class Editor:
+    """A workspace's trained editor, its concept network and evaluate_attgan's control tiles."""
+
+    ws: Path
+    params: EvaluateAttGANParams
+    train: AttGANTrainParams
+    gen: torch.nn.Module
+    config: object
+    scaler: AttributeScaler
+    net: ConceptNet
+    tiles: pd.DataFrame  # the manifest rows of the control tiles
+    images: np.ndarray
+    attrs: np.ndarray
+
+    @property
+    def levels(self) -> np.ndarray:
+        return np.linspace(0, 1, self.params.points)
+
+    @property
+    def lots_csv(self) -> Path:
+        return self.ws / "data/synthetic/lots.csv"
+
+
+def load_editor(ws: Path) -> Editor:
+    params = load_section(EvaluateAttGANParams, NAME, ws / "params.yaml")
+    train = from_mapping(
+        AttGANTrainParams, load_params(ws / "params.yaml")["train_attgan"]["train"]
+    )
+    gen, config = attgan_model.load(ws / "models/attgan")
+    scaler = AttributeScaler.from_dict(config.scaler)
+    test = load_tileset(
+        tiles_dir=ws / "data/tiles",
+        lots_csv=ws / "data/synthetic/lots.csv",
+        lots=read_splits(ws / "data/splits.json").test,
+        scaler=scaler,
+    )
+    rng = np.random.default_rng(params.seed)  # evaluate_attgan's seeded pick
+    pick = rng.choice(len(test.images), min(params.n_tiles, len(test.images)), replace=False)
+    net = ConceptNet(train.concept.model)
+    state = load_file(ws / "checkpoints/attgan/state.safetensors")
+    prefix = "module.concept."
+    net.load_state_dict(
+        {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    )
+    net.eval()
+    return Editor(
+        ws, params, train, gen, config, scaler, net,
+        test.manifest.iloc[pick], test.images[pick], test.attrs[pick],
+    )  # fmt: skip
+
+
+def edit_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """evaluate_attgan's control sweep (one knob over the levels, the others at the tile's
+    labels): the edits per knob and C's readings of them."""
+    points, edits, parts = len(ed.levels), {}, []
+    for k, knob in enumerate(A):
+        req = np.repeat(ed.attrs[:, None, :], points, axis=1).copy()
+        req[:, :, k] = ed.levels
+        edits[knob] = generate(
+            ed.gen,
+            np.repeat(ed.images, points, axis=0),
+            req.reshape(-1, 4),
+            np.repeat(ed.attrs, points, axis=0),
+            ed.params.batch_size,
+        )
+        parts.append(sweep_table(read_c(ed.net, edits[knob]), knob, ed.levels))
+    return edits, pd.concat(parts, ignore_index=True)
+
+
+def true_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """The meter ceiling's sweep (true interventions rendered at the first ``ceiling.n_tiles``
+    tiles' true attributes) and C's readings of it. Evaluation only: reads the truth."""
+    params, levels = ed.params, ed.levels
+    synthetic = Synthetic.from_params(ed.ws / "params.yaml")
+    truth = read_truth(ed.ws / "data/synthetic/truth")
+    true = tile_truth(truth.fields, ed.tiles)[A].to_numpy()
+    labels = read_lots(ed.lots_csv)
+    labels[A] = ed.scaler.transform(labels[A].to_numpy())
+    n = min(params.ceiling.n_tiles, len(ed.tiles))
+    fit_slope, fit_intercept = label_fit(truth.lots, labels)
+    oracle_params = OracleParams(fields=params.ceiling.fields, seed=params.ceiling.seed, n_jobs=1)
+    rendered, parts = {}, []
+    with Oracle(synthetic.study, synthetic.tiling, None, oracle_params) as oracle:
+        for k, knob in enumerate(A):
+            t_levels = np.clip((levels - fit_intercept[k]) / fit_slope[k], 0, 1)
+            swept = oracle.sweep(
+                true[:n],
+                k,
+                np.broadcast_to(t_levels, (n, len(levels))),
+                ed.tiles["tile"].to_numpy()[:n],
+            )
+            m, p, per = swept.shape[:3]
+            rendered[knob] = swept.transpose(0, 2, 1, 3, 4).reshape(m * per * p, *swept.shape[3:])
+            parts.append(sweep_table(read_c(ed.net, rendered[knob]), knob, levels))
+    return rendered, pd.concat(parts, ignore_index=True)
+
+
+def texture_table(
+    ed: Editor, edits: dict[str, np.ndarray], rendered: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """The texture loss's target W (fit on the training lots as train_attgan fits it) beside
+    the texture change of the true interventions and of the edits, per knob unit."""
+    splits = read_splits(ed.ws / "data/splits.json")
+    train_lots = ed.config.train_lots or splits.training_lots(str(ed.ws / "data/splits.json"))
+    tr = load_tileset(
+        tiles_dir=ed.ws / "data/tiles", lots_csv=ed.lots_csv, lots=train_lots, scaler=ed.scaler
+    )
+    target = TextureTarget.fit(
+        tr.images, tr.attrs, tr.manifest["lot"].to_numpy(), ed.train.texture_levels
+    )
+    rows = []
+    for k, knob in enumerate(A):
+        for source, v in (
+            ("W (training lots)", (target.weight[:, k] / target.scale).numpy()),
+            ("true intervention", texture_slope(rendered[knob], ed.levels, target)),
+            ("edit", texture_slope(edits[knob], ed.levels, target)),
+        ):
+            rows.append({"knob": knob, "source": source, **dict(zip(stat_names(target.levels), v))})
+    return pd.DataFrame(rows)
+
+
+def report(ws: Path) -> str:
+    ed = load_editor(ws)
+    edits, c_edits = edit_sweeps(ed)
+    rendered, c_true = true_sweeps(ed)
+    texture = texture_table(ed, edits, rendered)
+    meter_edits = pd.read_csv(ws / "reports/evaluate_attgan/control_readings.csv")
+    meter_true = pd.read_csv(ws / "reports/evaluate_attgan/ceiling_readings.csv")
+    n = min(ed.params.ceiling.n_tiles, len(ed.tiles))
+
+    def md(frame: pd.DataFrame, digits: int = 2) -> str:
+        return frame.round(digits).to_markdown()
+
+    per_knob = "rows: the knob turned; columns: the reading"
+    return (
+        "\n\n".join(
+            [
+                f"# Does the concept network see the leaks? ({ws.resolve().name})",
+                f"Held-out control sweep of `evaluate_attgan` ({len(ed.images)} tiles x "
+                f"{len(ed.levels)} levels per knob); the true interventions on the first {n} of "
+                f"them. {per_knob}.",
+                "## Edits, Spearman (within tile), meter\n\n" + md(control_from_table(meter_edits)),
+                "## Edits, Spearman (within tile), C\n\n" + md(control_from_table(c_edits)),
+                "## Edits, C's slope (knob units per unit requested)\n\n" + md(slopes(c_edits), 3),
+                "## True interventions, Spearman, meter (the ceiling)\n\n"
+                + md(control_from_table(meter_true)),
+                "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
+                "## True interventions, C's slope\n\n" + md(slopes(c_true), 3),
+                "## Texture change per knob unit, in spreads of the real tiles\n\n"
+                + texture.round(2).to_markdown(index=False),
+            ]
+        )
+        + "\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("."))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/concept_leak.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    text = report(args.workspace)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
