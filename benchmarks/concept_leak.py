@@ -29,15 +29,17 @@ from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import from_mapping, load_params, load_section
 from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
-from semknobs.data.split import read_splits
+from semknobs.data.split import Splits, read_splits
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.attgan import control_from_table
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
 from semknobs.evaluation.samples import generate
+from semknobs.explain.bundle import in_batches
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
+from semknobs.serving.attgan_model import AttGANFolder
 from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
 from semknobs.train.attgan import AttGANTrainParams
 from semknobs.train.texture import TextureTarget, stat_names, texture_stats
@@ -46,13 +48,8 @@ A = list(ATTRIBUTES)
 
 
 def read_c(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat(
-            [
-                net(to_model(tiles[i : i + 128], "cpu"), symmetric=True)
-                for i in range(0, len(tiles), 128)
-            ]
-        ).numpy()
+    """C's readings (knob units) of uint8 tiles, the mean over its 8 symmetric views."""
+    return in_batches(lambda x: net(x, symmetric=True), to_model(tiles, "cpu"), 128).numpy()
 
 
 def sweep_table(readings: np.ndarray, knob: str, levels: np.ndarray) -> pd.DataFrame:
@@ -77,16 +74,8 @@ def slopes(table: pd.DataFrame) -> pd.DataFrame:
 
 def texture_slope(tiles: np.ndarray, levels: np.ndarray, target: TextureTarget) -> np.ndarray:
     """Slope of each texture statistic (in spreads) on the requested level, centred per sweep."""
-    with torch.no_grad():
-        stats = (
-            torch.cat(
-                [
-                    texture_stats(to_model(tiles[i : i + 256], "cpu"), target.levels)
-                    for i in range(0, len(tiles), 256)
-                ]
-            ).numpy()
-            / target.scale.numpy()
-        )
+    stats = in_batches(lambda x: texture_stats(x, target.levels), to_model(tiles, "cpu"), 256)
+    stats = stats.numpy() / target.scale.numpy()
     stats = stats.reshape(-1, len(levels), stats.shape[1])
     stats = stats - stats.mean(axis=1, keepdims=True)
     x = levels - levels.mean()
@@ -101,8 +90,9 @@ class Editor:
     params: EvaluateAttGANParams
     train: AttGANTrainParams
     gen: torch.nn.Module
-    config: object
+    config: AttGANFolder
     scaler: AttributeScaler
+    splits: Splits
     net: ConceptNet
     tiles: pd.DataFrame  # the manifest rows of the control tiles
     images: np.ndarray
@@ -124,10 +114,11 @@ def load_editor(ws: Path) -> Editor:
     )
     gen, config = attgan_model.load(ws / "models/attgan")
     scaler = AttributeScaler.from_dict(config.scaler)
+    splits = read_splits(ws / "data/splits.json")
     test = load_tileset(
         tiles_dir=ws / "data/tiles",
         lots_csv=ws / "data/synthetic/lots.csv",
-        lots=read_splits(ws / "data/splits.json").test,
+        lots=splits.test,
         scaler=scaler,
     )
     rng = np.random.default_rng(params.seed)  # evaluate_attgan's seeded pick
@@ -140,7 +131,7 @@ def load_editor(ws: Path) -> Editor:
     )
     net.eval()
     return Editor(
-        ws, params, train, gen, config, scaler, net,
+        ws, params, train, gen, config, scaler, splits, net,
         test.manifest.iloc[pick], test.images[pick], test.attrs[pick],
     )  # fmt: skip
 
@@ -196,8 +187,7 @@ def texture_table(
 ) -> pd.DataFrame:
     """The texture loss's target W (fit on the training lots as train_attgan fits it) beside
     the texture change of the true interventions and of the edits, per knob unit."""
-    splits = read_splits(ed.ws / "data/splits.json")
-    train_lots = ed.config.train_lots or splits.training_lots(str(ed.ws / "data/splits.json"))
+    train_lots = ed.config.train_lots or ed.splits.training_lots(str(ed.ws / "data/splits.json"))
     tr = load_tileset(
         tiles_dir=ed.ws / "data/tiles", lots_csv=ed.lots_csv, lots=train_lots, scaler=ed.scaler
     )
