@@ -7,8 +7,10 @@ knob, so a knob that moves another knob's reading (a leak) costs there. This rep
 edit with the trained C from the AttGAN checkpoint (the mean over its 8 symmetric views), beside
 the meter's readings of the same edits (``reports/evaluate_attgan/control_readings.csv``). Then
 the renderer's true one-attribute interventions (the meter ceiling's sweep) read by C: a leak
-there is C's own. Last, the texture loss's target ``W`` (fit on the training lots, as
-``train_attgan`` fits it) beside the texture change of the true interventions and of the edits.
+there is C's own. Then the meter's median readings along the size sweep, edits beside true
+interventions (particle count and dispersity). Last, the texture loss's target ``W`` (fit on
+the training lots, as ``train_attgan`` fits it) beside the texture change of the true
+interventions and of the edits.
 Needs ``make repro`` (or a study workspace); writes a markdown report.
 
     python benchmarks/concept_leak.py [--workspace DIR] [--out benchmarks/concept_leak.md]
@@ -205,6 +207,19 @@ def texture_table(
     return pd.DataFrame(rows)
 
 
+def sweep_medians(edits: pd.DataFrame, true: pd.DataFrame, knob: str) -> pd.DataFrame:
+    """The meter's median readings (and particle count) at each level of one knob's sweep, the
+    editor's edits beside the renderer's true interventions."""
+    columns = [*A, "n_particles"]
+    parts = {
+        source: table[table["requested_attr"] == knob].groupby("requested")[columns].median()
+        for source, table in (("edit", edits), ("true", true))
+    }
+    out = pd.concat(parts, names=["source", "requested"]).T
+    out.columns = [f"{source} {level:g}" for source, level in out.columns]
+    return out
+
+
 def report(ws: Path) -> str:
     ed = load_editor(ws)
     edits, c_edits = edit_sweeps(ed)
@@ -232,6 +247,8 @@ def report(ws: Path) -> str:
                 + md(control_from_table(meter_true)),
                 "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
                 "## True interventions, C's slope\n\n" + md(slopes(c_true), 3),
+                "## The size sweep as the meter reads it (medians per requested level)\n\n"
+                + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Texture change per knob unit, in spreads of the real tiles\n\n"
                 + texture.round(2).to_markdown(index=False),
             ]
