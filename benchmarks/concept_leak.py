@@ -33,10 +33,15 @@ from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import Splits, read_splits
 from semknobs.data.truth import read_truth, tile_truth
-from semknobs.evaluation.attgan import control_from_table
+from semknobs.evaluation.attgan import (
+    control_from_table,
+    slope_matrix,
+    sweep_edits,
+    sweep_table,
+)
+from semknobs.evaluation.ceiling import render_sweep
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
-from semknobs.evaluation.samples import generate
 from semknobs.explain.bundle import in_batches
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
@@ -52,26 +57,6 @@ A = list(ATTRIBUTES)
 def read_c(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
     """C's readings (knob units) of uint8 tiles, the mean over its 8 symmetric views."""
     return in_batches(lambda x: net(x, symmetric=True), to_model(tiles, "cpu"), 128).numpy()
-
-
-def sweep_table(readings: np.ndarray, knob: str, levels: np.ndarray) -> pd.DataFrame:
-    """Readings of sweeps laid out (sweep, level) -> the control table's long form."""
-    table = pd.DataFrame(readings, columns=A)
-    table["requested_attr"] = knob
-    table["requested"] = np.tile(levels, len(table) // len(levels))
-    table["tile"] = np.repeat(np.arange(len(table) // len(levels)), len(levels))
-    return table
-
-
-def slopes(table: pd.DataFrame) -> pd.DataFrame:
-    """Least-squares slope of each reading (centred per sweep) on the requested level."""
-    out = pd.DataFrame(index=A, columns=A, dtype=float)
-    for knob, group in table.groupby("requested_attr"):
-        x = group["requested"] - group["requested"].mean()
-        for a in A:
-            y = group[a] - group.groupby("tile")[a].transform("mean")
-            out.loc[knob, a] = float((x * y).sum() / (x * x).sum())
-    return out.loc[A]
 
 
 def texture_slope(tiles: np.ndarray, levels: np.ndarray, target: TextureTarget) -> np.ndarray:
@@ -138,50 +123,40 @@ def load_editor(ws: Path) -> Editor:
     )  # fmt: skip
 
 
+def read_sweep(net: ConceptNet, tiles: np.ndarray, knob: str, levels: np.ndarray) -> pd.DataFrame:
+    """C's readings of one knob's sweeps as sweep-table rows."""
+    return sweep_table(pd.DataFrame(read_c(net, tiles), columns=A), knob, levels)
+
+
 def edit_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """evaluate_attgan's control sweep (one knob over the levels, the others at the tile's
-    labels): the edits per knob and C's readings of them."""
-    points, edits, parts = len(ed.levels), {}, []
-    for k, knob in enumerate(A):
-        req = np.repeat(ed.attrs[:, None, :], points, axis=1).copy()
-        req[:, :, k] = ed.levels
-        edits[knob] = generate(
-            ed.gen,
-            np.repeat(ed.images, points, axis=0),
-            req.reshape(-1, 4),
-            np.repeat(ed.attrs, points, axis=0),
-            ed.params.batch_size,
-        )
-        parts.append(sweep_table(read_c(ed.net, edits[knob]), knob, ed.levels))
-    return edits, pd.concat(parts, ignore_index=True)
+    """evaluate_attgan's control sweep: the edits per knob and C's readings of them."""
+    edits = {
+        knob: sweep_edits(ed.gen, ed.images, ed.attrs, k, ed.levels, ed.params.batch_size)
+        for k, knob in enumerate(A)
+    }
+    table = pd.concat([read_sweep(ed.net, edits[a], a, ed.levels) for a in A], ignore_index=True)
+    return edits, table
 
 
 def true_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """The meter ceiling's sweep (true interventions rendered at the first ``ceiling.n_tiles``
     tiles' true attributes) and C's readings of it. Evaluation only: reads the truth."""
-    params, levels = ed.params, ed.levels
+    params = ed.params
     synthetic = Synthetic.from_params(ed.ws / "params.yaml")
     truth = read_truth(ed.ws / "data/synthetic/truth")
-    true = tile_truth(truth.fields, ed.tiles)[A].to_numpy()
     labels = read_lots(ed.lots_csv)
     labels[A] = ed.scaler.transform(labels[A].to_numpy())
+    fit = label_fit(truth.lots, labels)
     n = min(params.ceiling.n_tiles, len(ed.tiles))
-    fit_slope, fit_intercept = label_fit(truth.lots, labels)
+    true = tile_truth(truth.fields, ed.tiles)[A].to_numpy()[:n]
+    ids = ed.tiles["tile"].to_numpy()[:n]
     oracle_params = OracleParams(fields=params.ceiling.fields, seed=params.ceiling.seed, n_jobs=1)
-    rendered, parts = {}, []
     with Oracle(synthetic.study, synthetic.tiling, None, oracle_params) as oracle:
-        for k, knob in enumerate(A):
-            t_levels = np.clip((levels - fit_intercept[k]) / fit_slope[k], 0, 1)
-            swept = oracle.sweep(
-                true[:n],
-                k,
-                np.broadcast_to(t_levels, (n, len(levels))),
-                ed.tiles["tile"].to_numpy()[:n],
-            )
-            m, p, per = swept.shape[:3]
-            rendered[knob] = swept.transpose(0, 2, 1, 3, 4).reshape(m * per * p, *swept.shape[3:])
-            parts.append(sweep_table(read_c(ed.net, rendered[knob]), knob, levels))
-    return rendered, pd.concat(parts, ignore_index=True)
+        rendered = {
+            knob: render_sweep(oracle, true, k, ed.levels, fit, ids) for k, knob in enumerate(A)
+        }
+    table = pd.concat([read_sweep(ed.net, rendered[a], a, ed.levels) for a in A], ignore_index=True)
+    return rendered, table
 
 
 def texture_table(
@@ -242,11 +217,12 @@ def report(ws: Path) -> str:
                 f"them. {per_knob}.",
                 "## Edits, Spearman (within tile), meter\n\n" + md(control_from_table(meter_edits)),
                 "## Edits, Spearman (within tile), C\n\n" + md(control_from_table(c_edits)),
-                "## Edits, C's slope (knob units per unit requested)\n\n" + md(slopes(c_edits), 3),
+                "## Edits, C's slope (knob units per unit requested)\n\n"
+                + md(slope_matrix(c_edits), 3),
                 "## True interventions, Spearman, meter (the ceiling)\n\n"
                 + md(control_from_table(meter_true)),
                 "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
-                "## True interventions, C's slope\n\n" + md(slopes(c_true), 3),
+                "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Texture change per knob unit, in spreads of the real tiles\n\n"

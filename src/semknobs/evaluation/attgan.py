@@ -60,6 +60,38 @@ def shift_metrics(direct: np.ndarray, recon: np.ndarray, stress_range: float) ->
     }
 
 
+def sweep_edits(
+    gen: Generator,
+    images: np.ndarray,
+    attrs: np.ndarray,
+    k: int,
+    levels: np.ndarray,
+    batch_size: int,
+) -> np.ndarray:
+    """Each tile edited to every level of knob ``k``, the other knobs at its labels: uint8
+    edits in (tile, level) order."""
+    points = len(levels)
+    req = np.repeat(attrs[:, None, :], points, axis=1).copy()  # (n, points, 4)
+    req[:, :, k] = levels
+    return generate(
+        gen,
+        np.repeat(images, points, axis=0),
+        req.reshape(-1, attrs.shape[1]),
+        np.repeat(attrs, points, axis=0),
+        batch_size,
+    )
+
+
+def sweep_table(readings: pd.DataFrame, knob: str, levels: np.ndarray) -> pd.DataFrame:
+    """Readings of sweeps in (sweep, level) order as a sweep table's rows (adds
+    ``requested_attr``, ``requested`` and ``tile``, one id per sweep)."""
+    sweeps = len(readings) // len(levels)
+    readings["requested_attr"] = knob
+    readings["requested"] = np.tile(levels, sweeps)
+    readings["tile"] = np.repeat(np.arange(sweeps), len(levels))
+    return readings
+
+
 def control_matrix(
     gen: Generator,
     images: np.ndarray,
@@ -71,20 +103,9 @@ def control_matrix(
     levels = np.linspace(0, 1, params.points)
     rows = []
     for k, name in enumerate(ATTRIBUTES):
-        req = np.repeat(attrs[:, None, :], params.points, axis=1).copy()  # (n, points, 4)
-        req[:, :, k] = levels
-        edits = generate(
-            gen,
-            np.repeat(images, params.points, axis=0),
-            req.reshape(-1, 4),
-            np.repeat(attrs, params.points, axis=0),
-            params.batch_size,
-        )
+        edits = sweep_edits(gen, images, attrs, k, levels, params.batch_size)
         readings = measure_tiles(edits, meter or MeterParams(), progress=False)
-        readings["requested_attr"] = name
-        readings["requested"] = np.tile(levels, len(images))
-        readings["tile"] = np.repeat(np.arange(len(images)), params.points)
-        rows.append(readings)
+        rows.append(sweep_table(readings, name, levels))
     table = pd.concat(rows, ignore_index=True)
     return control_from_table(table), table
 
@@ -105,18 +126,31 @@ def control_from_table(table: pd.DataFrame) -> pd.DataFrame:
     return matrix
 
 
+def _slope(group: pd.DataFrame, measured: str) -> float:
+    """Least-squares slope of ``measured``'s within-tile centred reading against the requested
+    value over one knob's sweeps (NaN with fewer than 3 readings)."""
+    y = _centred(group, measured)
+    ok = y.notna().to_numpy()
+    x = group["requested"].to_numpy()[ok]
+    x = x - x.mean() if len(x) else x
+    return float((x * y.to_numpy()[ok]).sum() / (x**2).sum()) if ok.sum() > 2 else np.nan
+
+
 def control_slopes(table: pd.DataFrame) -> dict[str, float]:
     """Per attribute: least-squares slope of its within-tile centred reading against the
     requested value (meter units per knob unit): the size of the effect, not only its rank."""
-    out = {}
-    for a in ATTRIBUTES:
-        group = table[table["requested_attr"] == a]
-        y = _centred(group, a)
-        ok = y.notna().to_numpy()
-        x = group["requested"].to_numpy()[ok]
-        x = x - x.mean() if len(x) else x
-        out[a] = float((x * y.to_numpy()[ok]).sum() / (x**2).sum()) if ok.sum() > 2 else np.nan
-    return out
+    return {a: _slope(table[table["requested_attr"] == a], a) for a in ATTRIBUTES}
+
+
+def slope_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """Every reading's slope on every knob's sweep (rows: the knob turned), as
+    :func:`control_slopes` computes its diagonal."""
+    matrix = pd.DataFrame(index=list(ATTRIBUTES), columns=list(ATTRIBUTES), dtype=float)
+    for knob in ATTRIBUTES:
+        group = table[table["requested_attr"] == knob]
+        for measured in ATTRIBUTES:
+            matrix.loc[knob, measured] = _slope(group, measured)
+    return matrix
 
 
 def control_metrics(matrix: pd.DataFrame) -> dict[str, float]:

@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.evaluation.attgan import control_from_table, control_slopes, max_leakage
+from semknobs.evaluation.attgan import (
+    control_from_table,
+    control_slopes,
+    max_leakage,
+    sweep_table,
+)
 from semknobs.evaluation.oracle import Oracle
 from semknobs.meter import MeterParams, measure_tiles
 
@@ -28,6 +33,24 @@ class Ceiling:
     metrics: dict[str, float]
     matrix: pd.DataFrame
     table: pd.DataFrame
+
+
+def render_sweep(
+    oracle: Oracle,
+    true: np.ndarray,
+    k: int,
+    levels: np.ndarray,
+    fit: tuple[np.ndarray, np.ndarray],
+    ids: np.ndarray,
+) -> np.ndarray:
+    """Attribute ``k`` swept over ``levels`` (knob units, mapped to true units with the label
+    fit) on rendered tiles at the true attributes ``true``: tiles in (sweep, level) order, one
+    sweep per (tile, position in the render)."""
+    slope, intercept = fit
+    t_levels = np.clip((np.asarray(levels) - intercept[k]) / slope[k], 0, 1)
+    tiles = oracle.sweep(true, k, np.broadcast_to(t_levels, (len(true), len(levels))), ids)
+    n, p, per = tiles.shape[:3]
+    return tiles.transpose(0, 2, 1, 3, 4).reshape(n * per * p, *tiles.shape[3:])
 
 
 def ceiling(
@@ -42,19 +65,11 @@ def ceiling(
 ) -> Ceiling:
     """Sweep each attribute over ``levels`` (knob units) on rendered tiles at the true
     attributes ``true`` (n, 4); ``fit`` is the label fit ``(s, c)`` mapping knob to true units."""
-    slope, intercept = fit
     parts = []
     for k, name in enumerate(ATTRIBUTES):
-        t_levels = np.clip((np.asarray(levels) - intercept[k]) / slope[k], 0, 1)
-        tiles = oracle.sweep(true, k, np.broadcast_to(t_levels, (len(true), len(levels))), ids)
-        n, p, per = tiles.shape[:3]
-        # one sweep per (tile, position in the render): (n, per, p) order
-        flat = tiles.transpose(0, 2, 1, 3, 4).reshape(n * per * p, *tiles.shape[3:])
+        flat = render_sweep(oracle, true, k, levels, fit, ids)
         readings = measure_tiles(flat, meter or MeterParams(), n_jobs=2, progress=False)
-        readings["requested_attr"] = name
-        readings["requested"] = np.tile(levels, n * per)
-        readings["tile"] = np.repeat(np.arange(n * per), p)
-        parts.append(readings)
+        parts.append(sweep_table(readings, name, levels))
     table = pd.concat(parts, ignore_index=True)
     matrix = control_from_table(table)
     slopes = control_slopes(table)
