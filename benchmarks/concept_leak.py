@@ -43,20 +43,24 @@ from semknobs.evaluation.ceiling import render_sweep
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
 from semknobs.explain.bundle import in_batches
+from semknobs.meter import COUNT
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.serving.attgan_model import AttGANFolder
 from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
 from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.concept import net_config
 from semknobs.train.texture import TextureTarget, stat_names, texture_stats
 
 A = list(ATTRIBUTES)
 
 
 def read_c(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
-    """C's readings (knob units) of uint8 tiles, the mean over its 8 symmetric views."""
-    return in_batches(lambda x: net(x, symmetric=True), to_model(tiles, "cpu"), 128).numpy()
+    """C's readings of the four knobs (knob units) of uint8 tiles, the mean over its 8 symmetric
+    views (a particle-count read, when C has one, is left out)."""
+    read = in_batches(lambda x: net(x, symmetric=True), to_model(tiles, "cpu"), 128).numpy()
+    return read[:, : len(ATTRIBUTES)]
 
 
 def texture_slope(tiles: np.ndarray, levels: np.ndarray, target: TextureTarget) -> np.ndarray:
@@ -110,7 +114,7 @@ def load_editor(ws: Path) -> Editor:
     )
     rng = np.random.default_rng(params.seed)  # evaluate_attgan's seeded pick
     pick = rng.choice(len(test.images), min(params.n_tiles, len(test.images)), replace=False)
-    net = ConceptNet(train.concept.model)
+    net = ConceptNet(net_config(train.concept, count=train.lambda_count > 0))
     state = load_file(ws / "checkpoints/attgan/state.safetensors")
     prefix = "module.concept."
     net.load_state_dict(
@@ -185,7 +189,7 @@ def texture_table(
 def sweep_medians(edits: pd.DataFrame, true: pd.DataFrame, knob: str) -> pd.DataFrame:
     """The meter's median readings (and particle count) at each level of one knob's sweep, the
     editor's edits beside the renderer's true interventions."""
-    columns = [*A, "n_particles"]
+    columns = [*A, COUNT]
     parts = {
         source: table[table["requested_attr"] == knob].groupby("requested")[columns].median()
         for source, table in (("edit", edits), ("true", true))

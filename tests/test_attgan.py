@@ -240,12 +240,12 @@ def test_the_concept_term_moves_the_reconstruction_only_when_asked(rec_grad):
     trainer = AttGANTrainer(params, torch.device("cpu"))
     torch.manual_seed(0)
     net = ConceptNet(ConceptConfig(width=4, blocks=3)).eval().requires_grad_(False)
-    trainer.concept = SimpleNamespace(net=net)
+    trainer.concept = SimpleNamespace(net=net, count_slope=None)
     fake, rec = (torch.randn(4, 1, 32, 32, requires_grad=True) for _ in range(2))
     wanted = torch.rand(4, 4)
     with torch.no_grad():
         want = (net(fake) - net(rec) - wanted).pow(2).mean()
-    term = trainer.concept_term(fake, rec, wanted)
+    term = trainer.concept_terms(fake, rec, wanted)["concept"]
     torch.testing.assert_close(term, want)
     term.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
@@ -258,12 +258,13 @@ def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
     trainer = AttGANTrainer(
         AttGANTrainParams(model=TINY, concept_off_weight=4.0, **NO_CONCEPT), torch.device("cpu")
     )
-    trainer.concept = SimpleNamespace(net=lambda t: t.flatten(1)[:, :4])  # reads 4 pixels
+    trainer.concept = SimpleNamespace(net=lambda t: t.flatten(1)[:, :4], count_slope=None)
     rec = torch.zeros(2, 1, 2, 2)
     wanted = torch.tensor([[0.5, 0.0, 0.0, 0.0], [-0.25, 0.1, 0.2, 0.3]])
     fake = (wanted + 1.0).reshape(2, 1, 2, 2)  # misses every knob by exactly 1
     # row 0: 1 turned knob (1) + 3 left alone (4 each); row 1: 4 turned knobs; mean over 8
-    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx((1 + 12 + 4) / 8)
+    term = trainer.concept_terms(fake, rec, wanted)["concept"]
+    assert float(term) == pytest.approx((1 + 12 + 4) / 8)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="concept_off_weight"):
             AttGANTrainParams(concept_off_weight=bad)
@@ -272,7 +273,7 @@ def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
     # row 0: size turned (1 x 2) + porosity, dispersity alone (4 each) + facetness alone (4 x 3);
     # row 1: 2 + 1 + 1 + 3
     want = (2 + 4 + 4 + 12 + 2 + 1 + 1 + 3) / 8
-    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx(want)
+    assert float(trainer.concept_terms(fake, rec, wanted)["concept"]) == pytest.approx(want)
     # per-knob "stay put" weights multiply concept_off_weight on the knobs left alone only
     trainer.params = dataclasses.replace(
         trainer.params, concept_knob_weight=(1.0,) * 4, concept_off_knob_weight=(3.0, 1.0, 2.0, 1.0)
@@ -280,8 +281,34 @@ def test_the_concept_term_weighs_the_knobs_an_edit_leaves_alone():
     # row 0: size turned (1; its 3 does not apply) + porosity 4 + dispersity 4 x 2 + facetness 4;
     # row 1: every knob turned, 1 each
     want = (1 + 4 + 8 + 4 + 4) / 8
-    assert float(trainer.concept_term(fake, rec, wanted)) == pytest.approx(want)
+    assert float(trainer.concept_terms(fake, rec, wanted)["concept"]) == pytest.approx(want)
     for name in ("concept_knob_weight", "concept_off_knob_weight"):
         for bad in ((1.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0), (1.0, 1.0, float("nan"), 1.0)):
             with pytest.raises(ValueError, match=name):
                 AttGANTrainParams(**{name: bad})
+
+
+def test_the_count_term_asks_for_the_count_change_of_real_tiles():
+    """Known answer: C's fifth read (the log particle count) must change by (b - a) . w."""
+    params = AttGANTrainParams(
+        model=TINY, lambda_count=2.0, **{**NO_CONCEPT, "lambda_concept": 1.0}
+    )
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    slope = torch.tensor([-1.5, 0.0, 0.5, 0.0])
+    trainer.concept = SimpleNamespace(net=lambda t: t.flatten(1)[:, :5], count_slope=slope)
+    wanted = torch.tensor([[0.5, 0.0, 0.0, 0.0], [0.0, 0.1, 0.2, 0.3]])
+    count_wanted = wanted @ slope  # -0.75 and 0.1
+    rec = torch.zeros(2, 1, 1, 6)
+    fake = torch.zeros(2, 1, 1, 6)
+    fake[:, 0, 0, :4] = wanted  # every knob read exactly
+    fake[:, 0, 0, 4] = count_wanted + torch.tensor([1.0, -2.0])  # the count misses by 1 and 2
+    terms = trainer.concept_terms(fake, rec, wanted)
+    assert float(terms["concept"]) == pytest.approx(0.0)
+    assert float(terms["count"]) == pytest.approx((1 + 4) / 2)
+    trainer.concept.count_slope = None  # no count read: no count term
+    assert set(trainer.concept_terms(fake, rec, wanted)) == {"concept"}
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lambda_count"):
+            AttGANTrainParams(lambda_count=bad)
+    with pytest.raises(ValueError, match="lambda_concept > 0"):
+        AttGANTrainParams(lambda_count=1.0, lambda_concept=0.0)

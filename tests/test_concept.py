@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from semknobs.data.tiles import load_tiles
-from semknobs.meter import MeterParams, calibration, measure_tiles
+from semknobs.meter import COUNT, MeterParams, calibration, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
 from semknobs.train.attgan import AttGANTrainParams, train_attgan
-from semknobs.train.concept import ConceptParams, masked_mse
+from semknobs.train.concept import ConceptParams, count_slope, masked_mse
 
 TINY = AttGANConfig(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16, film=True)
 
@@ -40,19 +40,35 @@ def test_calibration_recovers_a_known_line_and_masks_missing_readings():
     assert masked_mse(pred, target) == pytest.approx(1.0)  # the NaN is not counted
 
 
+def test_the_count_slope_recovers_a_known_law_and_refuses_bad_counts():
+    rng = np.random.default_rng(0)
+    labels = rng.random((40, 4))
+    w = np.array([-1.4, 0.1, -0.2, 0.0])
+    counts = np.exp(labels @ w + 3.0) - 1  # log(1 + n) = labels . w + 3
+    np.testing.assert_allclose(count_slope(labels, counts), w, atol=1e-9)
+    for bad in (np.r_[counts[:-1], -1.0], np.r_[counts[:-1], np.nan], counts[:-1]):
+        with pytest.raises(ValueError, match="particle counts"):
+            count_slope(labels, bad)
+    with pytest.raises(ValueError, match="vary on every knob"):
+        count_slope(np.c_[labels[:, :3], np.zeros(40)], counts)
+
+
 @pytest.fixture(scope="module")
 def tiny_tiles(tiny_study):
     tiles, manifest = load_tiles(tiny_study["tiles"])
-    readings = measure_tiles(tiles, progress=False)[["size", "porosity", "dispersity", "facetness"]]
+    measured = measure_tiles(tiles, progress=False)
+    readings = measured[["size", "porosity", "dispersity", "facetness"]]
     lots = manifest["lot"].to_numpy()
     rng = np.random.default_rng(0)
     per_lot = {lot: rng.random(4) for lot in np.unique(lots)}
     attrs = np.stack([per_lot[lot] for lot in lots]).astype(np.float32)
-    return torch.from_numpy(tiles), torch.from_numpy(attrs), readings.to_numpy(float), lots
+    counts = measured[COUNT].to_numpy(float)
+    return torch.from_numpy(tiles), torch.from_numpy(attrs), readings.to_numpy(float), lots, counts
 
 
-def _params(steps: int) -> AttGANTrainParams:
+def _params(steps: int, lambda_count: float = 0.0) -> AttGANTrainParams:
     return AttGANTrainParams(
+        lambda_count=lambda_count,
         model=TINY,
         steps=steps,
         batch_size=8,
@@ -75,9 +91,9 @@ def _params(steps: int) -> AttGANTrainParams:
     )
 
 
-def _train(tiles, attrs, readings, lots, steps, **kw):
+def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, **kw):
     return train_attgan(
-        params=_params(steps),
+        params=_params(steps, lambda_count),
         images=tiles,
         attrs=attrs,
         readings=readings,
@@ -88,15 +104,24 @@ def _train(tiles, attrs, readings, lots, steps, **kw):
     )
 
 
-def test_concept_loss_trains_refreshes_and_resumes_exactly(tiny_tiles, tmp_path):
-    tiles, attrs, readings, lots = tiny_tiles
+@pytest.mark.parametrize("lambda_count", [0.0, 5.0])
+def test_concept_loss_trains_refreshes_and_resumes_exactly(tiny_tiles, tmp_path, lambda_count):
+    tiles, attrs, readings, lots, counts = tiny_tiles
     logged = []
-    whole = _train(tiles, attrs, readings, lots, 12, log=lambda m, s: logged.append(m))
+    kw = {"lambda_count": lambda_count, "counts": counts if lambda_count else None}
+    whole = _train(tiles, attrs, readings, lots, 12, log=lambda m, s: logged.append(m), **kw)
     assert whole.concept.pool.count == 8  # two refreshes (steps 5 and 10) of 4 measured edits
     assert all(np.isfinite(m["train/concept"]) for m in logged)
     assert "train/r1" in logged[0] or any("train/r1" in m for m in logged)
-    _train(tiles, attrs, readings, lots, 12, checkpoint_dir=tmp_path, stop_after=7)
-    resumed = _train(tiles, attrs, readings, lots, 12, checkpoint_dir=tmp_path)
+    reads = 5 if lambda_count else 4  # the count read is C's fifth output and pool column
+    assert whole.concept.net.head.out_features == reads and whole.concept.pool.y.shape[1] == reads
+    if lambda_count:  # every measured edit has a count (log(1 + n) >= 0); the loss logs it
+        assert (whole.concept.pool.y[:8, 4] >= 0).all()
+        assert all(np.isfinite(m["train/count"]) for m in logged)
+    else:
+        assert not any("train/count" in m for m in logged)
+    _train(tiles, attrs, readings, lots, 12, checkpoint_dir=tmp_path, stop_after=7, **kw)
+    resumed = _train(tiles, attrs, readings, lots, 12, checkpoint_dir=tmp_path, **kw)
     for name, module in (("gen", "gen"), ("concept", "concept")):
         a = getattr(whole, module) if name == "gen" else whole.concept.net
         b = getattr(resumed, module) if name == "gen" else resumed.concept.net
@@ -106,6 +131,8 @@ def test_concept_loss_trains_refreshes_and_resumes_exactly(tiny_tiles, tmp_path)
 
 
 def test_the_concept_loss_needs_the_meter_readings(tiny_tiles):
-    tiles, attrs, _, _ = tiny_tiles
+    tiles, attrs, readings, lots, _ = tiny_tiles
     with pytest.raises(ValueError, match="meter readings"):
         train_attgan(params=_params(2), images=tiles, attrs=attrs, progress=False)
+    with pytest.raises(ValueError, match="particle counts"):
+        _train(tiles, attrs, readings, lots, 2, lambda_count=1.0)

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.errors import DataError
 from semknobs.evaluation.regressor import regression_metrics, rf_baseline
-from semknobs.meter import MeterParams, measure_tiles, read_measurements
+from semknobs.meter import COUNT, MeterParams, measure_tiles, read_measurements
 from semknobs.train.regressor import BaselineParams
 
 from .conftest import ROOT
@@ -186,3 +187,6 @@ def test_missing_meter_readings_name_the_lots(tmp_path):
     tiles = pd.DataFrame({"tile": [0, 1], "lot": ["L1", "L2"]})
     with pytest.raises(DataError, match=r"m\.csv: no readings for 1 tile\(s\) of lots \['L2'\]"):
         read_measurements(str(tmp_path / "m.csv"), tiles)
+    # a count-reading AttGAN asks for the meter's particle count too: its absence names it
+    with pytest.raises(DataError, match=r"m\.csv: lacks column\(s\) \['n_particles'\]"):
+        read_measurements(str(tmp_path / "m.csv"), tiles, [*ATTRIBUTES, COUNT])

@@ -227,6 +227,17 @@ def test_the_texture_loss_needs_enough_training_lots(tiny_study, stage_inputs):
     assert not (root / "model").exists() and not (root / "ck").exists()
 
 
+def test_the_count_read_needs_enough_training_lots(tiny_study, stage_inputs):
+    """The tiny study trains on 4 lots: too few to fit the count's 4 slopes and an intercept."""
+    root = stage_inputs
+    params = train_attgan_stage.load(root / "params.yaml", _paths(tiny_study, root))
+    assert params.train.lambda_count == 0
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, lambda_count=1.0))
+    with pytest.raises(ParamsError, match="lambda_count.*at least 5 .*4 in"):
+        train_attgan_stage.run(params, _paths(tiny_study, root))
+    assert not (root / "model").exists() and not (root / "ck").exists()
+
+
 def test_the_stage_trains_with_the_feature_loss_when_it_is_on(tiny_study, stage_inputs):
     """Off by default (README: it costs knob fidelity); on, the stage reads the regressor folder,
     logs the term and the training-tile reconstruction shift, and records the weight."""

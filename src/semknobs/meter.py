@@ -25,6 +25,7 @@ meter readings with each other (edited vs original), or rank-correlate them with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
 
 _ANGLES = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+COUNT = "n_particles"  # the reading beside the four attributes: whole particles counted
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def measure_tile(tile: np.ndarray, params: MeterParams = MeterParams()) -> dict[
     """
     z = _normalise(np.asarray(tile, dtype=float))
     smooth = filters.gaussian(z, params.smooth_sigma)
-    nan = dict.fromkeys(ATTRIBUTES, np.nan) | {"n_particles": 0.0}
+    nan = dict.fromkeys(ATTRIBUTES, np.nan) | {COUNT: 0.0}
     if np.ptp(smooth) < 1e-6:
         return nan
     mask = smooth > filters.threshold_otsu(smooth)
@@ -88,7 +90,7 @@ def measure_tile(tile: np.ndarray, params: MeterParams = MeterParams()) -> dict[
 
     d = np.asarray(diameters)
     readings = dict(nan)
-    readings["n_particles"] = float(len(d))
+    readings[COUNT] = float(len(d))
     readings["porosity"] = _porosity(smooth, filled, params)
     if len(d):
         readings["size"] = float(d.mean())
@@ -128,7 +130,7 @@ def measure_tiles(
             rows.extend(_measure_chunk(c, params))
             bar.update(len(c))
     bar.close()
-    return pd.DataFrame(rows, columns=[*ATTRIBUTES, "n_particles"])
+    return pd.DataFrame(rows, columns=[*ATTRIBUTES, COUNT])
 
 
 def _measure_chunk(tiles: np.ndarray, params: MeterParams) -> list[dict[str, float]]:
@@ -188,16 +190,18 @@ class MeasureParams:
     meter: MeterParams = field(default_factory=MeterParams)
 
 
-def read_measurements(path: str | Path, tiles: pd.DataFrame) -> pd.DataFrame:
-    """The measure stage's readings of the four attributes for the rows of ``tiles`` (by
-    ``tile`` id, in their order)."""
+def read_measurements(
+    path: str | Path, tiles: pd.DataFrame, columns: Sequence[str] = ATTRIBUTES
+) -> pd.DataFrame:
+    """The measure stage's readings (``columns``: the four attributes unless told) for the rows
+    of ``tiles`` (by ``tile`` id, in their order)."""
     try:
         readings = pd.read_csv(path, dtype={"lot": str})
     except (OSError, ValueError) as exc:
         raise DataError(
             f"{path}: unreadable meter readings ({exc}); run the measure stage"
         ) from None
-    missing_cols = sorted({"tile", "lot", *ATTRIBUTES} - set(readings.columns))
+    missing_cols = sorted({"tile", "lot", *columns} - set(readings.columns))
     if missing_cols:
         raise DataError(f"{path}: lacks column(s) {missing_cols}")
     readings = readings.set_index("tile")
@@ -214,7 +218,7 @@ def read_measurements(path: str | Path, tiles: pd.DataFrame) -> pd.DataFrame:
             f"{path}: tile ids do not match the tile manifest (e.g. tile "
             f"{int(tiles['tile'].to_numpy()[wrong][0])}); rerun the measure stage"
         )
-    return rows[list(ATTRIBUTES)].reset_index(drop=True).astype(float)
+    return rows[list(columns)].reset_index(drop=True).astype(float)
 
 
 def calibration(

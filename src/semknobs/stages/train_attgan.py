@@ -18,19 +18,21 @@ from typing import Any
 import torch
 
 from semknobs import tracking
+from semknobs.attributes import ATTRIBUTES
 from semknobs.config import load_overrides, load_section, load_tuned_section, to_mapping
 from semknobs.data.dataset import AttributeScaler, fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
 from semknobs.evaluation.samples import sample_grid
 from semknobs.lineage import reproducible
-from semknobs.meter import MeasureParams, read_measurements
+from semknobs.meter import COUNT, MeasureParams, read_measurements
 from semknobs.model_folder import save_model_dir
 from semknobs.models.regressor import PeakStressRegressor
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams, train_attgan
+from semknobs.train.concept import MIN_COUNT_LOTS
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 
 NAME = "train_attgan"
@@ -142,11 +144,20 @@ def run(
             f"and needs at least {MIN_TEXTURE_LOTS} of them ({len(train_lots)} in "
             f"{paths.splits}); set train_attgan.train.lambda_texture: 0"
         )
-    readings = None
+    if params.train.lambda_count > 0 and len(train_lots) < MIN_COUNT_LOTS:
+        raise ParamsError(
+            f"train_attgan: lambda_count > 0 fits how the particle count changes across the "
+            f"training lots and needs at least {MIN_COUNT_LOTS} of them ({len(train_lots)} in "
+            f"{paths.splits}); set train_attgan.train.lambda_count: 0"
+        )
+    readings = counts = None
     if params.train.lambda_concept > 0:
         if paths.measurements is None:
             raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure)")
-        readings = read_measurements(paths.measurements, train.manifest).to_numpy()
+        columns = [*ATTRIBUTES, COUNT] if params.train.lambda_count > 0 else list(ATTRIBUTES)
+        measured = read_measurements(paths.measurements, train.manifest, columns).to_numpy()
+        readings = measured[:, : len(ATTRIBUTES)]
+        counts = measured[:, len(ATTRIBUTES)] if params.train.lambda_count > 0 else None
     regressor = _regressor(params, paths)
     started = time.perf_counter()
     deps = [paths.tiles_dir, paths.lots, paths.splits]
@@ -165,6 +176,7 @@ def run(
         lots=train.manifest["lot"].to_numpy(),
         meter=params.meter,
         regressor=regressor,
+        counts=counts,
     )
     wall = time.perf_counter() - started
     if not ctx.world.is_main:

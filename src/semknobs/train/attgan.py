@@ -8,6 +8,7 @@ Losses (He et al. 2019, with two critics to choose from):
   critic update per generator step buys about twice the generator steps for the same CPU time;
 * generator: adversarial + lambda_att_g * BCE(att(fake), b) + lambda_rec * |G(x, a) - x|_1
   + lambda_concept * |C(G(x, b)) - C(G(x, a)) - (b - a)|^2
+  + lambda_count * |C_n(G(x, b)) - C_n(G(x, a)) - w . (b - a)|^2
   + lambda_regressor * |(F(G(x, a)) - F(x)) / s|^2
   + lambda_texture * |(T(G(x, b)) - T(G(x, a))) / s_T - W (b - a)|^2,
 
@@ -20,6 +21,8 @@ edit and the reconstruction (``concept_rec_grad``); reading the reconstruction a
 reference instead halves C's backward pass but, measured (README, "AttGAN step time"), lets the
 reconstruction drift from what the regressor reads in the tile. With the concept loss on, the
 critic's attribute head can be switched off (``lambda_att_d = lambda_att_g = 0``): realism only.
+``C_n`` is C's optional fifth read, the log particle count, and ``w`` how it changes per knob
+unit across the real training tiles (:func:`semknobs.train.concept.count_slope`; off by default).
 
 ``F`` is the frozen regressor's pooled features (what its head reads) and ``s`` their spread
 over the real training tiles: the reconstruction must look to the regressor like the tile it
@@ -115,6 +118,7 @@ class AttGANTrainParams:
     concept_knob_weight: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     # per column, times concept_off_weight: "stay put" on that knob when an edit leaves it alone
     concept_off_knob_weight: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    lambda_count: float = 0.0  # C's particle-count read: the count changes as across real lots
     lambda_regressor: float = 0.0  # regressor-feature reconstruction (README: measured, off)
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
@@ -136,9 +140,13 @@ class AttGANTrainParams:
                     f"{name} must be {self.model.n_attrs} finite numbers >= 0 (one per knob), "
                     f"got {list(weights)}"
                 )
-        if not 0 <= self.concept_off_weight < math.inf:
+        for name in ("concept_off_weight", "lambda_count"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.lambda_count > 0 and self.lambda_concept <= 0:
             raise ValueError(
-                f"concept_off_weight must be a finite number >= 0, got {self.concept_off_weight}"
+                "lambda_count > 0 reads the count with the concept network: it needs "
+                "lambda_concept > 0"
             )
 
     def fingerprint(self, data_key: str = "") -> str:
@@ -222,12 +230,17 @@ class AttGANTrainer(Trainer):
         labels: torch.Tensor,
         lots: np.ndarray,
         meter: MeterParams,
+        counts: np.ndarray | None = None,
     ) -> None:
         """The concept network for the concept loss, calibrated on these training tiles (uint8),
-        their meter readings (n, 4), lot labels (n, 4, knob units) and lot ids."""
+        their meter readings (n, 4), lot labels (n, 4, knob units) and lot ids; with
+        ``lambda_count > 0`` it also reads the meter's particle ``counts`` (n,)."""
+        if self.params.lambda_count > 0 and counts is None:
+            raise ValueError("lambda_count > 0 needs the tiles' particle counts (the meter's)")
         self.concept = ConceptTrainer.calibrated(
             self.params.concept, self.device, self.rng, self.params.model.img_size,
             images=images, readings=readings, labels=labels, lots=lots, meter=meter,
+            counts=counts if self.params.lambda_count > 0 else None,
         )  # fmt: skip
         self.concept_ready = False
 
@@ -304,12 +317,16 @@ class AttGANTrainer(Trainer):
             terms["train/r1"] = r1
         return loss + p.lambda_att_d * att_d, terms | {"train/att_d": att_d}
 
-    def concept_term(
+    def concept_terms(
         self, fake: torch.Tensor, rec: torch.Tensor, wanted: torch.Tensor
-    ) -> torch.Tensor:
-        """|C(fake) - C(rec) - wanted|^2, mean over rows and knobs. Without ``concept_rec_grad``
-        the reconstruction's reading is a fixed reference (no gradient; C is frozen in eval
-        mode, so reading the two apart gives the same values): the loss moves the edit only."""
+    ) -> dict[str, torch.Tensor]:
+        """``concept``: |C(fake) - C(rec) - wanted|^2, mean over rows and knobs, each knob's
+        column weighted by ``concept_knob_weight`` and, where the edit leaves the knob alone,
+        by ``concept_off_weight`` times ``concept_off_knob_weight``; with a count read,
+        ``count``: |C_n(fake) - C_n(rec) - wanted . w|^2, mean over rows. Without
+        ``concept_rec_grad`` the reconstruction's reading is a fixed reference (no gradient; C
+        is frozen in eval mode, so reading the two apart gives the same values): the loss moves
+        the edit only."""
         if self.params.concept_rec_grad:
             both = self.concept.net(torch.cat([fake, rec]))
             read_fake, read_rec = both[: len(fake)], both[len(fake) :]
@@ -317,14 +334,19 @@ class AttGANTrainer(Trainer):
             read_fake = self.concept.net(fake)
             with torch.no_grad():
                 read_rec = self.concept.net(rec)
-        miss = (read_fake - read_rec - wanted).pow(2)
+        change = read_fake - read_rec
+        miss = (change[:, : wanted.shape[1]] - wanted).pow(2)
         p = self.params
         if p.concept_off_weight != 1.0 or any(w != 1.0 for w in p.concept_off_knob_weight):
             off = miss.new_tensor(p.concept_off_knob_weight) * p.concept_off_weight
             miss = miss * torch.where(wanted == 0, off, 1.0)
         if any(w != 1.0 for w in p.concept_knob_weight):
             miss = miss * miss.new_tensor(p.concept_knob_weight)
-        return miss.mean()
+        terms = {"concept": miss.mean()}
+        if self.concept.count_slope is not None:
+            count_wanted = wanted @ self.concept.count_slope.to(wanted)
+            terms["count"] = (change[:, wanted.shape[1]] - count_wanted).pow(2).mean()
+        return terms
 
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
         """One generator update after ``n_critic`` critic updates on the same real batch.
@@ -363,9 +385,12 @@ class AttGANTrainer(Trainer):
         terms = {"train/adv_g": adv_g, "train/att_g": att_g, "train/rec_l1": rec_l1}
         if self.concept is not None and p.lambda_concept > 0:
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))  # C is symmetric
-            concept = self.concept_term(dihedral(fake.float(), k), dihedral(rec.float(), k), b - a)
-            loss_g = loss_g + p.lambda_concept * concept
-            terms["train/concept"] = concept
+            read = self.concept_terms(dihedral(fake.float(), k), dihedral(rec.float(), k), b - a)
+            loss_g = loss_g + p.lambda_concept * read["concept"]
+            terms["train/concept"] = read["concept"]
+            if "count" in read:
+                loss_g = loss_g + p.lambda_count * read["count"]
+                terms["train/count"] = read["count"]
         if self.texture is not None and p.lambda_texture > 0:
             texture = self.texture.loss(fake.float(), rec.float(), b - a)
             loss_g = loss_g + p.lambda_texture * texture
@@ -428,11 +453,13 @@ def train_attgan(
     lots: np.ndarray | None = None,
     meter: MeterParams | None = None,
     regressor: PeakStressRegressor | None = None,
+    counts: np.ndarray | None = None,
 ) -> AttGANTrainer:
     """Train (or resume) on uint8 ``images`` (n, s, s) with ``attrs`` (n, 4) in [0, 1].
 
     With the concept loss (``lambda_concept > 0``): ``readings`` (n, 4), the attribute meter's
-    readings of the tiles, ``lots`` (n,) their lot ids and ``meter`` the meter's settings. With
+    readings of the tiles, ``lots`` (n,) their lot ids and ``meter`` the meter's settings; with
+    ``lambda_count > 0`` also ``counts`` (n,), the meter's particle counts of the tiles. With
     the regressor-feature loss (``lambda_regressor > 0``): ``regressor``, the trained regressor.
 
     ``stop_after`` ends the run early at that step (tests use it to simulate an interruption).
@@ -448,7 +475,9 @@ def train_attgan(
     if params.lambda_concept > 0:
         if readings is None or lots is None or meter is None:
             raise ValueError("lambda_concept > 0 needs the tiles' meter readings, lots and meter")
-        trainer.attach_concept(images.cpu(), readings, attrs.cpu(), np.asarray(lots), meter)
+        trainer.attach_concept(
+            images.cpu(), readings, attrs.cpu(), np.asarray(lots), meter, counts=counts
+        )
     if params.lambda_regressor > 0:
         if regressor is None:
             raise ValueError("lambda_regressor > 0 needs the trained regressor (its features)")

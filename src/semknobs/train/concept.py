@@ -14,22 +14,29 @@ calibrated readings join a fixed-size pool on which the network is fine-tuned wi
 tiles, so it also judges the off-manifold tiles the generator makes, as the meter would, and the
 generator cannot satisfy it with texture the meter does not read. Readings the meter cannot give
 (too few particles for a dispersity) are masked out of the loss.
+
+The particle count (``count_slope`` given; off by default): a fifth read, ``log(1 + n)`` of the
+meter's count of whole particles, learnt like the others on real tiles and measured edits. It
+is not a knob: the generator is asked for the count change that real tiles show with the edited
+labels, ``(b - a) . w``, where ``w`` (:func:`count_slope`) is the least-squares slope of
+``log(1 + n)`` on the lot labels over the training tiles (README, "A particle-count read").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.meter import MeterParams, calibration, measure_tiles
+from semknobs.meter import COUNT, MeterParams, calibration, measure_tiles
 from semknobs.models.concept import SYMMETRIES, ConceptConfig, ConceptNet, dihedral
 from semknobs.pixels import to_model
 
 K = len(ATTRIBUTES)
+MIN_COUNT_LOTS = K + 1  # the count slope fits four label slopes and an intercept
 
 
 @dataclass(frozen=True)
@@ -57,16 +64,19 @@ class ConceptTrainer:
         calib: tuple[np.ndarray, np.ndarray],
         meter: MeterParams,
         img_size: int,
+        count_slope: np.ndarray | None = None,
     ):
         self.params = params
         self.device = device
         self.rng = rng
         self.alpha, self.beta = (torch.tensor(v, dtype=torch.float32) for v in calib)
         self.meter = meter
-        self.net = ConceptNet(params.model).to(device)
+        self.count_slope = None if count_slope is None else torch.tensor(count_slope).float()
+        config = net_config(params, count=count_slope is not None)
+        self.net = ConceptNet(config).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=params.lr)
         self.net.eval().requires_grad_(False)  # a frozen loss between fits (and after resume)
-        self.pool = EditPool(params.pool_size, img_size)
+        self.pool = EditPool(params.pool_size, img_size, config.n_attrs)
 
     @classmethod
     def calibrated(
@@ -81,21 +91,41 @@ class ConceptTrainer:
         labels: torch.Tensor,
         lots: np.ndarray,
         meter: MeterParams,
+        counts: np.ndarray | None = None,
     ) -> ConceptTrainer:
         """A trainer calibrated on these real tiles (uint8), their meter readings (n, 4), lot
-        labels (n, 4, knob units) and lot ids, with the tiles as its real set."""
+        labels (n, 4, knob units) and lot ids, with the tiles as its real set; with the meter's
+        particle ``counts`` (n,) it also reads the count."""
         per_lot = {str(lot): labels[lots == lot][0].cpu().numpy() for lot in np.unique(lots)}
-        trainer = cls(params, device, rng, calibration(readings, lots, per_lot), meter, img_size)
-        trainer.set_real(images.cpu(), readings, labels.cpu())
+        calib = calibration(readings, lots, per_lot)
+        slope = None if counts is None else count_slope(labels.cpu().numpy(), counts)
+        trainer = cls(params, device, rng, calib, meter, img_size, slope)
+        trainer.set_real(images.cpu(), readings, labels.cpu(), counts)
         return trainer
 
     def calibrate(self, readings: torch.Tensor) -> torch.Tensor:
         return readings * self.alpha + self.beta
 
-    def set_real(self, images: torch.Tensor, readings: np.ndarray, labels: torch.Tensor) -> None:
-        """The real training tiles (uint8), their meter readings and lot labels (knob units)."""
+    def targets(self, readings: torch.Tensor, counts: np.ndarray | None) -> torch.Tensor:
+        """C's targets: calibrated readings (n, 4), and ``log(1 + count)`` when it reads it."""
+        y = self.calibrate(readings)
+        if self.count_slope is None:
+            return y
+        if counts is None:
+            raise ValueError("this concept network reads the particle count: give the counts")
+        return torch.cat([y, torch.tensor(np.log1p(counts), dtype=y.dtype)[:, None]], dim=1)
+
+    def set_real(
+        self,
+        images: torch.Tensor,
+        readings: np.ndarray,
+        labels: torch.Tensor,
+        counts: np.ndarray | None = None,
+    ) -> None:
+        """The real training tiles (uint8), their meter readings, lot labels (knob units) and,
+        when C reads it, particle counts."""
         self.real_x = images
-        self.real_y = self.calibrate(torch.tensor(readings, dtype=torch.float32))
+        self.real_y = self.targets(torch.tensor(readings, dtype=torch.float32), counts)
         self.real_aux = labels.float().cpu()
 
     def fit(self, steps: int) -> float:
@@ -117,7 +147,7 @@ class ConceptTrainer:
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))
             pred = self.net(dihedral(to_model(x, self.device), k))
             loss = masked_mse(pred, y.to(self.device))
-            loss = loss + p.aux_weight * masked_mse(pred[: len(aux)], aux.to(self.device))
+            loss = loss + p.aux_weight * masked_mse(pred[: len(aux), :K], aux.to(self.device))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -130,12 +160,31 @@ class ConceptTrainer:
         """Measure edits with the meter, add them to the pool, fine-tune."""
         readings = measure_tiles(edits_uint8, self.meter, progress=False)
         values = readings[list(ATTRIBUTES)].to_numpy(float)
-        self.pool.add(torch.tensor(edits_uint8), self.calibrate(torch.tensor(values)))
+        counts = readings[COUNT].to_numpy(float)
+        self.pool.add(torch.tensor(edits_uint8), self.targets(torch.tensor(values), counts))
         with torch.enable_grad():
             self.fit(self.params.refresh_steps)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"concept": self.net, "concept_pool": self.pool}
+
+
+def net_config(params: ConceptParams, count: bool) -> ConceptConfig:
+    """The concept network's shape: the four knobs, and the particle count when it reads it."""
+    return replace(params.model, n_attrs=K + int(count))
+
+
+def count_slope(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(4,) least-squares slope of ``log(1 + n)`` on the labels (knob units), with an intercept,
+    over tiles: how the particle count of real tiles changes per knob unit across the lots."""
+    labels, counts = np.asarray(labels, dtype=float), np.asarray(counts, dtype=float)
+    if counts.shape != (len(labels),) or not (np.isfinite(counts) & (counts >= 0)).all():
+        raise ValueError(f"particle counts must be {len(labels)} finite numbers >= 0")
+    design = np.column_stack([labels, np.ones(len(labels))])
+    if np.linalg.matrix_rank(design) < design.shape[1]:
+        raise ValueError("the particle-count slope needs lots whose labels vary on every knob")
+    coef, *_ = np.linalg.lstsq(design, np.log1p(counts), rcond=None)
+    return coef[:K]
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -149,10 +198,10 @@ class EditPool(nn.Module):
     """A fixed-size ring of measured edits (uint8 tiles, calibrated readings); buffers, so a
     checkpoint holds it."""
 
-    def __init__(self, size: int, img_size: int):
+    def __init__(self, size: int, img_size: int, reads: int = K):
         super().__init__()
         self.register_buffer("x", torch.zeros(size, img_size, img_size, dtype=torch.uint8))
-        self.register_buffer("y", torch.full((size, K), float("nan")))
+        self.register_buffer("y", torch.full((size, reads), float("nan")))
         self.register_buffer("n", torch.zeros((), dtype=torch.long))  # edits ever added
 
     @property
