@@ -49,7 +49,7 @@ from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.serving.attgan_model import AttGANFolder
 from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
-from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.concept import net_config
 from semknobs.train.texture import TextureTarget, stat_names, texture_stats
 

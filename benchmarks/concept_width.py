@@ -25,7 +25,7 @@ from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.meter import MeterParams, read_measurements
 from semknobs.pixels import to_model
-from semknobs.train.attgan import TrainAttGANStageParams
+from semknobs.train.attgan_params import TrainAttGANStageParams
 from semknobs.train.concept import ConceptTrainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace, world) -> dict:
     from semknobs.config import from_mapping
     from semknobs.models.attgan import AttGANConfig
     from semknobs.models.regressor import RegressorConfig
-    from semknobs.train.attgan import AttGANTrainParams, train_attgan
+    from semknobs.train.attgan import train_attgan
+    from semknobs.train.attgan_params import AttGANTrainParams
     from semknobs.train.regressor import RegressorTrainParams, train_regressor
 
     cfg = model_config(args.model, args.size)

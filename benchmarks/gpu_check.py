@@ -61,7 +61,7 @@ def attgan_params(overlay: Path | None = PAPER, params_file: Path = Path("params
     the study suite lay it (so the profile's meter comes with its model)."""
     from semknobs.config import deep_merge, load_overrides, load_params, section
     from semknobs.meter import MeasureParams
-    from semknobs.train.attgan import TrainAttGANStageParams
+    from semknobs.train.attgan_params import TrainAttGANStageParams
 
     params = load_params(params_file)
     if overlay is not None:

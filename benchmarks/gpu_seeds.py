@@ -143,7 +143,7 @@ def install(pack: Path, name: str) -> None:
     from semknobs.data.split import read_splits
     from semknobs.models.attgan import Discriminator, Generator
     from semknobs.stages.train_attgan import save_model
-    from semknobs.train.attgan import AttGANTrainParams
+    from semknobs.train.attgan_params import AttGANTrainParams
 
     runs = torch.load(pack)
     if name not in runs:

@@ -128,7 +128,8 @@ _TRAIN_PROBE = """
 import json, resource, sys, time
 import torch
 from semknobs.config import from_mapping, load_params
-from semknobs.train.attgan import TrainAttGANStageParams, AttGANTrainer
+from semknobs.train.attgan import AttGANTrainer
+from semknobs.train.attgan_params import TrainAttGANStageParams
 torch.set_num_threads(int(sys.argv[2]))
 p = from_mapping(TrainAttGANStageParams, load_params(sys.argv[1])["train_attgan"]).train
 trainer = AttGANTrainer(p, torch.device("cpu"))
@@ -177,7 +178,11 @@ _STEP_PROBE = """
 import json, sys, time
 import numpy as np, torch
 from semknobs.config import deep_merge, from_mapping, load_params
-from semknobs.train.attgan import TrainAttGANStageParams, AttGANTrainer
+from semknobs.train.attgan import AttGANTrainer
+try:
+    from semknobs.train.attgan_params import TrainAttGANStageParams
+except ImportError:  # the baseline commit's trainer module held its params
+    from semknobs.train.attgan import TrainAttGANStageParams
 torch.set_num_threads(1)
 torch.manual_seed(0)
 raw = load_params(sys.argv[1])["train_attgan"]
@@ -383,7 +388,7 @@ def counterfactual_benchmarks(args: argparse.Namespace, work: Path) -> list[dict
     from semknobs.explain.counterfactual import KnobCounterfactual, search_params_from
     from semknobs.models.attgan import Generator
     from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
-    from semknobs.train.attgan import TrainAttGANStageParams
+    from semknobs.train.attgan_params import TrainAttGANStageParams
 
     raw = load_params(args.params)
     gan_cfg = from_mapping(TrainAttGANStageParams, raw["train_attgan"]).train.model

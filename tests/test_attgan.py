@@ -10,7 +10,8 @@ from semknobs.models.attgan import AttGANConfig, Discriminator, Generator, gradi
 from semknobs.models.concept import ConceptConfig, ConceptNet
 from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
 from semknobs.pixels import to_model
-from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
+from semknobs.train.attgan import AttGANTrainer, train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams
 
 CONFIGS = {
     "default": AttGANConfig(),

@@ -32,7 +32,7 @@ def test_profile_is_laid_over_params(tmp_path, capsys):
     from semknobs.config import load_section
     from semknobs.data.tiles import TileParams
     from semknobs.meter import MeasureParams
-    from semknobs.train.attgan import TrainAttGANStageParams
+    from semknobs.train.attgan_params import TrainAttGANStageParams
 
     from .conftest import ROOT
 

@@ -11,7 +11,8 @@ from semknobs.data.tiles import load_tiles
 from semknobs.meter import COUNT, MeterParams, calibration, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
-from semknobs.train.attgan import AttGANTrainParams, train_attgan
+from semknobs.train.attgan import train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.concept import ConceptParams, count_slope, masked_mse
 
 TINY = AttGANConfig(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16, film=True)

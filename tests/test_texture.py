@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from semknobs.pixels import model_to_uint8, to_model
-from semknobs.train.attgan import AttGANTrainer, AttGANTrainParams, train_attgan
+from semknobs.train.attgan import AttGANTrainer, train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.texture import (
     TextureTarget,
     _blur,

@@ -22,7 +22,8 @@ from semknobs.models.attgan import AttGANConfig
 from semknobs.stage import StageContext
 from semknobs.stages import evaluate_attgan
 from semknobs.stages import train_attgan as train_attgan_stage
-from semknobs.train.attgan import AttGANTrainParams, train_attgan
+from semknobs.train.attgan import train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams
 
 from .conftest import ROOT, TINY_MODEL, save_tiny_regressor
 

@@ -38,7 +38,7 @@ from semknobs.evaluation.referee import label_fit
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
-from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.texture import MIN_TEXTURE_LOTS, TextureTarget, texture_agreement
 
 

@@ -31,7 +31,8 @@ from semknobs.models.regressor import PeakStressRegressor
 from semknobs.registry import log_model
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
-from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams, train_attgan
+from semknobs.train.attgan import train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams, TrainAttGANStageParams
 from semknobs.train.concept import MIN_COUNT_LOTS
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 

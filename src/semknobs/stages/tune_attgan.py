@@ -33,7 +33,7 @@ from semknobs.models.regressor import PeakStressRegressor, predict
 from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
-from semknobs.train.attgan import AttGANTrainParams, TrainAttGANStageParams
+from semknobs.train.attgan_params import AttGANTrainParams, TrainAttGANStageParams
 from semknobs.train.attgan_space import baseline_trial, check_against, dimensions, nested
 from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_reference
 from semknobs.train.texture import MIN_TEXTURE_LOTS

@@ -18,7 +18,7 @@ import optuna
 
 from semknobs.errors import ParamsError
 from semknobs.models.attgan import AttGANConfig
-from semknobs.train.attgan import AttGANTrainParams
+from semknobs.train.attgan_params import AttGANTrainParams
 
 # train params a study may not vary, and why
 FIXED = {

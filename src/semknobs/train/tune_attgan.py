@@ -49,7 +49,8 @@ from semknobs.evaluation.samples import generate
 from semknobs.meter import MeterParams
 from semknobs.models.regressor import PeakStressRegressor, predict
 from semknobs.train import tuning
-from semknobs.train.attgan import AttGANTrainParams, train_attgan
+from semknobs.train.attgan import train_attgan
+from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.attgan_space import Dimension, apply, nested, suggest
 from semknobs.train.base import fingerprint
 from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_agreement
