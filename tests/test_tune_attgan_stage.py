@@ -131,6 +131,9 @@ def test_bad_inputs_are_refused_before_any_trial(tiny_study, stage_inputs):
     base = dataclasses.replace(params.base, lambda_texture=1.0)  # 2 fitting lots: too few
     with pytest.raises(ParamsError, match="texture loss needs at least 6 fitting lots"):
         tune_attgan.run(dataclasses.replace(params, base=base), _paths(root, tiny_study))
+    base = dataclasses.replace(params.base, lambda_count=1.0)  # 2 fitting lots: too few
+    with pytest.raises(ParamsError, match="particle-count read needs at least 5 fitting lots"):
+        tune_attgan.run(dataclasses.replace(params, base=base), _paths(root, tiny_study))
     flat = root / "flat_lots.csv"  # every lot the same stress: the shift has no range
     flat.write_text(tiny_study["lots"].read_text())
     import pandas as pd

@@ -221,6 +221,16 @@ def read_measurements(
     return rows[list(columns)].reset_index(drop=True).astype(float)
 
 
+def readings_and_counts(
+    path: str | Path, tiles: pd.DataFrame, count: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The measure stage's four readings (n, 4) of ``tiles`` and, with ``count``, its particle
+    counts (n,) (the concept network's count read)."""
+    columns = [*ATTRIBUTES, COUNT] if count else list(ATTRIBUTES)
+    measured = read_measurements(path, tiles, columns).to_numpy()
+    return measured[:, : len(ATTRIBUTES)], measured[:, len(ATTRIBUTES)] if count else None
+
+
 def calibration(
     readings: np.ndarray, lots: np.ndarray, labels: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -18,14 +18,13 @@ from typing import Any
 import torch
 
 from semknobs import tracking
-from semknobs.attributes import ATTRIBUTES
 from semknobs.config import load_overrides, load_section, load_tuned_section, to_mapping
 from semknobs.data.dataset import AttributeScaler, fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.errors import ParamsError
 from semknobs.evaluation.samples import sample_grid
 from semknobs.lineage import reproducible
-from semknobs.meter import COUNT, MeasureParams, read_measurements
+from semknobs.meter import MeasureParams, readings_and_counts
 from semknobs.model_folder import save_model_dir
 from semknobs.models.regressor import PeakStressRegressor
 from semknobs.registry import log_model
@@ -155,10 +154,9 @@ def run(
     if params.train.lambda_concept > 0:
         if paths.measurements is None:
             raise ParamsError("train_attgan: lambda_concept > 0 needs --measurements (measure)")
-        columns = [*ATTRIBUTES, COUNT] if params.train.lambda_count > 0 else list(ATTRIBUTES)
-        measured = read_measurements(paths.measurements, train.manifest, columns).to_numpy()
-        readings = measured[:, : len(ATTRIBUTES)]
-        counts = measured[:, len(ATTRIBUTES)] if params.train.lambda_count > 0 else None
+        readings, counts = readings_and_counts(
+            paths.measurements, train.manifest, count=params.train.lambda_count > 0
+        )
     regressor = _regressor(params, paths)
     started = time.perf_counter()
     deps = [paths.tiles_dir, paths.lots, paths.splits]

@@ -28,13 +28,14 @@ from semknobs.errors import ParamsError
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.measured import calibrated_readings, fit_from_files
 from semknobs.explain.natural import MeterRegressionParams
-from semknobs.meter import MeasureParams, MeterParams, read_measurements
+from semknobs.meter import MeasureParams, MeterParams, readings_and_counts
 from semknobs.models.regressor import PeakStressRegressor, predict
 from semknobs.serving import regressor_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_json
 from semknobs.train import tuning
 from semknobs.train.attgan_params import AttGANTrainParams, TrainAttGANStageParams
 from semknobs.train.attgan_space import baseline_trial, check_against, dimensions, nested
+from semknobs.train.concept import MIN_COUNT_LOTS
 from semknobs.train.sign_objective import AGREEMENT, SignReference, sign_reference
 from semknobs.train.texture import MIN_TEXTURE_LOTS
 from semknobs.train.tune_attgan import (
@@ -143,6 +144,13 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     concept = params.base.lambda_concept > 0 or "lambda_concept" in tuned_keys
     if concept and paths.measurements is None:
         raise ParamsError("tune_attgan: the concept loss needs --measurements (measure)")
+    count = concept and (params.base.lambda_count > 0 or "lambda_count" in tuned_keys)
+    if count and len(fit_lots) < MIN_COUNT_LOTS:
+        raise ParamsError(
+            f"tune_attgan: the particle-count read needs at least {MIN_COUNT_LOTS} fitting lots, "
+            f"fold {space.val_fold} of {paths.splits} leaves {len(fit_lots)}; set "
+            "train_attgan.train.lambda_count: 0 and leave it out of tune_attgan.space"
+        )
     regressor = _regressor(params, paths, tuned_keys)
     labels = read_lots(paths.lots)
     stress_range = _stress_range(labels, paths.lots, splits.train)
@@ -167,9 +175,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     name = paths.study_name or study_name(space, params.base, key, names, reference)
     storage = tuning.make_storage(paths.storage)
     _check_existing(storage, name, paths.storage, names, directions)
-    readings = None
+    readings = counts = None
     if concept:
-        readings = read_measurements(paths.measurements, train.manifest).to_numpy()
+        readings, counts = readings_and_counts(paths.measurements, train.manifest, count)
     data = TrialData(
         train_images=train.images,
         train_attrs=train.attrs,
@@ -177,6 +185,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         val_attrs=val.attrs,
         reference=reference,
         readings=readings,
+        counts=counts,
         lots=train.manifest["lot"].to_numpy(),
         meter=params.meter,
     )

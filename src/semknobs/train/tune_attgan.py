@@ -138,6 +138,7 @@ class TrialData:
     val_attrs: np.ndarray
     reference: SignReference | None = None  # the val lots' meter regression (sign agreement)
     readings: np.ndarray | None = None  # meter readings of the training tiles (concept loss)
+    counts: np.ndarray | None = None  # the meter's particle counts of them (count read)
     lots: np.ndarray | None = None  # their lot ids (concept calibration, texture fit)
     meter: MeterParams | None = None
 
@@ -197,6 +198,7 @@ def objective_factory(
             attrs=torch.from_numpy(data.train_attrs),
             progress=False,
             readings=data.readings,
+            counts=data.counts,
             lots=data.lots,
             meter=data.meter,
             regressor=regressor if params.lambda_regressor > 0 else None,
