@@ -195,8 +195,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class EditPool(nn.Module):
-    """A fixed-size ring of measured edits (uint8 tiles, calibrated readings); buffers, so a
-    checkpoint holds it."""
+    """A fixed-size ring of measured edits (uint8 tiles, C's targets: calibrated readings and,
+    with a count read, ``log(1 + count)``); buffers, so a checkpoint holds it."""
 
     def __init__(self, size: int, img_size: int, reads: int = K):
         super().__init__()
