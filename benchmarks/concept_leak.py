@@ -19,13 +19,13 @@ Needs ``make repro`` (or a study workspace); writes a markdown report.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import from_mapping, load_params, load_section
@@ -50,8 +50,10 @@ from semknobs.serving import attgan_model
 from semknobs.serving.attgan_model import AttGANFolder
 from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
 from semknobs.train.attgan_params import AttGANTrainParams
-from semknobs.train.concept import net_config
 from semknobs.train.texture import TextureTarget, stat_names, texture_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the study's C, restored one way
+from explain_levers import concept_net
 
 A = list(ATTRIBUTES)
 
@@ -114,15 +116,8 @@ def load_editor(ws: Path) -> Editor:
     )
     rng = np.random.default_rng(params.seed)  # evaluate_attgan's seeded pick
     pick = rng.choice(len(test.images), min(params.n_tiles, len(test.images)), replace=False)
-    net = ConceptNet(net_config(train.concept, count=train.lambda_count > 0))
-    state = load_file(ws / "checkpoints/attgan/state.safetensors")
-    prefix = "module.concept."
-    net.load_state_dict(
-        {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    )
-    net.eval()
     return Editor(
-        ws, params, train, gen, config, scaler, splits, net,
+        ws, params, train, gen, config, scaler, splits, concept_net(ws),
         test.manifest.iloc[pick], test.images[pick], test.attrs[pick],
     )  # fmt: skip
 

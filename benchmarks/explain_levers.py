@@ -72,9 +72,11 @@ from semknobs.explain.measured import (
     gain_corrected,
 )
 from semknobs.explain.natural import lot_slopes
-from semknobs.models.concept import ConceptConfig, ConceptNet
+from semknobs.models.concept import ConceptNet
 from semknobs.models.regressor import predict
 from semknobs.pixels import to_model, to_uint8
+from semknobs.train.attgan_params import AttGANTrainParams
+from semknobs.train.concept import net_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gain_variants as gv
@@ -98,9 +100,11 @@ class Residual(nn.Module):
 
 
 def concept_net(root: Path) -> ConceptNet:
-    """The study's concept network, from the AttGAN training checkpoint (it ships nowhere else)."""
-    cfg = load_params(root / "params.yaml")["train_attgan"]["train"]["concept"]["model"]
-    net = ConceptNet(ConceptConfig(**cfg))
+    """The study's concept network, from the AttGAN training checkpoint (it ships nowhere else),
+    with its particle-count read when the study trained one."""
+    raw = load_params(root / "params.yaml")["train_attgan"]["train"]
+    train = from_mapping(AttGANTrainParams, raw)
+    net = ConceptNet(net_config(train.concept, count=train.lambda_count > 0))
     state = load_file(root / "checkpoints" / "attgan" / "state.safetensors")
     prefix = "module.concept."
     net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
