@@ -4,7 +4,7 @@ from skimage.draw import disk, polygon
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.data.tiles import load_tiles
-from semknobs.meter import measure_tile, measure_tiles
+from semknobs.meter import measure_tile, measure_tiles, particle_diameters
 
 
 def _canvas(
@@ -56,6 +56,19 @@ def test_mixed_sizes_raise_dispersity():
     b = a.copy()
     b[:, 32:] = _canvas("disc", diameter=6.0, seed=1)[:, 32:]
     assert measure_tile(b)["dispersity"] > measure_tile(a)["dispersity"] + 0.1
+
+
+def test_the_particle_diameters_are_what_size_and_dispersity_summarise():
+    """Known answer: the mixed tile has whole discs of ~11 px and ~6 px."""
+    mixed = _canvas("disc", diameter=11.0)
+    mixed[:, 32:] = _canvas("disc", diameter=6.0, seed=1)[:, 32:]
+    d, r = particle_diameters(mixed), measure_tile(mixed)
+    assert len(d) == r["n_particles"]
+    assert d.mean() == pytest.approx(r["size"]) and d.std() / d.mean() == pytest.approx(
+        r["dispersity"]
+    )
+    assert d.min() == pytest.approx(6.0, rel=0.2) and d.max() == pytest.approx(11.0, rel=0.1)
+    assert len(particle_diameters(np.full((64, 64), 100, np.uint8))) == 0
 
 
 def test_blank_tile_reads_nan():

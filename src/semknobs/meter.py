@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -62,15 +63,51 @@ def measure_tile(tile: np.ndarray, params: MeterParams = MeterParams()) -> dict[
     NaN where a reading has no support (a blank tile; fewer than three whole particles for
     dispersity; no particle large enough for facetness).
     """
+    nan = dict.fromkeys(ATTRIBUTES, np.nan) | {COUNT: 0.0}
+    found = _particles(tile, params)
+    if found is None:
+        return nan
+    d = found.diameters
+    readings = dict(nan)
+    readings[COUNT] = float(len(d))
+    readings["porosity"] = _porosity(found.smooth, found.filled, params)
+    if len(d):
+        readings["size"] = float(d.mean())
+    if len(d) >= params.min_particles_dispersity:
+        readings["dispersity"] = float(d.std() / d.mean())
+    poly = np.sort([p for p in found.outlines if np.isfinite(p)])
+    if len(poly):
+        cut = int(len(poly) * params.facet_trim)
+        readings["facetness"] = float(
+            poly[cut : len(poly) - cut].mean() if len(poly) > 2 * cut else poly.mean()
+        )
+    return readings
+
+
+def particle_diameters(tile: np.ndarray, params: MeterParams = MeterParams()) -> np.ndarray:
+    """Equal-area diameters (px) of the whole particles the meter reads on a tile (``size`` is
+    their mean, ``dispersity`` their coefficient of variation); empty on a blank tile."""
+    found = _particles(tile, params)
+    return np.zeros(0) if found is None else found.diameters
+
+
+class _Particles(NamedTuple):
+    smooth: np.ndarray  # the normalised, smoothed tile
+    filled: np.ndarray  # crystal mask, holes filled
+    diameters: np.ndarray  # (n,) px, whole particles only
+    outlines: list[float]  # polygonality of those of at least facet_min_area
+
+
+def _particles(tile: np.ndarray, params: MeterParams) -> _Particles | None:
+    """Steps 1-2 of the module docstring; None on a blank tile."""
     z = _normalise(np.asarray(tile, dtype=float))
     smooth = filters.gaussian(z, params.smooth_sigma)
-    nan = dict.fromkeys(ATTRIBUTES, np.nan) | {COUNT: 0.0}
     if np.ptp(smooth) < 1e-6:
-        return nan
+        return None
     mask = smooth > filters.threshold_otsu(smooth)
     filled = morphology.remove_small_objects(ndi.binary_fill_holes(mask), max_size=3)
     if not filled.any() or filled.all():
-        return nan
+        return None
     soft = _soft_membership(smooth, filled)
     labels = _split_particles(filled, params.split_h)
 
@@ -87,22 +124,7 @@ def measure_tile(tile: np.ndarray, params: MeterParams = MeterParams()) -> dict[
         if area >= params.facet_min_area:
             own = labels[y0:y1, x0:x1] == region.label
             outlines.append(_polygonality(np.where(own, soft[y0:y1, x0:x1], 0.0)))
-
-    d = np.asarray(diameters)
-    readings = dict(nan)
-    readings[COUNT] = float(len(d))
-    readings["porosity"] = _porosity(smooth, filled, params)
-    if len(d):
-        readings["size"] = float(d.mean())
-    if len(d) >= params.min_particles_dispersity:
-        readings["dispersity"] = float(d.std() / d.mean())
-    poly = np.sort([p for p in outlines if np.isfinite(p)])
-    if len(poly):
-        cut = int(len(poly) * params.facet_trim)
-        readings["facetness"] = float(
-            poly[cut : len(poly) - cut].mean() if len(poly) > 2 * cut else poly.mean()
-        )
-    return readings
+    return _Particles(smooth, filled, np.asarray(diameters), outlines)
 
 
 def measure_tiles(
