@@ -8,9 +8,10 @@ edit with the trained C from the AttGAN checkpoint (the mean over its 8 symmetri
 the meter's readings of the same edits (``reports/evaluate_attgan/control_readings.csv``). Then
 the renderer's true one-attribute interventions (the meter ceiling's sweep) read by C: a leak
 there is C's own. Then the meter's median readings along the size sweep, edits beside true
-interventions (particle count and dispersity). Last, the texture loss's target ``W`` (fit on
-the training lots, as ``train_attgan`` fits it) beside the texture change of the true
-interventions and of the edits.
+interventions (particle count and dispersity), and the spread of particle diameters within a
+tile along it (which particles make a sweep's dispersity). Last, the texture loss's target
+``W`` (fit on the training lots, as ``train_attgan`` fits it) beside the texture change of the
+true interventions and of the edits.
 Needs ``make repro`` (or a study workspace); writes a markdown report.
 
     python benchmarks/concept_leak.py [--workspace DIR] [--out benchmarks/concept_leak.md]
@@ -43,7 +44,7 @@ from semknobs.evaluation.ceiling import render_sweep
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
 from semknobs.explain.bundle import in_batches
-from semknobs.meter import COUNT
+from semknobs.meter import COUNT, MeasureParams, particle_diameters
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
@@ -194,6 +195,32 @@ def sweep_medians(edits: pd.DataFrame, true: pd.DataFrame, knob: str) -> pd.Data
     return out
 
 
+def size_spread(
+    ed: Editor, edits: dict[str, np.ndarray], rendered: dict[str, np.ndarray], n: int
+) -> pd.DataFrame:
+    """Along the size sweep of the first ``n`` tiles (edits beside true interventions, and the
+    source tiles): every whole particle's diameter over its tile's median, pooled; where a
+    sweep's dispersity comes from (a tail of small particles, of large ones, or a spread of
+    all)."""
+    meter = load_section(MeasureParams, "measure", ed.ws / "params.yaml").meter
+    side = ed.images.shape[-1]
+    groups = {"source": ed.images[:n]}
+    for source, tiles in (("edit", edits["size"]), ("true", rendered["size"])):
+        tiles = tiles.reshape(-1, len(ed.levels), side, side)[:n]
+        groups |= {f"{source} {level:g}": tiles[:, i] for i, level in enumerate(ed.levels)}
+    rows = {}
+    for name, tiles in groups.items():
+        per_tile = [particle_diameters(t, meter) for t in tiles]
+        ratio = np.concatenate([d / np.median(d) for d in per_tile if len(d)])
+        rows[name] = {
+            "particles per tile": np.median([len(d) for d in per_tile]),
+            **{f"q{q}": np.quantile(ratio, q / 100) for q in (5, 25, 75, 95)},
+            "share < 0.6": np.mean(ratio < 0.6),
+            "share > 1.4": np.mean(ratio > 1.4),
+        }
+    return pd.DataFrame(rows).T
+
+
 def report(ws: Path) -> str:
     ed = load_editor(ws)
     edits, c_edits = edit_sweeps(ed)
@@ -224,6 +251,9 @@ def report(ws: Path) -> str:
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
+                "## Particle sizes along the size sweep: each whole particle's diameter over "
+                f"its tile's median (first {n} tiles, pooled)\n\n"
+                + md(size_spread(ed, edits, rendered, n), 3),
                 "## Texture change per knob unit, in spreads of the real tiles\n\n"
                 + texture.round(2).to_markdown(index=False),
             ]
