@@ -44,7 +44,7 @@ from semknobs.evaluation.ceiling import render_sweep
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
 from semknobs.explain.bundle import in_batches
-from semknobs.meter import COUNT, MeasureParams, particle_diameters
+from semknobs.meter import COUNT, MeasureParams, MeterParams, particle_diameters
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
@@ -88,6 +88,7 @@ class Editor:
     scaler: AttributeScaler
     splits: Splits
     net: ConceptNet
+    meter: MeterParams  # the measure stage's
     tiles: pd.DataFrame  # the manifest rows of the control tiles
     images: np.ndarray
     attrs: np.ndarray
@@ -106,6 +107,7 @@ def load_editor(ws: Path) -> Editor:
     train = from_mapping(
         AttGANTrainParams, load_params(ws / "params.yaml")["train_attgan"]["train"]
     )
+    meter = load_section(MeasureParams, "measure", ws / "params.yaml").meter
     gen, config = attgan_model.load(ws / "models/attgan")
     scaler = AttributeScaler.from_dict(config.scaler)
     splits = read_splits(ws / "data/splits.json")
@@ -118,7 +120,7 @@ def load_editor(ws: Path) -> Editor:
     rng = np.random.default_rng(params.seed)  # evaluate_attgan's seeded pick
     pick = rng.choice(len(test.images), min(params.n_tiles, len(test.images)), replace=False)
     return Editor(
-        ws, params, train, gen, config, scaler, splits, concept_net(ws),
+        ws, params, train, gen, config, scaler, splits, concept_net(ws), meter,
         test.manifest.iloc[pick], test.images[pick], test.attrs[pick],
     )  # fmt: skip
 
@@ -198,11 +200,11 @@ def sweep_medians(edits: pd.DataFrame, true: pd.DataFrame, knob: str) -> pd.Data
 def size_spread(
     ed: Editor, edits: dict[str, np.ndarray], rendered: dict[str, np.ndarray], n: int
 ) -> pd.DataFrame:
-    """Along the size sweep of the first ``n`` tiles (edits beside true interventions, and the
-    source tiles): every whole particle's diameter over its tile's median, pooled; where a
-    sweep's dispersity comes from (a tail of small particles, of large ones, or a spread of
-    all)."""
-    meter = load_section(MeasureParams, "measure", ed.ws / "params.yaml").meter
+    """Along the size sweep, the first ``n`` sweeps of each kind (edits of the first ``n`` tiles,
+    the first ``n`` rendered true sweeps: one render of a tile's truth gives several tiles, each
+    a sweep) and the first ``n`` source tiles: every whole particle's diameter over its tile's
+    median, pooled; where a sweep's dispersity comes from (a tail of small particles, of large
+    ones, or a spread of all)."""
     side = ed.images.shape[-1]
     groups = {"source": ed.images[:n]}
     for source, tiles in (("edit", edits["size"]), ("true", rendered["size"])):
@@ -210,7 +212,7 @@ def size_spread(
         groups |= {f"{source} {level:g}": tiles[:, i] for i, level in enumerate(ed.levels)}
     rows = {}
     for name, tiles in groups.items():
-        per_tile = [particle_diameters(t, meter) for t in tiles]
+        per_tile = [particle_diameters(t, ed.meter) for t in tiles]
         ratio = np.concatenate([d / np.median(d) for d in per_tile if len(d)])
         rows[name] = {
             "particles per tile": np.median([len(d) for d in per_tile]),
@@ -252,7 +254,7 @@ def report(ws: Path) -> str:
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "
-                f"its tile's median (first {n} tiles, pooled)\n\n"
+                f"its tile's median (the first {n} sweeps of each kind, pooled)\n\n"
                 + md(size_spread(ed, edits, rendered, n), 3),
                 "## Texture change per knob unit, in spreads of the real tiles\n\n"
                 + texture.round(2).to_markdown(index=False),
