@@ -21,7 +21,7 @@ from semknobs.attributes import AttributeScaler
 from semknobs.config import to_mapping
 from semknobs.errors import ModelError, SemknobsError
 from semknobs.evaluation.samples import generate
-from semknobs.model_folder import read_config, save_model_dir
+from semknobs.model_folder import read_config, read_folder, save_model_dir
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
 from semknobs.names import MODEL_NAMES
 from semknobs.serving import attgan_model
@@ -109,6 +109,18 @@ def test_save_model_dir_layout(tmp_path: Path) -> None:
     loaded, full = attgan_model.load(folder)
     assert not loaded.training and full.scaler["size"] == {"low": 0.0, "high": 10.0}
     for key, value in gen.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_projection_critic_travels_with_its_folder(tmp_path: Path) -> None:
+    """The discriminator of a folder whose critic judges attributes is rebuilt with them."""
+    cfg = dataclasses.replace(TINY, dis_projection=True)
+    folder, _ = _save(tmp_path / "attgan", cfg=cfg)
+    _, dis = _tiny_model(0, cfg)
+    config = read_folder(folder, attgan_model.AttGANFolder, kind=attgan_model.KIND)
+    loaded = attgan_model.build(folder, config, "discriminator")
+    assert loaded.projection is not None
+    for key, value in dis.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
 

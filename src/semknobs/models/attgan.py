@@ -9,6 +9,14 @@ Discriminator: strided convs with instance norm, then two heads on a shared trun
 critic (WGAN-GP) and an attribute head that regresses the four attributes (logits; trained with
 binary cross-entropy against soft targets in [0, 1]).
 
+A critic that judges a tile against its attributes (``dis_projection``, Miyato & Koyama 2018,
+"cGANs with Projection Discriminator"): the critic's score gains ``<E (y - 0.5), h(x)>``, with
+``h`` the adversarial head's hidden features and ``E`` a learnt map of the attributes ``y`` (a
+real tile's lot labels, an edit's target), so an edit at ``b`` must look like a real tile *at*
+``b``, in everything the critic sees, not only like some real tile. Linear in ``y``: the critic
+cannot single out the few training lots' label vectors. Without ``y`` the score leaves the term
+out (the attribute head, which :mod:`semknobs.explain` reads, does not need it).
+
 Conditioning that can move layout (``film``): every decoder level is also modulated
 feature-wise by the attributes (FiLM: ``h * (1 + gamma(a)) + beta(a)``, initialised to the
 identity), so a knob can change the structure a level builds, not only add texture through the
@@ -52,6 +60,7 @@ class AttGANConfig:
     max_dim: int = 512
     film: bool = True  # FiLM modulation of every decoder level by the attributes
     condition: str = "absolute"  # absolute: the decoder sees b; change: b - a (STGAN)
+    dis_projection: bool = False  # the critic's score also judges the tile against its attributes
 
     def __post_init__(self) -> None:
         if self.img_size % 2**self.enc_layers:
@@ -186,11 +195,21 @@ class Discriminator(nn.Module):
 
         self.adversarial = head(1)
         self.attributes = head(cfg.n_attrs)
+        self.projection = (
+            nn.Linear(cfg.n_attrs, cfg.dis_fc_dim, bias=False) if cfg.dis_projection else None
+        )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image -> (critic score (B,), attribute logits (B, A))."""
+    def forward(
+        self, x: torch.Tensor, attrs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image (and, with ``dis_projection``, its attributes (B, A) in [0, 1]) -> (critic
+        score (B,), attribute logits (B, A))."""
         h = self.trunk(x)
-        return self.adversarial(h).squeeze(1), self.attributes(h)
+        if self.projection is None or attrs is None:
+            return self.adversarial(h).squeeze(1), self.attributes(h)
+        hidden = self.adversarial[:-1](h)  # (B, dis_fc_dim)
+        judged = (self.projection(attrs.to(hidden.dtype) - 0.5) * hidden).sum(dim=1)
+        return self.adversarial[-1](hidden).squeeze(1) + judged, self.attributes(h)
 
 
 def gradient_penalty(
@@ -205,9 +224,12 @@ def gradient_penalty(
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(dis: Discriminator, real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 on real images."""
+def r1_penalty(
+    dis: Discriminator, real: torch.Tensor, attrs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 on real images (with their attributes,
+    for a projection critic)."""
     x = real.detach().requires_grad_(True)
-    score, _ = dis(x)
+    score, _ = dis(x, attrs)
     (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
     return grad.flatten(1).pow(2).sum(dim=1).mean()

@@ -6,6 +6,8 @@ Losses (He et al. 2019, with two critics to choose from):
   critic ``r1``: softplus(D(fake)) + softplus(-D(real)) + lambda_att_d * BCE(att(real), a), with
   a lazy R1 penalty (gamma / 2 * |grad D(real)|^2 every ``r1_every`` steps, scaled by it) -- one
   critic update per generator step buys about twice the generator steps for the same CPU time;
+  with ``model.dis_projection`` (r1 only) the critic scores D(real, a) and D(fake, b): a tile
+  against its attributes (:mod:`semknobs.models.attgan`; off by default);
 * generator: adversarial + lambda_att_g * BCE(att(fake), b) + lambda_rec * |G(x, a) - x|_1
   + lambda_concept * |C(G(x, b)) - C(G(x, a)) - (b - a)|^2
   + lambda_count * |C_n(G(x, b)) - C_n(G(x, a)) - w . (b - a)|^2
@@ -235,12 +237,14 @@ class AttGANTrainer(Trainer):
             b = torch.where(one[:, None], turned.clamp(0, 1), b)
         return b.to(a.device)
 
-    def _critic_loss(self, x: torch.Tensor, fake: torch.Tensor, a: torch.Tensor, alpha):
-        """The critic's loss on one real batch and its edits, one pass for both (instance norm
-        is per sample); returns (loss, logged terms)."""
+    def _critic_loss(
+        self, x: torch.Tensor, fake: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha
+    ):
+        """The critic's loss on one real batch (labels ``a``) and its edits (targets ``b``), one
+        pass for both (instance norm is per sample); returns (loss, logged terms)."""
         p = self.params
         with autocast(self.device):
-            score, att = self._dis(torch.cat([x, fake.float()]))
+            score, att = self._dis(torch.cat([x, fake.float()]), torch.cat([a, b]))
         score_real, score_fake = score.float().chunk(2)
         att_d = F.binary_cross_entropy_with_logits(att[: len(x)].float(), a)
         if p.critic == "wgan-gp":
@@ -251,7 +255,7 @@ class AttGANTrainer(Trainer):
         loss = F.softplus(score_fake).mean() + F.softplus(-score_real).mean()
         terms = {"train/d_real": score_real.mean(), "train/d_fake": score_fake.mean()}
         if self.step % p.r1_every == 0:  # lazy R1, scaled by its interval
-            r1 = r1_penalty(self._dis, x)
+            r1 = r1_penalty(self._dis, x, a)
             loss = loss + 0.5 * p.r1_gamma * p.r1_every * r1
             terms["train/r1"] = r1
         return loss + p.lambda_att_d * att_d, terms | {"train/att_d": att_d}
@@ -306,7 +310,7 @@ class AttGANTrainer(Trainer):
             alpha = None
             if p.critic == "wgan-gp":
                 alpha = torch.rand(len(x_all), 1, 1, 1, generator=self.rng)[rows].to(x.device)
-            loss_d, logged = self._critic_loss(x, fake, a, alpha)
+            loss_d, logged = self._critic_loss(x, fake, a, b, alpha)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
@@ -315,7 +319,7 @@ class AttGANTrainer(Trainer):
         self.dis.requires_grad_(False)  # the generator step needs no critic weight gradients
         with autocast(self.device):
             fake, rec = self._edit(x, a, b)
-            score_fake, att_fake = self.dis(fake)
+            score_fake, att_fake = self.dis(fake, b)
             score_fake = score_fake.float()
             adv_g = -score_fake.mean() if p.critic == "wgan-gp" else F.softplus(-score_fake).mean()
             att_g = F.binary_cross_entropy_with_logits(att_fake.float(), b)

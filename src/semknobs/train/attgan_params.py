@@ -61,6 +61,11 @@ class AttGANTrainParams:
         for name in ("concept_off_weight", "lambda_count"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.model.dis_projection and self.critic != "r1":
+            raise ValueError(
+                "model.dis_projection judges a tile against its attributes, which the WGAN-GP "
+                "penalty's interpolates do not have: it needs critic: r1"
+            )
         if self.lambda_count > 0 and self.lambda_concept <= 0:
             raise ValueError(
                 "lambda_count > 0 reads the count with the concept network: it needs "
