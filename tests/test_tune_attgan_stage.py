@@ -103,6 +103,10 @@ def test_the_default_space_holds_train_attgans_own_params():
         ({"concept_off_knob_weight": [[1, 1, 4, 1]]}, "concept_off_knob_weight: not tunable"),
         ({"model": {"shortcut_layers": [3, 3], "enc_layers": [3, 4]}}, "shortcut_layers: 3 is not"),
         ({"lr": 0.001}, r"lr: expected \[low, high\] or a list"),
+        (
+            {"critic": ["r1", "wgan-gp"], "model": {"dis_projection": [True, False]}},
+            "the combination critic: 'wgan-gp', model.dis_projection: True is not valid",
+        ),
         ({}, "empty"),
     ],
 )

@@ -3,12 +3,14 @@ each key names a ``train_attgan.train`` parameter (the architecture's under ``mo
 ``[low, high]`` for a number (floats log-uniform, integers uniform) or the choices for a
 true/false or text parameter. ``model.enc_layers`` is drawn first and sets ``dec_layers`` too,
 and ``model.shortcut_layers`` is kept below the trial's number of layers; keys that are not
-hyperparameters (``FIXED``) are refused. Every check runs before any trial trains.
+hyperparameters (``FIXED``) are refused. Every check runs before any trial trains, on each bound
+and choice and on every combination of the choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import typing
 from dataclasses import dataclass
@@ -106,7 +108,9 @@ def dimensions(space: dict[str, Any], where: str = "tune_attgan.space") -> list[
 
 def check_against(dims: list[Dimension], base: AttGANTrainParams) -> None:
     """Every bound and choice builds valid train params on ``base`` (e.g. a known ``condition``,
-    ``shortcut_layers`` below the layers): a bad space fails here, before any trial trains."""
+    ``shortcut_layers`` below the layers), and so does every combination of the choices (e.g.
+    ``model.dis_projection: true`` with ``critic: wgan-gp``): a bad space fails here, before
+    any trial trains."""
     layers = {d.key: d for d in dims}.get("model.enc_layers")
     for d in dims:
         for value in d.values:
@@ -114,12 +118,21 @@ def check_against(dims: list[Dimension], base: AttGANTrainParams) -> None:
             if layers is not None and d.key == "model.shortcut_layers":
                 # the clamp in suggest keeps high below a trial's layers; low must fit the fewest
                 flat["model.enc_layers"] = layers.values[0 if value == d.values[0] else 1]
-            try:
-                apply(base, nested(flat), base.steps)
-            except (ValueError, TypeError) as exc:
-                raise ParamsError(
-                    f"tune_attgan.space.{d.key}: {value!r} is not valid: {exc}"
-                ) from None
+            _check(base, flat, f"tune_attgan.space.{d.key}: {value!r}")
+    # each choice is valid alone by now, so the product is small (true/false, a few names)
+    choices = [d for d in dims if d.kind is object]
+    if len(choices) > 1:
+        for combo in itertools.product(*(d.values for d in choices)):
+            flat = {d.key: v for d, v in zip(choices, combo, strict=True)}
+            shown = ", ".join(f"{k}: {v!r}" for k, v in flat.items())
+            _check(base, flat, f"tune_attgan.space: the combination {shown}")
+
+
+def _check(base: AttGANTrainParams, flat: dict[str, Any], what: str) -> None:
+    try:
+        apply(base, nested(flat), base.steps)
+    except (ValueError, TypeError) as exc:
+        raise ParamsError(f"{what} is not valid: {exc}") from None
 
 
 def suggest(trial: optuna.Trial, dims: list[Dimension], base: AttGANTrainParams) -> dict[str, Any]:
