@@ -375,7 +375,7 @@ def test_a_projection_critic_trains_and_is_refused_with_wgan_gp():
     before = trainer.dis.projection.weight.clone()
     logged = [
         trainer.train_step(images[:4].float().div(127.5).sub(1).unsqueeze(1), attrs[:4])
-        for _ in range(4)  # step 0 also takes the lazy R1 penalty, with the real labels
+        for _ in range(4)  # step 0 also takes the lazy R1 penalty
     ]
     assert all(np.isfinite(v) for row in logged for v in row.values())
     assert "train/r1" in logged[0]

@@ -122,6 +122,13 @@ def test_a_projection_critic_travels_with_its_folder(tmp_path: Path) -> None:
     assert loaded.projection is not None
     for key, value in dis.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+    # a folder written before the option existed has no such key: a critic without projection
+    old = _save(tmp_path / "old")[0]
+    written = json.loads((old / "config.json").read_text())
+    del written["model"]["dis_projection"]
+    (old / "config.json").write_text(json.dumps(written))
+    config = read_folder(old, attgan_model.AttGANFolder, kind=attgan_model.KIND)
+    assert attgan_model.build(old, config, "discriminator").projection is None
 
 
 def test_local_folder_errors(tmp_path: Path) -> None:
