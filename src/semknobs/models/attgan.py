@@ -6,8 +6,9 @@ norm, ReLU, tanh output). The attribute vector, mapped to [-1, 1], is tiled over
 ``shortcut_layers`` decoder layers also see the encoder feature map of their resolution (U-Net
 style, for detail), and ``inject_layers`` decoder layers see the attributes again.
 Discriminator: strided convs with instance norm, then two heads on a shared trunk: an adversarial
-critic (WGAN-GP) and an attribute head that regresses the four attributes (logits; trained with
-binary cross-entropy against soft targets in [0, 1]).
+critic (trained as R1 or WGAN-GP: :mod:`semknobs.train.attgan`) and an attribute head that
+regresses the four attributes (logits; trained with binary cross-entropy against soft targets in
+[0, 1]).
 
 A critic that judges a tile against its attributes (``dis_projection``, Miyato & Koyama 2018,
 "cGANs with Projection Discriminator"): the critic's score gains ``<E (y - 0.5), h(x)>``, with
