@@ -17,10 +17,12 @@ from semknobs.config import deep_merge, from_mapping, load_params
 from semknobs.data.design import lot_design
 from semknobs.data.synth import SynthParams
 from semknobs.errors import SemknobsError
+from semknobs.train.attgan_params import TrainAttGANStageParams
 
 from .conftest import ROOT
 
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+EDITOR_RUNS = sorted((ROOT / "benchmarks" / "editor_runs").glob("*.yaml"))
 
 
 def _synth(study: science.Study) -> SynthParams:
@@ -36,6 +38,17 @@ def test_there_are_at_least_three_studies_and_each_is_valid_params():
         synth = _synth(study)
         lots = lot_design(synth.n_lots, synth.design, np.random.default_rng([synth.seed, 0]))
         assert np.all(synth.law(lots) > 0), study.name  # the synthesize stage would refuse
+
+
+@pytest.mark.parametrize("path", EDITOR_RUNS, ids=lambda p: p.stem)
+def test_each_recorded_editor_run_is_still_valid_params(path):
+    """The overlays of the measured editor runs (benchmarks/editor_runs, README) rerun as
+    written: a renamed or retyped parameter fails here, not halfway through a 17-minute run."""
+    (study,) = science.read_studies([path])
+    assert set(study.overlay) <= {"synthesize", "train_attgan"}, path.name
+    params = deep_merge(load_params(ROOT / "params.yaml"), study.overlay)
+    _synth(study)
+    from_mapping(TrainAttGANStageParams, params["train_attgan"], where=path.name)
 
 
 def test_the_confounded_design_correlates_an_attribute_the_law_ignores():
