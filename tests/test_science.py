@@ -45,9 +45,10 @@ def test_each_recorded_editor_run_is_still_valid_params(path):
     """The overlays of the measured editor runs (benchmarks/editor_runs, README) rerun as
     written: a renamed or retyped parameter fails here, not halfway through a 17-minute run."""
     (study,) = science.read_studies([path])
-    assert set(study.overlay) <= {"synthesize", "train_attgan"}, path.name
+    other = set(study.overlay) - {"synthesize", "train_attgan"}
+    assert not other, f"{path.name} changes {sorted(other)}: check those sections here too"
     params = deep_merge(load_params(ROOT / "params.yaml"), study.overlay)
-    _synth(study)
+    _synth(study)  # each raises ParamsError naming the overlay and the key at fault
     from_mapping(TrainAttGANStageParams, params["train_attgan"], where=path.name)
 
 
