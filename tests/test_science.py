@@ -16,8 +16,8 @@ from semknobs.attributes import ATTRIBUTES
 from semknobs.config import deep_merge, from_mapping, load_params
 from semknobs.data.design import lot_design
 from semknobs.data.synth import SynthParams
-from semknobs.errors import SemknobsError
-from semknobs.train.attgan_params import TrainAttGANStageParams
+from semknobs.errors import ParamsError, SemknobsError
+from semknobs.sections import SECTION_TYPES, check_sections
 
 from .conftest import ROOT
 
@@ -45,12 +45,41 @@ def test_each_recorded_editor_run_is_still_valid_params(path):
     """The overlays of the measured editor runs (benchmarks/editor_runs, README) rerun as
     written: a renamed or retyped parameter fails here, not halfway through a 17-minute run."""
     (study,) = science.read_studies([path])
-    other = set(study.overlay) - {"synthesize", "train_attgan"}
-    assert not other, f"{path.name} changes {sorted(other)}: check those sections here too"
-    params = deep_merge(load_params(ROOT / "params.yaml"), study.overlay)
-    # each raises ParamsError naming the overlay and the key at fault
-    from_mapping(SynthParams, params["synthesize"], where=path.name)
-    from_mapping(TrainAttGANStageParams, params["train_attgan"], where=path.name)
+    science.check_study(ROOT, study)  # ParamsError naming the overlay and the key at fault
+
+
+def test_every_params_section_has_its_checker_and_the_committed_params_pass():
+    params = load_params(ROOT / "params.yaml")
+    assert list(SECTION_TYPES) == list(params)  # a new section needs its dataclass named here
+    check_sections(params, list(params), "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overlay", "match"),
+    [
+        (
+            "train_attgan:\n  train:\n    lambda_cout: 7.5\n",
+            r"bad\.yaml: train_attgan.*lambda_cout",
+        ),
+        ("train_atgan:\n  steps: 10\n", r"bad\.yaml: unknown section 'train_atgan'"),
+        ("synthesize:\n  n_lots: many\n", r"bad\.yaml: synthesize\.n_lots"),
+    ],
+    ids=["misspelt key", "misspelt section", "wrong type"],
+)
+def test_a_bad_overlay_stops_the_suite_before_any_study_runs(tmp_path, overlay, match):
+    """The bad study comes last: the first one must not have started (no workspace)."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(overlay)
+    studies = science.read_studies([ROOT / "studies" / "other_law.yaml", tmp_path / "bad.yaml"])
+    with pytest.raises(ParamsError, match=match):
+        science.run_suite(
+            root=tmp_path,
+            studies=studies,
+            workdir=tmp_path / "work",
+            out=tmp_path / "s.json",
+            table=tmp_path / "s.md",
+        )
+    assert not (tmp_path / "work").exists() and not (tmp_path / "s.json").exists()
 
 
 def test_the_confounded_design_correlates_an_attribute_the_law_ignores():
