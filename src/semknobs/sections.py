@@ -15,21 +15,23 @@ from typing import Any
 from semknobs.config import from_mapping
 from semknobs.errors import ParamsError
 
-# "module:Class"; None: DVC's own variables (data paths), read by the stages as paths
+# "module:Class": the stage module's own ``Params`` where that is the section's dataclass (so
+# the two cannot drift apart), else the dataclass the stage parses the section with; None: DVC's
+# own variables (data paths), read by the stages as paths
 SECTION_TYPES: dict[str, str | None] = {
     "data": None,
-    "synthesize": "semknobs.data.synth:SynthParams",
-    "tile": "semknobs.data.tiles:TileParams",
-    "validate": "semknobs.data.quality:ValidateParams",
-    "split": "semknobs.data.split:SplitParams",
-    "measure": "semknobs.meter:MeasureParams",
-    "check_meter": "semknobs.evaluation.meter:MeterCheckParams",
-    "train_attgan": "semknobs.train.attgan_params:TrainAttGANStageParams",
-    "evaluate_attgan": "semknobs.stages.evaluate_attgan:EvaluateAttGANParams",
+    "synthesize": "semknobs.stages.synthesize:Params",
+    "tile": "semknobs.stages.tile:Params",
+    "validate": "semknobs.stages.validate:Params",
+    "split": "semknobs.stages.split:Params",
+    "measure": "semknobs.stages.measure:Params",
+    "check_meter": "semknobs.stages.check_meter:Params",
+    "train_attgan": "semknobs.stages.train_attgan:Params",
+    "evaluate_attgan": "semknobs.stages.evaluate_attgan:Params",
     "tune_attgan": "semknobs.train.tune_attgan:TuneAttGANParams",
-    "explain": "semknobs.stages.explain:ExplainStageParams",
+    "explain": "semknobs.stages.explain:Params",
     "tune_regressor": "semknobs.train.tune_regressor:TuneRegressorParams",
-    "train_regressor": "semknobs.train.regressor:TrainRegressorStageParams",
+    "train_regressor": "semknobs.stages.train_regressor:Params",
     "register": "semknobs.stages.register:RegisterParams",
     "promote": "semknobs.lifecycle.promote:PromoteParams",
 }
