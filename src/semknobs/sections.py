@@ -9,45 +9,51 @@ their dependencies, and this table would otherwise rerun every stage each time i
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from semknobs.config import from_mapping
 from semknobs.errors import ParamsError
 
-# "module:Class": the stage module's own ``Params`` where that is the section's dataclass (so
-# the two cannot drift apart), else the dataclass the stage parses the section with; None: DVC's
-# own variables (data paths), read by the stages as paths
-SECTION_TYPES: dict[str, str | None] = {
+# The sections whose dataclass is not their stage module's ``Params`` (``semknobs.stages.<name>``,
+# the stage contract): that ``Params`` holds the section and more, or there is no stage.
+# "module:Class"; None: DVC's own variables (data paths), read by the stages as paths.
+OTHER_SECTIONS: dict[str, str | None] = {
     "data": None,
-    "synthesize": "semknobs.stages.synthesize:Params",
-    "tile": "semknobs.stages.tile:Params",
-    "validate": "semknobs.stages.validate:Params",
-    "split": "semknobs.stages.split:Params",
-    "measure": "semknobs.stages.measure:Params",
-    "check_meter": "semknobs.stages.check_meter:Params",
-    "train_attgan": "semknobs.stages.train_attgan:Params",
-    "evaluate_attgan": "semknobs.stages.evaluate_attgan:Params",
     "tune_attgan": "semknobs.train.tune_attgan:TuneAttGANParams",
-    "explain": "semknobs.stages.explain:Params",
     "tune_regressor": "semknobs.train.tune_regressor:TuneRegressorParams",
-    "train_regressor": "semknobs.stages.train_regressor:Params",
     "register": "semknobs.stages.register:RegisterParams",
     "promote": "semknobs.lifecycle.promote:PromoteParams",
 }
+
+
+def stage_names() -> list[str]:
+    """The stage modules' names (``semknobs.stages.<name>``), without importing them."""
+    import semknobs.stages
+
+    return sorted(m.name for m in pkgutil.iter_modules(semknobs.stages.__path__))
+
+
+def section_type(name: str, where: str = "params.yaml") -> type | None:
+    """The dataclass section ``name`` is parsed with (None: not a dataclass section); an unknown
+    section is a ParamsError naming ``where``."""
+    if name in OTHER_SECTIONS:
+        target = OTHER_SECTIONS[name]
+        if target is None:
+            return None
+        module, cls = target.split(":")
+        return getattr(importlib.import_module(module), cls)
+    if name not in stage_names():
+        known = ", ".join(sorted({*stage_names(), *OTHER_SECTIONS}))
+        raise ParamsError(f"{where}: unknown section {name!r} (params.yaml has: {known})")
+    return importlib.import_module(f"semknobs.stages.{name}").Params
 
 
 def check_sections(params: Mapping[str, Any], names: list[str], where: str) -> None:
     """Parse each named section of ``params`` with its stage's dataclass (strictly), refusing a
     section params.yaml does not have; ``where`` names the file at fault in the error."""
     for name in names:
-        if name not in SECTION_TYPES:
-            known = ", ".join(SECTION_TYPES)
-            raise ParamsError(f"{where}: unknown section {name!r} (params.yaml has: {known})")
-        target = SECTION_TYPES[name]
-        if target is None:
-            continue
-        module, cls = target.split(":")
-        from_mapping(
-            getattr(importlib.import_module(module), cls), params.get(name), f"{where}: {name}"
-        )
+        cls = section_type(name, where)
+        if cls is not None:
+            from_mapping(cls, params.get(name), f"{where}: {name}")
