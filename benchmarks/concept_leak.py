@@ -7,11 +7,12 @@ knob, so a knob that moves another knob's reading (a leak) costs there. This rep
 edit with the trained C from the AttGAN checkpoint (the mean over its 8 symmetric views), beside
 the meter's readings of the same edits (``reports/evaluate_attgan/control_readings.csv``). Then
 the renderer's true one-attribute interventions (the meter ceiling's sweep) read by C: a leak
-there is C's own. Then the meter's median readings along the size sweep, edits beside true
-interventions (particle count and dispersity), and the spread of particle diameters within a
-tile along it (which particles make a sweep's dispersity). Last, the texture loss's target
-``W`` (fit on the training lots, as ``train_attgan`` fits it) beside the texture change of the
-true interventions and of the edits.
+there is C's own, and C's over-read of the edits per knob (how much further C reads them,
+relative to a true change, than the meter does). Then the meter's median readings along the
+size sweep, edits beside true interventions (particle count and dispersity), and the spread of
+particle diameters within a tile along it (which particles make a sweep's dispersity). Last,
+the texture loss's target ``W`` (fit on the training lots, as ``train_attgan`` fits it) beside
+the texture change of the true interventions and of the edits.
 Needs ``make repro`` (or a study workspace); writes a markdown report.
 
     python benchmarks/concept_leak.py [--workspace DIR] [--out benchmarks/concept_leak.md]
@@ -36,6 +37,7 @@ from semknobs.data.split import Splits, read_splits
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.attgan import (
     control_from_table,
+    control_slopes,
     slope_matrix,
     sweep_edits,
     sweep_table,
@@ -223,6 +225,19 @@ def size_spread(
     return pd.DataFrame(rows).T
 
 
+def over_read(
+    c_edits: pd.DataFrame, c_true: pd.DataFrame, meter_edits: pd.DataFrame, meter_true: pd.DataFrame
+) -> pd.DataFrame:
+    """Per knob: how far C reads the edits relative to a true change (its slope on the edits
+    over its slope on the true interventions), the meter's gain on the same edits (its slope on
+    them over the ceiling's, as ``control/gain_<knob>``), and their ratio, C's over-read: above 1,
+    C sees more of a change in the edits than the meter does, and the concept loss, satisfied
+    when C is, lets the edit stop short of what the meter would read (README, Rule E)."""
+    c_rel = pd.Series(control_slopes(c_edits)) / pd.Series(control_slopes(c_true))
+    gain = pd.Series(control_slopes(meter_edits)) / pd.Series(control_slopes(meter_true))
+    return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
+
+
 def report(ws: Path) -> str:
     ed = load_editor(ws)
     edits, c_edits = edit_sweeps(ed)
@@ -251,6 +266,8 @@ def report(ws: Path) -> str:
                 + md(control_from_table(meter_true)),
                 "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
+                "## C's over-read of the edits (per knob turned)\n\n"
+                + md(over_read(c_edits, c_true, meter_edits, meter_true)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "
