@@ -21,6 +21,7 @@ Needs ``make repro`` (or a study workspace); writes a markdown report.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,16 +226,15 @@ def size_spread(
     return pd.DataFrame(rows).T
 
 
-def over_read(
-    c_edits: pd.DataFrame, c_true: pd.DataFrame, meter_edits: pd.DataFrame, meter_true: pd.DataFrame
-) -> pd.DataFrame:
+def over_read(ws: Path, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataFrame:
     """Per knob: how far C reads the edits relative to a true change (its slope on the edits
-    over its slope on the true interventions), the meter's gain on the same edits (its slope on
-    them over the ceiling's, as ``control/gain_<knob>``), and their ratio, C's over-read: above 1,
-    C sees more of a change in the edits than the meter does, and the concept loss, satisfied
-    when C is, lets the edit stop short of what the meter would read (README, Rule E)."""
+    over its slope on the true interventions), the meter's gain on the same edits
+    (``evaluate_attgan``'s ``control/gain_<knob>``), and their ratio, C's over-read: above 1, C
+    sees more of a change in the edits than the meter does, and the concept loss, satisfied when
+    C is, lets the edit stop short of what the meter would read (README, Rule E)."""
     c_rel = pd.Series(control_slopes(c_edits)) / pd.Series(control_slopes(c_true))
-    gain = pd.Series(control_slopes(meter_edits)) / pd.Series(control_slopes(meter_true))
+    metrics = json.loads((ws / "metrics/attgan.json").read_text())
+    gain = pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
     return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
 
 
@@ -267,7 +267,7 @@ def report(ws: Path) -> str:
                 "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## C's over-read of the edits (per knob turned)\n\n"
-                + md(over_read(c_edits, c_true, meter_edits, meter_true)),
+                + md(over_read(ws, c_edits, c_true)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "
