@@ -8,6 +8,7 @@ their dependencies, and this table would otherwise rerun every stage each time i
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Mapping
@@ -28,11 +29,13 @@ OTHER_SECTIONS: dict[str, str | None] = {
 }
 
 
-def stage_names() -> list[str]:
-    """The stage modules' names (``semknobs.stages.<name>``), without importing them."""
+@functools.cache
+def stage_names() -> tuple[str, ...]:
+    """The stage modules' names (``semknobs.stages.<name>``), without importing them; listed
+    once per process (every section of every study asks)."""
     import semknobs.stages
 
-    return sorted(m.name for m in pkgutil.iter_modules(semknobs.stages.__path__))
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(semknobs.stages.__path__)))
 
 
 def section_type(name: str, where: str = "params.yaml") -> type | None:
@@ -44,8 +47,9 @@ def section_type(name: str, where: str = "params.yaml") -> type | None:
             return None
         module, cls = target.split(":")
         return getattr(importlib.import_module(module), cls)
-    if name not in stage_names():
-        known = ", ".join(sorted({*stage_names(), *OTHER_SECTIONS}))
+    stages = stage_names()
+    if name not in stages:
+        known = ", ".join(sorted({*stages, *OTHER_SECTIONS}))
         raise ParamsError(f"{where}: unknown section {name!r} (params.yaml has: {known})")
     return importlib.import_module(f"semknobs.stages.{name}").Params
 
