@@ -8,11 +8,13 @@ edit with the trained C from the AttGAN checkpoint (the mean over its 8 symmetri
 the meter's readings of the same edits (``reports/evaluate_attgan/control_readings.csv``). Then
 the renderer's true one-attribute interventions (the meter ceiling's sweep) read by C: a leak
 there is C's own, and C's over-read of the edits per knob (how much further C reads them,
-relative to a true change, than the meter does). Then the meter's median readings along the
-size sweep, edits beside true interventions (particle count and dispersity), and the spread of
-particle diameters within a tile along it (which particles make a sweep's dispersity). Last,
-the texture loss's target ``W`` (fit on the training lots, as ``train_attgan`` fits it) beside
-the texture change of the true interventions and of the edits.
+relative to a true change, than the meter does). Then the regressor's read of the same edits
+against the true interventions: how much of a real change's predicted stress each knob's edit
+carries. Then the meter's median readings along the size sweep, edits beside true
+interventions (particle count and dispersity), and the spread of particle diameters within a
+tile along it (which particles make a sweep's dispersity). Last, the texture loss's target
+``W`` (fit on the training lots, as ``train_attgan`` fits it) beside the texture change of the
+true interventions and of the edits.
 Needs ``make repro`` (or a study workspace); writes a markdown report.
 
     python benchmarks/concept_leak.py [--workspace DIR] [--out benchmarks/concept_leak.md]
@@ -49,8 +51,9 @@ from semknobs.evaluation.referee import label_fit
 from semknobs.explain.bundle import in_batches
 from semknobs.meter import COUNT, MeasureParams, MeterParams, particle_diameters
 from semknobs.models.concept import ConceptNet
+from semknobs.models.regressor import predict
 from semknobs.pixels import to_model
-from semknobs.serving import attgan_model
+from semknobs.serving import attgan_model, regressor_model
 from semknobs.serving.attgan_model import AttGANFolder
 from semknobs.stages.evaluate_attgan import NAME, EvaluateAttGANParams
 from semknobs.train.attgan_params import AttGANTrainParams
@@ -238,6 +241,41 @@ def over_read(ws: Path, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataF
     return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
 
 
+def regressor_read(
+    ws: Path, edits: dict[str, np.ndarray], rendered: dict[str, np.ndarray], levels: np.ndarray
+) -> pd.DataFrame:
+    """Per knob: the regressor's slope (MPa per requested knob unit) on the edits and on the true
+    interventions, their ratio, and that ratio over the meter's gain: the regressor's over-read.
+    Above 1, the regressor reads more stress change in the edit than a real change carrying the
+    concept change the meter sees in it would give; below 1, less. What the knob gradient's
+    per-knob magnitudes are made of (README, AttGAN: what the regressor reads in the edits)."""
+    reg, _ = regressor_model.load(ws / "models/regressor")
+
+    def slopes(tiles: dict[str, np.ndarray]) -> pd.Series:
+        table = pd.concat(
+            [
+                sweep_table(pd.DataFrame({a: predict(reg, tiles[knob]) for a in A}), knob, levels)
+                for knob in A
+            ],
+            ignore_index=True,
+        )
+        return pd.Series(control_slopes(table))
+
+    r_edit, r_true = slopes(edits), slopes(rendered)
+    metrics = json.loads((ws / "metrics/attgan.json").read_text())
+    gain = pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
+    ratio = r_edit / r_true
+    return pd.DataFrame(
+        {
+            "R on edits": r_edit,
+            "R on true": r_true,
+            "edit over true": ratio,
+            "meter gain": gain,
+            "over-read": ratio / gain,
+        }
+    )
+
+
 def report(ws: Path) -> str:
     ed = load_editor(ws)
     edits, c_edits = edit_sweeps(ed)
@@ -268,6 +306,8 @@ def report(ws: Path) -> str:
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## C's over-read of the edits (per knob turned)\n\n"
                 + md(over_read(ws, c_edits, c_true)),
+                "## The regressor's read of the edits (per knob turned; MPa per knob unit)\n\n"
+                + md(regressor_read(ws, edits, rendered, ed.levels)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "
