@@ -229,6 +229,13 @@ def size_spread(
     return pd.DataFrame(rows).T
 
 
+def meter_gain(ws: Path) -> pd.Series:
+    """The meter's gain on the held-out control sweep's edits per knob, as ``evaluate_attgan``
+    reports it (``control/gain_<knob>``)."""
+    metrics = json.loads((ws / "metrics/attgan.json").read_text())
+    return pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
+
+
 def over_read(ws: Path, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataFrame:
     """Per knob: how far C reads the edits relative to a true change (its slope on the edits
     over its slope on the true interventions), the meter's gain on the same edits
@@ -236,8 +243,7 @@ def over_read(ws: Path, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataF
     sees more of a change in the edits than the meter does, and the concept loss, satisfied when
     C is, lets the edit stop short of what the meter would read (README, Rule E)."""
     c_rel = pd.Series(control_slopes(c_edits)) / pd.Series(control_slopes(c_true))
-    metrics = json.loads((ws / "metrics/attgan.json").read_text())
-    gain = pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
+    gain = meter_gain(ws)
     return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
 
 
@@ -252,18 +258,14 @@ def regressor_read(
     reg, _ = regressor_model.load(ws / "models/regressor")
 
     def slopes(tiles: dict[str, np.ndarray]) -> pd.Series:
-        table = pd.concat(
-            [
-                sweep_table(pd.DataFrame({a: predict(reg, tiles[knob]) for a in A}), knob, levels)
-                for knob in A
-            ],
-            ignore_index=True,
-        )
-        return pd.Series(control_slopes(table))
+        tables = []
+        for knob in A:  # the prediction in every column: control_slopes reads the turned knob's
+            pred = predict(reg, tiles[knob])
+            tables.append(sweep_table(pd.DataFrame({a: pred for a in A}), knob, levels))
+        return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
 
     r_edit, r_true = slopes(edits), slopes(rendered)
-    metrics = json.loads((ws / "metrics/attgan.json").read_text())
-    gain = pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
+    gain = meter_gain(ws)
     ratio = r_edit / r_true
     return pd.DataFrame(
         {
@@ -306,8 +308,8 @@ def report(ws: Path) -> str:
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## C's over-read of the edits (per knob turned)\n\n"
                 + md(over_read(ws, c_edits, c_true)),
-                "## The regressor's read of the edits (per knob turned; MPa per knob unit)\n\n"
-                + md(regressor_read(ws, edits, rendered, ed.levels)),
+                "## The regressor's read of the edits (per knob turned; slopes in MPa per knob "
+                "unit)\n\n" + md(regressor_read(ws, edits, rendered, ed.levels)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "

@@ -106,10 +106,10 @@ def main() -> int:
         params = KnobGradientParams(smoothing=0.3)
         grad = KnobGradient(sc.gen, model, params).attribute(sc.x, sc.attrs).gradient
         s = fidelity.scores(grad * sc.slopes, sc.oracle, sc.known, sc.tiles["lot"].to_numpy())
-        with torch.no_grad():
-            gap = (model.read(f_test) - full_test).pow(2).mean().sqrt() * reg.target_std
         row = {"variant": name, **s, "mean_gradient_standardised": grad.mean(0).tolist()}
-        if "residual" not in name:
+        if not model.residual:
+            with torch.no_grad():
+                gap = (model.read(f_test) - full_test).pow(2).mean().sqrt() * reg.target_std
             row["rms_gap_heldout_real_tiles_mpa"] = float(gap)
         rows.append(row)
         signs = " / ".join(f"{s[f'sign_{a}']:.2f}" for a in kgv.A)
