@@ -49,7 +49,10 @@ def main() -> int:
     parser.add_argument("workspaces", type=Path, nargs="+")
     args = parser.parse_args()
     print("# The regressor's read of the edits and the held-out signs, per editor\n")
-    print("`benchmarks/regressor_read.py` over `benchmarks/concept_leak.py`'s reports; held out.\n")
+    print(
+        "`benchmarks/regressor_read.py` over `benchmarks/concept_leak.py`'s reports, held out; "
+        "each editor is named by its workspace (`main`: the committed model).\n"
+    )
     print("| editor | read s / p / d / f | `F_ER` | signs s / p / d / f |")
     print("| --- | --- | --- | --- |")
     reads, signs = [], []
