@@ -236,36 +236,37 @@ def meter_gain(ws: Path) -> pd.Series:
     return pd.Series({a: metrics[f"control/gain_{a}"] for a in A})
 
 
-def over_read(ws: Path, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataFrame:
+def over_read(gain: pd.Series, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> pd.DataFrame:
     """Per knob: how far C reads the edits relative to a true change (its slope on the edits
-    over its slope on the true interventions), the meter's gain on the same edits
-    (``evaluate_attgan``'s ``control/gain_<knob>``), and their ratio, C's over-read: above 1, C
+    over its slope on the true interventions), the meter's ``gain`` on the same edits
+    (:func:`meter_gain`), and their ratio, C's over-read: above 1, C
     sees more of a change in the edits than the meter does, and the concept loss, satisfied when
     C is, lets the edit stop short of what the meter would read (README, Rule E)."""
     c_rel = pd.Series(control_slopes(c_edits)) / pd.Series(control_slopes(c_true))
-    gain = meter_gain(ws)
     return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
 
 
 def regressor_read(
-    ws: Path, edits: dict[str, np.ndarray], rendered: dict[str, np.ndarray], levels: np.ndarray
+    ws: Path,
+    gain: pd.Series,
+    edits: dict[str, np.ndarray],
+    rendered: dict[str, np.ndarray],
+    levels: np.ndarray,
 ) -> pd.DataFrame:
     """Per knob: the regressor's slope (MPa per requested knob unit) on the edits and on the true
-    interventions, their ratio, and that ratio over the meter's gain: the regressor's over-read.
+    interventions, their ratio, and that ratio over the meter's ``gain``: the regressor's over-read.
     Above 1, the regressor reads more stress change in the edit than a real change carrying the
     concept change the meter sees in it would give; below 1, less. What the knob gradient's
     per-knob magnitudes are made of (README, AttGAN: what the regressor reads in the edits)."""
     reg, _ = regressor_model.load(ws / "models/regressor")
 
     def slopes(tiles: dict[str, np.ndarray]) -> pd.Series:
-        tables = []
-        for knob in A:  # the prediction in every column: control_slopes reads the turned knob's
-            pred = predict(reg, tiles[knob])
-            tables.append(sweep_table(pd.DataFrame({a: pred for a in A}), knob, levels))
+        tables = [  # the prediction as the turned knob's reading, which control_slopes reads
+            sweep_table(pd.DataFrame({knob: predict(reg, tiles[knob])}), knob, levels) for knob in A
+        ]
         return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
 
     r_edit, r_true = slopes(edits), slopes(rendered)
-    gain = meter_gain(ws)
     ratio = r_edit / r_true
     return pd.DataFrame(
         {
@@ -286,6 +287,7 @@ def report(ws: Path) -> str:
     meter_edits = pd.read_csv(ws / "reports/evaluate_attgan/control_readings.csv")
     meter_true = pd.read_csv(ws / "reports/evaluate_attgan/ceiling_readings.csv")
     n = min(ed.params.ceiling.n_tiles, len(ed.tiles))
+    gain = meter_gain(ws)
 
     def md(frame: pd.DataFrame, digits: int = 2) -> str:
         return frame.round(digits).to_markdown()
@@ -307,9 +309,9 @@ def report(ws: Path) -> str:
                 "## True interventions, Spearman, C\n\n" + md(control_from_table(c_true)),
                 "## True interventions, C's slope\n\n" + md(slope_matrix(c_true), 3),
                 "## C's over-read of the edits (per knob turned)\n\n"
-                + md(over_read(ws, c_edits, c_true)),
+                + md(over_read(gain, c_edits, c_true)),
                 "## The regressor's read of the edits (per knob turned; slopes in MPa per knob "
-                "unit)\n\n" + md(regressor_read(ws, edits, rendered, ed.levels)),
+                "unit)\n\n" + md(regressor_read(ws, gain, edits, rendered, ed.levels)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "

@@ -32,8 +32,7 @@ from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
 from semknobs.evaluation import fidelity
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams
-from semknobs.models.regressor import PeakStressRegressor
-from semknobs.pixels import to_model
+from semknobs.models.regressor import PeakStressRegressor, pooled_features
 
 SHARES = (0.9, 0.95, 0.99, 0.999)
 
@@ -64,13 +63,6 @@ class Projected(nn.Module):
         return self.read(self.reg.features(x))
 
 
-def real_features(reg: PeakStressRegressor, tiles: np.ndarray) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [reg.features(to_model(tiles[i : i + 256])) for i in range(0, len(tiles), 256)]
-        )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=Path("."))
@@ -88,8 +80,8 @@ def main() -> int:
     tiles, manifest = load_tiles(ws / "data" / "tiles")
     splits = read_splits(ws / "data" / "splits.json")
     lots = manifest["lot"].to_numpy()
-    f_train = real_features(reg, tiles[np.isin(lots, splits.training_lots())])
-    f_test = real_features(reg, tiles[np.isin(lots, splits.test)])
+    f_train = pooled_features(reg, tiles[np.isin(lots, splits.training_lots())])
+    f_test = pooled_features(reg, tiles[np.isin(lots, splits.test)])
     mean = f_train.mean(0)
     _, svals, vt = torch.linalg.svd(f_train - mean, full_matrices=False)
     share = torch.cumsum(svals**2, 0) / (svals**2).sum()
