@@ -1,0 +1,123 @@
+"""Rule H's probe: the knob gradient averaged over several editors (``editor_ensemble_rules.md``).
+
+Each editor's knob gradient is the explain stage's default (``explain.knob_gradient`` in
+params.yaml) on the tiles ``knob_gradient_variants.py`` scores, mapped to true units by the
+referee's label fit and scored against the oracle; then every pair's mean, the mean of all and
+their element-wise median are scored the same way. The editors must share this workspace's
+regressor, data and scaler (the script refuses otherwise). An editor is a model folder
+(``models/attgan`` of a workspace) or a trainer checkpoint folder (its ``gen`` weights read
+into this workspace's generator config: a snapshot of one run).
+
+``--lots train`` (the default) is the rule's selection set, ``--lots test`` reports only.
+
+    python benchmarks/editor_ensemble.py --editor models/attgan \\
+        --editor <workspace of seed 1>/models/attgan --editor <workspace of seed 2>/models/attgan
+    # -> benchmarks/editor_ensemble_<lots>[_<tag>].{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from knob_gradient_variants import ROOT, load_scored, oracle_ceiling
+from safetensors.torch import load_file
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.config import from_mapping, load_params
+from semknobs.evaluation import fidelity
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.models.attgan import Generator
+from semknobs.serving import attgan_model
+from semknobs.train.checkpoint import STATE_JSON, STATE_TENSORS
+
+A = list(ATTRIBUTES)
+METRICS = ("cosine_median", "centred_cosine", "lot_centred_cosine")
+
+
+def load_editor(path: Path, reference: attgan_model.AttGANFolder) -> tuple[torch.nn.Module, str]:
+    """The generator at ``path`` (model folder or checkpoint folder) and a short label."""
+    if (path / STATE_TENSORS).exists():
+        step = json.loads((path / STATE_JSON).read_text())["meta"].get("step", "?")
+        tensors = load_file(str(path / STATE_TENSORS))
+        weights = {
+            k[len("module.gen.") :]: v for k, v in tensors.items() if k.startswith("module.gen.")
+        }
+        gen = Generator(reference.model)
+        gen.load_state_dict(weights)
+        return gen.eval(), f"{path.name} (step {step})"
+    gen, config = attgan_model.load(path)
+    if config.scaler != reference.scaler or config.train_lots != reference.train_lots:
+        raise SystemExit(f"{path}: its scaler or training lots differ from {ROOT}'s editor")
+    return gen, str(path.parent.parent.name if path.name == "attgan" else path)
+
+
+def score(gradient: np.ndarray, sc) -> dict[str, float]:
+    return fidelity.scores(gradient * sc.slopes, sc.oracle, sc.known, sc.tiles["lot"].to_numpy())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--editor", action="append", type=Path, required=True)
+    parser.add_argument("--lots", choices=("train", "test"), default="train")
+    parser.add_argument("--tag", default="", help="suffix of the output files")
+    args = parser.parse_args()
+    if len(args.editor) < 2:
+        parser.error("--editor: at least two editors to average")
+    missing = [str(p) for p in args.editor if not p.is_dir()]
+    if missing:
+        parser.error(f"--editor: no such folder {missing}")
+    torch.set_num_threads(2)
+    sc = load_scored(args.lots)
+    _, reference = attgan_model.load(ROOT / "models" / "attgan")
+    params = from_mapping(
+        KnobGradientParams, load_params(ROOT / "params.yaml")["explain"]["knob_gradient"]
+    )
+    labels, grads = [], []
+    for path in args.editor:
+        gen, label = load_editor(path.resolve(), reference)
+        grads.append(KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient)
+        labels.append(label)
+        print(label, round(score(grads[-1], sc)["cosine_median"], 3), flush=True)
+    rows = [{"variant": f"single: {lab}", **score(g, sc)} for lab, g in zip(labels, grads)]
+    if len(grads) > 2:
+        for i, j in itertools.combinations(range(len(grads)), 2):
+            pair = (grads[i] + grads[j]) / 2
+            rows.append({"variant": f"mean: {labels[i]} + {labels[j]}", **score(pair, sc)})
+    rows.append({"variant": f"mean of all {len(grads)}", **score(np.mean(grads, axis=0), sc)})
+    rows.append({"variant": f"median of all {len(grads)}", **score(np.median(grads, axis=0), sc)})
+    singles = [r for r in rows if r["variant"].startswith("single")]
+    rows.append(
+        {
+            "variant": "single editors' average",
+            **{k: float(np.mean([r[k] for r in singles])) for k in singles[0] if k != "variant"},
+        }
+    )
+    tag = f"_{args.tag}" if args.tag else ""
+    out = ROOT / "benchmarks" / f"editor_ensemble_{args.lots}{tag}"
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| editors | cosine median | centred | lot centred | signs s / p / d / f |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        cells = " | ".join(f"{r[m]:.3f}" for m in METRICS)
+        signs = " / ".join(f"{r[f'sign_{a}']:.2f}" for a in A)
+        lines.append(f"| {r['variant']} | {cells} | {signs} |")
+    where = {
+        "train": "training-lot tiles, oracle rendered here: the selection set",
+        "test": "held-out tiles the explain stage scored: report only",
+    }
+    each = f"each editor: SmoothGrad sigma {params.smoothing}, {params.samples} draws"
+    note = f"\n{len(sc.tiles)} {where[args.lots]}; {each}\n"
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n" + note + oracle_ceiling(sc.tiles))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
