@@ -5,6 +5,9 @@ table "The regressor's read of the edits": per knob, the regressor's slope on th
 control sweep's edits over its slope on true interventions), its `F_ER` and signs from its
 workspace's ``metrics/explain.json``. Prints one row per editor and, over every editor-knob
 pair, the Spearman correlation of read and sign and how often a low read comes with a low sign.
+Beside it, the truth-free read (``semknobs.explain.knob_read``, from the workspace's own
+``reports/explain/knob_gradient.csv`` and ``meter_regression.csv``) and how it tracks the
+read and the sign (Rule J, ``truth_free_read_rules.md``).
 
     for ws in WORKSPACES; do
         python benchmarks/concept_leak.py --workspace $ws --out R/$(basename $ws).md
@@ -20,9 +23,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.config import from_mapping, load_params
+from semknobs.explain.knob_read import KnobReadParams, knob_read
 
 A = list(ATTRIBUTES)
 TITLE = "## The regressor's read of the edits"
@@ -53,26 +59,45 @@ def main() -> int:
         "`benchmarks/regressor_read.py` over `benchmarks/concept_leak.py`'s reports, held out; "
         "each editor is named by its workspace (`main`: the committed model).\n"
     )
-    print("| editor | read s / p / d / f | `F_ER` | signs s / p / d / f |")
-    print("| --- | --- | --- | --- |")
-    reads, signs = [], []
+    root = Path(__file__).resolve().parents[1]
+    params = from_mapping(KnobReadParams, load_params(root / "params.yaml")["explain"]["knob_read"])
+    print("| editor | read s / p / d / f | `F_ER` | signs s / p / d / f | truth-free read |")
+    print("| --- | --- | --- | --- | --- |")
+    reads, signs, free = [], [], []
     for ws in args.workspaces:
         read = read_column((args.reports / f"{ws.resolve().name}.md").read_text())
         metrics = json.loads((ws / "metrics/explain.json").read_text())
         sign = [metrics[f"knob_gradient/er/sign_{a}"] for a in A]
+        explain = ws / "reports" / "explain"
+        tf = knob_read(
+            pd.read_csv(explain / "knob_gradient.csv", dtype={"lot": str}),
+            pd.read_csv(explain / "meter_regression.csv", dtype={"lot": str}),
+            params,
+        )["read"].to_numpy()
         reads.append(read)
         signs.append(sign)
+        free.append(tf)
         fmt = " / ".join
         print(
             f"| {ws.resolve().name} | {fmt(f'{v:.2f}' for v in read)} | "
-            f"{metrics['knob_gradient/er/cosine_median']:.3f} | {fmt(f'{v:.2f}' for v in sign)} |"
+            f"{metrics['knob_gradient/er/cosine_median']:.3f} | {fmt(f'{v:.2f}' for v in sign)} | "
+            f"{fmt(f'{v:.2f}' for v in tf)} |"
         )
-    r, s = np.ravel(reads), np.ravel(signs)
+    r, s, t = np.ravel(reads), np.ravel(signs), np.ravel(free)
     low, high = r < LOW, r >= HIGH
     print(
         f"\n{len(r)} editor-knob pairs: Spearman of read and sign {spearmanr(r, s)[0]:.2f}; "
         f"read < {LOW}: sign < {SIGN} in {int((s[low] < SIGN).sum())} of {int(low.sum())}; "
         f"read >= {HIGH}: sign >= {SIGN} in {int((s[high] >= SIGN).sum())} of {int(high.sum())}"
+    )
+    within = [spearmanr(np.array(free)[:, k], np.array(reads)[:, k])[0] for k in range(len(A))]
+    flagged = t < params.min_read
+    print(
+        f"\nTruth-free read: Spearman with the read {spearmanr(t, r)[0]:.2f}, within each knob "
+        + " / ".join(f"{w:.2f}" for w in within)
+        + f" (mean {np.mean(within):.2f}); with the sign {spearmanr(t, s)[0]:.2f}; "
+        f"below {params.min_read}: {int(flagged.sum())} pairs, "
+        f"{int((s[flagged] < SIGN).sum())} with a sign < {SIGN}"
     )
     return 0
 

@@ -130,6 +130,16 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
             assert by_lot.loc[(row.lot, a), "meter_regression"] == pytest.approx(
                 getattr(row, f"slope_{a}"), rel=1e-5
             )
+    # the truth-free read: each knob's lot-averaged knob gradient over its mean meter slope
+    read = pd.read_csv(root / "reports" / "knob_read.csv").set_index("attribute")
+    per_tile = pd.read_csv(root / "reports" / "knob_gradient.csv")
+    for a in ATTRIBUTES:
+        expected = (
+            per_tile.groupby("lot")[f"gradient_{a}"].mean().mean() / natural[f"slope_{a}"].mean()
+        )
+        assert read.loc[a, "read"] == pytest.approx(expected, rel=1e-5)
+        assert metrics[f"knob_gradient/read/{a}"] == pytest.approx(expected, rel=1e-5)
+        assert metrics[f"knob_gradient/read/low_{a}"] == float(expected < 0.3)
     gains = pd.read_csv(root / "reports" / "knob_gradient.csv").groupby("lot").first()
     for lot, row in gains.iterrows():  # ... and the knob gradient each lot's gain-corrected one
         for a in ATTRIBUTES:

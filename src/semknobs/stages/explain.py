@@ -27,6 +27,7 @@ from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
 from semknobs.explain.agreement import agreed_signs, coverage
 from semknobs.explain.gradient import lot_mean
+from semknobs.explain.knob_read import KnobReadParams, knob_read, read_metrics
 from semknobs.explain.limits import SearchLimits
 from semknobs.explain.lot_support import MIN_SUPPORT_LOTS, flag_lines, lot_support
 from semknobs.explain.measured import (
@@ -78,6 +79,7 @@ class ExplainStageParams(ExplainParams):
     referee: RefereeParams = field(default_factory=RefereeParams)
     corrected: CorrectedParams = field(default_factory=CorrectedParams)
     meter_regression: MeterRegressionParams = field(default_factory=MeterRegressionParams)
+    knob_read: KnobReadParams = field(default_factory=KnobReadParams)
     limits: SearchLimits = field(default_factory=SearchLimits)  # the bundle's (register)
     synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
     measure: MeasureParams = field(default_factory=MeasureParams)  # the measure section
@@ -194,6 +196,13 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             uses["meter_regression"] = slopes
         else:
             summary_natural.append("meter regression: a lot without slopes (too few tiles read)")
+        read = knob_read(tables["knob_gradient"], natural.table, params.knob_read)
+        tables["knob_read"] = read
+        metrics |= read_metrics(read)
+        summary_natural.append(
+            "the regressor's read of each knob's edits against real tiles (truth-free): "
+            + ", ".join(f"{r.attribute} {r.read:.2f}{' LOW' * r.low}" for r in read.itertuples())
+        )
         tables["agreed_signs"], agreed = _agreed_signs(gain, slopes, tiles["lot"])
         agreement = (gain, slopes)  # NaN slopes allowed: undetermined
         metrics |= agreed

@@ -1,0 +1,90 @@
+"""How strongly the regressor reads each knob's edits, against real tiles, without any truth.
+
+Per knob ``k``, ``read_k = mean over lots of the knob gradient's lot mean / mean over lots of the
+meter regression's slope`` (both MPa per knob unit: the knob gradient says how the prediction
+moves with the edit, the meter regression how it moves with the same concept across a lot's real
+tiles, :mod:`semknobs.explain.natural`). A read near or above 1 says the edits are read at least
+as strongly as real material varying by that much; a low or negative read says the regressor
+barely follows (or reverses) the knob's edits, and the knob gradient's sign for that attribute
+deserves little trust.
+
+Why this and not the oracle's read: the renderer's read (the regressor's slope on a knob's edits
+over its slope on true interventions, ``benchmarks/concept_leak.py``) needs the truth. Over 21
+editors of the study suite this estimate ranks with it at Spearman 0.81 (within a knob 0.74-0.92)
+and with the held-out sign at 0.57; of the 11 editor-knob pairs it puts below 0.3, 9 had a
+held-out sign accuracy below 0.7 (``benchmarks/truth_free_read_rules.md``, Rule J). Its level is
+not calibrated: the meter's reading error attenuates the real-tile slope (about 0.6 of the
+oracle's on the default study), so the estimate runs 1.5-3.6 times the renderer's read. Read it
+as a ranking and a low-read alarm (``explain.knob_read.min_read``), not as a ratio to quote.
+
+Not in the paper. Nothing here reads the renderer or the truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from semknobs.attributes import ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class KnobReadParams:
+    """``explain.knob_read``."""
+
+    min_read: float = 0.3  # a knob whose read is below this is reported as low
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_read) and -10 <= self.min_read <= 10):
+            raise ValueError(f"knob_read.min_read must be in [-10, 10], got {self.min_read}")
+
+
+def knob_read(
+    gradients: pd.DataFrame, slopes: pd.DataFrame, params: KnobReadParams | None = None
+) -> pd.DataFrame:
+    """One row per attribute: ``knob_gradient`` and ``meter_regression`` (their means over lots,
+    MPa per knob unit), ``lots`` (lots with a slope), ``read`` (their ratio; NaN without a lot
+    with a slope or with a zero mean slope) and ``low`` (``read < min_read``; a NaN read is low:
+    nothing backs the knob).
+
+    ``gradients``: the knob gradient per tile (``lot`` and ``gradient_<attribute>`` columns,
+    the explain stage's ``knob_gradient.csv``), averaged per lot first so that every lot counts
+    once; ``slopes``: the meter regression's table (one row per lot, ``slope_<attribute>``, NaN
+    for a lot without slopes, ``meter_regression.csv``).
+    """
+    params = params or KnobReadParams()
+    columns = [f"gradient_{a}" for a in ATTRIBUTES]
+    missing = [c for c in ["lot", *columns] if c not in gradients]
+    missing += [f"slope_{a}" for a in ATTRIBUTES if f"slope_{a}" not in slopes]
+    if missing:
+        raise ValueError(f"knob_read: missing columns {missing}")
+    per_lot = gradients.groupby("lot")[columns].mean()
+    rows = []
+    for a in ATTRIBUTES:
+        gradient = float(per_lot[f"gradient_{a}"].mean())
+        slope = slopes[f"slope_{a}"].dropna()
+        mean_slope = float(slope.mean()) if len(slope) else float("nan")
+        read = gradient / mean_slope if np.isfinite(mean_slope) and mean_slope != 0 else np.nan
+        rows.append(
+            {
+                "attribute": a,
+                "knob_gradient": gradient,
+                "meter_regression": mean_slope,
+                "lots": len(slope),
+                "read": read,
+                "low": bool(not np.isfinite(read) or read < params.min_read),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def read_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``knob_gradient/read/<attribute>`` and ``knob_gradient/read/low_<attribute>`` (1 = low)."""
+    out = {}
+    for r in table.itertuples():
+        out[f"knob_gradient/read/{r.attribute}"] = float(r.read)
+        out[f"knob_gradient/read/low_{r.attribute}"] = float(r.low)
+    return out
