@@ -8,8 +8,9 @@ between ``m = 1`` and its neighbours), so the slope is also reported without ``m
 Per tile, the regressor's slope in ``log m`` (least squares over ``M``) is mapped to true size
 units by the renderer's diameter law (``ds / d log m = 1 + s``; evaluation only) and compared
 with the oracle's size slope and the committed knob gradient's; the meter reads the magnified
-tiles (calibrated knob units, the explain stage's calibration). Rules and result:
-``magnification_rules.md``. Needs ``make repro``.
+tiles (calibrated knob units, the explain stage's calibration). Beside it, the regressor's
+mean shift on the stored tiles under a slight blur or pixel noise (``pixel_scale``). Rules and
+result: ``magnification_rules.md``. Needs ``make repro``.
 
     python benchmarks/magnification.py [--lots test]   # -> benchmarks/magnification_<lots>.json
 """
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from knob_gradient_variants import ROOT, load_scored, meter_calibration
+from scipy.ndimage import gaussian_filter
 from torch.nn.functional import adaptive_avg_pool2d
 
 from semknobs.attributes import ATTRIBUTES
@@ -36,6 +38,7 @@ from semknobs.models.regressor import predict
 
 A = list(ATTRIBUTES)
 M = np.array([0.86, 0.93, 1.0, 1.08, 1.17])
+BLUR_PX, NOISE_SD = (0.3, 0.5, 0.7, 1.0), (4.0, 8.0)
 SIZE_PX = (12.0, 24.0)  # the renderer's diameter at size 0 and 1: evaluation only
 
 
@@ -69,6 +72,26 @@ def log_slope(values: np.ndarray, m: np.ndarray = M) -> np.ndarray:
     x = np.log(m) - np.log(m).mean()
     centred = values - values.mean(axis=1, keepdims=True)
     return np.tensordot(x, centred, axes=([0], [1])) / (x @ x)
+
+
+def pixel_scale(reg, tiles: np.ndarray) -> dict[str, float]:
+    """The regressor's mean shift (MPa) on the stored tiles blurred (Gaussian, sigma in px of
+    the 64-px tile) or given pixel noise (sd in grey levels, seeded): how much it reads
+    pixel-scale smoothing, which magnification changes and a true size change does not."""
+    base = predict(reg, tiles)
+    out = {}
+    for sigma in BLUR_PX:
+        blurred = np.stack([gaussian_filter(t.astype(np.float32), sigma) for t in tiles])
+        out[f"blur_{sigma:g}px"] = float(np.mean(predict(reg, _uint8(blurred)) - base))
+    rng = np.random.default_rng(0)
+    for sd in NOISE_SD:
+        noisy = tiles + rng.normal(0.0, sd, tiles.shape)
+        out[f"noise_sd_{sd:g}"] = float(np.mean(predict(reg, _uint8(noisy)) - base))
+    return out
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
 
 
 def main() -> int:
@@ -121,6 +144,7 @@ def main() -> int:
         "meter_per_true_size": {a: float(np.nanmean(meter[inside, i])) for i, a in enumerate(A)},
         "label_knob_per_true": {a: float(s) for a, s in zip(A, sc.slopes)},
         "stress_by_m": {f"{m:g}": float(stress[inside, j].mean()) for j, m in enumerate(M)},
+        "pixel_scale": pixel_scale(sc.reg, stored_rows),
     }
     out = ROOT / "benchmarks" / f"magnification_{args.lots}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
