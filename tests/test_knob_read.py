@@ -53,10 +53,13 @@ def test_every_lot_counts_once() -> None:
 
 
 def test_lots_without_slopes_are_skipped_and_none_is_low() -> None:
+    # a lot the meter could not regress leaves both means, whatever its knob gradient
     gradients, slopes = tables(SLOPES)
     slopes.loc[0, [f"slope_{a}" for a in A]] = np.nan
+    gradients.loc[gradients["lot"] == "L0", [f"gradient_{a}" for a in A]] = 1e3
     table = knob_read(gradients, slopes)
     assert (table["lots"] == 2).all()
+    assert table["read"].to_numpy() == pytest.approx(np.ones(len(A)))
     slopes[[f"slope_{a}" for a in A]] = np.nan
     table = knob_read(gradients, slopes)
     assert table["read"].isna().all() and table["low"].all()
@@ -72,3 +75,5 @@ def test_threshold_and_bad_input() -> None:
         knob_read(gradients.drop(columns="gradient_size"), slopes)
     with pytest.raises(ValueError, match="missing columns.*slope_facetness"):
         knob_read(gradients, slopes.drop(columns="slope_facetness"))
+    with pytest.raises(ValueError, match="missing columns.*'lot'"):
+        knob_read(gradients, slopes.drop(columns="lot"))

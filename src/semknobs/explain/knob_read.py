@@ -45,35 +45,38 @@ class KnobReadParams:
 def knob_read(
     gradients: pd.DataFrame, slopes: pd.DataFrame, params: KnobReadParams | None = None
 ) -> pd.DataFrame:
-    """One row per attribute: ``knob_gradient`` and ``meter_regression`` (their means over lots,
-    MPa per knob unit), ``lots`` (lots with a slope), ``read`` (their ratio; NaN without a lot
-    with a slope or with a zero mean slope) and ``low`` (``read < min_read``; a NaN read is low:
-    nothing backs the knob).
+    """One row per attribute: ``knob_gradient`` and ``meter_regression`` (their means over the
+    lots with a slope for it, MPa per knob unit), ``lots`` (how many), ``read`` (their ratio; NaN
+    without such a lot or with a zero mean slope) and ``low`` (``read < min_read``; a NaN read is
+    low: nothing backs the knob).
 
     ``gradients``: the knob gradient per tile (``lot`` and ``gradient_<attribute>`` columns,
     the explain stage's ``knob_gradient.csv``), averaged per lot first so that every lot counts
-    once; ``slopes``: the meter regression's table (one row per lot, ``slope_<attribute>``, NaN
-    for a lot without slopes, ``meter_regression.csv``).
+    once; ``slopes``: the meter regression's table (one row per lot: ``lot``,
+    ``slope_<attribute>``, NaN for a lot without slopes; ``meter_regression.csv``). Both means
+    run over the same lots, so a lot the meter could not regress does not tip the ratio.
     """
     params = params or KnobReadParams()
     columns = [f"gradient_{a}" for a in ATTRIBUTES]
     missing = [c for c in ["lot", *columns] if c not in gradients]
-    missing += [f"slope_{a}" for a in ATTRIBUTES if f"slope_{a}" not in slopes]
+    missing += [c for c in ["lot", *(f"slope_{a}" for a in ATTRIBUTES)] if c not in slopes]
     if missing:
         raise ValueError(f"knob_read: missing columns {missing}")
     per_lot = gradients.groupby("lot")[columns].mean()
+    by_lot = slopes.set_index("lot")
     rows = []
     for a in ATTRIBUTES:
-        gradient = float(per_lot[f"gradient_{a}"].mean())
-        slope = slopes[f"slope_{a}"].dropna()
-        mean_slope = float(slope.mean()) if len(slope) else float("nan")
+        slope = by_lot[f"slope_{a}"].dropna()
+        lots = per_lot.index.intersection(slope.index)
+        gradient = float(per_lot.loc[lots, f"gradient_{a}"].mean()) if len(lots) else np.nan
+        mean_slope = float(slope.loc[lots].mean()) if len(lots) else np.nan
         read = gradient / mean_slope if np.isfinite(mean_slope) and mean_slope != 0 else np.nan
         rows.append(
             {
                 "attribute": a,
                 "knob_gradient": gradient,
                 "meter_regression": mean_slope,
-                "lots": len(slope),
+                "lots": len(lots),
                 "read": read,
                 "low": bool(not np.isfinite(read) or read < params.min_read),
             }
