@@ -23,12 +23,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.stats import spearmanr
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
-from semknobs.explain.knob_read import KnobReadParams, knob_read
+from semknobs.explain.knob_read import KnobReadParams, from_reports
 
 A = list(ATTRIBUTES)
 TITLE = "## The regressor's read of the edits"
@@ -63,20 +62,17 @@ def main() -> int:
     params = from_mapping(KnobReadParams, load_params(root / "params.yaml")["explain"]["knob_read"])
     print("| editor | read s / p / d / f | `F_ER` | signs s / p / d / f | truth-free read |")
     print("| --- | --- | --- | --- | --- |")
-    reads, signs, free = [], [], []
+    reads, signs, free, lows = [], [], [], []
     for ws in args.workspaces:
         read = read_column((args.reports / f"{ws.resolve().name}.md").read_text())
         metrics = json.loads((ws / "metrics/explain.json").read_text())
         sign = [metrics[f"knob_gradient/er/sign_{a}"] for a in A]
-        explain = ws / "reports" / "explain"
-        tf = knob_read(
-            pd.read_csv(explain / "knob_gradient.csv", dtype={"lot": str}),
-            pd.read_csv(explain / "meter_regression.csv", dtype={"lot": str}),
-            params,
-        )["read"].to_numpy()
+        table = from_reports(ws / "reports" / "explain", params)
+        tf = table["read"].to_numpy()
         reads.append(read)
         signs.append(sign)
         free.append(tf)
+        lows.append(table["low"].to_numpy())
         fmt = " / ".join
         print(
             f"| {ws.resolve().name} | {fmt(f'{v:.2f}' for v in read)} | "
@@ -91,7 +87,7 @@ def main() -> int:
         f"read >= {HIGH}: sign >= {SIGN} in {int((s[high] >= SIGN).sum())} of {int(high.sum())}"
     )
     within = [spearmanr(np.array(free)[:, k], np.array(reads)[:, k])[0] for k in range(len(A))]
-    flagged = t < params.min_read
+    flagged = np.ravel(lows)  # below min_read, or no read at all
     print(
         f"\nTruth-free read: Spearman with the read {spearmanr(t, r)[0]:.2f}, within each knob "
         + " / ".join(f"{w:.2f}" for w in within)

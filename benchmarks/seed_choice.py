@@ -4,7 +4,8 @@ For each workspace (editors of the same params at different train seeds, one reg
 split), the truth-free read of each knob (``semknobs.explain.knob_read`` over the workspace's
 own ``reports/explain/knob_gradient.csv`` and ``meter_regression.csv``) and, held out and
 reported only, its knob-gradient ``F_ER`` and signs (``metrics/explain.json``). The choice: the
-editor whose lowest read is highest. Rule and result: ``truth_free_read_rules.md``.
+editor whose lowest read is highest (a knob with no read counts as the lowest of all). Rule
+and result: ``truth_free_read_rules.md``.
 
     python benchmarks/seed_choice.py WORKSPACE...   # prints a markdown table and the choice
 """
@@ -16,11 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
-from semknobs.explain.knob_read import KnobReadParams, knob_read
+from semknobs.explain.knob_read import KnobReadParams, from_reports
 
 A = list(ATTRIBUTES)
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,23 +33,14 @@ def main() -> int:
     params = from_mapping(KnobReadParams, load_params(ROOT / "params.yaml")["explain"]["knob_read"])
     rows = []
     for ws in args.workspaces:
-        explain = ws / "reports" / "explain"
-        if not (explain / "meter_regression.csv").exists():
-            raise SystemExit(
-                f"{ws}: no reports/explain/meter_regression.csv (run its explain stage)"
-            )
-        read = knob_read(
-            pd.read_csv(explain / "knob_gradient.csv", dtype={"lot": str}),
-            pd.read_csv(explain / "meter_regression.csv", dtype={"lot": str}),
-            params,
-        )["read"].to_numpy()
+        read = from_reports(ws / "reports" / "explain", params)["read"].to_numpy()
         metrics = json.loads((ws / "metrics" / "explain.json").read_text())
         signs = [metrics[f"knob_gradient/er/sign_{a}"] for a in A]
         rows.append(
             {
                 "editor": ws.resolve().name,
                 "read": read,
-                "lowest": float(np.nanmin(read)) if np.isfinite(read).any() else float("nan"),
+                "lowest": float(np.min(np.where(np.isfinite(read), read, -np.inf))),
                 "f_er": metrics["knob_gradient/er/cosine_median"],
                 "signs": signs,
                 "mean_sign": float(np.mean(signs)),

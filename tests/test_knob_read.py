@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.explain.knob_read import KnobReadParams, knob_read, read_metrics
+from semknobs.explain.knob_read import KnobReadParams, from_reports, knob_read, read_metrics
 
 A = list(ATTRIBUTES)
 SLOPES = np.array([[-12.0, -20.0, 4.0, 6.0], [-8.0, -16.0, 2.0, 2.0], [-10.0, -18.0, 3.0, 4.0]])
@@ -77,3 +77,14 @@ def test_threshold_and_bad_input() -> None:
         knob_read(gradients, slopes.drop(columns="slope_facetness"))
     with pytest.raises(ValueError, match="missing columns.*'lot'"):
         knob_read(gradients, slopes.drop(columns="lot"))
+
+
+def test_from_reports_reads_the_explain_outputs(tmp_path) -> None:
+    gradients, slopes = tables(0.5 * SLOPES)
+    gradients.to_csv(tmp_path / "knob_gradient.csv", index=False)
+    slopes.to_csv(tmp_path / "meter_regression.csv", index=False)
+    table = from_reports(tmp_path)
+    assert table["read"].to_numpy() == pytest.approx(np.full(len(A), 0.5))
+    (tmp_path / "meter_regression.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="meter_regression.csv"):
+        from_reports(tmp_path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,17 @@ def knob_read(
             }
         )
     return pd.DataFrame(rows)
+
+
+def from_reports(reports: Path, params: KnobReadParams | None = None) -> pd.DataFrame:
+    """:func:`knob_read` of a finished explain run, from its ``knob_gradient.csv`` and
+    ``meter_regression.csv`` in ``reports`` (e.g. ``reports/explain``)."""
+    files = [Path(reports) / f"{name}.csv" for name in ("knob_gradient", "meter_regression")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"knob_read: no {missing} (run the explain stage with a meter)")
+    gradients, slopes = (pd.read_csv(f, dtype={"lot": str}) for f in files)
+    return knob_read(gradients, slopes, params)
 
 
 def read_metrics(table: pd.DataFrame) -> dict[str, float]:
