@@ -3,10 +3,9 @@
 Each editor's knob gradient is the explain stage's default (``explain.knob_gradient`` in
 params.yaml) on the tiles ``knob_gradient_variants.py`` scores, mapped to true units by the
 referee's label fit and scored against the oracle; then every pair's mean, the mean of all and
-their element-wise median are scored the same way. The editors must share this workspace's
-regressor, data and scaler (the script refuses otherwise). An editor is a model folder
-(``models/attgan`` of a workspace) or a trainer checkpoint folder (its ``gen`` weights read
-into this workspace's generator config: a snapshot of one run).
+their element-wise median are scored the same way. Each editor is a model folder (a
+workspace's ``models/attgan``); they must share this workspace's regressor, data and scaler (the
+script refuses another scaler or other training lots).
 
 ``--lots train`` (the default) is the rule's selection set, ``--lots test`` reports only.
 
@@ -25,31 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from knob_gradient_variants import ROOT, load_scored, oracle_ceiling
-from safetensors.torch import load_file
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
 from semknobs.evaluation import fidelity
 from semknobs.explain.gradient import KnobGradient, KnobGradientParams
-from semknobs.models.attgan import Generator
 from semknobs.serving import attgan_model
-from semknobs.train.checkpoint import STATE_JSON, STATE_TENSORS
 
 A = list(ATTRIBUTES)
 METRICS = ("cosine_median", "centred_cosine", "lot_centred_cosine")
 
 
 def load_editor(path: Path, reference: attgan_model.AttGANFolder) -> tuple[torch.nn.Module, str]:
-    """The generator at ``path`` (model folder or checkpoint folder) and a short label."""
-    if (path / STATE_TENSORS).exists():
-        step = json.loads((path / STATE_JSON).read_text())["meta"].get("step", "?")
-        tensors = load_file(str(path / STATE_TENSORS))
-        weights = {
-            k[len("module.gen.") :]: v for k, v in tensors.items() if k.startswith("module.gen.")
-        }
-        gen = Generator(reference.model)
-        gen.load_state_dict(weights)
-        return gen.eval(), f"{path.name} (step {step})"
+    """The generator of the model folder ``path`` and a short label (its workspace's name)."""
     gen, config = attgan_model.load(path)
     if config.scaler != reference.scaler or config.train_lots != reference.train_lots:
         raise SystemExit(f"{path}: its scaler or training lots differ from {ROOT}'s editor")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,15 +40,16 @@ from semknobs.models.regressor import predict
 A = list(ATTRIBUTES)
 M = np.array([0.86, 0.93, 1.0, 1.08, 1.17])
 BLUR_PX, NOISE_SD = (0.3, 0.5, 0.7, 1.0), (4.0, 8.0)
-SIZE_PX = (12.0, 24.0)  # the renderer's diameter at size 0 and 1: evaluation only
 
 
-def magnified(manifest: pd.DataFrame, params: TileParams) -> tuple[np.ndarray, np.ndarray]:
+def magnified(
+    manifest: pd.DataFrame, params: TileParams, raw_dir: Path
+) -> tuple[np.ndarray, np.ndarray]:
     """(n, len(M), out, out) uint8 and (n,) bool: whether every crop stays in the scan area."""
     out = np.zeros((len(manifest), len(M), params.out_px, params.out_px), np.uint8)
     inside = np.ones(len(manifest), bool)
     for file, rows in manifest.groupby("file").groups.items():
-        path = ROOT / load_params(ROOT / "params.yaml")["data"]["raw_dir"] / file
+        path = raw_dir / file
         image = read_scan(path)
         crop = bar_rows(image, params, path)
         area = image[: image.shape[0] - crop] if crop else image
@@ -103,7 +105,9 @@ def main() -> int:
     sc = load_scored(args.lots, 6 if args.lots == "train" else 2)
     stored, manifest = load_tiles(ROOT / "data" / "tiles")
     rows = manifest.set_index("tile").loc[sc.tiles["tile"]].reset_index()
-    tiles, inside = magnified(rows, tile_params)
+    tiles, inside = magnified(rows, tile_params, ROOT / params["data"]["raw_dir"])
+    if not inside.any():
+        raise SystemExit(f"no tile of the {args.lots} set keeps its m = {M.min()} crop in its scan")
     at_one = tiles[:, list(M).index(1.0)]
     position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
     stored_rows = stored[position.loc[rows["tile"]].to_numpy()]
@@ -112,16 +116,19 @@ def main() -> int:
         raise SystemExit(f"m = 1 does not give the stored tile (max difference {mismatch})")
     truth = read_truth(ROOT / "data" / "synthetic" / "truth")
     size = tile_truth(truth.fields, rows)["size"].to_numpy()
-    per_true = 1.0 / (SIZE_PX[0] / (SIZE_PX[1] - SIZE_PX[0]) + size)  # d log m / ds = 1 / (1 + s)
+    low, high = params["synthesize"]["render"]["diameter_px"]  # the renderer's, at size 0 and 1
+    per_true = 1.0 / (low / (high - low) + size)  # d log m / ds = 1 / (low / (high - low) + s)
     n, k = tiles.shape[:2]
     stress = predict(sc.reg, tiles.reshape(n * k, *tiles.shape[2:])).reshape(n, k)
     mag = log_slope(stress) * per_true  # MPa per true size unit
     off = M != 1.0
     mag_off = log_slope(stress[:, off], M[off]) * per_true
     calib = meter_calibration(sc)
-    readings = measure_tiles(tiles.reshape(n * k, *tiles.shape[2:]), calib.meter, n_jobs=2)
+    seen = tiles[inside].reshape(-1, *tiles.shape[2:])  # the meter reads the kept tiles only
+    readings = measure_tiles(seen, calib.meter, n_jobs=2)
     knob = readings[A].to_numpy(float) * np.array(calib.alpha) + np.array(calib.beta)
-    meter = log_slope(knob.reshape(n, k, len(A))) * per_true[:, None]  # knob units / true unit
+    meter = np.full((n, len(A)), np.nan)
+    meter[inside] = log_slope(knob.reshape(-1, k, len(A))) * per_true[inside, None]
     kg_params = from_mapping(KnobGradientParams, params["explain"]["knob_gradient"])
     kg = KnobGradient(sc.gen, sc.reg, kg_params).attribute(sc.x, sc.attrs).gradient * sc.slopes
     oracle, known = sc.oracle[:, 0], sc.known[:, 0] & inside
