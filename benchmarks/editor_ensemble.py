@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from knob_gradient_variants import ROOT, load_scored, oracle_ceiling
+from knob_gradient_variants import ROOT, load_scored, oracle_ceiling, stage_params
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.config import from_mapping, load_params
-from semknobs.evaluation import fidelity
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import KnobGradient
 from semknobs.serving import attgan_model
 
 A = list(ATTRIBUTES)
@@ -41,10 +39,6 @@ def load_editor(path: Path, reference: attgan_model.AttGANFolder) -> tuple[torch
     if config.scaler != reference.scaler or config.train_lots != reference.train_lots:
         raise SystemExit(f"{path}: its scaler or training lots differ from {ROOT}'s editor")
     return gen, str(path.parent.parent.name if path.name == "attgan" else path)
-
-
-def score(gradient: np.ndarray, sc) -> dict[str, float]:
-    return fidelity.scores(gradient * sc.slopes, sc.oracle, sc.known, sc.tiles["lot"].to_numpy())
 
 
 def main() -> int:
@@ -61,22 +55,20 @@ def main() -> int:
     torch.set_num_threads(2)
     sc = load_scored(args.lots)
     _, reference = attgan_model.load(ROOT / "models" / "attgan")
-    params = from_mapping(
-        KnobGradientParams, load_params(ROOT / "params.yaml")["explain"]["knob_gradient"]
-    )
+    params = stage_params()
     labels, grads = [], []
     for path in args.editor:
         gen, label = load_editor(path.resolve(), reference)
         grads.append(KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient)
         labels.append(label)
-        print(label, round(score(grads[-1], sc)["cosine_median"], 3), flush=True)
-    rows = [{"variant": f"single: {lab}", **score(g, sc)} for lab, g in zip(labels, grads)]
+        print(label, round(sc.score(grads[-1])["cosine_median"], 3), flush=True)
+    rows = [{"variant": f"single: {lab}", **sc.score(g)} for lab, g in zip(labels, grads)]
     if len(grads) > 2:
         for i, j in itertools.combinations(range(len(grads)), 2):
             pair = (grads[i] + grads[j]) / 2
-            rows.append({"variant": f"mean: {labels[i]} + {labels[j]}", **score(pair, sc)})
-    rows.append({"variant": f"mean of all {len(grads)}", **score(np.mean(grads, axis=0), sc)})
-    rows.append({"variant": f"median of all {len(grads)}", **score(np.median(grads, axis=0), sc)})
+            rows.append({"variant": f"mean: {labels[i]} + {labels[j]}", **sc.score(pair)})
+    rows.append({"variant": f"mean of all {len(grads)}", **sc.score(np.mean(grads, axis=0))})
+    rows.append({"variant": f"median of all {len(grads)}", **sc.score(np.median(grads, axis=0))})
     singles = [r for r in rows if r["variant"].startswith("single")]
     rows.append(
         {

@@ -139,6 +139,21 @@ class Scored:
     scaler: AttributeScaler  # the AttGAN's labels -> knob units
     oracle: np.ndarray  # (n, 4) dR/dt
     known: np.ndarray  # (n, 4) where the oracle's sign is known (|slope| > 2 se)
+    images: np.ndarray  # (n, S, S) uint8: the scored tiles as stored
+    rows: pd.DataFrame  # their manifest rows (scan file, position), in the same order
+
+    def score(self, gradient: np.ndarray) -> dict[str, float]:
+        """The referee's metrics of (n, 4) knob-unit ``gradient`` against the oracle, per lot."""
+        return fidelity.scores(
+            gradient * self.slopes, self.oracle, self.known, self.tiles["lot"].to_numpy()
+        )
+
+
+def stage_params() -> KnobGradientParams:
+    """The explain stage's knob-gradient settings (``explain.knob_gradient`` of the workspace's
+    params.yaml, found through :data:`ROOT` at call time)."""
+    section = load_params(ROOT / "params.yaml")["explain"]["knob_gradient"]
+    return from_mapping(KnobGradientParams, section)
 
 
 def load_scored(lots: str, per_lot: int = 2) -> Scored:
@@ -158,10 +173,12 @@ def load_scored(lots: str, per_lot: int = 2) -> Scored:
     known = np.abs(oracle) > 2 * scored[[f"oracle_se_{a}" for a in A]].to_numpy()
 
     position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
-    x = to_model(tiles[position.loc[scored["tile"]].to_numpy()])
+    at = position.loc[scored["tile"]].to_numpy()
+    x = to_model(tiles[at])
     by_lot = labels.set_index("lot").loc[scored["lot"], A].to_numpy()
     attrs = torch.from_numpy(np.clip(scaler.transform(by_lot), 0, 1)).float()
-    return Scored(gen, reg, scored, x, attrs, slopes, scaler, oracle, known)
+    rows = manifest.iloc[at].reset_index(drop=True)
+    return Scored(gen, reg, scored, x, attrs, slopes, scaler, oracle, known, tiles[at], rows)
 
 
 def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
@@ -242,12 +259,12 @@ def main() -> int:
         parser.error(f"--only {args.only}: no variant matches")
     torch.set_num_threads(2)
     sc = load_scored(args.lots, args.per_lot)
-    slopes, oracle, known, scored = sc.slopes, sc.oracle, sc.known, sc.tiles
+    scored = sc.tiles
     variants = build_variants(sc)
     variants = {name: variants[name] for name in chosen}
     rows = []
     for name, compute in variants.items():
-        s = fidelity.scores(compute() * slopes, oracle, known, scored["lot"].to_numpy())
+        s = sc.score(compute())
         rows.append({"variant": name, **s})
         print(name, round(s["cosine_median"], 3), flush=True)
     tag = "" if args.per_lot == 2 else f"_{args.per_lot}perlot"

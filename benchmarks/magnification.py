@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from knob_gradient_variants import ROOT, load_scored, meter_calibration
+from knob_gradient_variants import ROOT, load_scored, meter_calibration, stage_params
 from scipy.ndimage import gaussian_filter
 from torch.nn.functional import adaptive_avg_pool2d
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
 from semknobs.data.scans import read_scan
-from semknobs.data.tiles import TileParams, bar_rows, intensity_range, load_tiles, to_uint8
+from semknobs.data.tiles import TileParams, bar_rows, intensity_range, to_uint8
 from semknobs.data.truth import read_truth, tile_truth
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import KnobGradient
 from semknobs.meter import measure_tiles
 from semknobs.models.regressor import predict
 
@@ -103,14 +103,11 @@ def main() -> int:
     params = load_params(ROOT / "params.yaml")
     tile_params = from_mapping(TileParams, params["tile"])
     sc = load_scored(args.lots, 6 if args.lots == "train" else 2)
-    stored, manifest = load_tiles(ROOT / "data" / "tiles")
-    rows = manifest.set_index("tile").loc[sc.tiles["tile"]].reset_index()
+    rows, stored_rows = sc.rows, sc.images
     tiles, inside = magnified(rows, tile_params, ROOT / params["data"]["raw_dir"])
     if not inside.any():
         raise SystemExit(f"no tile of the {args.lots} set keeps its m = {M.min()} crop in its scan")
     at_one = tiles[:, list(M).index(1.0)]
-    position = pd.Series(np.arange(len(manifest)), index=manifest["tile"].to_numpy())
-    stored_rows = stored[position.loc[rows["tile"]].to_numpy()]
     mismatch = np.abs(at_one.astype(int) - stored_rows.astype(int))[inside].max()
     if mismatch > 1:
         raise SystemExit(f"m = 1 does not give the stored tile (max difference {mismatch})")
@@ -129,8 +126,8 @@ def main() -> int:
     knob = readings[A].to_numpy(float) * np.array(calib.alpha) + np.array(calib.beta)
     meter = np.full((n, len(A)), np.nan)
     meter[inside] = log_slope(knob.reshape(-1, k, len(A))) * per_true[inside, None]
-    kg_params = from_mapping(KnobGradientParams, params["explain"]["knob_gradient"])
-    kg = KnobGradient(sc.gen, sc.reg, kg_params).attribute(sc.x, sc.attrs).gradient * sc.slopes
+    kg = KnobGradient(sc.gen, sc.reg, stage_params()).attribute(sc.x, sc.attrs).gradient
+    kg = kg * sc.slopes
     oracle, known = sc.oracle[:, 0], sc.known[:, 0] & inside
     result = {
         "lots": args.lots,

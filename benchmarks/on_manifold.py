@@ -30,8 +30,7 @@ from torch import nn
 
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
-from semknobs.evaluation import fidelity
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import KnobGradient
 from semknobs.models.regressor import PeakStressRegressor, pooled_features
 
 SHARES = (0.9, 0.95, 0.99, 0.999)
@@ -94,10 +93,10 @@ def main() -> int:
     rows = []
     with torch.no_grad():
         full_test = variants["regressor"].read(f_test)
+    params = kgv.stage_params()  # SmoothGrad sigma 0.3, the rule's
     for name, model in variants.items():
-        params = KnobGradientParams(smoothing=0.3)
         grad = KnobGradient(sc.gen, model, params).attribute(sc.x, sc.attrs).gradient
-        s = fidelity.scores(grad * sc.slopes, sc.oracle, sc.known, sc.tiles["lot"].to_numpy())
+        s = sc.score(grad)
         row = {"variant": name, **s, "mean_gradient_standardised": grad.mean(0).tolist()}
         if not model.residual:
             with torch.no_grad():
