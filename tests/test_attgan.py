@@ -38,6 +38,7 @@ CONFIGS = {
         dec_dim=8,
         dis_dim=8,
     ),
+    "noise": AttGANConfig(noise=True, enc_dim=8, dec_dim=8),
 }
 
 TINY = CONFIGS["tiny32"]
@@ -86,6 +87,29 @@ def test_change_conditioning_sees_only_the_change():
     assert (absolute(x, lo, lo) - absolute(x, hi, hi)).abs().mean() > 1e-4
     with pytest.raises(ValueError, match="differ"):
         gen(x, lo, lo[:1])
+
+
+def test_noise_adds_structure_only_for_a_change():
+    """``noise``: a fixed map per decoder level, scaled linearly by b - a. It starts as the
+    design without it, never touches a reconstruction, is the same map in every generator built
+    with the design (a deterministic edit), and once its scales are trained an edit carries it."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, noise=True)
+    assert cfg.edits_from_source and cfg.condition == "absolute"
+    gen, plain = Generator(cfg).eval(), Generator(TINY).eval()
+    plain.load_state_dict({k: v for k, v in gen.state_dict().items() if "noise" not in k})
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    a, b = torch.full((2, 4), 0.3), torch.full((2, 4), 0.3) + torch.tensor([0.0, 0.4, 0.0, 0.0])
+    torch.testing.assert_close(gen(x, b, a), plain(x, b, a))  # zero scales: no noise yet
+    with torch.no_grad():
+        for scale in gen.noise:
+            scale.weight.normal_(0, 1.0)
+    torch.testing.assert_close(gen(x, a, a), plain(x, a, a))  # b = a: exactly the same
+    assert (gen(x, b, a) - plain(x, b, a)).abs().mean() > 1e-3
+    other = Generator(cfg)
+    for mine, theirs in zip(gen.noise_maps, other.noise_maps, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert [m.shape[-1] for m in gen.noise_maps] == [8, 16]  # 32 px: decoder levels 8 and 16
 
 
 def _perturb_film(gen: Generator) -> None:

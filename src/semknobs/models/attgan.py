@@ -29,6 +29,15 @@ Conditioning on the change (``condition: change``, STGAN: Liu et al. 2019): the 
 tile's attributes from its pixels to know how far to move them. Every call then passes ``a``
 (``source``); the absolute design ignores it. STGAN's selective transfer units are not used.
 
+Structure where the tile has none (``noise``, after StyleGAN's noise inputs, Karras et al. 2019):
+each decoder level adds a fixed N(0, 1) map (seeded by ``NOISE_SEED``, the same for every tile,
+so an edit stays a deterministic function of the tile and the knobs) times a per-channel scale
+that is linear in the requested change ``b - a`` (zero at initialisation, and exactly zero for a
+reconstruction). Without it every spatial detail an edit can draw comes from the encoder's maps
+of the tile itself, and FiLM scales what is there: measured on the default study, the porosity,
+dispersity and facetness edits of low-level lots deliver a third of what those of high-level
+lots do (``benchmarks/gain_level.py``). Every call passes ``source``, as with ``change``.
+
 Departures from the paper: attributes are continuous scores, not binary flags, so the attribute
 head's loss is cross-entropy with soft targets, and target attributes during training are drawn as
 described in :mod:`semknobs.train.attgan`; FiLM is ours (STGAN/StyleGAN-style conditioning).
@@ -42,6 +51,7 @@ import torch
 from torch import nn
 
 CONDITIONS = ("absolute", "change")
+NOISE_SEED = 0  # the fixed noise maps (``noise``) are part of the design, not of a training run
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class AttGANConfig:
     film: bool = True  # FiLM modulation of every decoder level by the attributes
     condition: str = "absolute"  # absolute: the decoder sees b; change: b - a (STGAN)
     dis_projection: bool = False  # the critic's score also judges the tile against its attributes
+    noise: bool = False  # a fixed noise map per decoder level, scaled by the requested change
 
     def __post_init__(self) -> None:
         if self.img_size % 2**self.enc_layers:
@@ -80,7 +91,7 @@ class AttGANConfig:
     @property
     def edits_from_source(self) -> bool:
         """The decoder sees the change from the tile's own attributes: every call needs them."""
-        return self.condition == "change"
+        return self.condition == "change" or self.noise
 
 
 def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:
@@ -137,6 +148,20 @@ class Generator(nn.Module):
                 nn.init.zeros_(film.weight)
                 nn.init.zeros_(film.bias)
                 self.film.append(film)
+        self.noise = nn.ModuleList()
+        if cfg.noise:  # per level: a fixed N(0, 1) map (a buffer) and its per-channel scale
+            g = torch.Generator().manual_seed(NOISE_SEED)
+            side = cfg.img_size // 2**cfg.enc_layers
+            for i, layer in enumerate(self.decoder):
+                side *= 2
+                self.register_buffer(f"noise_map{i}", torch.randn(1, 1, side, side, generator=g))
+                scale = nn.Linear(cfg.n_attrs, layer[0].out_channels, bias=False)
+                nn.init.zeros_(scale.weight)  # starts as the design without noise
+                self.noise.append(scale)
+
+    @property
+    def noise_maps(self) -> list[torch.Tensor]:
+        return [getattr(self, f"noise_map{i}") for i in range(len(self.noise))]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Image (B, C, S, S) in [-1, 1] -> encoder maps, finest first (each halves the side)."""
@@ -150,7 +175,7 @@ class Generator(nn.Module):
         """What the decoder sees, (B, A) in [-1, 1]: the target, or its change from ``source``."""
         if attrs.shape != source.shape:
             raise ValueError(f"attrs {tuple(attrs.shape)} and source {tuple(source.shape)} differ")
-        return attrs - source if self.cfg.edits_from_source else attrs * 2 - 1
+        return attrs - source if self.cfg.condition == "change" else attrs * 2 - 1
 
     def decode(
         self, feats: list[torch.Tensor], attrs: torch.Tensor, source: torch.Tensor
@@ -165,6 +190,8 @@ class Generator(nn.Module):
             if self.film:
                 gamma, beta = self.film[i](a)[:, :, None, None].chunk(2, dim=1)
                 h = h * (1 + gamma) + beta
+            if self.noise:  # (B, w, 1, 1) * (1, 1, s, s): nothing where b = a
+                h = h + self.noise[i](attrs - source)[:, :, None, None] * self.noise_maps[i]
             if i < self.cfg.shortcut_layers:
                 h = torch.cat([h, feats[-2 - i]], dim=1)
             if i < self.cfg.inject_layers:
