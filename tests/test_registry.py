@@ -70,6 +70,9 @@ def _tiny_model(seed: int, cfg: AttGANConfig = TINY) -> tuple[Generator, Discrim
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
+    with torch.no_grad():
+        for scale in gen.noise:  # non-zero noise scales (zero at initialisation)
+            scale.weight.uniform_(-1, 1)
     return gen.eval(), dis
 
 
@@ -249,13 +252,14 @@ def test_registering_twice_moves_the_alias(store: Path) -> None:
         read_config(by_run, kind="regressor")
 
 
-def test_change_conditioned_generator_needs_the_source_attributes(store: Path) -> None:
-    """A generator conditioned on the change (STGAN) edits from each tile's own attributes: the
-    served model's signature asks for them, edits with them as the generator does, and refuses
-    a request without them, naming the missing input."""
+@pytest.mark.parametrize("design", [{"condition": "change"}, {"noise": True}], ids=str)
+def test_change_conditioned_generator_needs_the_source_attributes(store: Path, design) -> None:
+    """A generator conditioned on the change (STGAN), or with noise maps scaled by it, edits
+    from each tile's own attributes: the served model's signature asks for them, edits with them
+    as the generator does, and refuses a request without them, naming the missing input."""
     import mlflow
 
-    cfg = dataclasses.replace(TINY, condition="change")
+    cfg = dataclasses.replace(TINY, **design)
     folder, gen = _save(store / "models" / "change", cfg=cfg)
     version, _ = _log(folder, "semknobs-attgan-change")
     uri = f"models:/{version.name}/{version.version}"

@@ -9,8 +9,9 @@ unpickled.
 
 Input (tensor signature): ``{"images": uint8 (n, S, S), "attributes": float32 (n, 4)}`` with
 attributes in [0, 1] (the scaled knobs; values outside extrapolate and are not clipped); a
-generator conditioned on the change (``condition: change``) also needs ``"source"``: float32
-(n, 4), each tile's own attributes, which it edits from. Output:
+generator conditioned on the change (``condition: change``) or with noise maps scaled by it
+(``noise``) also needs ``"source"``: float32 (n, 4), each tile's own attributes, which it edits
+from. Output:
 the edited tiles, uint8 (n, S, S). Load-time options via ``model_config``: ``device`` (default
 ``"cpu"``) and ``batch_size`` (default 64).
 """
@@ -26,6 +27,7 @@ import mlflow
 import numpy as np
 import torch
 
+from semknobs.config import from_mapping
 from semknobs.model_folder import CONFIG_FILE, img_size, load_weights, read_folder
 from semknobs.models.attgan import AttGANConfig, Discriminator, Generator
 from semknobs.pixels import to_model, to_uint8
@@ -66,7 +68,7 @@ def _size(config: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def _needs_source(config: Mapping[str, Any]) -> bool:
-    return (config.get("model") or {}).get("condition", "absolute") == "change"
+    return from_mapping(AttGANConfig, config.get("model"), "model").edits_from_source
 
 
 def _signature(config: Mapping[str, Any]):
