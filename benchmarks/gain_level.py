@@ -9,7 +9,10 @@ per lot and split at the median of the lots' own level of the knob (their labels
 follows the level (``low / high`` well below 1, ``r`` the correlation over lots) means the edit
 rescales the structure a tile has rather than adding or removing it, and the regressor's
 response to it then varies between lots with the edit, not with the material. Reads the meter,
-C and the labels only (no renderer, no truth). Needs ``make repro`` (or a study workspace).
+C and the labels only (no renderer, no truth). A second table (held out, evaluation only) reads
+``evaluate_attgan``'s sweeps: the meter's slope over each step of a knob's 0 → 1 sweep, for the
+edits and for the renderer's true interventions, so a level dependence of the meter itself
+shows in the true rows. Needs ``make repro`` (or a study workspace).
 
     python benchmarks/gain_level.py [--workspace DIR] [--per-lot 6] [--out benchmarks/gain_level]
     # -> <out>.md and <out>.json
@@ -112,6 +115,31 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _knob_order(column: pd.Series) -> pd.Series:
+    return column.map(list(ATTRIBUTES).index) if column.name == "knob" else column
+
+
+def sweep_steps(ws: Path) -> pd.DataFrame | None:
+    """Held out, with the renderer (evaluation only): along ``evaluate_attgan``'s absolute sweeps
+    (each knob from 0 to 1, the others at the tile's own values), the meter's mean slope over
+    each step, for the edits and for the true interventions of the ceiling; None without a
+    ceiling (real data)."""
+    reports = ws / "reports" / "evaluate_attgan"
+    if not (reports / "ceiling_readings.csv").is_file():
+        return None
+    out = []
+    for source, name in (("edit", "control_readings"), ("true", "ceiling_readings")):
+        readings = pd.read_csv(reports / f"{name}.csv")
+        for knob in ATTRIBUTES:
+            sweep = readings[readings["requested_attr"] == knob].pivot_table(
+                index="tile", columns="requested", values=knob
+            )
+            levels = np.array(sorted(sweep.columns))
+            steps = np.diff(sweep[levels].to_numpy(), axis=1).mean(axis=0) / np.diff(levels)
+            out.append({"knob": knob, "source": source, "tiles": len(sweep), "steps": steps})
+    return pd.DataFrame(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", type=Path, default=Path("."))
@@ -136,11 +164,29 @@ def main() -> int:
         f"{r.low_over_high:.2f} | {r.r_level:+.2f} |"
         for r in table.itertuples()
     ]
+    steps = sweep_steps(args.workspace.resolve())
+    if steps is not None:
+        md += [
+            "",
+            "Held out (evaluate_attgan's sweeps, the renderer's true interventions beside the "
+            "edits; raw meter units per requested knob unit, each step of the sweep):",
+            "",
+            "| knob | source | tiles | slope per step, low → high | first / last step |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        md += [
+            f"| {r.knob} | {r.source} | {r.tiles} | {' / '.join(f'{v:.3g}' for v in r.steps)} | "
+            f"{r.steps[0] / r.steps[-1]:.2f} |"
+            for r in steps.sort_values(["knob", "source"], key=_knob_order).itertuples()
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    args.out.with_suffix(".json").write_text(
-        json.dumps(table.to_dict(orient="records"), indent=1) + "\n"
-    )
+    record = {"gain": table.to_dict(orient="records")}
+    if steps is not None:
+        record["sweep_steps"] = [
+            {**r, "steps": [float(v) for v in r["steps"]]} for r in steps.to_dict(orient="records")
+        ]
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print("\n".join(md))
     return 0
 
