@@ -1,7 +1,8 @@
 """Does an edit deliver the same change whatever the tile's own level of the knob? Truth-free.
 
 For issue 14 (Rule L, ``benchmarks/gain_level_rules.md``): per knob and direction, every picked
-training tile is edited by ``A +- 0.25 e_k`` from its own attributes, and the edit's gain (the
+training tile is edited by ``A +- step e_k`` from its own attributes (the explain stage's
+measured-Jacobian step, ``explain.corrected.step``: 0.25), and the edit's gain (the
 change it makes over the change requested, against the tile's reconstruction) is read twice: by
 the calibrated attribute meter (the explain stage's calibration, knob units) and by the concept
 network C the editor was trained with (the mean over its 8 symmetric views). Gains are averaged
@@ -34,20 +35,21 @@ from semknobs.config import from_mapping, load_params
 from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.explain.bundle import in_batches
-from semknobs.explain.measured import fit_from_files
+from semknobs.explain.measured import CorrectedParams, fit_from_files, measured_change
 from semknobs.meter import MeterParams
 from semknobs.pixels import to_model, to_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concept_leak import load_editor, read_c
 
-STEP = 0.25  # the explain stage's measured-Jacobian step
 
-
-def gains(ws: Path, per_lot: int, seed: int = 0) -> pd.DataFrame:
-    """One row per knob, direction and picked training tile: the lot, its label level of the
-    knob and the edit's gain as the meter and as C read it."""
+def gains(ws: Path, per_lot: int, seed: int = 0) -> tuple[pd.DataFrame, float]:
+    """One row per knob, direction and picked training tile (``per_lot`` per lot, or all a lot
+    has): the lot, its label level of the knob and the edit's gain as the meter and as C read
+    it; and the step."""
     ed = load_editor(ws)
+    params = load_params(ws / "params.yaml")
+    step = from_mapping(CorrectedParams, params["explain"]["corrected"], "explain.corrected").step
     lots_all = ed.splits.training_lots()
     tiles = load_tileset(
         tiles_dir=ws / "data/tiles", lots_csv=ed.lots_csv, lots=lots_all, scaler=ed.scaler
@@ -55,29 +57,31 @@ def gains(ws: Path, per_lot: int, seed: int = 0) -> pd.DataFrame:
     tile_lots = tiles.manifest["lot"].to_numpy()
     rng = np.random.default_rng(seed)
     pick = np.concatenate(
-        [rng.choice(np.flatnonzero(tile_lots == lot), per_lot, replace=False) for lot in lots_all]
+        [
+            rng.choice(own, min(per_lot, len(own)), replace=False)
+            for own in (np.flatnonzero(tile_lots == lot) for lot in lots_all)
+        ]
     )
-    meter = from_mapping(MeterParams, load_params(ws / "params.yaml")["measure"]["meter"])
+    meter = from_mapping(MeterParams, params["measure"]["meter"], "measure.meter")
     calib = fit_from_files(
         ws / "data/measurements.csv", read_lots(ed.lots_csv), lots_all, ed.scaler, meter
     )
     x, a = to_model(tiles.images[pick]), torch.from_numpy(tiles.attrs[pick]).float()
 
-    def edit(b: torch.Tensor) -> np.ndarray:
-        out = in_batches(lambda i: ed.gen(x[i], b[i], a[i]), torch.arange(len(x)), 64)
-        return to_uint8(out)
+    def edit(b: torch.Tensor) -> torch.Tensor:
+        return in_batches(lambda i: ed.gen(x[i], b[i], a[i]), torch.arange(len(x)), 64)
 
     with torch.inference_mode():
         rec = edit(a)
-        base_m, base_c = calib.read(rec, n_jobs=2), read_c(ed.net, rec)
+        base_c = read_c(ed.net, to_uint8(rec))
         rows = []
         for k, name in enumerate(ATTRIBUTES):
             for sign in (-1, 1):
                 b = a.clone()
-                b[:, k] += sign * STEP
+                b[:, k] += sign * step
                 e = edit(b)
-                gain_m = (calib.read(e, n_jobs=2)[:, k] - base_m[:, k]) / (sign * STEP)
-                gain_c = (read_c(ed.net, e)[:, k] - base_c[:, k]) / (sign * STEP)
+                gain_m = measured_change(calib, rec, e, n_jobs=2)[:, k] / (sign * step)
+                gain_c = (read_c(ed.net, to_uint8(e))[:, k] - base_c[:, k]) / (sign * step)
                 rows.append(
                     pd.DataFrame(
                         {
@@ -86,7 +90,7 @@ def gains(ws: Path, per_lot: int, seed: int = 0) -> pd.DataFrame:
                         }
                     )
                 )  # fmt: skip
-    return pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True), step
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -149,12 +153,12 @@ def main() -> int:
     if args.per_lot < 1:
         ap.error(f"--per-lot must be >= 1, got {args.per_lot}")
     torch.manual_seed(0)
-    rows = gains(args.workspace.resolve(), args.per_lot)
+    rows, step = gains(args.workspace.resolve(), args.per_lot)
     table = summary(rows)
     n_lots = rows["lot"].nunique()
     md = [
         f"Edit gain by the lot's own level: {args.workspace.resolve().name}, {n_lots} training "
-        f"lots x {args.per_lot} tiles, A +- {STEP} e_k (both directions pooled per lot)",
+        f"lots x {args.per_lot} tiles, A +- {step} e_k (both directions pooled per lot)",
         "",
         "| knob | reader | gain | low-level lots | high-level lots | low / high | r with level |",
         "| --- | --- | --- | --- | --- | --- | --- |",
