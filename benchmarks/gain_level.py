@@ -36,7 +36,6 @@ from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.explain.bundle import in_batches
 from semknobs.explain.measured import CorrectedParams, fit_from_files, measured_change
-from semknobs.meter import MeterParams
 from semknobs.pixels import to_model, to_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,9 +61,8 @@ def gains(ws: Path, per_lot: int, seed: int = 0) -> tuple[pd.DataFrame, float]:
             for own in (np.flatnonzero(tile_lots == lot) for lot in lots_all)
         ]
     )
-    meter = from_mapping(MeterParams, params["measure"]["meter"], "measure.meter")
     calib = fit_from_files(
-        ws / "data/measurements.csv", read_lots(ed.lots_csv), lots_all, ed.scaler, meter
+        ws / "data/measurements.csv", read_lots(ed.lots_csv), lots_all, ed.scaler, ed.meter
     )
     x, a = to_model(tiles.images[pick]), torch.from_numpy(tiles.attrs[pick]).float()
 

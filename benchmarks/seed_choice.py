@@ -19,21 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.config import from_mapping, load_params
-from semknobs.explain.knob_read import KnobReadParams, from_reports
+from semknobs.explain.knob_read import from_reports
 
 A = list(ATTRIBUTES)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspaces", type=Path, nargs="+")
     args = parser.parse_args()
-    params = from_mapping(KnobReadParams, load_params(ROOT / "params.yaml")["explain"]["knob_read"])
-    rows = []
+    rows = []  # the read does not depend on explain.knob_read (its threshold sets only "low")
     for ws in args.workspaces:
-        read = from_reports(ws / "reports" / "explain", params)["read"].to_numpy()
+        read = from_reports(ws / "reports" / "explain")["read"].to_numpy()
         metrics = json.loads((ws / "metrics" / "explain.json").read_text())
         signs = [metrics[f"knob_gradient/er/sign_{a}"] for a in A]
         rows.append(
