@@ -52,6 +52,7 @@ from semknobs.explain.measured import (
     fit_from_files,
     gain_corrected,
     measured_jacobian,
+    tile_gain_corrected,
 )
 from semknobs.meter import MeterParams
 from semknobs.models.concept import SYMMETRIES, dihedral
@@ -185,6 +186,12 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
     """The variants by name, each computing (n, 4) gradients in knob units; ``sc`` is read only
     when one is computed (``None`` lists the names before anything is loaded)."""
     done: dict[tuple[float, bool], np.ndarray] = {}  # the lot mean reuses the per-tile draws
+    measured: list[np.ndarray] = []  # the meter's Jacobian, measured once
+
+    def jacobian() -> np.ndarray:
+        if not measured:
+            measured.append(_jacobian(sc))
+        return measured[0]
 
     def plain(images: torch.Tensor) -> np.ndarray:
         params = KnobGradientParams(smoothing=0.0)
@@ -217,8 +224,14 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
         },
         "SmoothGrad sigma 0.3, lot mean": lambda: lot_mean(smooth(0.3), sc.tiles["lot"]),
         "SmoothGrad sigma 0.3, lot mean, meter-gain corrected": lambda: gain_corrected(
-            smooth(0.3), _jacobian(sc), sc.tiles["lot"].to_numpy()
+            smooth(0.3), jacobian(), sc.tiles["lot"].to_numpy()
         ),
+        **{
+            f"SmoothGrad sigma 0.3, per tile, meter-gain corrected ({name})": (
+                lambda w=w: tile_gain_corrected(smooth(0.3), jacobian(), sc.tiles["lot"], w)
+            )
+            for name, w in (("tile gain", 1.0), ("tile gain halfway to the lot's", 0.5))
+        },
     }
 
 

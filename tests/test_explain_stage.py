@@ -97,6 +97,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     ):
         assert key in metrics, key
     explainers = ("knob_gradient", "knob_gradient_lot", "knob_gradient_gain")
+    explainers += ("knob_gradient_tile_gain",)
     explainers += ("counterfactual", "sensitivity")
     for explainer in (*explainers, "correlation", "linear_model"):
         for fid in ("er", "el"):

@@ -15,6 +15,7 @@ from semknobs.explain.measured import (
     MeterCalibration,
     corrected_attribution,
     gain_corrected,
+    tile_gain_corrected,
 )
 
 RNG = np.random.default_rng(0)
@@ -41,6 +42,40 @@ def test_an_exact_jacobian_recovers_the_concept_sensitivity():
     assert np.all(lo <= S.mean(0)) and np.all(S.mean(0) <= hi)
     # the uncorrected gradient is off: the correction is what buys the agreement
     assert np.median(cosine(g, S)) < 0.99
+
+
+def test_tile_gain_correction_divides_out_each_tiles_own_gain():
+    """Known answer: the porosity edit's gain follows each tile's own level, within lots too;
+    the response per unit of measured change is the same everywhere. Weight 1 divides each
+    tile's own gain out (every tile then reads the same), weight 0 only its lot's (the lots'
+    means agree, the tiles within a lot do not), 0.5 lies between; a tile the meter did not
+    read takes its lot's gain, and an unread lot keeps its gradient."""
+    lots = np.repeat(np.arange(6), 5)
+    own = np.linspace(0.2, 1.0, 30)  # the tiles' gains, rising within every lot too
+    jac = np.zeros((30, K, K))
+    jac[:, [0, 2, 3], [0, 2, 3]] = 0.4
+    jac[:, 1, 1] = own
+    response = np.array([-10.0, -20.0, 4.0, 5.0])
+    g = response * np.diagonal(jac, axis1=1, axis2=2)
+    study = own.mean()
+    full = tile_gain_corrected(g, jac, lots, 1.0)
+    np.testing.assert_allclose(full[:, 1], -20.0 * study, rtol=1e-9)
+    np.testing.assert_allclose(full[:, [0, 2, 3]], g[:, [0, 2, 3]], rtol=1e-9)
+    lot_only = tile_gain_corrected(g, jac, lots, 0.0)
+    means = pd.Series(lot_only[:, 1]).groupby(lots).mean()
+    np.testing.assert_allclose(means, -20.0 * study, rtol=1e-9)
+    assert np.ptp(lot_only[:, 1]) > 1  # within a lot the tiles still differ
+    half = tile_gain_corrected(g, jac, lots, 0.5)
+    assert np.ptp(full[:, 1]) < np.ptp(half[:, 1]) < np.ptp(lot_only[:, 1])
+    assert (np.sign(half) == np.sign(g)).all()  # a positive factor never changes a sign
+    jac[3, 1, 1] = np.nan  # tile 3 (lot 0) unread: its lot's gain
+    jac[lots == 5, 1, 1] = np.nan  # lot 5 unread: as it is
+    out = tile_gain_corrected(g, jac, lots, 1.0)
+    lot0 = np.nanmean(jac[lots == 0, 1, 1])
+    assert out[3, 1] == pytest.approx(g[3, 1] * np.nanmean(jac[:, 1, 1]) / lot0)
+    np.testing.assert_allclose(out[lots == 5, 1], g[lots == 5, 1])
+    with pytest.raises(ValueError, match="tile_gain_corrected"):
+        tile_gain_corrected(g, jac, lots[:-1], 0.5)
 
 
 def test_gain_correction_divides_out_how_far_each_lot_was_moved():

@@ -37,6 +37,7 @@ from semknobs.explain.measured import (
     fit_from_files,
     gain_corrected,
     measured_jacobian,
+    tile_gain_corrected,
 )
 from semknobs.explain.natural import MeterRegression, MeterRegressionParams
 from semknobs.explain.study import ExplainOutput, ExplainParams, explain, sample_tiles
@@ -56,6 +57,8 @@ HEADLINE = (
     *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
     "knob_gradient_gain/er/cosine_median",
     "knob_gradient_gain/er/lot_centred_cosine",
+    "knob_gradient_tile_gain/er/cosine_median",
+    "knob_gradient_tile_gain/er/centred_cosine",
     "meter_regression/er/cosine_median",
     "meter_regression/er/lot_centred_cosine",
     *(f"meter_regression/er/sign_{a}" for a in ATTRIBUTES),
@@ -182,8 +185,14 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
             out.knob_gradient.gradient, jac, tiles["lot"].to_numpy(), c.gain_clip, c.gain_min
         )
         uses["knob_gradient_gain"] = gain
+        own = tile_gain_corrected(
+            out.knob_gradient.gradient, jac, tiles["lot"].to_numpy(), c.tile_weight,
+            c.gain_clip, c.gain_min,
+        )  # fmt: skip
+        uses["knob_gradient_tile_gain"] = own
         tables["knob_gradient"] = tables["knob_gradient"].assign(
-            **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)}
+            **{f"gain_gradient_{a}": gain[:, j] for j, a in enumerate(ATTRIBUTES)},
+            **{f"tile_gain_gradient_{a}": own[:, j] for j, a in enumerate(ATTRIBUTES)},
         )
         # the regressor across the natural variation of each lot's tiles, as the meter reads it
         readings = calibrated_readings(paths.measurements, manifest, calib)
