@@ -89,6 +89,24 @@ def test_change_conditioning_sees_only_the_change():
         gen(x, lo, lo[:1])
 
 
+def test_both_conditioning_sees_the_target_and_the_change():
+    """condition "both": the decoder sees b and b - a side by side, so an edit depends on the
+    level it goes to (unlike "change": reconstructions at different levels differ) and on how
+    far it goes (unlike "absolute": the same target from two starts differs)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, condition="both")
+    assert cfg.edits_from_source and cfg.cond_dim == 2 * cfg.n_attrs
+    gen = Generator(cfg).eval()
+    _perturb_film(gen)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    lo, hi = torch.full((2, 4), 0.2), torch.full((2, 4), 0.7)
+    torch.testing.assert_close(gen.conditioning(hi, lo), torch.cat([hi * 2 - 1, hi - lo], dim=1))
+    assert (gen(x, lo, lo) - gen(x, hi, hi)).abs().mean() > 1e-4
+    assert (gen(x, hi, lo) - gen(x, hi, hi)).abs().mean() > 1e-4
+    absolute = Generator(TINY).eval()
+    torch.testing.assert_close(absolute(x, hi, lo), absolute(x, hi, hi))
+
+
 def test_noise_adds_structure_only_for_a_change():
     """``noise``: a fixed map per decoder level, scaled linearly by b - a. It starts as the
     design without it, never touches a reconstruction, is the same map in every generator built

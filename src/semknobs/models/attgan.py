@@ -28,6 +28,9 @@ Conditioning on the change (``condition: change``, STGAN: Liu et al. 2019): the 
 ``b``. Reconstruction is then the zero change for every tile, so the generator need not infer a
 tile's attributes from its pixels to know how far to move them. Every call then passes ``a``
 (``source``); the absolute design ignores it. STGAN's selective transfer units are not used.
+``condition: both`` gives the decoder the target and the change side by side (twice the
+attribute planes and FiLM inputs): the level a tile is taken to, and how far from its own
+(measured against the other two: ``benchmarks/gain_level_rules.md``, Rule O).
 
 Structure where the tile has none (``noise``, after StyleGAN's noise inputs, Karras et al. 2019):
 each decoder level adds a fixed N(0, 1) map (seeded by ``NOISE_SEED``, the same for every tile,
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-CONDITIONS = ("absolute", "change")
+CONDITIONS = ("absolute", "change", "both")
 NOISE_SEED = 0  # the fixed noise maps (``noise``) are part of the design, not of a training run
 
 
@@ -70,7 +73,7 @@ class AttGANConfig:
     dis_fc_dim: int = 128
     max_dim: int = 512
     film: bool = True  # FiLM modulation of every decoder level by the attributes
-    condition: str = "absolute"  # absolute: the decoder sees b; change: b - a (STGAN)
+    condition: str = "absolute"  # absolute: the decoder sees b; change: b - a (STGAN); both
     dis_projection: bool = False  # the critic's score also judges the tile against its attributes
     noise: bool = False  # a fixed noise map per decoder level, scaled by the requested change
 
@@ -90,8 +93,14 @@ class AttGANConfig:
 
     @property
     def edits_from_source(self) -> bool:
-        """The decoder sees the change from the tile's own attributes: every call needs them."""
-        return self.condition == "change" or self.noise
+        """The decoder sees the change from the tile's own attributes (``condition`` change or
+        both, or ``noise`` scaled by it): every call needs them."""
+        return self.condition != "absolute" or self.noise
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of what the decoder sees of the attributes: the target, the change, or both."""
+        return self.n_attrs * (2 if self.condition == "both" else 1)
 
 
 def _down(c_in: int, c_out: int, norm: type[nn.Module] | None) -> nn.Sequential:
@@ -128,7 +137,7 @@ class Generator(nn.Module):
             self.encoder.append(_down(c, w, nn.BatchNorm2d))
             c = w
         self.decoder = nn.ModuleList()
-        c = widths[-1] + cfg.n_attrs
+        c = widths[-1] + cfg.cond_dim
         for i in range(cfg.dec_layers - 1):
             w = min(cfg.dec_dim * 2 ** (cfg.dec_layers - i - 1), cfg.max_dim)
             self.decoder.append(_up(c, w))
@@ -136,7 +145,7 @@ class Generator(nn.Module):
             if i < cfg.shortcut_layers:  # concat the encoder map of the same resolution
                 c += widths[-2 - i]
             if i < cfg.inject_layers:
-                c += cfg.n_attrs
+                c += cfg.cond_dim
         self.to_image = nn.Sequential(
             nn.ConvTranspose2d(c, cfg.channels, 4, stride=2, padding=1), nn.Tanh()
         )
@@ -144,7 +153,7 @@ class Generator(nn.Module):
         if cfg.film:  # one (gamma, beta) per decoder level, from the attributes
             for layer in self.decoder:
                 width = layer[0].out_channels
-                film = nn.Linear(cfg.n_attrs, 2 * width)
+                film = nn.Linear(cfg.cond_dim, 2 * width)
                 nn.init.zeros_(film.weight)
                 nn.init.zeros_(film.bias)
                 self.film.append(film)
@@ -172,10 +181,14 @@ class Generator(nn.Module):
         return feats
 
     def conditioning(self, attrs: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """What the decoder sees, (B, A) in [-1, 1]: the target, or its change from ``source``."""
+        """What the decoder sees, (B, cond_dim) in [-1, 1]: the target, its change from
+        ``source``, or both side by side."""
         if attrs.shape != source.shape:
             raise ValueError(f"attrs {tuple(attrs.shape)} and source {tuple(source.shape)} differ")
-        return attrs - source if self.cfg.condition == "change" else attrs * 2 - 1
+        target, change = attrs * 2 - 1, attrs - source
+        if self.cfg.condition == "both":
+            return torch.cat([target, change], dim=1)
+        return change if self.cfg.condition == "change" else target
 
     def decode(
         self, feats: list[torch.Tensor], attrs: torch.Tensor, source: torch.Tensor
