@@ -8,7 +8,9 @@ views: ``explain.knob_gradient.symmetric``, the same cost), and central differen
 R(G(I; A +- h e_k)), and the lot mean of the default (each tile's gradient replaced by the mean
 over the scored tiles of its lot: ``explain.gradient.lot_mean``, the gradient of the lot's mean
 prediction), and that lot mean divided by each lot's meter-read gain of the knob relative to
-the study's (``explain.measured.gain_corrected``).
+the study's (``explain.measured.gain_corrected``), and each tile's own gradient divided by its own
+gain or by one halfway to its lot's (``explain.measured.tile_gain_corrected``; Rule N,
+``gain_level_rules.md``).
 Mapped to true units by the referee's own label fit and scored against the oracle.
 
 ``--lots train`` (the default) CHOOSES: two tiles of each of the 24 training lots, with the
