@@ -250,8 +250,9 @@ def gain_corrected(
 
     The edits' meter-read gains differ between lots (on the default study the porosity knob's
     gain follows the lot's own porosity: it scales the pores a tile has), and the knob gradient
-    inherits that. A per-tile ``J`` is too noisy to divide by; a lot's mean over its tiles is not
-    (``nan`` readings are skipped; a lot with no reading of a knob keeps its mean gradient).
+    inherits that. A lot's mean gain over its tiles is steadier than one tile's (``nan``
+    readings are skipped; a lot with no reading of a knob keeps its mean gradient); each tile's
+    own gain, in part, is :func:`tile_gain_corrected`'s.
     A knob with a small gain is left alone (``min_gain``): dividing by it multiplies what its
     edits do through texture the meter does not read (measured on the study suite: README).
     """
@@ -278,10 +279,11 @@ def tile_gain_corrected(
     :func:`gain_corrected` with each tile's own gradient and (part of) its own gain, not its lot's.
 
     Within a lot the tiles' own levels differ, and the edits' gain follows the level (Rule N,
-    ``benchmarks/gain_level_rules.md``). Measured on the default study's training lots (6 tiles
-    each), the per-tile centred cosine against the oracle goes from -0.005 to 0.26 at weight 0.5
-    (0.25 at 1: one tile's gain is noisy, not too noisy to use); the lot's gain-corrected value
-    (:func:`gain_corrected`) still follows a tile's oracle better where the lot has several tiles.
+    ``benchmarks/gain_level_rules.md``). Measured with every knob corrected (``min_gain`` 0) on
+    the default study's training lots (6 tiles each), the per-tile centred cosine against the
+    oracle goes from -0.005 to 0.26 at weight 0.5 (0.25 at 1: one tile's gain is noisy, not too
+    noisy to use); the lot's gain-corrected value (:func:`gain_corrected`) still follows a tile's
+    oracle better where the lot has several tiles.
     """
     lots = np.asarray(lots)
     if lots.shape != (len(gradient),):
