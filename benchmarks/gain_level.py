@@ -35,7 +35,7 @@ from semknobs.config import from_mapping, load_params
 from semknobs.data.dataset import load_tileset
 from semknobs.data.schemas import read_lots
 from semknobs.explain.bundle import in_batches
-from semknobs.explain.measured import CorrectedParams, fit_from_files, measured_change
+from semknobs.explain.measured import CorrectedParams, fit_from_files
 from semknobs.pixels import to_model, to_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,16 +70,16 @@ def gains(ws: Path, per_lot: int, seed: int = 0) -> tuple[pd.DataFrame, float]:
         return in_batches(lambda i: ed.gen(x[i], b[i], a[i]), torch.arange(len(x)), 64)
 
     with torch.inference_mode():
-        rec = edit(a)
-        base_c = read_c(ed.net, to_uint8(rec))
+        rec = to_uint8(edit(a))
+        base_m, base_c = calib.read(rec, n_jobs=2), read_c(ed.net, rec)  # read once, not per edit
         rows = []
         for k, name in enumerate(ATTRIBUTES):
             for sign in (-1, 1):
                 b = a.clone()
                 b[:, k] += sign * step
-                e = edit(b)
-                gain_m = measured_change(calib, rec, e, n_jobs=2)[:, k] / (sign * step)
-                gain_c = (read_c(ed.net, to_uint8(e))[:, k] - base_c[:, k]) / (sign * step)
+                e = to_uint8(edit(b))
+                gain_m = (calib.read(e, n_jobs=2)[:, k] - base_m[:, k]) / (sign * step)
+                gain_c = (read_c(ed.net, e)[:, k] - base_c[:, k]) / (sign * step)
                 rows.append(
                     pd.DataFrame(
                         {

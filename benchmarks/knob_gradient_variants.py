@@ -28,6 +28,7 @@ per lot instead of two (the lot mean averages N gradients; the stage scores six 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,12 +189,7 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
     """The variants by name, each computing (n, 4) gradients in knob units; ``sc`` is read only
     when one is computed (``None`` lists the names before anything is loaded)."""
     done: dict[tuple[float, bool], np.ndarray] = {}  # the lot mean reuses the per-tile draws
-    measured: list[np.ndarray] = []  # the meter's Jacobian, measured once
-
-    def jacobian() -> np.ndarray:
-        if not measured:
-            measured.append(_jacobian(sc))
-        return measured[0]
+    jacobian = functools.cache(lambda: _jacobian(sc))  # the meter's Jacobian, measured once
 
     def plain(images: torch.Tensor) -> np.ndarray:
         params = KnobGradientParams(smoothing=0.0)
