@@ -10,7 +10,10 @@ the renderer's true one-attribute interventions (the meter ceiling's sweep) read
 there is C's own, and C's over-read of the edits per knob (how much further C reads them,
 relative to a true change, than the meter does). Then the regressor's read of the same edits
 against the true interventions: how much of a real change's predicted stress each knob's edit
-carries. Then the meter's median readings along the size sweep, edits beside true
+carries, beside what the meter sees of the edits predicts it would read (the edits' meter
+slopes expressed as true interventions, times the regressor's slope on each), and the same read
+split by scale (each tile's change along its sweep cut into difference-of-Gaussian bands, read
+one band at a time). Then the meter's median readings along the size sweep, edits beside true
 interventions (particle count and dispersity), and the spread of particle diameters within a
 tile along it (which particles make a sweep's dispersity). Last, the texture loss's target
 ``W`` (fit on the training lots, as ``train_attgan`` fits it) beside the texture change of the
@@ -23,6 +26,7 @@ Needs ``make repro`` (or a study workspace); writes a markdown report.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.ndimage import gaussian_filter
 
 from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import from_mapping, load_params, load_section
@@ -51,7 +56,7 @@ from semknobs.evaluation.referee import label_fit
 from semknobs.explain.bundle import in_batches
 from semknobs.meter import COUNT, MeasureParams, MeterParams, particle_diameters
 from semknobs.models.concept import ConceptNet
-from semknobs.models.regressor import predict
+from semknobs.models.regressor import PeakStressRegressor, predict
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model, regressor_model
 from semknobs.serving.attgan_model import AttGANFolder
@@ -63,6 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the study's C, resto
 from explain_levers import concept_net
 
 A = list(ATTRIBUTES)
+BAND_SIGMAS = (1, 2, 4, 8)  # px: bands <= 1, 1-2, 2-4, 4-8 px and the low-pass rest
+BANDS = ["<= 1 px", "1-2 px", "2-4 px", "4-8 px", "> 8 px"]
 
 
 def read_c(net: ConceptNet, tiles: np.ndarray) -> np.ndarray:
@@ -247,18 +254,21 @@ def over_read(gain: pd.Series, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> p
 
 
 def regressor_read(
-    ws: Path,
+    reg: PeakStressRegressor,
     gain: pd.Series,
     edits: dict[str, np.ndarray],
     rendered: dict[str, np.ndarray],
     levels: np.ndarray,
+    meter: tuple[pd.DataFrame, pd.DataFrame],
 ) -> pd.DataFrame:
     """Per knob: the regressor's slope (MPa per requested knob unit) on the edits and on the true
     interventions, their ratio, and that ratio over the meter's ``gain``: the regressor's over-read.
     Above 1, the regressor reads more stress change in the edit than a real change carrying the
     concept change the meter sees in it would give; below 1, less. What the knob gradient's
-    per-knob magnitudes are made of (README, AttGAN: what the regressor reads in the edits)."""
-    reg, _ = regressor_model.load(ws / "models/regressor")
+    per-knob magnitudes are made of (README, AttGAN: what the regressor reads in the edits).
+    ``meter`` (the edits' and the ceiling's sweep tables) gives "meter-predicted": the edit's
+    meter slopes on all four readings expressed as true interventions (``S_edit S_true^-1``)
+    times the regressor's slope on each, what it would read if it read only what the meter sees."""
 
     def slopes(tiles: dict[str, np.ndarray]) -> pd.Series:
         tables = [  # the prediction as the turned knob's reading, which control_slopes reads
@@ -267,6 +277,7 @@ def regressor_read(
         return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
 
     r_edit, r_true = slopes(edits), slopes(rendered)
+    s_edit, s_true = (slope_matrix(t).to_numpy(float) for t in meter)
     ratio = r_edit / r_true
     return pd.DataFrame(
         {
@@ -275,8 +286,55 @@ def regressor_read(
             "edit over true": ratio,
             "meter gain": gain,
             "over-read": ratio / gain,
+            "meter-predicted": s_edit @ np.linalg.inv(s_true) @ r_true.to_numpy(),
         }
     )
+
+
+def dog_bands(d: np.ndarray) -> list[np.ndarray]:
+    """(n, S, S) -> its difference-of-Gaussian bands (``BAND_SIGMAS``) and the low-pass rest,
+    which sum to ``d``."""
+    blurred = [d] + [
+        np.stack([gaussian_filter(t, s, mode="reflect") for t in d]) for s in BAND_SIGMAS
+    ]
+    return [a - b for a, b in itertools.pairwise(blurred)] + [blurred[-1]]
+
+
+@torch.no_grad()
+def band_read(reg: PeakStressRegressor, tiles: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+    """The regressor's slope (MPa per knob unit) on sweeps of uint8 ``tiles`` (sweep, level order)
+    rebuilt as each sweep's mean tile plus one band of each level's change from it (model units,
+    not rounded): which scales of a change the regressor reads. The bands' reads need not sum to
+    the whole's (the regressor is not linear)."""
+    x = to_model(tiles).squeeze(1).double().numpy().reshape(-1, len(levels), *tiles.shape[1:])
+    mean = x.mean(axis=1, keepdims=True)
+    change = (x - mean).reshape(-1, *tiles.shape[1:])
+    base = np.broadcast_to(mean, x.shape).reshape(change.shape)
+
+    def slope(y: np.ndarray) -> float:
+        mpa = in_batches(reg.predict_mpa, torch.from_numpy(y).float().unsqueeze(1), 256)
+        table = sweep_table(pd.DataFrame(dict.fromkeys(A, mpa.double().numpy())), A[0], levels)
+        return control_slopes(table)[A[0]]  # the prediction's slope, as its first reading
+
+    return {"whole": slope(base + change)} | {
+        name: slope(base + band) for name, band in zip(BANDS, dog_bands(change), strict=True)
+    }
+
+
+def band_table(
+    reg: PeakStressRegressor,
+    edits: dict[str, np.ndarray],
+    rendered: dict[str, np.ndarray],
+    levels: np.ndarray,
+    n: int,
+) -> pd.DataFrame:
+    """:func:`band_read` of every knob's edits (the first ``n`` sweeps, the true interventions'
+    tiles) beside the true interventions."""
+    rows = {}
+    for knob in A:
+        rows[f"{knob}, edit"] = band_read(reg, edits[knob][: n * len(levels)], levels)
+        rows[f"{knob}, true"] = band_read(reg, rendered[knob], levels)
+    return pd.DataFrame(rows).T
 
 
 def report(ws: Path) -> str:
@@ -288,6 +346,8 @@ def report(ws: Path) -> str:
     meter_true = pd.read_csv(ws / "reports/evaluate_attgan/ceiling_readings.csv")
     n = min(ed.params.ceiling.n_tiles, len(ed.tiles))
     gain = meter_gain(ws)
+    reg, _ = regressor_model.load(ws / "models/regressor")
+    reg.eval()
 
     def md(frame: pd.DataFrame, digits: int = 2) -> str:
         return frame.round(digits).to_markdown()
@@ -311,7 +371,13 @@ def report(ws: Path) -> str:
                 "## C's over-read of the edits (per knob turned)\n\n"
                 + md(over_read(gain, c_edits, c_true)),
                 "## The regressor's read of the edits (per knob turned; slopes in MPa per knob "
-                "unit)\n\n" + md(regressor_read(ws, gain, edits, rendered, ed.levels)),
+                "unit)\n\n"
+                + md(
+                    regressor_read(reg, gain, edits, rendered, ed.levels, (meter_edits, meter_true))
+                ),
+                "## The regressor's read by scale (MPa per knob unit; each sweep's mean tile plus "
+                f"one band of its change; the first {n} sweeps)\n\n"
+                + md(band_table(reg, edits, rendered, ed.levels, n)),
                 "## The size sweep as the meter reads it (medians per requested level)\n\n"
                 + md(sweep_medians(meter_edits, meter_true, "size"), 3),
                 "## Particle sizes along the size sweep: each whole particle's diameter over "
