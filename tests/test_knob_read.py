@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.explain.knob_read import KnobReadParams, from_reports, knob_read, read_metrics
+from semknobs.explain.knob_read import (
+    KnobReadParams,
+    from_metrics,
+    from_reports,
+    knob_read,
+    read_metrics,
+)
 
 A = list(ATTRIBUTES)
 SLOPES = np.array([[-12.0, -20.0, 4.0, 6.0], [-8.0, -16.0, 2.0, 2.0], [-10.0, -18.0, 3.0, 4.0]])
@@ -88,3 +94,20 @@ def test_from_reports_reads_the_explain_outputs(tmp_path) -> None:
     (tmp_path / "meter_regression.csv").unlink()
     with pytest.raises(FileNotFoundError, match="meter_regression.csv"):
         from_reports(tmp_path)
+
+
+def test_from_metrics_gives_back_what_read_metrics_logged() -> None:
+    """A bundle keeps its explain run's metrics: the read comes back from them, low flags and
+    NaN included; a run that logged no read gives None."""
+    table = pd.DataFrame(
+        {
+            "attribute": list(ATTRIBUTES),
+            "read": [0.73, 1.99, float("nan"), -0.30],
+            "low": [False, False, True, True],
+        }
+    )
+    back = from_metrics(read_metrics(table))
+    pd.testing.assert_frame_equal(back, table)
+    assert from_metrics({}) is None
+    partial = {k: v for k, v in read_metrics(table).items() if not k.endswith("facetness")}
+    assert from_metrics(partial) is None

@@ -4,6 +4,7 @@ gain correction divides out a lot's gain relative to the study's (within its cli
 knobs alone and says so; the negation gives the negation; a constant gives zero."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -160,10 +161,14 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     from semknobs.explain.bundle import KnobExplainer
     from semknobs.explain.counterfactual import CounterfactualParams
     from semknobs.explain.files import explain_paths
+    from semknobs.explain.knob_read import read_metrics
     from semknobs.explain.measured import MeterCalibration
     from semknobs.explain.natural import MeterRegressionParams
 
     scan = sorted(tiny_study["raw"].glob("*/*"))[0]
+    read = pd.DataFrame(
+        {"attribute": list(ATTRIBUTES), "read": [0.7, 2.0, 2.8, -0.3], "low": [0, 0, 0, 1]}
+    ).astype({"low": bool})
     explainer = KnobExplainer(
         PlaneEditor(),
         Stress(),
@@ -174,8 +179,12 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         meter=MeterCalibration((1.0,) * K, (0.0,) * K),
         gradient=_settings(),
         natural=MeterRegressionParams(min_tiles=K + 2),
+        metrics=read_metrics(read),  # the explain run's knob read, as a bundle keeps it
     )
     (summary,) = explain_paths([scan], explainer=explainer, out_dir=tmp_path, progress=False)
+    assert summary["knob_read"] == {
+        r.attribute: {"read": r.read, "low": r.low} for r in read.itertuples()
+    }
     gradient, natural = summary["knob_gradient"], summary["meter_regression"]
     assert natural["tiles"] == summary["tiles"] >= K + 2
     for j, a in enumerate(ATTRIBUTES):
@@ -206,6 +215,10 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         assert (words == expected[a]).all()
         np.testing.assert_allclose(rows[f"gradient_{a}"], C * W[ATTRIBUTES.index(a)].item(),
                                    rtol=1e-4)  # fmt: skip
+        assert (rows[f"knob_read_{a}"] == summary["knob_read"][a]["read"]).all()
+        assert (rows[f"knob_read_low_{a}"] == float(summary["knob_read"][a]["low"])).all()
+    bare = model.predict(None, tiles_frame(tiles), {"steps": 3, "gradient": False})
+    assert (bare["knob_read_facetness"] == -0.3).all()  # stored: no gradient work needed
     # two interleaved lots in one request: each row gets its own lot's fit, as fitted directly
     twice = np.concatenate([tiles, tiles[::-1]])
     names = np.array(["P", "Q"] * len(tiles))

@@ -211,7 +211,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from semknobs.explain.agreement import agreement_line
     from semknobs.explain.bundle import KnobExplainer
-    from semknobs.explain.files import explain_paths, gradient_line
+    from semknobs.explain.files import explain_paths, gradient_line, read_line
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
@@ -249,6 +249,12 @@ def _explain(args: argparse.Namespace) -> int:
                 print(f"  {what} (MPa per knob unit, 95 % interval): {line}")
         if "agreed_signs" in s:
             print(f"  signs both agree on: {agreement_line(s['agreed_signs'])}")
+    if summaries and "knob_read" in summaries[0]:
+        print(
+            "the regressor's read of each knob's edits (truth-free, over the lots the explainer "
+            f"was built on; a low read: that knob's sign deserves little trust): "
+            f"{read_line(summaries[0]['knob_read'])}"
+        )
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

@@ -14,7 +14,7 @@ request may ask is bounded by :mod:`semknobs.explain.limits`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ class KnobExplainer:
         meter: MeterCalibration | None = None,
         gradient: GradientSettings | None = None,
         natural: MeterRegressionParams | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ):
         self.gen = gen.eval()
         self.reg = StressInMPa(reg).eval()
@@ -103,6 +104,7 @@ class KnobExplainer:
         self.meter = meter
         self.gradient = gradient or GradientSettings()
         self.natural = natural or MeterRegressionParams()
+        self.metrics = dict(metrics or {})  # the explain run's, as the bundle stores them
         self.search = KnobCounterfactual(self.gen, self.reg, stress_range=self.stress_range)
 
     @classmethod
@@ -125,6 +127,7 @@ class KnobExplainer:
             meter=config.meter,
             gradient=config.gradient,
             natural=config.natural,
+            metrics=config.metrics,
             **kwargs,
         )
 

@@ -10,8 +10,10 @@ lowered edits, and the mean knob changes), ``<stem>_gradient.csv`` (each tile's 
 its edits' meter-read gains) and ``<stem>_gradient.png`` (the input's knob gradient with its
 intervals, beside the input's meter regression: :mod:`semknobs.explain.natural`, also in the
 JSON as ``meter_regression`` when the bundle has a meter, with the signs the two agree on as
-``agreed_signs``: :mod:`semknobs.explain.agreement`). Files are written under temporary
-names and renamed.
+``agreed_signs``: :mod:`semknobs.explain.agreement`), and the bundle's knob read as
+``knob_read`` (how strongly the regressor reads each knob's edits, over the lots the explain
+stage explained: :func:`semknobs.explain.knob_read.from_metrics`). Files are written under
+temporary names and renamed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain.agreement import WORDS, lot_agreement, sign_words
 from semknobs.explain.bundle import Explanation, KnobExplainer
+from semknobs.explain.knob_read import from_metrics
 from semknobs.pixels import model_to_uint8
 from semknobs.stage import save_figure, write_json
 
@@ -195,6 +198,20 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
     )
 
 
+def knob_read_entry(explainer: KnobExplainer) -> dict[str, Any]:
+    """``{"knob_read": {attribute: {"read", "low"}}}`` from the bundle, or nothing without one."""
+    table = from_metrics(explainer.metrics)
+    if table is None:
+        return {}
+    rows = table.itertuples()
+    return {"knob_read": {r.attribute: {"read": float(r.read), "low": bool(r.low)} for r in rows}}
+
+
+def read_line(entry: dict[str, dict[str, Any]]) -> str:
+    """``size 0.73, ..., facetness -0.30 (low)`` from a summary's ``knob_read`` section."""
+    return ", ".join(f"{a} {v['read']:.2f}" + " (low)" * v["low"] for a, v in entry.items())
+
+
 def _stem(name: str, taken: set[str]) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "input"
     candidate, k = stem, 2
@@ -254,6 +271,7 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"input": str(path), "tiles": len(tiles), "targets": summarise(table)}
+        summary |= knob_read_entry(explainer)
         with atomic_path(out_dir / f"{stem}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         if gradient:
@@ -277,6 +295,7 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"lot": one_lot, "inputs": [str(p) for p, _, _ in inputs], "tiles": len(tiles)}
+        summary |= knob_read_entry(explainer)
         summary |= lot_outputs(
             explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir, readings,
             predictions,

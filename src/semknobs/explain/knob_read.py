@@ -23,6 +23,7 @@ Not in the paper. Nothing here reads the renderer or the truth.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,25 @@ def read_metrics(table: pd.DataFrame) -> dict[str, float]:
         out[f"knob_gradient/read/{r.attribute}"] = float(r.read)
         out[f"knob_gradient/read/low_{r.attribute}"] = float(r.low)
     return out
+
+
+def from_metrics(metrics: Mapping[str, float]) -> pd.DataFrame | None:
+    """The read an explain run logged (:func:`read_metrics`; an explainer bundle keeps its
+    explain run's metrics) as :func:`knob_read`'s ``attribute``, ``read`` and ``low`` columns;
+    None when it logged none (a bundle from before the read, or an explain run without a meter).
+
+    This is the read over every lot the explain stage explained, which is what a one-scan
+    explanation should quote: one lot's own read is too noisy to flag a knob (on the default
+    study the committed editor's facetness read is low on 13 of 30 lots while the read over
+    them is 3.1 and its held-out sign accuracy 0.95; README, "The explanations").
+    """
+    keys = [f"knob_gradient/read/{a}" for a in ATTRIBUTES]
+    if not all(k in metrics for k in keys):
+        return None
+    return pd.DataFrame(
+        {
+            "attribute": list(ATTRIBUTES),
+            "read": [float(metrics[k]) for k in keys],
+            "low": [bool(metrics.get(f"knob_gradient/read/low_{a}", 1.0)) for a in ATTRIBUTES],
+        }
+    )

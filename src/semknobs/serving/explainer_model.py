@@ -25,7 +25,11 @@ meter in the bundle, its lot's meter regression (``lot_meter_regression_{slope,l
 the two agree on (``lot_agreed_sign_<a>``: +1 or -1, 0 where they disagree or the lot has no
 meter regression; :mod:`semknobs.explain.agreement`); without a meter in the bundle both the
 meter-regression and the agreed-sign columns are empty. Param
-``gradient=false`` skips that work (the columns come back empty).
+``gradient=false`` skips that work (the columns come back empty). Last, the same on every row
+and at no cost: the bundle's knob read (``knob_read_<a>``, and ``knob_read_low_<a>`` 1 where
+the explain stage reported it low; empty for a bundle without one): how strongly the regressor
+reads each knob's edits, over the lots the explain stage explained
+(:func:`semknobs.explain.knob_read.from_metrics`).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
 
@@ -44,6 +48,7 @@ from semknobs.model_folder import CONFIG_FILE, img_size
 from semknobs.registry import ModelKind
 
 KIND = "explainer"
+READ_COLUMNS = [f"knob_read{low}_{a}" for low in ("", "_low") for a in ATTRIBUTES]
 SEARCH = ("target", "lam", "steps", "delta", "restarts")
 PARAMS = (*SEARCH, "gradient")
 
@@ -73,6 +78,7 @@ def _signature(config: Mapping[str, Any]):
     for name in served_names():
         kind = "boolean" if name.startswith("lot_corrected_flag_") else "double"
         columns += [ColSpec(kind, name)]
+    columns += [ColSpec("double", name) for name in READ_COLUMNS]
     cf = from_mapping(CounterfactualParams, config.get("counterfactual") or {})
     params = ParamSchema(
         [
@@ -161,7 +167,8 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
             table = res.table
             table["lot"] = lots or "all"
             if not gradient:
-                return table.reindex(columns=[*table.columns, *_gradient_columns()])
+                table = table.reindex(columns=[*table.columns, *_gradient_columns()])
+                return table.join(_read_columns(explainer, table.index))
             lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline, readings)
             per_tile = lot.tiles.drop(columns="lot")
             parts = [table, per_tile, lot.served_columns()]
@@ -175,7 +182,8 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 signs = lot_agreement(lot, natural).set_index("lot").loc[table["lot"]]
                 parts.append(signs.reset_index(drop=True).add_prefix("lot_"))
             out = pd.concat(parts, axis=1)
-            return out.reindex(columns=[*table.columns, *_gradient_columns()])
+            out = out.reindex(columns=[*table.columns, *_gradient_columns()])
+            return out.join(_read_columns(explainer, out.index))
         except ValueError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         except SearchDeadline as exc:
@@ -184,6 +192,19 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
                 "`semknobs serve --deadline`); ask for fewer tiles, steps or restarts",
                 error_code=DEADLINE_EXCEEDED,
             ) from None
+
+
+def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
+    """:data:`READ_COLUMNS` from the bundle's knob read, the same on every row (NaN without)."""
+    from semknobs.explain.knob_read import from_metrics
+
+    table = from_metrics(explainer.metrics)
+    values = dict.fromkeys(READ_COLUMNS, np.nan)
+    if table is not None:
+        for r in table.itertuples():
+            values[f"knob_read_{r.attribute}"] = float(r.read)
+            values[f"knob_read_low_{r.attribute}"] = float(r.low)
+    return pd.DataFrame(values, index=index)
 
 
 def _gradient_columns() -> list[str]:
