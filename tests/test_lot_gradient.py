@@ -3,6 +3,8 @@ answers: a linear editor and regressor give the exact gradient with a zero-width
 gain correction divides out a lot's gain relative to the study's (within its clip), leaves weak
 knobs alone and says so; the negation gives the negation; a constant gives zero."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -185,6 +187,10 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     assert summary["knob_read"] == {
         r.attribute: {"read": r.read, "low": r.low} for r in read.itertuples()
     }
+    assert (
+        json.loads((tmp_path / f"{scan.stem}.json").read_text())["knob_read"]
+        == (summary["knob_read"])
+    )
     gradient, natural = summary["knob_gradient"], summary["meter_regression"]
     assert natural["tiles"] == summary["tiles"] >= K + 2
     for j, a in enumerate(ATTRIBUTES):

@@ -200,11 +200,8 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
 
 def knob_read_entry(explainer: KnobExplainer) -> dict[str, Any]:
     """``{"knob_read": {attribute: {"read", "low"}}}`` from the bundle, or nothing without one."""
-    table = from_metrics(explainer.metrics)
-    if table is None:
-        return {}
-    rows = table.itertuples()
-    return {"knob_read": {r.attribute: {"read": float(r.read), "low": bool(r.low)} for r in rows}}
+    read = from_metrics(explainer.metrics)
+    return {} if read is None else {"knob_read": read}
 
 
 def read_line(entry: dict[str, dict[str, Any]]) -> str:

@@ -106,23 +106,20 @@ def read_metrics(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def from_metrics(metrics: Mapping[str, float]) -> pd.DataFrame | None:
+def from_metrics(metrics: Mapping[str, float]) -> dict[str, dict[str, float | bool]] | None:
     """The read an explain run logged (:func:`read_metrics`; an explainer bundle keeps its
-    explain run's metrics) as :func:`knob_read`'s ``attribute``, ``read`` and ``low`` columns;
-    None when it logged none (a bundle from before the read, or an explain run without a meter).
+    explain run's metrics) as ``{attribute: {"read": float, "low": bool}}``; None when it logged
+    none (a bundle from before the read, or an explain run without a meter).
 
     This is the read over every lot the explain stage explained, which is what a one-scan
     explanation should quote: one lot's own read is too noisy to flag a knob (on the default
     study the committed editor's facetness read is low on 13 of 30 lots while the read over
     them is 3.1 and its held-out sign accuracy 0.95; README, "The explanations").
     """
-    keys = [f"knob_gradient/read/{a}" for a in ATTRIBUTES]
-    if not all(k in metrics for k in keys):
+    keys = {a: (f"knob_gradient/read/{a}", f"knob_gradient/read/low_{a}") for a in ATTRIBUTES}
+    if not all(k in metrics for pair in keys.values() for k in pair):
         return None
-    return pd.DataFrame(
-        {
-            "attribute": list(ATTRIBUTES),
-            "read": [float(metrics[k]) for k in keys],
-            "low": [bool(metrics.get(f"knob_gradient/read/low_{a}", 1.0)) for a in ATTRIBUTES],
-        }
-    )
+    return {
+        a: {"read": float(metrics[read]), "low": bool(metrics[low])}
+        for a, (read, low) in keys.items()
+    }

@@ -198,12 +198,9 @@ def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
     """:data:`READ_COLUMNS` from the bundle's knob read, the same on every row (NaN without)."""
     from semknobs.explain.knob_read import from_metrics
 
-    table = from_metrics(explainer.metrics)
     values = dict.fromkeys(READ_COLUMNS, np.nan)
-    if table is not None:
-        for r in table.itertuples():
-            values[f"knob_read_{r.attribute}"] = float(r.read)
-            values[f"knob_read_low_{r.attribute}"] = float(r.low)
+    for a, read in (from_metrics(explainer.metrics) or {}).items():
+        values[f"knob_read_{a}"], values[f"knob_read_low_{a}"] = read["read"], float(read["low"])
     return pd.DataFrame(values, index=index)
 
 
