@@ -112,5 +112,7 @@ def test_from_metrics_gives_back_what_read_metrics_logged() -> None:
         np.testing.assert_equal(back[r.attribute]["read"], r.read)
         assert back[r.attribute]["low"] is r.low
     assert from_metrics({}) is None
+    stored = read_metrics(table) | {"knob_gradient/read/dispersity": None}  # NaN as JSON null
+    assert np.isnan(from_metrics(stored)["dispersity"]["read"])
     for key in read_metrics(table):  # a read without its flag, or a flag without its read
         assert from_metrics({k: v for k, v in read_metrics(table).items() if k != key}) is None
