@@ -25,24 +25,26 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from semknobs.config import load_params
 from semknobs.data.dataset import fit_scaler, load_tileset
 from semknobs.data.split import read_splits
 from semknobs.meter import readings_and_counts
 from semknobs.pixels import to_model
 from semknobs.stages import train_attgan as stage
-from semknobs.train.attgan import train_attgan
+from semknobs.train.attgan import AttGANTrainer, train_attgan
 
 REPEATS, STEPS = 30, 10
 
 
-def trainer_after_pretraining(params: stage.TrainAttGANStageParams) -> tuple:
-    """The committed trainer one step in (concept network pre-trained) and its training tiles."""
-    splits = read_splits(Path("data/splits.json"))
-    lots = splits.training_lots("data/splits.json")
-    scaler = fit_scaler(params_lots(), lots)
-    data = load_tileset(
-        tiles_dir=Path("data/tiles"), lots_csv=params_lots(), lots=lots, scaler=scaler
-    )
+def trainer_after_pretraining(
+    params: stage.TrainAttGANStageParams,
+) -> tuple[AttGANTrainer, torch.Tensor, torch.Tensor]:
+    """The committed trainer one step in (concept network pre-trained), its training tiles
+    (uint8) and their attributes, loaded as the stage loads them."""
+    lots = read_splits(Path("data/splits.json")).training_lots("data/splits.json")
+    lots_csv = params_lots()
+    scaler = fit_scaler(lots_csv, lots)
+    data = load_tileset(tiles_dir=Path("data/tiles"), lots_csv=lots_csv, lots=lots, scaler=scaler)
     readings, _ = readings_and_counts(Path("data/measurements.csv"), data.manifest, count=False)
     images, attrs = torch.from_numpy(data.images), torch.from_numpy(data.attrs)
     trainer = train_attgan(
@@ -53,12 +55,13 @@ def trainer_after_pretraining(params: stage.TrainAttGANStageParams) -> tuple:
 
 
 def params_lots() -> Path:
-    from semknobs.config import load_params
-
+    """The lots table the pipeline reads (``data.lots``)."""
     return Path(load_params("params.yaml")["data"]["lots"])
 
 
-def step_profile(trainer, images: torch.Tensor, attrs: torch.Tensor) -> dict[str, float]:
+def step_profile(
+    trainer: AttGANTrainer, images: torch.Tensor, attrs: torch.Tensor
+) -> dict[str, float]:
     """CPU time of ``STEPS`` steps and the share in the transposed convolutions: the
     convolution events, forward and backward, whose inputs include a transposed layer's weight
     shape (no other convolution of the committed generator or critic has one of those)."""
