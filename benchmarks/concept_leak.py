@@ -253,6 +253,14 @@ def over_read(gain: pd.Series, c_edits: pd.DataFrame, c_true: pd.DataFrame) -> p
     return pd.DataFrame({"C, edit over true": c_rel, "meter gain": gain, "over-read": c_rel / gain})
 
 
+def prediction_slopes(mpa: dict[str, np.ndarray], levels: np.ndarray) -> pd.Series:
+    """Per knob, the slope (MPa per knob unit) of its sweeps' predictions (sweep, level order)
+    on the requested level: the prediction read as the turned knob's reading, which
+    ``control_slopes`` reads."""
+    tables = [sweep_table(pd.DataFrame({knob: p}), knob, levels) for knob, p in mpa.items()]
+    return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
+
+
 def regressor_read(
     reg: PeakStressRegressor,
     gain: pd.Series,
@@ -271,10 +279,7 @@ def regressor_read(
     times the regressor's slope on each, what it would read if it read only what the meter sees."""
 
     def slopes(tiles: dict[str, np.ndarray]) -> pd.Series:
-        tables = [  # the prediction as the turned knob's reading, which control_slopes reads
-            sweep_table(pd.DataFrame({knob: predict(reg, tiles[knob])}), knob, levels) for knob in A
-        ]
-        return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
+        return prediction_slopes({knob: predict(reg, tiles[knob]) for knob in A}, levels)
 
     r_edit, r_true = slopes(edits), slopes(rendered)
     s_edit, s_true = (slope_matrix(t).to_numpy(float) for t in meter)
@@ -300,24 +305,16 @@ def dog_bands(d: np.ndarray) -> list[np.ndarray]:
     return [a - b for a, b in itertools.pairwise(blurred)] + [blurred[-1]]
 
 
-@torch.no_grad()
-def band_read(reg: PeakStressRegressor, tiles: np.ndarray, levels: np.ndarray) -> dict[str, float]:
-    """The regressor's slope (MPa per knob unit) on sweeps of uint8 ``tiles`` (sweep, level order)
-    rebuilt as each sweep's mean tile plus one band of each level's change from it (model units,
-    not rounded): which scales of a change the regressor reads. The bands' reads need not sum to
-    the whole's (the regressor is not linear)."""
+def band_parts(tiles: np.ndarray, levels: np.ndarray) -> dict[str, np.ndarray]:
+    """Sweeps of uint8 ``tiles`` (sweep, level order) rebuilt as each sweep's mean tile plus the
+    whole of each level's change from it ("whole") or one of its bands (``BANDS``), in model
+    units, not rounded."""
     x = to_model(tiles).squeeze(1).double().numpy().reshape(-1, len(levels), *tiles.shape[1:])
     mean = x.mean(axis=1, keepdims=True)
     change = (x - mean).reshape(-1, *tiles.shape[1:])
     base = np.broadcast_to(mean, x.shape).reshape(change.shape)
-
-    def slope(y: np.ndarray) -> float:
-        mpa = in_batches(reg.predict_mpa, torch.from_numpy(y).float().unsqueeze(1), 256)
-        table = sweep_table(pd.DataFrame(dict.fromkeys(A, mpa.double().numpy())), A[0], levels)
-        return control_slopes(table)[A[0]]  # the prediction's slope, as its first reading
-
-    return {"whole": slope(base + change)} | {
-        name: slope(base + band) for name, band in zip(BANDS, dog_bands(change), strict=True)
+    return {"whole": base + change} | {
+        name: base + band for name, band in zip(BANDS, dog_bands(change), strict=True)
     }
 
 
@@ -328,12 +325,22 @@ def band_table(
     levels: np.ndarray,
     n: int,
 ) -> pd.DataFrame:
-    """:func:`band_read` of every knob's edits (the first ``n`` sweeps, the true interventions'
-    tiles) beside the true interventions."""
-    rows = {}
-    for knob in A:
-        rows[f"{knob}, edit"] = band_read(reg, edits[knob][: n * len(levels)], levels)
-        rows[f"{knob}, true"] = band_read(reg, rendered[knob], levels)
+    """Per knob, the regressor's slope (MPa per knob unit) on its edits' sweeps (the first ``n``,
+    the true interventions' tiles) and on the true interventions, rebuilt by
+    :func:`band_parts`: which scales of a change the regressor reads. The bands' reads need
+    not sum to the whole's (the regressor is not linear)."""
+
+    def mpa(y: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(y).float().unsqueeze(1)
+        return in_batches(reg.predict_mpa, x, 256).double().numpy()
+
+    rows = {f"{knob}, {kind}": {} for knob in A for kind in ("edit", "true")}
+    for kind, tiles in (("edit", {k: edits[k][: n * len(levels)] for k in A}), ("true", rendered)):
+        parts = {knob: band_parts(tiles[knob], levels) for knob in A}
+        for name in ["whole", *BANDS]:
+            slopes = prediction_slopes({k: mpa(parts[k][name]) for k in A}, levels)
+            for knob in A:
+                rows[f"{knob}, {kind}"][name] = slopes[knob]
     return pd.DataFrame(rows).T
 
 

@@ -166,22 +166,20 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
             (res,) = explainer.attribute_all(tiles, attributes, [search], deadline, readings)
             table = res.table
             table["lot"] = lots or "all"
-            if not gradient:
-                table = table.reindex(columns=[*table.columns, *_gradient_columns()])
-                return table.join(_read_columns(explainer, table.index))
-            lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline, readings)
-            per_tile = lot.tiles.drop(columns="lot")
-            parts = [table, per_tile, lot.served_columns()]
-            natural = explainer.meter_regression(
-                tiles, table["lot"], readings=readings, predictions=table["prediction_mpa"],
-                deadline=deadline,
-            )  # fmt: skip
-            if natural is not None:
-                fitted = natural.rows(table["lot"]).drop(columns="tiles")
-                parts.append(fitted.add_prefix("lot_meter_regression_"))
-                signs = lot_agreement(lot, natural).set_index("lot").loc[table["lot"]]
-                parts.append(signs.reset_index(drop=True).add_prefix("lot_"))
-            out = pd.concat(parts, axis=1)
+            parts = [table]
+            if gradient:
+                lot = explainer.knob_gradient(tiles, attributes, table["lot"], deadline, readings)
+                parts += [lot.tiles.drop(columns="lot"), lot.served_columns()]
+                natural = explainer.meter_regression(
+                    tiles, table["lot"], readings=readings, predictions=table["prediction_mpa"],
+                    deadline=deadline,
+                )  # fmt: skip
+                if natural is not None:
+                    fitted = natural.rows(table["lot"]).drop(columns="tiles")
+                    parts.append(fitted.add_prefix("lot_meter_regression_"))
+                    signs = lot_agreement(lot, natural).set_index("lot").loc[table["lot"]]
+                    parts.append(signs.reset_index(drop=True).add_prefix("lot_"))
+            out = pd.concat(parts, axis=1)  # without the gradient: its columns come back empty
             out = out.reindex(columns=[*table.columns, *_gradient_columns()])
             return out.join(_read_columns(explainer, out.index))
         except ValueError as exc:
