@@ -6,16 +6,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from semknobs.pixels import model_to_uint8, to_model
 from semknobs.train.attgan import AttGANTrainer, train_attgan
 from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.texture import (
+    REGION_STATS,
+    REGIONS,
+    RING_PX,
     TextureTarget,
     _blur,
+    region_masks,
+    region_stats,
     stat_names,
     texture_agreement,
     texture_stats,
+    tile_stats,
 )
 from tests.test_attgan import TINY, _data
 
@@ -59,6 +66,73 @@ def test_coarser_blobs_move_energy_to_coarser_bands():
     assert centroids == sorted(centroids) and centroids[-1] - centroids[0] > 1
 
 
+def _square(side=32, half=8, inside=0.6, outside=-0.6):
+    yy, xx = np.indices((side, side))
+    lo, hi = side // 2 - half, side // 2 + half
+    box = (yy >= lo) & (yy < hi) & (xx >= lo) & (xx < hi)
+    return torch.from_numpy(np.where(box, inside, outside)).float()[None, None], box
+
+
+def test_the_regions_partition_the_tile_around_a_bright_crystal():
+    x, box = _square()
+    masks = region_masks(x)[0].numpy().astype(bool)
+    assert masks.shape == (len(REGIONS), 32, 32)
+    assert (masks.sum(axis=0) == 1).all()  # a partition
+    interior, outline, background = masks
+    # Otsu of the smoothed step puts the crystal's edge within a pixel of the square's
+    assert interior[ndi.binary_erosion(box, iterations=RING_PX + 1)].all()
+    assert box[interior].all()
+    assert outline[box & ~ndi.binary_erosion(box)].all()  # the square's edge is outline
+    assert background[~ndi.binary_dilation(box, iterations=RING_PX + 2)].all()
+    assert not (background & box).any()
+
+
+def test_a_blank_tile_is_all_background_with_finite_statistics():
+    x = torch.zeros(2, 1, 32, 32)
+    assert (region_masks(x)[:, 2] == 1).all()
+    stats = region_stats(x)
+    assert stats.shape == (2, len(REGIONS) * len(REGION_STATS)) and torch.isfinite(stats).all()
+    assert stats.abs().max() == 0
+
+
+def test_region_statistics_read_each_region_where_it_is():
+    x, _ = _square()
+    stats = dict(zip(stat_names(3, regions=True), tile_stats(x, 3, regions=True)[0].tolist()))
+    assert len(stats) == len(stat_names(3)) + 15
+    assert stats["interior_grey"] == pytest.approx(0.6)
+    assert stats["background_grey"] == pytest.approx(-0.6)
+    # a step edge: the 1 px band lives at the outline (the 5-tap blur reaches 2 px, so a little
+    # spills past the ring's corners and into the interior's edge)
+    assert stats["outline_abs_band_1px"] > 0.05
+    assert stats["interior_abs_band_1px"] < 0.2 * stats["outline_abs_band_1px"]
+    assert stats["background_abs_band_1px"] < 0.01 * stats["outline_abs_band_1px"]
+    # the edit of the interior moves the interior statistics only
+    y = x.clone()
+    y[..., 14:18, 14:18] -= 0.5  # a dark dot in the middle of the crystal
+    moved = tile_stats(y, 3, regions=True)[0] - tile_stats(x, 3, regions=True)[0]
+    moved = dict(zip(stat_names(3, regions=True), moved.tolist()))
+    assert moved["interior_grey"] < 0 and moved["interior_abs_band_1px"] > 0
+    assert moved["outline_grey"] == 0 and moved["background_grey"] == 0
+
+
+def test_the_region_loss_adds_its_own_mean_to_the_whole_tile_term():
+    images, labels, lots = _planted_lots()
+    plain = TextureTarget.fit(images, labels, lots, levels=3)
+    both = TextureTarget.fit(images, labels, lots, levels=3, regions=True)
+    torch.testing.assert_close(both.weight[:5], plain.weight)  # the whole-tile rows unchanged
+    assert both.names == stat_names(3, regions=True)
+    torch.manual_seed(0)
+    ref, edit = torch.rand(4, 1, 32, 32) - 0.5, torch.rand(4, 1, 32, 32) - 0.5
+    change = torch.rand(4, 4) - 0.5
+    miss = ((both.stats(edit) - both.stats(ref)) / both.scale - both.wanted(change)).pow(2)
+    assert float(both.loss(edit, ref, change)) == pytest.approx(
+        float(miss[:, :5].mean() + miss[:, 5:].mean()), rel=1e-5
+    )
+    assert float(plain.loss(edit, ref, change)) == pytest.approx(
+        float(miss[:, :5].mean()), rel=1e-5
+    )
+
+
 def _planted_lots(n_lots=8, per_lot=6, seed=0):
     """Flat tiles whose grey level is 0.4 * size + 0.1 * porosity - 0.3 (+ per-tile noise):
     the only statistic that changes across lots is the mean."""
@@ -100,17 +174,20 @@ def test_too_few_lots_for_the_fit_are_refused():
         TextureTarget.fit(images, labels, lots, levels=3)
 
 
-def test_the_texture_term_of_the_generator_is_the_documented_one():
+@pytest.mark.parametrize("regions", [False, True])
+def test_the_texture_term_of_the_generator_is_the_documented_one(regions):
     """The logged term is |(T(G(x, b)) - T(G(x, a))) / s - W (b - a)|^2 (recomputed from a copy
     of the generator and the step's own targets), and training on one batch lowers it."""
     params = AttGANTrainParams(
-        model=TINY, batch_size=8, seed=1, lambda_concept=0.0, lambda_texture=5.0, texture_levels=3
-    )
+        model=TINY, batch_size=8, seed=1, lambda_concept=0.0, lambda_texture=5.0, texture_levels=3,
+        texture_regions=regions,
+    )  # fmt: skip
     trainer = AttGANTrainer(params, torch.device("cpu"))
     images, attrs = _data(48)
     lots = np.repeat([f"L{i}" for i in range(8)], 6)
     attrs = attrs[::6].repeat_interleave(6, dim=0)  # one label vector per lot
     trainer.attach_texture(images, attrs, lots)
+    assert trainer.texture.regions is regions
     x, a = to_model(images[:8]), attrs[:8]
     gen = copy.deepcopy(trainer.gen).train()  # batch statistics, as in the step
     probe = copy.deepcopy(trainer.rng)

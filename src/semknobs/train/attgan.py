@@ -196,7 +196,10 @@ class AttGANTrainer(Trainer):
     def attach_texture(self, images: torch.Tensor, labels: torch.Tensor, lots: np.ndarray) -> None:
         """The texture targets, fit on these real training tiles (uint8), their lot labels (knob
         units) and lot ids."""
-        target = TextureTarget.fit(images, labels, lots, self.params.texture_levels)
+        p = self.params
+        target = TextureTarget.fit(
+            images, labels, lots, p.texture_levels, regions=p.texture_regions
+        )
         self.texture = target.to(self.device)
 
     # -- state -------------------------------------------------------------------------------

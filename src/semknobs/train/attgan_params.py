@@ -41,6 +41,7 @@ class AttGANTrainParams:
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
     texture_levels: int = 4  # Laplacian pyramid bands of T: 1, 2, 4, 8 px (train/texture.py)
+    texture_regions: bool = False  # T also per crystal interior / outline / background
     concept: ConceptParams = field(default_factory=ConceptParams)
     one_knob_share: float = 0.5  # rows whose target turns one knob
     one_knob_delta: float = 0.5

@@ -11,6 +11,13 @@ particles, the regressor (which reads the whole image) barely saw a change.
 absolute band of a Laplacian pyramid (``levels`` octaves: 1, 2, 4, ... px): how much of the image
 lives at each scale, from pores and edges to particles. Differentiable and cheap.
 
+``region_stats(x)`` (``texture_regions``): the same kind of statistics per region of the tile:
+crystal interiors, outlines (a ring of ``RING_PX`` either side) and background, by an Otsu
+threshold of each tile's own smoothed grey levels (not differentiable; the statistics are, through
+the pixels). Measured on the default study (README, "Texture by region"): the real facetness
+change is read by the regressor almost wholly at the outlines, and the side-by-side editors'
+backward facetness read sits in the interiors, which whole-tile statistics cannot tell apart.
+
 ``TextureTarget``: what real lots say. Over the training lots, a multivariate least-squares fit
 of each statistic's lot mean on the lot labels (knob units), ``T ~ W a + c``; an edit of a tile
 from knobs ``a`` to ``b`` should then move its statistics by ``W (b - a)``, as differing lots do.
@@ -26,12 +33,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.pixels import to_model
 
 MIN_TEXTURE_LOTS = len(ATTRIBUTES) + 2  # a fit of 4 slopes and an intercept, one spare lot
 _TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # binomial, sigma ~1 px
+RING_PX = 2  # half-width of the outline region
+REGIONS = ("interior", "outline", "background")
+REGION_STATS = ("grey", "band_1px", "abs_band_1px", "band_2px", "abs_band_2px")
 
 
 def _taps_along(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,8 +63,9 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return _taps_along(_taps_along(x, -1), -2)
 
 
-def stat_names(levels: int) -> list[str]:
-    return ["mean", "std", *(f"band_{2**i}px" for i in range(levels))]
+def stat_names(levels: int, regions: bool = False) -> list[str]:
+    names = ["mean", "std", *(f"band_{2**i}px" for i in range(levels))]
+    return names + [f"{r}_{s}" for r in REGIONS for s in REGION_STATS] * regions
 
 
 def texture_stats(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -67,14 +80,55 @@ def texture_stats(x: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+def region_masks(x: torch.Tensor) -> torch.Tensor:
+    """Tiles (B, 1, S, S) -> (B, 3, S, S) hard masks of :data:`REGIONS` (they partition the tile):
+    crystals are the tile's Gaussian-smoothed (sigma 1 px) grey levels above their Otsu
+    threshold, holes filled; a blank tile is all background."""
+    smooth = ndi.gaussian_filter(x.detach().float().cpu().numpy()[:, 0], (0, 1, 1))
+    out = np.zeros((len(smooth), len(REGIONS), *smooth.shape[1:]), dtype=np.float32)
+    for i, tile in enumerate(smooth):
+        crystal = np.zeros(tile.shape, bool)
+        if np.ptp(tile) > 1e-6:
+            crystal = ndi.binary_fill_holes(tile > threshold_otsu(tile))
+        inner = ndi.binary_erosion(crystal, iterations=RING_PX)
+        outer = ndi.binary_dilation(crystal, iterations=RING_PX)
+        out[i] = inner, outer & ~inner, ~outer
+    return torch.from_numpy(out).to(x.device)
+
+
+def region_stats(x: torch.Tensor) -> torch.Tensor:
+    """Tiles (B, 1, S, S) in [-1, 1] -> (B, 15): per region of :func:`region_masks` (interior,
+    outline, background), the mean grey level, the mean signed and absolute 1 px band, and the
+    same of the 2 px band (half resolution, the mask average-pooled)."""
+    masks = region_masks(x)  # (B, 3, S, S)
+    half = F.avg_pool2d(masks, 2)
+    blurred = _blur(x)
+    coarse = F.avg_pool2d(blurred, 2)
+    fine, mid = x - blurred, coarse - _blur(coarse)
+
+    def mean_in(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # (B, 1, s, s) -> (B, 3)
+        return (v * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
+
+    cols = [mean_in(x, masks), mean_in(fine, masks), mean_in(fine.abs(), masks)]
+    cols += [mean_in(mid, half), mean_in(mid.abs(), half)]
+    return torch.stack(cols, dim=2).flatten(1)  # region-major, as stat_names
+
+
+def tile_stats(x: torch.Tensor, levels: int, regions: bool = False) -> torch.Tensor:
+    """:func:`texture_stats`, then :func:`region_stats` when ``regions``."""
+    stats = texture_stats(x, levels)
+    return torch.cat([stats, region_stats(x)], dim=1) if regions else stats
+
+
 @dataclass
 class TextureTarget:
     """``weight`` (T, 4): change of each statistic per knob unit across real lots; ``scale``
-    (T,): each statistic's spread over the real tiles."""
+    (T,): each statistic's spread over the real tiles; ``regions``: :func:`region_stats` too."""
 
     levels: int
     weight: torch.Tensor
     scale: torch.Tensor
+    regions: bool = False
 
     @classmethod
     def fit(
@@ -84,6 +138,7 @@ class TextureTarget:
         lots: np.ndarray,
         levels: int,
         batch_size: int = 256,
+        regions: bool = False,
     ) -> TextureTarget:
         """From real tiles (uint8 (n, S, S)), their lot labels (n, 4, knob units) and lot ids."""
         lots = np.asarray(lots)
@@ -96,7 +151,7 @@ class TextureTarget:
         with torch.no_grad():
             stats = torch.cat(
                 [
-                    texture_stats(to_model(images[i : i + batch_size]), levels)
+                    tile_stats(to_model(images[i : i + batch_size]), levels, regions)
                     for i in range(0, len(images), batch_size)
                 ]
             ).double()
@@ -107,10 +162,19 @@ class TextureTarget:
         design = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
         coef = torch.linalg.lstsq(design, y).solution  # (5, T)
         scale = stats.std(dim=0).clamp_min(1e-3)  # under ~1/8 grey level: no spread
-        return cls(levels, coef[:-1].T.float(), scale.float())
+        return cls(levels, coef[:-1].T.float(), scale.float(), regions)
 
     def to(self, device: torch.device) -> TextureTarget:
-        return TextureTarget(self.levels, self.weight.to(device), self.scale.to(device))
+        return TextureTarget(
+            self.levels, self.weight.to(device), self.scale.to(device), self.regions
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return stat_names(self.levels, self.regions)
+
+    def stats(self, x: torch.Tensor) -> torch.Tensor:
+        return tile_stats(x, self.levels, self.regions)
 
     def wanted(self, change: torch.Tensor) -> torch.Tensor:
         """Knob changes (B, 4) -> the statistics' changes real lots show (B, T), in spreads."""
@@ -119,11 +183,15 @@ class TextureTarget:
     def loss(
         self, edit: torch.Tensor, reference: torch.Tensor, change: torch.Tensor
     ) -> torch.Tensor:
-        """Mean squared miss of ``stats(edit) - stats(reference)`` against :meth:`wanted`."""
-        moved = (texture_stats(edit, self.levels) - texture_stats(reference, self.levels)) / (
-            self.scale
-        )
-        return (moved - self.wanted(change)).pow(2).mean()
+        """Mean squared miss of ``stats(edit) - stats(reference)`` against :meth:`wanted`; with
+        ``regions``, the whole-tile statistics' mean plus the region statistics' mean (the first
+        term as without regions)."""
+        moved = (self.stats(edit) - self.stats(reference)) / self.scale
+        miss = (moved - self.wanted(change)).pow(2)
+        if not self.regions:
+            return miss.mean()
+        whole = len(stat_names(self.levels))
+        return miss[:, :whole].mean() + miss[:, whole:].mean()
 
 
 def texture_agreement(
@@ -143,7 +211,7 @@ def texture_agreement(
     (0: as real lots differ; 1: as far off as an edit that changes nothing).
     """
     gen.eval()
-    names = stat_names(target.levels)
+    names = target.names
     metrics, rows = {}, []
     lots_say = (target.weight / target.scale[:, None]).T.cpu()  # (4, T) spreads per knob unit
     for k, attribute in enumerate(ATTRIBUTES):
@@ -155,9 +223,7 @@ def texture_agreement(
                 up[:, k] = (up[:, k] + step).clamp(0, 1)
                 down[:, k] = (down[:, k] - step).clamp(0, 1)
                 span = (up[:, k] - down[:, k]).clamp_min(1e-6)[:, None]
-                diff = texture_stats(gen(x, up, a), target.levels) - texture_stats(
-                    gen(x, down, a), target.levels
-                )
+                diff = target.stats(gen(x, up, a)) - target.stats(gen(x, down, a))
                 moved.append(diff / span / target.scale)
         edit = torch.cat(moved).mean(dim=0).cpu()
         real = lots_say[k]
