@@ -1,0 +1,150 @@
+"""Where in a tile the regressor reads an edit: by crystal region and by scale. Evaluation only
+(issue 14).
+
+Replays ``evaluate_attgan``'s held-out control sweep (``concept_leak.py``'s editor and sweeps)
+and the meter ceiling's true one-attribute interventions on the first ``ceiling.n_tiles`` of
+its tiles. Each sweep's change from its mean tile is cut by the crystal mask of that mean tile
+(``semknobs.train.texture.region_masks``: interiors, a ±``RING_PX`` outline ring, background;
+softened by a 1 px Gaussian so that the three parts sum to the change) and by scale
+(difference-of-Gaussian bands: ≤ 2 px, 2–8 px, the rest), and the regressor reads the mean tile
+plus one part: the slope of its prediction on the requested level, MPa per knob unit. The parts'
+reads need not sum to the whole's (the regressor is not linear). Then the texture loss's region
+statistics (``texture_regions``), the edits' change per knob unit in spreads of the real
+training tiles beside the lots' fit ``W``: what a region term asks of an edit.
+
+    python benchmarks/region_read.py [--workspace DIR] [--out benchmarks/region_read.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.ndimage import gaussian_filter
+
+from semknobs.data.dataset import load_tileset
+from semknobs.explain.bundle import in_batches
+from semknobs.pixels import to_model
+from semknobs.serving import regressor_model
+from semknobs.train.texture import REGIONS, TextureTarget, region_masks, texture_agreement
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from concept_leak import (
+    A,
+    Editor,
+    dog_bands,
+    edit_sweeps,
+    load_editor,
+    prediction_slopes,
+    true_sweeps,
+)
+
+PARTS = ["whole", "<= 2 px", "2-8 px", "> 8 px"]
+
+
+def region_parts(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """uint8 sweeps (sweep, level order) -> each tile's sweep mean (n, S, S), the change from it
+    by scale (``PARTS`` -> (n, S, S)) and each tile's soft region weights (n, 3, S, S)."""
+    x = to_model(tiles).squeeze(1).double().numpy()
+    side = x.shape[-1]
+    sweeps = x.reshape(-1, n_levels, side, side)
+    mean = sweeps.mean(axis=1, keepdims=True)
+    change = (sweeps - mean).reshape(-1, side, side)
+    bands = dog_bands(change)  # <= 1, 1-2, 2-4, 4-8 px, the rest
+    parts = dict(zip(PARTS, [change, bands[0] + bands[1], bands[2] + bands[3], bands[4]]))
+    hard = region_masks(torch.from_numpy(mean).float()).double().numpy()  # (sweeps, 3, S, S)
+    soft = gaussian_filter(hard, (0, 0, 1, 1), mode="reflect")
+    soft = np.repeat(soft / soft.sum(axis=1, keepdims=True), n_levels, axis=0)
+    base = np.broadcast_to(mean, sweeps.shape).reshape(-1, side, side)
+    return base, parts, soft
+
+
+def region_table(reg, tiles: dict[str, np.ndarray], levels: np.ndarray) -> pd.DataFrame:
+    """Per knob and region (and the whole tile), the regressor's slope on each part."""
+
+    def mpa(y: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(y).float().unsqueeze(1)
+        return in_batches(reg.predict_mpa, x, 256).double().numpy()
+
+    rows = []
+    for knob in A:
+        base, parts, soft = region_parts(tiles[knob], len(levels))
+        shares = soft.mean(axis=(0, 2, 3))
+        for r, region in enumerate(["all", *REGIONS]):
+            weight = 1.0 if region == "all" else soft[:, r - 1]
+            row = {"knob": knob, "region": region}
+            row["area"] = 1.0 if region == "all" else float(shares[r - 1])
+            for name, part in parts.items():
+                y = mpa(base + weight * part)
+                row[name] = float(prediction_slopes({k: y for k in A}, levels)[knob])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def region_statistics(ed: Editor) -> pd.DataFrame:
+    """The region statistics' change per knob unit of the edits (``texture_agreement``'s
+    ±0.25 steps) beside the lots' fit, in spreads of the training tiles."""
+    train_lots = ed.config.train_lots or ed.splits.training_lots(str(ed.ws / "data/splits.json"))
+    tr = load_tileset(
+        tiles_dir=ed.ws / "data/tiles", lots_csv=ed.lots_csv, lots=train_lots, scaler=ed.scaler
+    )
+    lots = tr.manifest["lot"].to_numpy()
+    target = TextureTarget.fit(tr.images, tr.attrs, lots, ed.train.texture_levels, regions=True)
+    x, attrs = to_model(ed.images), torch.from_numpy(ed.attrs)
+    _, table = texture_agreement(ed.gen, x, attrs, target)
+    table = table[table["statistic"].str.startswith(REGIONS)]
+    cell = table["edit"].map("{:+.2f}".format) + " (" + table["lots"].map("{:+.2f}".format) + ")"
+    wide = table.assign(cell=cell).pivot(index="statistic", columns="knob", values="cell")
+    return wide.loc[table["statistic"].unique(), A]
+
+
+def report(ws: Path) -> str:
+    ed = load_editor(ws)
+    edits, _ = edit_sweeps(ed)
+    rendered, _ = true_sweeps(ed)
+    n = min(ed.params.ceiling.n_tiles, len(ed.tiles))
+    reg, _ = regressor_model.load(ws / "models/regressor")
+    reg.eval()
+    first = {k: edits[k][: n * len(ed.levels)] for k in A}
+    table = pd.concat(
+        [
+            region_table(reg, first, ed.levels).assign(sweep="edit"),
+            region_table(reg, rendered, ed.levels).assign(sweep="true"),
+        ]
+    )
+    table = table.set_index(["knob", "sweep", "region"]).loc[A].round(2)
+    return (
+        "\n\n".join(
+            [
+                f"# Where the regressor reads an edit ({ws.resolve().name})",
+                f"Held-out control sweep of `evaluate_attgan`, the first {n} tiles x "
+                f"{len(ed.levels)} levels per knob, edits (`edit`) and true interventions "
+                "(`true`). Slopes in MPa per knob unit of the sweep's mean tile plus one part of "
+                "its change; `area`: the region's share of the tile.",
+                "## By region and scale\n\n" + table.to_markdown(),
+                "## Region statistics of the edits, per knob unit in spreads (the lots' fit)\n\n"
+                + region_statistics(ed).to_markdown(),
+            ]
+        )
+        + "\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("."))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/region_read.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    text = report(args.workspace)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
