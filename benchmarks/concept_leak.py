@@ -114,6 +114,20 @@ class Editor:
     def lots_csv(self) -> Path:
         return self.ws / "data/synthetic/lots.csv"
 
+    def texture_target(self, regions: bool = False) -> TextureTarget:
+        """The texture loss's target, fit on the editor's training lots as train_attgan fits it
+        (``regions``: with the region statistics, whatever the editor trained with)."""
+        lots = self.config.train_lots or self.splits.training_lots(
+            str(self.ws / "data/splits.json")
+        )
+        tr = load_tileset(
+            tiles_dir=self.ws / "data/tiles", lots_csv=self.lots_csv, lots=lots, scaler=self.scaler
+        )
+        return TextureTarget.fit(
+            tr.images, tr.attrs, tr.manifest["lot"].to_numpy(), self.train.texture_levels,
+            regions=regions,
+        )  # fmt: skip
+
 
 def load_editor(ws: Path) -> Editor:
     params = load_section(EvaluateAttGANParams, NAME, ws / "params.yaml")
@@ -179,13 +193,7 @@ def texture_table(
 ) -> pd.DataFrame:
     """The texture loss's target W (fit on the training lots as train_attgan fits it) beside
     the texture change of the true interventions and of the edits, per knob unit."""
-    train_lots = ed.config.train_lots or ed.splits.training_lots(str(ed.ws / "data/splits.json"))
-    tr = load_tileset(
-        tiles_dir=ed.ws / "data/tiles", lots_csv=ed.lots_csv, lots=train_lots, scaler=ed.scaler
-    )
-    target = TextureTarget.fit(
-        tr.images, tr.attrs, tr.manifest["lot"].to_numpy(), ed.train.texture_levels
-    )
+    target = ed.texture_target()
     rows = []
     for k, knob in enumerate(A):
         for source, v in (
@@ -261,6 +269,13 @@ def prediction_slopes(mpa: dict[str, np.ndarray], levels: np.ndarray) -> pd.Seri
     return pd.Series(control_slopes(pd.concat(tables, ignore_index=True)))
 
 
+def predict_unrounded(reg: PeakStressRegressor, tiles: np.ndarray) -> np.ndarray:
+    """The regressor's predictions (MPa, float64) of model-range tiles (n, S, S), not rounded to
+    uint8 as :func:`predict` would: a tile plus one part of a change is not an image file."""
+    x = torch.from_numpy(tiles).float().unsqueeze(1)
+    return in_batches(reg.predict_mpa, x, 256).double().numpy()
+
+
 def regressor_read(
     reg: PeakStressRegressor,
     gain: pd.Series,
@@ -329,16 +344,13 @@ def band_table(
     the true interventions' tiles) and on the true interventions, rebuilt by
     :func:`band_parts`: which scales of a change the regressor reads. The bands' reads need
     not sum to the whole's (the regressor is not linear)."""
-
-    def mpa(y: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(y).float().unsqueeze(1)
-        return in_batches(reg.predict_mpa, x, 256).double().numpy()
-
     rows = {f"{knob}, {kind}": {} for knob in A for kind in ("edit", "true")}
     for kind, tiles in (("edit", {k: edits[k][: n * len(levels)] for k in A}), ("true", rendered)):
         parts = {knob: band_parts(tiles[knob], levels) for knob in A}
         for name in ["whole", *BANDS]:
-            slopes = prediction_slopes({k: mpa(parts[k][name]) for k in A}, levels)
+            slopes = prediction_slopes(
+                {k: predict_unrounded(reg, parts[k][name]) for k in A}, levels
+            )
             for knob in A:
                 rows[f"{knob}, {kind}"][name] = slopes[knob]
     return pd.DataFrame(rows).T

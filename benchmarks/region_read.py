@@ -26,11 +26,10 @@ import pandas as pd
 import torch
 from scipy.ndimage import gaussian_filter
 
-from semknobs.data.dataset import load_tileset
-from semknobs.explain.bundle import in_batches
+from semknobs.models.regressor import PeakStressRegressor
 from semknobs.pixels import to_model
 from semknobs.serving import regressor_model
-from semknobs.train.texture import REGIONS, TextureTarget, region_masks, texture_agreement
+from semknobs.train.texture import REGIONS, region_masks, texture_agreement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concept_leak import (
@@ -39,6 +38,7 @@ from concept_leak import (
     dog_bands,
     edit_sweeps,
     load_editor,
+    predict_unrounded,
     prediction_slopes,
     true_sweeps,
 )
@@ -63,13 +63,10 @@ def region_parts(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, dict, np
     return base, parts, soft
 
 
-def region_table(reg, tiles: dict[str, np.ndarray], levels: np.ndarray) -> pd.DataFrame:
+def region_table(
+    reg: PeakStressRegressor, tiles: dict[str, np.ndarray], levels: np.ndarray
+) -> pd.DataFrame:
     """Per knob and region (and the whole tile), the regressor's slope on each part."""
-
-    def mpa(y: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(y).float().unsqueeze(1)
-        return in_batches(reg.predict_mpa, x, 256).double().numpy()
-
     rows = []
     for knob in A:
         base, parts, soft = region_parts(tiles[knob], len(levels))
@@ -79,7 +76,7 @@ def region_table(reg, tiles: dict[str, np.ndarray], levels: np.ndarray) -> pd.Da
             row = {"knob": knob, "region": region}
             row["area"] = 1.0 if region == "all" else float(shares[r - 1])
             for name, part in parts.items():
-                y = mpa(base + weight * part)
+                y = predict_unrounded(reg, base + weight * part)
                 row[name] = float(prediction_slopes({k: y for k in A}, levels)[knob])
             rows.append(row)
     return pd.DataFrame(rows)
@@ -88,12 +85,7 @@ def region_table(reg, tiles: dict[str, np.ndarray], levels: np.ndarray) -> pd.Da
 def region_statistics(ed: Editor) -> pd.DataFrame:
     """The region statistics' change per knob unit of the edits (``texture_agreement``'s
     ±0.25 steps) beside the lots' fit, in spreads of the training tiles."""
-    train_lots = ed.config.train_lots or ed.splits.training_lots(str(ed.ws / "data/splits.json"))
-    tr = load_tileset(
-        tiles_dir=ed.ws / "data/tiles", lots_csv=ed.lots_csv, lots=train_lots, scaler=ed.scaler
-    )
-    lots = tr.manifest["lot"].to_numpy()
-    target = TextureTarget.fit(tr.images, tr.attrs, lots, ed.train.texture_levels, regions=True)
+    target = ed.texture_target(regions=True)
     x, attrs = to_model(ed.images), torch.from_numpy(ed.attrs)
     _, table = texture_agreement(ed.gen, x, attrs, target)
     table = table[table["statistic"].str.startswith(REGIONS)]

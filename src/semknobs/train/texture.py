@@ -14,9 +14,11 @@ lives at each scale, from pores and edges to particles. Differentiable and cheap
 ``region_stats(x)`` (``texture_regions``): the same kind of statistics per region of the tile:
 crystal interiors, outlines (a ring of ``RING_PX`` either side) and background, by an Otsu
 threshold of each tile's own smoothed grey levels (not differentiable; the statistics are, through
-the pixels). Measured on the default study (README, "Texture by region"): the real facetness
-change is read by the regressor almost wholly at the outlines, and the side-by-side editors'
-backward facetness read sits in the interiors, which whole-tile statistics cannot tell apart.
+the pixels). Measured on the default study (README, "Texture by region"; Rule S): the regressor
+reads a real facetness change almost wholly at the outlines and a side-by-side editor's
+backward facetness edit in the interiors; with this term the interiors' statistics reached the
+lots' fit and that read did not move, while the size knob stopped working (a size edit moves
+the mask). Off by default.
 
 ``TextureTarget``: what real lots say. Over the training lots, a multivariate least-squares fit
 of each statistic's lot mean on the lot labels (knob units), ``T ~ W a + c``; an edit of a tile
@@ -65,7 +67,9 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 def stat_names(levels: int, regions: bool = False) -> list[str]:
     names = ["mean", "std", *(f"band_{2**i}px" for i in range(levels))]
-    return names + [f"{r}_{s}" for r in REGIONS for s in REGION_STATS] * regions
+    if regions:
+        names += [f"{r}_{s}" for r in REGIONS for s in REGION_STATS]
+    return names
 
 
 def texture_stats(x: torch.Tensor, levels: int) -> torch.Tensor:
