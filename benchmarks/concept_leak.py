@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,24 +153,25 @@ def load_editor(ws: Path) -> Editor:
     )  # fmt: skip
 
 
-def read_sweep(net: ConceptNet, tiles: np.ndarray, knob: str, levels: np.ndarray) -> pd.DataFrame:
-    """C's readings of one knob's sweeps as sweep-table rows."""
-    return sweep_table(pd.DataFrame(read_c(net, tiles), columns=A), knob, levels)
+def read_sweeps(ed: Editor, tiles: dict[str, np.ndarray]) -> pd.DataFrame:
+    """C's readings of each knob's sweeps (sweep, level order) as one sweep table."""
+    frames = [
+        sweep_table(pd.DataFrame(read_c(ed.net, tiles[a]), columns=A), a, ed.levels) for a in A
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
-def edit_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """evaluate_attgan's control sweep: the edits per knob and C's readings of them."""
-    edits = {
+def edit_sweeps(ed: Editor) -> dict[str, np.ndarray]:
+    """evaluate_attgan's control sweep: the edits per knob."""
+    return {
         knob: sweep_edits(ed.gen, ed.images, ed.attrs, k, ed.levels, ed.params.batch_size)
         for k, knob in enumerate(A)
     }
-    table = pd.concat([read_sweep(ed.net, edits[a], a, ed.levels) for a in A], ignore_index=True)
-    return edits, table
 
 
-def true_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """The meter ceiling's sweep (true interventions rendered at the first ``ceiling.n_tiles``
-    tiles' true attributes) and C's readings of it. Evaluation only: reads the truth."""
+def true_sweeps(ed: Editor) -> dict[str, np.ndarray]:
+    """The meter ceiling's sweep: true interventions rendered at the first ``ceiling.n_tiles``
+    tiles' true attributes. Evaluation only: reads the truth."""
     params = ed.params
     synthetic = Synthetic.from_params(ed.ws / "params.yaml")
     truth = read_truth(ed.ws / "data/synthetic/truth")
@@ -181,11 +183,9 @@ def true_sweeps(ed: Editor) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     ids = ed.tiles["tile"].to_numpy()[:n]
     oracle_params = OracleParams(fields=params.ceiling.fields, seed=params.ceiling.seed, n_jobs=1)
     with Oracle(synthetic.study, synthetic.tiling, None, oracle_params) as oracle:
-        rendered = {
+        return {
             knob: render_sweep(oracle, true, k, ed.levels, fit, ids) for k, knob in enumerate(A)
         }
-    table = pd.concat([read_sweep(ed.net, rendered[a], a, ed.levels) for a in A], ignore_index=True)
-    return rendered, table
 
 
 def texture_table(
@@ -358,8 +358,8 @@ def band_table(
 
 def report(ws: Path) -> str:
     ed = load_editor(ws)
-    edits, c_edits = edit_sweeps(ed)
-    rendered, c_true = true_sweeps(ed)
+    edits, rendered = edit_sweeps(ed), true_sweeps(ed)
+    c_edits, c_true = read_sweeps(ed, edits), read_sweeps(ed, rendered)
     texture = texture_table(ed, edits, rendered)
     meter_edits = pd.read_csv(ws / "reports/evaluate_attgan/control_readings.csv")
     meter_true = pd.read_csv(ws / "reports/evaluate_attgan/ceiling_readings.csv")
@@ -410,16 +410,21 @@ def report(ws: Path) -> str:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report_main(make_report: Callable[[Path], str], description: str, out: str) -> int:
+    """The command line of a workspace report: ``--workspace DIR --out FILE`` (markdown)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workspace", type=Path, default=Path("."))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/concept_leak.md"))
+    parser.add_argument("--out", type=Path, default=Path(out))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    text = report(args.workspace)
+    text = make_report(args.workspace)
     args.out.write_text(text)
     print(text)
     return 0
+
+
+def main() -> int:
+    return report_main(report, __doc__.splitlines()[0], "benchmarks/concept_leak.md")
 
 
 if __name__ == "__main__":

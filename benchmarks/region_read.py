@@ -17,7 +17,6 @@ training tiles beside the lots' fit ``W``: what a region term asks of an edit.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from concept_leak import (
     load_editor,
     predict_unrounded,
     prediction_slopes,
+    report_main,
     true_sweeps,
 )
 
@@ -96,8 +96,7 @@ def region_statistics(ed: Editor) -> pd.DataFrame:
 
 def report(ws: Path) -> str:
     ed = load_editor(ws)
-    edits, _ = edit_sweeps(ed)
-    rendered, _ = true_sweeps(ed)
+    edits, rendered = edit_sweeps(ed), true_sweeps(ed)
     n = min(ed.params.ceiling.n_tiles, len(ed.tiles))
     reg, _ = regressor_model.load(ws / "models/regressor")
     reg.eval()
@@ -127,15 +126,7 @@ def report(ws: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path("."))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/region_read.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    text = report(args.workspace)
-    args.out.write_text(text)
-    print(text)
-    return 0
+    return report_main(report, __doc__.splitlines()[0], "benchmarks/region_read.md")
 
 
 if __name__ == "__main__":
