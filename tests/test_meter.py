@@ -4,7 +4,13 @@ from skimage.draw import disk, polygon
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.data.tiles import load_tiles
-from semknobs.meter import measure_tile, measure_tiles, particle_diameters
+from semknobs.meter import (
+    MeterParams,
+    _polygonality,
+    measure_tile,
+    measure_tiles,
+    particle_diameters,
+)
 
 
 def _canvas(
@@ -44,6 +50,41 @@ def test_squares_read_more_faceted_than_discs_of_the_same_area():
     discs, squares = measure_tile(_canvas("disc")), measure_tile(_canvas("square"))
     assert squares["facetness"] > 2 * discs["facetness"]
     assert squares["size"] == pytest.approx(discs["size"], rel=0.1)
+
+
+def _outline(radius) -> np.ndarray:
+    """A 61 x 61 soft patch: the region inside r(theta) = radius(theta) around the centre."""
+    y, x = np.mgrid[-30:31, -30:31].astype(float)
+    return (np.hypot(y, x) <= radius(np.arctan2(y, x))).astype(float)
+
+
+def test_the_dominant_harmonic_reads_polygons_and_not_wobble():
+    rng = np.random.default_rng(0)
+    phases = rng.uniform(0, 2 * np.pi, 6)
+    shapes = {
+        "disc": lambda t: np.full_like(t, 20.0),
+        # a square's radius: the distance to its nearest side along theta
+        "square": lambda t: 18.0 / np.maximum(np.abs(np.cos(t)), np.abs(np.sin(t))),
+        # harmonics 3-8, each 3 % of the radius, random phases: an outline that wobbles
+        "wobble": lambda t: (
+            20.0 * (1 + 0.03 * sum(np.cos(n * t + p) for n, p in zip(range(3, 9), phases)))
+        ),
+    }
+    read = {
+        (name, h): _polygonality(_outline(r), h)
+        for name, r in shapes.items()
+        for h in ("energy", "dominant")
+    }
+    assert read["disc", "energy"] < 0.01 and read["disc", "dominant"] < 0.01
+    assert read["square", "dominant"] > 0.9 * read["square", "energy"]  # harmonic 4 (and 8)
+    assert read["wobble", "dominant"] < 0.6 * read["wobble", "energy"]  # ~1/sqrt(6) of it
+    assert read["wobble", "energy"] > 2 * read["disc", "energy"]  # the energy reads wobble
+
+
+def test_squares_read_more_faceted_than_discs_under_the_dominant_harmonic():
+    params = MeterParams(facet_harmonic="dominant")
+    discs = measure_tile(_canvas("disc"), params)["facetness"]
+    assert measure_tile(_canvas("square"), params)["facetness"] > 2 * discs
 
 
 def test_pores_raise_porosity():
