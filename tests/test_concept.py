@@ -3,6 +3,8 @@ answer, masked targets, refreshes on meter-measured edits, and exact resume with
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,10 @@ from semknobs.data.tiles import load_tiles
 from semknobs.meter import COUNT, MeterParams, calibration, measure_tiles
 from semknobs.models.attgan import AttGANConfig
 from semknobs.models.concept import ConceptConfig, ConceptNet, dihedral
+from semknobs.pixels import to_model
 from semknobs.train.attgan import train_attgan
 from semknobs.train.attgan_params import AttGANTrainParams
-from semknobs.train.concept import ConceptParams, count_slope, masked_mse
+from semknobs.train.concept import ConceptParams, ConceptTrainer, count_slope, masked_mse
 
 TINY = AttGANConfig(enc_dim=8, dec_dim=8, dis_dim=8, dis_fc_dim=16, film=True)
 
@@ -67,7 +70,7 @@ def tiny_tiles(tiny_study):
     return torch.from_numpy(tiles), torch.from_numpy(attrs), readings.to_numpy(float), lots, counts
 
 
-def _params(steps: int, lambda_count: float = 0.0) -> AttGANTrainParams:
+def _params(steps: int, lambda_count: float = 0.0, adv_eps: float = 0.0) -> AttGANTrainParams:
     return AttGANTrainParams(
         lambda_count=lambda_count,
         model=TINY,
@@ -88,13 +91,14 @@ def _params(steps: int, lambda_count: float = 0.0) -> AttGANTrainParams:
             refresh_tiles=4,
             refresh_steps=3,
             pool_size=16,
+            adv_eps=adv_eps,
         ),
     )
 
 
-def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, **kw):
+def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, adv_eps=0.0, **kw):
     return train_attgan(
-        params=_params(steps, lambda_count),
+        params=_params(steps, lambda_count, adv_eps),
         images=tiles,
         attrs=attrs,
         readings=readings,
@@ -105,11 +109,14 @@ def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, **kw):
     )
 
 
-@pytest.mark.parametrize("lambda_count", [0.0, 5.0])
-def test_concept_loss_trains_refreshes_and_resumes_exactly(tiny_tiles, tmp_path, lambda_count):
+@pytest.mark.parametrize(("lambda_count", "adv_eps"), [(0.0, 0.0), (5.0, 0.0), (0.0, 0.03)])
+def test_concept_loss_trains_refreshes_and_resumes_exactly(
+    tiny_tiles, tmp_path, lambda_count, adv_eps
+):
     tiles, attrs, readings, lots, counts = tiny_tiles
     logged = []
     kw = {"lambda_count": lambda_count, "counts": counts if lambda_count else None}
+    kw["adv_eps"] = adv_eps
     whole = _train(tiles, attrs, readings, lots, 12, log=lambda m, s: logged.append(m), **kw)
     assert whole.concept.pool.count == 8  # two refreshes (steps 5 and 10) of 4 measured edits
     assert all(np.isfinite(m["train/concept"]) for m in logged)
@@ -137,3 +144,22 @@ def test_the_concept_loss_needs_the_meter_readings(tiny_tiles):
         train_attgan(params=_params(2), images=tiles, attrs=attrs, progress=False)
     with pytest.raises(ValueError, match="particle counts"):
         _train(tiles, attrs, readings, lots, 2, lambda_count=1.0)
+
+
+def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_loss(tiny_tiles):
+    tiles, attrs, readings, lots, _ = tiny_tiles
+    eps = 0.05
+    params = replace(_params(1, adv_eps=eps).concept, adv_steps=3)
+    trainer = ConceptTrainer.calibrated(
+        params, torch.device("cpu"), torch.Generator().manual_seed(0), tiles.shape[-1],
+        images=tiles, readings=readings, labels=attrs, lots=lots, meter=MeterParams(),
+    )  # fmt: skip
+    trainer.net.eval()
+    x, y, aux = to_model(tiles[:8]), trainer.real_y[:8], trainer.real_aux[:8]
+    moved = trainer.perturbed(x, y, aux)
+    assert (moved - x).abs().max() <= eps + 1e-6 and moved.abs().max() <= 1
+    with torch.no_grad():
+        assert trainer.loss(trainer.net(moved), y, aux) > trainer.loss(trainer.net(x), y, aux)
+    for bad in ({"adv_eps": -0.1}, {"adv_eps": 2.0}, {"adv_eps": 0.1, "adv_steps": 0}):
+        with pytest.raises(ValueError, match="concept.adv_"):
+            replace(params, **bad)

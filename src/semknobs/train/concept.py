@@ -15,6 +15,14 @@ tiles, so it also judges the off-manifold tiles the generator makes, as the mete
 generator cannot satisfy it with texture the meter does not read. Readings the meter cannot give
 (too few particles for a dispersity) are masked out of the loss.
 
+Adversarial training (``adv_eps > 0``; off by default): every batch is fitted at the worst
+perturbation within ``adv_eps`` per pixel that ``adv_steps`` projected gradient-sign steps find
+(Madry et al., 2018), so that small texture cannot move the readings and the generator must make
+the change itself. Measured before the runs (README, "A robust concept network"): at 0.03 the
+network reads held-out tiles as well (facetness 0.90 against 0.92 by correlation with the
+meter) and reads the editors' facetness edits at 0.23-0.37 of a true change where a standard one
+reads 0.41-0.59, lowest for the edit the regressor reads backwards.
+
 The particle count (``count_slope`` given; off by default): a fifth read, ``log(1 + n)`` of the
 meter's count of whole particles, learnt like the others on real tiles and measured edits. It
 is not a knob: the generator is asked for the count change that real tiles show with the edited
@@ -50,6 +58,16 @@ class ConceptParams:
     refresh_tiles: int = 96  # edits measured per refresh
     refresh_steps: int = 200  # fine-tuning steps per refresh
     pool_size: int = 1024  # measured edits kept (the oldest are overwritten)
+    adv_eps: float = 0.0  # > 0: adversarial training, L-inf radius in model range (0 = off)
+    adv_steps: int = 3  # projected gradient steps of each batch's perturbation
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.adv_eps <= 1:
+            raise ValueError(f"concept.adv_eps must be in [0, 1] (model range), got {self.adv_eps}")
+        if self.adv_eps > 0 and self.adv_steps < 1:
+            raise ValueError(
+                f"concept.adv_steps must be >= 1 with adv_eps > 0, got {self.adv_steps}"
+            )
 
 
 class ConceptTrainer:
@@ -145,15 +163,35 @@ class ConceptTrainer:
                 x = torch.cat([x, self.pool.x[j]])
                 y = torch.cat([y, self.pool.y[j]])
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))
-            pred = self.net(dihedral(to_model(x, self.device), k))
-            loss = masked_mse(pred, y.to(self.device))
-            loss = loss + p.aux_weight * masked_mse(pred[: len(aux), :K], aux.to(self.device))
+            x, y, aux = (
+                dihedral(to_model(x, self.device), k),
+                y.to(self.device),
+                aux.to(self.device),
+            )
+            if p.adv_eps > 0:
+                x = self.perturbed(x, y, aux)
+            loss = self.loss(self.net(x), y, aux)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
         self.net.eval()
         self.net.requires_grad_(False)  # frozen as the generator's loss between refreshes
         return float(loss.detach())
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The targets' error, plus the lot labels' on the first ``len(aux)`` (real) rows."""
+        return masked_mse(pred, y) + self.params.aux_weight * masked_mse(pred[: len(aux), :K], aux)
+
+    def perturbed(self, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """``x`` (model range) at the worst perturbation of at most ``adv_eps`` per pixel that
+        ``adv_steps`` signed gradient steps of 0.8 ``adv_eps`` find from a random start."""
+        eps = self.params.adv_eps
+        delta = (torch.rand(x.shape, generator=self.rng).to(x.device) * 2 - 1) * eps
+        for _ in range(self.params.adv_steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.loss(self.net(x + delta), y, aux), delta)
+            delta = (delta.detach() + 0.8 * eps * grad.sign()).clamp(-eps, eps)
+        return (x + delta).clamp(-1, 1)
 
     @torch.no_grad()
     def refresh(self, edits_uint8: np.ndarray) -> None:
