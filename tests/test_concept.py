@@ -115,8 +115,8 @@ def test_concept_loss_trains_refreshes_and_resumes_exactly(
 ):
     tiles, attrs, readings, lots, counts = tiny_tiles
     logged = []
-    kw = {"lambda_count": lambda_count, "counts": counts if lambda_count else None}
-    kw["adv_eps"] = adv_eps
+    kw = {"lambda_count": lambda_count, "adv_eps": adv_eps}
+    kw["counts"] = counts if lambda_count else None
     whole = _train(tiles, attrs, readings, lots, 12, log=lambda m, s: logged.append(m), **kw)
     assert whole.concept.pool.count == 8  # two refreshes (steps 5 and 10) of 4 measured edits
     assert all(np.isfinite(m["train/concept"]) for m in logged)

@@ -5,6 +5,7 @@ renderer); on data without a matching truth the ceiling is skipped, not faked.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -16,9 +17,16 @@ from semknobs.data.dataset import fit_scaler
 from semknobs.data.split import SplitParams, make_splits, write_splits
 from semknobs.data.tiles import TileParams
 from semknobs.evaluation.oracle import Synthetic
+from semknobs.meter import MeterParams
 from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Generator
-from semknobs.stages.evaluate_attgan import CeilingParams, EvaluateAttGANParams, Paths, run
+from semknobs.stages.evaluate_attgan import (
+    CeilingParams,
+    EvaluateAttGANParams,
+    Paths,
+    load,
+    run,
+)
 
 from .conftest import tiny_synth_params
 
@@ -93,3 +101,18 @@ def test_without_a_matching_truth_the_ceiling_is_skipped(tiny_study, attgan, tmp
     assert "control/spearman_size" in result.metrics
     assert not any(k.startswith("control/ceiling") for k in result.metrics)
     assert any("skipped" in line for line in result.summary)
+
+
+def test_control_is_read_with_the_measure_stages_meter(tiny_study, attgan, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        "evaluate_attgan: {n_tiles: 6, points: 3}\nmeasure: {meter: {facet_harmonic: dominant}}\n"
+    )
+    paths = _paths(tiny_study, attgan, "dominant")
+    loaded = load(params_file, paths)
+    assert loaded.meter == MeterParams(facet_harmonic="dominant")
+    run(loaded, paths)
+    run(replace(loaded, meter=MeterParams()), _paths(tiny_study, attgan, "energy"))
+    read = {n: pd.read_csv(attgan / n / "control_readings.csv") for n in ("dominant", "energy")}
+    pd.testing.assert_series_equal(read["dominant"]["size"], read["energy"]["size"])
+    assert not read["dominant"]["facetness"].equals(read["energy"]["facetness"])

@@ -20,9 +20,9 @@ brightness and contrast):
    trimmed mean over particles of at least ``facet_min_area`` px. With ``facet_harmonic:
    dominant`` the largest single harmonic of 3-8 instead of their energy: a regular n-gon puts its
    corners into harmonic n, a wobbling outline spreads over all of them. Measured on the default
-   study (README, "A polygon-specific facetness"): both read the true per-tile facetness alike
-   (Spearman 0.94), and the AttGAN's facetness edits, which add outline wobble rather than
-   corners, move the dominant reading by a quarter of a true change where the energy moves 0.41.
+   study (README, "Does the facetness knob change shape?"): both read the true per-tile
+   facetness alike (Spearman 0.94), and the AttGAN's facetness edits, which add outline wobble
+   rather than corners, move the dominant reading by 0.27 of a true change, the energy by 0.42.
 
 Readings are in image units (pixels, fractions, ratios), not the experts' 1-10 scale: compare
 meter readings with each other (edited vs original), or rank-correlate them with labels.

@@ -253,18 +253,22 @@ class AttGANEvaluation:
 
 
 def evaluate_attgan(
-    gen: Generator, images: np.ndarray, attrs: np.ndarray, params: AttGANEvalParams
+    gen: Generator,
+    images: np.ndarray,
+    attrs: np.ndarray,
+    params: AttGANEvalParams,
+    meter: MeterParams | None = None,
 ) -> AttGANEvaluation:
     """All held-out metrics and figures; reconstruction uses every tile given, control and
-    realism a seeded sample of ``params.n_tiles``."""
+    realism a seeded sample of ``params.n_tiles``, read by ``meter`` (the defaults if None)."""
     rec = generate(gen, images, attrs, attrs, params.batch_size)
     metrics = reconstruction_metrics(images, rec)
     rng = np.random.default_rng(params.seed)
     pick = rng.choice(len(images), min(params.n_tiles, len(images)), replace=False)
-    matrix, table = control_matrix(gen, images[pick], attrs[pick], params)
+    matrix, table = control_matrix(gen, images[pick], attrs[pick], params, meter)
     metrics |= control_metrics(matrix)
     metrics |= {f"control/slope_{a}": v for a, v in control_slopes(table).items()}
-    real_metrics, real, fake = realism(gen, images[pick], attrs[pick], params)
+    real_metrics, real, fake = realism(gen, images[pick], attrs[pick], params, meter)
     metrics |= real_metrics
     figures = {
         "control.png": control_figure(matrix),

@@ -35,6 +35,7 @@ from semknobs.evaluation.attgan import (
 from semknobs.evaluation.ceiling import ceiling
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
+from semknobs.meter import MeasureParams, MeterParams
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
@@ -56,6 +57,7 @@ class EvaluateAttGANParams(AttGANEvalParams):
 
     ceiling: CeilingParams = field(default_factory=CeilingParams)
     synthetic: Synthetic | None = None  # filled from the synthesize/tile sections with a truth
+    meter: MeterParams | None = None  # filled from the measure section: control is read with it
 
 
 NAME = "evaluate_attgan"
@@ -78,6 +80,7 @@ class Paths:
 
 def load(params_file: Path, paths: Paths) -> EvaluateAttGANParams:
     params = load_section(EvaluateAttGANParams, NAME, params_file)
+    params = replace(params, meter=load_section(MeasureParams, "measure", params_file).meter)
     if paths.truth_dir is None:
         return params
     return replace(params, synthetic=Synthetic.from_params(params_file))
@@ -90,7 +93,7 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
     test = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=splits.test, scaler=scaler
     )
-    ev = evaluate_attgan(gen, test.images, test.attrs, params)
+    ev = evaluate_attgan(gen, test.images, test.attrs, params, params.meter)
     metrics = dict(ev.metrics)
     figures = dict(ev.figures)
     train_lots = config.train_lots or splits.training_lots(str(paths.splits))
@@ -169,6 +172,7 @@ def _ceiling(params, paths, tiles, scaler, metrics):
             np.linspace(0, 1, params.points),
             tiles["tile"].to_numpy()[:n],
             attgan_slopes=slopes,
+            meter=params.meter,
         )
     metrics |= result.metrics
     return result.matrix, result.table

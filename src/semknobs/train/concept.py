@@ -163,11 +163,8 @@ class ConceptTrainer:
                 x = torch.cat([x, self.pool.x[j]])
                 y = torch.cat([y, self.pool.y[j]])
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))
-            x, y, aux = (
-                dihedral(to_model(x, self.device), k),
-                y.to(self.device),
-                aux.to(self.device),
-            )
+            x = dihedral(to_model(x, self.device), k)
+            y, aux = y.to(self.device), aux.to(self.device)
             if p.adv_eps > 0:
                 x = self.perturbed(x, y, aux)
             loss = self.loss(self.net(x), y, aux)
