@@ -23,6 +23,7 @@ brightness and contrast):
    study (README, "Does the facetness knob change shape?"): both read the true per-tile
    facetness alike (Spearman 0.94), and the AttGAN's facetness edits, which add outline wobble
    rather than corners, move the dominant reading by 0.27 of a true change, the energy by 0.42.
+   As the concept network's target (Rule T) it did not make the editor draw corners: off.
 
 Readings are in image units (pixels, fractions, ratios), not the experts' 1-10 scale: compare
 meter readings with each other (edited vs original), or rank-correlate them with labels.
