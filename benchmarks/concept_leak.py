@@ -410,10 +410,19 @@ def report(ws: Path) -> str:
     )
 
 
-def report_main(make_report: Callable[[Path], str], description: str, out: str) -> int:
-    """The command line of a workspace report: ``--workspace DIR --out FILE`` (markdown)."""
+def report_main(
+    make_report: Callable[[Path], str] | Callable[[list[Path]], str],
+    description: str,
+    out: str,
+    many: bool = False,
+) -> int:
+    """The command line of a workspace report: ``--workspace DIR --out FILE`` (markdown); with
+    ``many``, ``--workspace`` is given once or more and the report gets the list."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--workspace", type=Path, default=Path("."))
+    if many:
+        parser.add_argument("--workspace", type=Path, action="append", required=True)
+    else:
+        parser.add_argument("--workspace", type=Path, default=Path("."))
     parser.add_argument("--out", type=Path, default=Path(out))
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -14,19 +14,17 @@ the edits' change between the ends as a share of the true interventions' change.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from semknobs.meter import MeterParams, measure_tiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from concept_leak import edit_sweeps, load_editor, true_sweeps
+from concept_leak import edit_sweeps, load_editor, report_main, true_sweeps
 
 HARMONICS = ("energy", "dominant")
 KNOB = "facetness"
@@ -52,13 +50,13 @@ def ends(sweeps: np.ndarray, levels: int, meter: MeterParams) -> dict[str, float
 
 
 def report(workspaces: list[Path]) -> str:
-    first = load_editor(workspaces[0])
+    editors = [load_editor(ws) for ws in workspaces]
+    first = editors[0]
     meter = first.meter  # its harmonic reading is replaced by each of HARMONICS in turn
     n = min(first.params.ceiling.n_tiles, len(first.tiles))
     levels = len(first.levels)
     rows = {"true intervention": ends(true_sweeps(first)[KNOB], levels, meter)}
-    for ws in workspaces:
-        ed = load_editor(ws)
+    for ws, ed in zip(workspaces, editors):
         rows[f"{ws.resolve().name}: edit"] = ends(
             edit_sweeps(ed)[KNOB][: n * levels], levels, meter
         )
@@ -87,15 +85,7 @@ def report(workspaces: list[Path]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, action="append", required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/facet_shape.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    text = report(args.workspace)
-    args.out.write_text(text)
-    print(text)
-    return 0
+    return report_main(report, __doc__.splitlines()[0], "benchmarks/facet_shape.md", many=True)
 
 
 if __name__ == "__main__":

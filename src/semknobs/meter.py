@@ -199,7 +199,7 @@ def _porosity(smooth: np.ndarray, filled: np.ndarray, params: MeterParams) -> fl
     return float(pores.sum() / face.sum())
 
 
-def _polygonality(soft_patch: np.ndarray, harmonic: str = "energy") -> float:
+def _polygonality(soft_patch: np.ndarray, harmonic: str) -> float:
     contours = measure.find_contours(np.pad(soft_patch, 2), 0.5)
     if not contours:
         return np.nan
