@@ -12,6 +12,10 @@ leaves the rest running and answering on the port. So the server is started in i
 * on Linux also sets the server's parent-death signal, so even a ``kill -9`` of the supervisor
   takes the server (and, through mlflow's own parent-death signal, its uvicorn) down.
 
+The supervisor's handlers are installed before the server starts, so the server never inherits
+an *ignored* SIGINT (a shell starts background jobs so; the server would then ignore the SIGINT
+forwarded to it and be killed at the end of the grace period instead of stopping).
+
 Exit status: 0 when a signal asked for the stop (the server stopping as asked is a success,
 as for uvicorn and gunicorn); otherwise the server's own status.
 """
@@ -117,8 +121,9 @@ class _Stop:
     """What the signal handler records (it only records and forwards: printing from a signal
     handler can collide with the main thread's own output)."""
 
-    def __init__(self, pgid: int, timeout_s: float) -> None:
-        self.pgid, self.timeout_s = pgid, timeout_s
+    def __init__(self, timeout_s: float) -> None:
+        self.pgid: int | None = None  # set once the server has started
+        self.timeout_s = timeout_s
         self.signals: list[int] = []
         self.deadline: float | None = None
         self.forced = False
@@ -127,10 +132,16 @@ class _Stop:
         self.signals.append(signum)
         if len(self.signals) == 1:
             self.deadline = time.monotonic() + self.timeout_s
-            signal_group(self.pgid, FORWARDED[signum])
+            self.forward()
         else:  # asked twice: no more waiting
             self.forced = True
-            signal_group(self.pgid, signal.SIGKILL)
+            if self.pgid is not None:
+                signal_group(self.pgid, signal.SIGKILL)
+
+    def forward(self) -> None:
+        """Forward the first signal to the server group (once it exists)."""
+        if self.pgid is not None and self.signals:
+            signal_group(self.pgid, FORWARDED[self.signals[0]])
 
 
 def supervise(
@@ -144,50 +155,58 @@ def supervise(
     the whole group either way (see the module docstring). Returns the exit status to use.
     ``log`` gets the supervisor's messages (default: printed, flushed)."""
     log = log or _say
-    proc = subprocess.Popen(
-        list(command),
-        env=dict(env) if env is not None else None,
-        start_new_session=True,  # its own group: signals reach every process of the server
-        preexec_fn=_parent_death_signal(),
-    )
-    stop = _Stop(proc.pid, stop_timeout_s)
+    stop = _Stop(stop_timeout_s)
     announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        if stop.signals and not announced:
+            name = signal.Signals(stop.signals[0]).name
+            log(f"semknobs: stopping the server ({name}; waiting up to {stop_timeout_s:g} s)")
+            announced = True
+
     previous = {s: signal.signal(s, stop.on_signal) for s in FORWARDED}
+    proc: subprocess.Popen | None = None
     try:
+        proc = subprocess.Popen(
+            list(command),
+            env=dict(env) if env is not None else None,
+            start_new_session=True,  # its own group: signals reach every process of the server
+            preexec_fn=_parent_death_signal(),
+        )
+        stop.pgid = proc.pid
+        stop.forward()  # a signal that came while the server was starting
         while True:
-            if stop.signals and not announced:
-                name = signal.Signals(stop.signals[0]).name
-                log(f"semknobs: stopping the server ({name}; waiting up to {stop_timeout_s:g} s)")
-                announced = True
+            announce()
             try:
                 status = proc.wait(timeout=_POLL_S)
                 break
             except subprocess.TimeoutExpired:
                 pass
             if stop.deadline is not None and time.monotonic() > stop.deadline and not stop.forced:
-                log("semknobs: the server did not stop in time; killing it")
+                left = group_members(proc.pid)
+                log(f"semknobs: the server did not stop in time; killing its processes {left}")
                 stop.forced = True
-                signal_group(stop.pgid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
+        announce()
         # The server process is gone; the rest of its group (uvicorn, workers) must go too: on a
         # requested stop within what is left of the grace period, without signalling again (a
         # second SIGINT makes uvicorn skip its graceful shutdown).
         if stop.deadline is None:
-            killed = stop_group(stop.pgid, stop_timeout_s)
+            killed = stop_group(proc.pid, stop_timeout_s)
         elif stop.forced:
-            killed = stop_group(stop.pgid, 2.0, signum=signal.SIGKILL)
+            killed = stop_group(proc.pid, 2.0, signum=signal.SIGKILL)
         else:
-            killed = stop_group(stop.pgid, max(stop.deadline - time.monotonic(), 0.5), None)
+            killed = stop_group(proc.pid, max(stop.deadline - time.monotonic(), 0.5), None)
         if killed:
             log(f"semknobs: killed {len(killed)} server process(es) that outlived it: {killed}")
     finally:
-        if proc.poll() is None:  # leaving on an exception: take the server down with us
-            stop_group(stop.pgid, 2.0)
+        if proc is not None and proc.poll() is None:  # leaving on an exception: stop the server
+            stop_group(proc.pid, 2.0)
             proc.wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if stop.signals:
-        if not announced:
-            log(f"semknobs: stopping the server ({signal.Signals(stop.signals[0]).name})")
         log("semknobs: server stopped")
         return 0
     return status if status >= 0 else 128 - status  # killed by a signal: 128 + its number
