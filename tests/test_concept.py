@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.data.tiles import load_tiles
 from semknobs.meter import COUNT, MeterParams, calibration, measure_tiles
 from semknobs.models.attgan import AttGANConfig
@@ -70,7 +71,12 @@ def tiny_tiles(tiny_study):
     return torch.from_numpy(tiles), torch.from_numpy(attrs), readings.to_numpy(float), lots, counts
 
 
-def _params(steps: int, lambda_count: float = 0.0, adv_eps: float = 0.0) -> AttGANTrainParams:
+def _params(
+    steps: int,
+    lambda_count: float = 0.0,
+    adv_eps: float = 0.0,
+    adv_attributes: tuple[str, ...] = ATTRIBUTES,
+) -> AttGANTrainParams:
     return AttGANTrainParams(
         lambda_count=lambda_count,
         model=TINY,
@@ -92,13 +98,16 @@ def _params(steps: int, lambda_count: float = 0.0, adv_eps: float = 0.0) -> AttG
             refresh_steps=3,
             pool_size=16,
             adv_eps=adv_eps,
+            adv_attributes=adv_attributes,
         ),
     )
 
 
-def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, adv_eps=0.0, **kw):
+def _train(
+    tiles, attrs, readings, lots, steps, lambda_count=0.0, adv_eps=0.0, adv=ATTRIBUTES, **kw
+):
     return train_attgan(
-        params=_params(steps, lambda_count, adv_eps),
+        params=_params(steps, lambda_count, adv_eps, adv),
         images=tiles,
         attrs=attrs,
         readings=readings,
@@ -109,13 +118,21 @@ def _train(tiles, attrs, readings, lots, steps, lambda_count=0.0, adv_eps=0.0, *
     )
 
 
-@pytest.mark.parametrize(("lambda_count", "adv_eps"), [(0.0, 0.0), (5.0, 0.0), (0.0, 0.03)])
+@pytest.mark.parametrize(
+    ("lambda_count", "adv_eps", "adv"),
+    [
+        (0.0, 0.0, ATTRIBUTES),
+        (5.0, 0.0, ATTRIBUTES),
+        (0.0, 0.03, ATTRIBUTES),
+        (5.0, 0.03, ("facetness",)),
+    ],
+)
 def test_concept_loss_trains_refreshes_and_resumes_exactly(
-    tiny_tiles, tmp_path, lambda_count, adv_eps
+    tiny_tiles, tmp_path, lambda_count, adv_eps, adv
 ):
     tiles, attrs, readings, lots, counts = tiny_tiles
     logged = []
-    kw = {"lambda_count": lambda_count, "adv_eps": adv_eps}
+    kw = {"lambda_count": lambda_count, "adv_eps": adv_eps, "adv": adv}
     kw["counts"] = counts if lambda_count else None
     whole = _train(tiles, attrs, readings, lots, 12, log=lambda m, s: logged.append(m), **kw)
     assert whole.concept.pool.count == 8  # two refreshes (steps 5 and 10) of 4 measured edits
@@ -160,6 +177,40 @@ def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_los
     assert (moved - x).abs().max() <= eps + 1e-6 and moved.abs().max() <= 1
     with torch.no_grad():
         assert trainer.loss(trainer.net(moved), y, aux) > trainer.loss(trainer.net(x), y, aux)
-    for bad in ({"adv_eps": -0.1}, {"adv_eps": 2.0}, {"adv_eps": 0.1, "adv_steps": 0}):
+    for bad in (
+        {"adv_eps": -0.1},
+        {"adv_eps": 2.0},
+        {"adv_eps": 0.1, "adv_steps": 0},
+        {"adv_attributes": ()},
+        {"adv_attributes": ("facet",)},
+        {"adv_attributes": ("size", "size")},
+    ):
         with pytest.raises(ValueError, match="concept.adv_"):
             replace(params, **bad)
+
+
+def test_attacking_one_read_leaves_the_others_at_the_clean_batch(tiny_tiles):
+    """``adv_attributes: [facetness]``: the attack raises the facetness error only it aims at,
+    and the reads to fit are the clean batch's but for facetness, the perturbed batch's there."""
+    tiles, attrs, readings, lots, _ = tiny_tiles
+    params = replace(_params(1, adv_eps=0.05).concept, adv_attributes=("facetness",))
+    trainer = ConceptTrainer.calibrated(
+        params, torch.device("cpu"), torch.Generator().manual_seed(0), tiles.shape[-1],
+        images=tiles, readings=readings, labels=attrs, lots=lots, meter=MeterParams(),
+    )  # fmt: skip
+    trainer.net.eval()  # no batch statistics: the clean and the perturbed reads are comparable
+    x, y, aux = to_model(tiles[:8]), trainer.real_y[:8], trainer.real_aux[:8]
+    facet = params.adv_columns(y.shape[1])
+    assert facet.tolist() == [False, False, False, True]
+    with torch.no_grad():
+        clean = trainer.net(x)
+        base = trainer.loss(clean, y, aux, facet)
+    gen_state = trainer.rng.get_state()
+    moved = trainer.perturbed(x, y, aux, facet)
+    trainer.rng.set_state(gen_state)  # the same random start: the same perturbation
+    pred = trainer.adversarial(x, y, aux).detach()
+    with torch.no_grad():
+        assert trainer.loss(trainer.net(moved), y, aux, facet) > base
+        torch.testing.assert_close(pred[:, :3], clean[:, :3])
+        torch.testing.assert_close(pred[:, 3], trainer.net(moved)[:, 3])
+        assert not torch.allclose(pred[:, 3], clean[:, 3])

@@ -62,6 +62,9 @@ class ConceptParams:
     pool_size: int = 1024  # measured edits kept (the oldest are overwritten)
     adv_eps: float = 0.0  # > 0: adversarial training, L-inf radius in model range (0 = off)
     adv_steps: int = 3  # projected gradient steps of each batch's perturbation
+    # the reads fitted at the perturbation; the others (and a particle count) on the clean batch.
+    # All four (the default): the whole loss, a count included, is attacked and fitted there.
+    adv_attributes: tuple[str, ...] = ATTRIBUTES
 
     def __post_init__(self) -> None:
         if not 0 <= self.adv_eps <= 1:
@@ -70,6 +73,24 @@ class ConceptParams:
             raise ValueError(
                 f"concept.adv_steps must be >= 1 with adv_eps > 0, got {self.adv_steps}"
             )
+        unknown = [a for a in self.adv_attributes if a not in ATTRIBUTES]
+        if (
+            not self.adv_attributes
+            or unknown
+            or len(set(self.adv_attributes)) < len(self.adv_attributes)
+        ):
+            raise ValueError(
+                f"concept.adv_attributes must name each of {list(ATTRIBUTES)} at most once and "
+                f"at least one, got {list(self.adv_attributes)}"
+            )
+
+    def adv_columns(self, n_reads: int) -> torch.Tensor | None:
+        """(n_reads,) bool: the reads attacked and fitted at the perturbation; None: all."""
+        if set(self.adv_attributes) == set(ATTRIBUTES):
+            return None
+        return torch.tensor(
+            [a in self.adv_attributes for a in ATTRIBUTES] + [False] * (n_reads - K)
+        )
 
 
 class ConceptTrainer:
@@ -167,9 +188,8 @@ class ConceptTrainer:
             k = int(torch.randint(0, SYMMETRIES, (1,), generator=self.rng))
             x = dihedral(to_model(x, self.device), k)
             y, aux = y.to(self.device), aux.to(self.device)
-            if p.adv_eps > 0:
-                x = self.perturbed(x, y, aux)
-            loss = self.loss(self.net(x), y, aux)
+            pred = self.adversarial(x, y, aux) if p.adv_eps > 0 else self.net(x)
+            loss = self.loss(pred, y, aux)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -177,18 +197,44 @@ class ConceptTrainer:
         self.net.requires_grad_(False)  # frozen as the generator's loss between refreshes
         return float(loss.detach())
 
-    def loss(self, pred: torch.Tensor, y: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        """The targets' error, plus the lot labels' on the first ``len(aux)`` (real) rows."""
-        return masked_mse(pred, y) + self.params.aux_weight * masked_mse(pred[: len(aux), :K], aux)
+    def loss(
+        self,
+        pred: torch.Tensor,
+        y: torch.Tensor,
+        aux: torch.Tensor,
+        columns: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The targets' error, plus the lot labels' on the first ``len(aux)`` (real) rows; over
+        the reads ``columns`` (bool mask) only, when given."""
+        label_pred = pred[: len(aux), :K]
+        if columns is not None:
+            pred, y = pred[:, columns], y[:, columns]
+            label_pred, aux = label_pred[:, columns[:K]], aux[:, columns[:K]]
+        return masked_mse(pred, y) + self.params.aux_weight * masked_mse(label_pred, aux)
 
-    def perturbed(self, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        """``x`` (model range) at the worst perturbation of at most ``adv_eps`` per pixel that
-        ``adv_steps`` signed gradient steps of 0.8 ``adv_eps`` find from a random start."""
+    def adversarial(self, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The network's reads of ``x`` to fit: the ``adv_attributes`` reads at their worst
+        perturbation, the others at the clean batch."""
+        columns = self.params.adv_columns(y.shape[1])
+        pred = self.net(self.perturbed(x, y, aux, columns))
+        return pred if columns is None else torch.where(columns.to(x.device), pred, self.net(x))
+
+    def perturbed(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        aux: torch.Tensor,
+        columns: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` (model range) at the worst perturbation of at most ``adv_eps`` per pixel for the
+        reads ``columns`` (None: all) that ``adv_steps`` signed gradient steps of 0.8 ``adv_eps``
+        find from a random start."""
         eps = self.params.adv_eps
         delta = (torch.rand(x.shape, generator=self.rng).to(x.device) * 2 - 1) * eps
         for _ in range(self.params.adv_steps):
             delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss(self.net(x + delta), y, aux), delta)
+            loss = self.loss(self.net(x + delta), y, aux, columns)
+            (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta.detach() + 0.8 * eps * grad.sign()).clamp(-eps, eps)
         return (x + delta).clamp(-1, 1)
 
