@@ -23,7 +23,9 @@ network reads held-out tiles as well (facetness 0.90 against 0.92 by correlation
 meter) and reads the editors' facetness edits at 0.23-0.37 of a true change where a standard one
 reads 0.41-0.59, lowest for the edit the regressor reads backwards. In training (Rule U, train
 seed 1) it turned a backward facetness knob around and broke the size knob for the regressor;
-off until that is repaired.
+at half the radius (Rule V-a) it kept most of the first and half of the size read but leaked
+the size edit into the measured porosity; attacking the facetness read only (``adv_attributes``,
+Rule V-b) kept neither. Off until that is repaired.
 
 The particle count (``count_slope`` given; off by default): a fifth read, ``log(1 + n)`` of the
 meter's count of whole particles, learnt like the others on real tiles and measured edits. It
