@@ -190,8 +190,8 @@ def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_los
 
 
 def test_attacking_one_read_leaves_the_others_at_the_clean_batch(tiny_tiles):
-    """``adv_attributes: [facetness]``: the attack raises the facetness error only it aims at,
-    and the reads to fit are the clean batch's but for facetness, the perturbed batch's there."""
+    """``adv_attributes: [facetness]``: the attack raises the error of the read it aims at, and
+    the reads to fit are the clean batch's but for facetness, the perturbed batch's there."""
     tiles, attrs, readings, lots, _ = tiny_tiles
     params = replace(_params(1, adv_eps=0.05).concept, adv_attributes=("facetness",))
     trainer = ConceptTrainer.calibrated(

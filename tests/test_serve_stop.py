@@ -127,8 +127,8 @@ def test_supervisor_stops_a_tree_that_ignores_the_signal(
     signum: int, started_in_background: bool
 ) -> None:
     """The server stops on the forwarded signal (also when the supervisor was started with SIGINT
-    ignored: the server must not inherit that); its grandchild, which ignores it, is killed after
-    the grace period and named."""
+    ignored: the server must not inherit that); its grandchild, which ignores the signal, is
+    killed after the grace period and named."""
     tree = _TREE.replace("END", "time.sleep(600)")
     argv = [sys.executable, "-c", _DRIVER, tree]
     preexec = _ignore_sigint if started_in_background else None
@@ -168,3 +168,22 @@ def test_a_server_that_dies_leaves_nothing_behind_and_reports_its_status() -> No
     assert not psutil.pid_exists(grandchild) or (
         psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def test_two_signals_before_the_server_started_kill_it_once_it_has() -> None:
+    """Asked twice while the server was still starting: it is killed, not asked politely."""
+    from semknobs.serving.supervise import _Stop
+
+    stop = _Stop(timeout_s=10.0)
+    stop.on_signal(signal.SIGTERM, None)
+    stop.on_signal(signal.SIGTERM, None)  # no group yet: only recorded
+    ignores = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    server = subprocess.Popen([sys.executable, "-c", ignores], start_new_session=True)
+    try:
+        time.sleep(0.5)  # let it install its handler
+        stop.pgid = server.pid
+        stop.forward()
+        assert server.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -132,16 +132,15 @@ class _Stop:
         self.signals.append(signum)
         if len(self.signals) == 1:
             self.deadline = time.monotonic() + self.timeout_s
-            self.forward()
         else:  # asked twice: no more waiting
             self.forced = True
-            if self.pgid is not None:
-                signal_group(self.pgid, signal.SIGKILL)
+        self.forward()
 
     def forward(self) -> None:
-        """Forward the first signal to the server group (once it exists)."""
+        """Pass the stop on to the server group, once it exists: the first signal forwarded,
+        SIGKILL once asked twice."""
         if self.pgid is not None and self.signals:
-            signal_group(self.pgid, FORWARDED[self.signals[0]])
+            signal_group(self.pgid, signal.SIGKILL if self.forced else FORWARDED[self.signals[0]])
 
 
 def supervise(
