@@ -163,15 +163,22 @@ def test_the_concept_loss_needs_the_meter_readings(tiny_tiles):
         _train(tiles, attrs, readings, lots, 2, lambda_count=1.0)
 
 
-def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_loss(tiny_tiles):
+def _eval_trainer(params: ConceptParams, tiny_tiles) -> ConceptTrainer:
+    """A concept trainer pre-trained on the tiny tiles, its network in eval mode."""
     tiles, attrs, readings, lots, _ = tiny_tiles
-    eps = 0.05
-    params = replace(_params(1, adv_eps=eps).concept, adv_steps=3)
     trainer = ConceptTrainer.calibrated(
         params, torch.device("cpu"), torch.Generator().manual_seed(0), tiles.shape[-1],
         images=tiles, readings=readings, labels=attrs, lots=lots, meter=MeterParams(),
     )  # fmt: skip
     trainer.net.eval()
+    return trainer
+
+
+def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_loss(tiny_tiles):
+    tiles = tiny_tiles[0]
+    eps = 0.05
+    params = replace(_params(1, adv_eps=eps).concept, adv_steps=3)
+    trainer = _eval_trainer(params, tiny_tiles)
     x, y, aux = to_model(tiles[:8]), trainer.real_y[:8], trainer.real_aux[:8]
     moved = trainer.perturbed(x, y, aux)
     assert (moved - x).abs().max() <= eps + 1e-6 and moved.abs().max() <= 1
@@ -192,13 +199,11 @@ def test_the_adversarial_perturbation_stays_within_its_radius_and_raises_the_los
 def test_attacking_one_read_leaves_the_others_at_the_clean_batch(tiny_tiles):
     """``adv_attributes: [facetness]``: the attack raises the error of the read it aims at, and
     the reads to fit are the clean batch's but for facetness, the perturbed batch's there."""
-    tiles, attrs, readings, lots, _ = tiny_tiles
+    tiles = tiny_tiles[0]
     params = replace(_params(1, adv_eps=0.05).concept, adv_attributes=("facetness",))
-    trainer = ConceptTrainer.calibrated(
-        params, torch.device("cpu"), torch.Generator().manual_seed(0), tiles.shape[-1],
-        images=tiles, readings=readings, labels=attrs, lots=lots, meter=MeterParams(),
-    )  # fmt: skip
-    trainer.net.eval()  # no batch statistics: the clean and the perturbed reads are comparable
+    trainer = _eval_trainer(
+        params, tiny_tiles
+    )  # no batch statistics: the clean and the perturbed reads are comparable
     x, y, aux = to_model(tiles[:8]), trainer.real_y[:8], trainer.real_aux[:8]
     facet = params.adv_columns(y.shape[1])
     assert facet.tolist() == [False, False, False, True]

@@ -25,6 +25,7 @@ from semknobs.models.regressor import PeakStressRegressor, RegressorConfig
 from semknobs.names import MODEL_NAMES
 from semknobs.serving import regressor_model
 from semknobs.serving.client import free_port, interpreter_env, wait_until_up
+from semknobs.serving.supervise import _Stop
 
 psutil = pytest.importorskip("psutil")
 
@@ -172,8 +173,6 @@ def test_a_server_that_dies_leaves_nothing_behind_and_reports_its_status() -> No
 
 def test_two_signals_before_the_server_started_kill_it_once_it_has() -> None:
     """Asked twice while the server was still starting: it is killed, not asked politely."""
-    from semknobs.serving.supervise import _Stop
-
     stop = _Stop(timeout_s=10.0)
     stop.on_signal(signal.SIGTERM, None)
     stop.on_signal(signal.SIGTERM, None)  # no group yet: only recorded

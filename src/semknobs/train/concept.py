@@ -75,12 +75,8 @@ class ConceptParams:
             raise ValueError(
                 f"concept.adv_steps must be >= 1 with adv_eps > 0, got {self.adv_steps}"
             )
-        unknown = [a for a in self.adv_attributes if a not in ATTRIBUTES]
-        if (
-            not self.adv_attributes
-            or unknown
-            or len(set(self.adv_attributes)) < len(self.adv_attributes)
-        ):
+        named = set(self.adv_attributes)
+        if not named <= set(ATTRIBUTES) or not 0 < len(named) == len(self.adv_attributes):
             raise ValueError(
                 f"concept.adv_attributes must name each of {list(ATTRIBUTES)} at most once and "
                 f"at least one, got {list(self.adv_attributes)}"
