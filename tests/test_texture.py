@@ -17,6 +17,7 @@ from semknobs.train.texture import (
     RING_PX,
     TextureTarget,
     _blur,
+    region_list,
     region_masks,
     region_stats,
     stat_names,
@@ -115,6 +116,25 @@ def test_region_statistics_read_each_region_where_it_is():
     assert moved["outline_grey"] == 0 and moved["background_grey"] == 0
 
 
+def test_named_regions_are_those_regions_columns_of_all_three():
+    x, _ = _square()
+    y = x.clone()
+    y[..., :4, :4] -= 0.3  # a darker background corner
+    both = torch.cat([x, y])
+    every = dict(zip(stat_names(3, regions=True), tile_stats(both, 3, regions=True).T))
+    names = stat_names(3, regions=["background", "interior"])
+    assert names[len(stat_names(3)) :] == [f"{r}_{s}" for r in REGIONS[::2] for s in REGION_STATS]
+    some = tile_stats(both, 3, regions=("background", "interior"))
+    torch.testing.assert_close(some, torch.stack([every[n] for n in names], dim=1))
+    assert region_list(False) == region_list([]) == () and region_list(True) == REGIONS
+
+
+@pytest.mark.parametrize("regions", [["ring"], ["background", "background"]])
+def test_unknown_or_repeated_regions_are_refused(regions):
+    with pytest.raises(ValueError, match="texture_regions must be .* got"):
+        AttGANTrainParams(texture_regions=regions)
+
+
 def test_the_region_loss_adds_its_own_mean_to_the_whole_tile_term():
     images, labels, lots = _planted_lots()
     plain = TextureTarget.fit(images, labels, lots, levels=3)
@@ -174,7 +194,7 @@ def test_too_few_lots_for_the_fit_are_refused():
         TextureTarget.fit(images, labels, lots, levels=3)
 
 
-@pytest.mark.parametrize("regions", [False, True])
+@pytest.mark.parametrize("regions", [False, True, ("background",)])
 def test_the_texture_term_of_the_generator_is_the_documented_one(regions):
     """The logged term is |(T(G(x, b)) - T(G(x, a))) / s - W (b - a)|^2 (recomputed from a copy
     of the generator and the step's own targets), and training on one batch lowers it."""
@@ -187,7 +207,7 @@ def test_the_texture_term_of_the_generator_is_the_documented_one(regions):
     lots = np.repeat([f"L{i}" for i in range(8)], 6)
     attrs = attrs[::6].repeat_interleave(6, dim=0)  # one label vector per lot
     trainer.attach_texture(images, attrs, lots)
-    assert trainer.texture.regions is regions
+    assert trainer.texture.regions == region_list(regions)
     x, a = to_model(images[:8]), attrs[:8]
     gen = copy.deepcopy(trainer.gen).train()  # batch statistics, as in the step
     probe = copy.deepcopy(trainer.rng)

@@ -142,7 +142,7 @@ def _texture(gen, config, paths, scaler, train_lots, images, attrs):
     if len(train_lots) < MIN_TEXTURE_LOTS:
         return None
     levels = int(config.train.get("texture_levels", AttGANTrainParams.texture_levels))
-    regions = bool(config.train.get("texture_regions", AttGANTrainParams.texture_regions))
+    regions = config.train.get("texture_regions", AttGANTrainParams.texture_regions)
     train = load_tileset(
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=train_lots, scaler=scaler
     )

@@ -11,6 +11,7 @@ from semknobs.meter import MeterParams
 from semknobs.models.attgan import AttGANConfig
 from semknobs.train.base import fingerprint
 from semknobs.train.concept import ConceptParams
+from semknobs.train.texture import region_list
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class AttGANTrainParams:
     lambda_texture: float = 2.0  # texture statistics of edits move as across real lots
     ema_decay: float = 0.0  # generator weight averaging (0: off, the trained weights are kept)
     texture_levels: int = 4  # Laplacian pyramid bands of T: 1, 2, 4, 8 px (train/texture.py)
-    texture_regions: bool = False  # T also per crystal interior / outline / background
+    # T also per crystal interior / outline / background (true), or per the regions listed
+    texture_regions: bool | tuple[str, ...] = False
     concept: ConceptParams = field(default_factory=ConceptParams)
     one_knob_share: float = 0.5  # rows whose target turns one knob
     one_knob_delta: float = 0.5
@@ -52,6 +54,7 @@ class AttGANTrainParams:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        region_list(self.texture_regions)  # a clear error for an unknown or repeated region
         for name in ("concept_knob_weight", "concept_off_knob_weight"):
             weights = getattr(self, name)
             if len(weights) != self.model.n_attrs or not all(0 <= w < math.inf for w in weights):

@@ -46,6 +46,20 @@ _TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # binomial, sigma ~1 px
 RING_PX = 2  # half-width of the outline region
 REGIONS = ("interior", "outline", "background")
 REGION_STATS = ("grey", "band_1px", "abs_band_1px", "band_2px", "abs_band_2px")
+Regions = bool | tuple[str, ...] | list[str]  # True: all of REGIONS; False or empty: none
+
+
+def region_list(regions: Regions) -> tuple[str, ...]:
+    """``texture_regions`` as the regions it names, in :data:`REGIONS` order."""
+    if isinstance(regions, bool):
+        return REGIONS if regions else ()
+    named = set(regions)
+    if not named <= set(REGIONS) or len(named) != len(regions):
+        raise ValueError(
+            f"texture_regions must be true, false or a list naming each of {list(REGIONS)} at "
+            f"most once, got {list(regions)}"
+        )
+    return tuple(r for r in REGIONS if r in named)
 
 
 def _taps_along(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,11 +79,9 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return _taps_along(_taps_along(x, -1), -2)
 
 
-def stat_names(levels: int, regions: bool = False) -> list[str]:
+def stat_names(levels: int, regions: Regions = False) -> list[str]:
     names = ["mean", "std", *(f"band_{2**i}px" for i in range(levels))]
-    if regions:
-        names += [f"{r}_{s}" for r in REGIONS for s in REGION_STATS]
-    return names
+    return names + [f"{r}_{s}" for r in region_list(regions) for s in REGION_STATS]
 
 
 def texture_stats(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -100,17 +112,18 @@ def region_masks(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).to(x.device)
 
 
-def region_stats(x: torch.Tensor) -> torch.Tensor:
-    """Tiles (B, 1, S, S) in [-1, 1] -> (B, 15): per region of :func:`region_masks` (interior,
-    outline, background), the mean grey level, the mean signed and absolute 1 px band, and the
-    same of the 2 px band (half resolution, the mask average-pooled)."""
-    masks = region_masks(x)  # (B, 3, S, S)
+def region_stats(x: torch.Tensor, regions: Regions = True) -> torch.Tensor:
+    """Tiles (B, 1, S, S) in [-1, 1] -> (B, 5 R): per region of :func:`region_masks` named by
+    ``regions`` (all three by default), the mean grey level, the mean signed and absolute 1 px
+    band, and the same of the 2 px band (half resolution, the mask average-pooled)."""
+    keep = [REGIONS.index(r) for r in region_list(regions)]
+    masks = region_masks(x)[:, keep]  # (B, R, S, S)
     half = F.avg_pool2d(masks, 2)
     blurred = _blur(x)
     coarse = F.avg_pool2d(blurred, 2)
     fine, mid = x - blurred, coarse - _blur(coarse)
 
-    def mean_in(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # (B, 1, s, s) -> (B, 3)
+    def mean_in(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # (B, 1, s, s) -> (B, R)
         return (v * m).flatten(2).sum(2) / m.flatten(2).sum(2).clamp_min(1.0)
 
     cols = [mean_in(x, masks), mean_in(fine, masks), mean_in(fine.abs(), masks)]
@@ -118,21 +131,22 @@ def region_stats(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, dim=2).flatten(1)  # region-major, as stat_names
 
 
-def tile_stats(x: torch.Tensor, levels: int, regions: bool = False) -> torch.Tensor:
-    """:func:`texture_stats`, then :func:`region_stats` when ``regions``."""
+def tile_stats(x: torch.Tensor, levels: int, regions: Regions = False) -> torch.Tensor:
+    """:func:`texture_stats`, then :func:`region_stats` of the regions ``regions`` names."""
     stats = texture_stats(x, levels)
-    return torch.cat([stats, region_stats(x)], dim=1) if regions else stats
+    return torch.cat([stats, region_stats(x, regions)], dim=1) if region_list(regions) else stats
 
 
 @dataclass
 class TextureTarget:
     """``weight`` (T, 4): change of each statistic per knob unit across real lots; ``scale``
-    (T,): each statistic's spread over the real tiles; ``regions``: :func:`region_stats` too."""
+    (T,): each statistic's spread over the real tiles; ``regions``: :func:`region_stats` of those
+    regions too (:func:`region_list`)."""
 
     levels: int
     weight: torch.Tensor
     scale: torch.Tensor
-    regions: bool = False
+    regions: Regions = False
 
     @classmethod
     def fit(
@@ -142,7 +156,7 @@ class TextureTarget:
         lots: np.ndarray,
         levels: int,
         batch_size: int = 256,
-        regions: bool = False,
+        regions: Regions = False,
     ) -> TextureTarget:
         """From real tiles (uint8 (n, S, S)), their lot labels (n, 4, knob units) and lot ids."""
         lots = np.asarray(lots)
@@ -166,7 +180,7 @@ class TextureTarget:
         design = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
         coef = torch.linalg.lstsq(design, y).solution  # (5, T)
         scale = stats.std(dim=0).clamp_min(1e-3)  # under ~1/8 grey level: no spread
-        return cls(levels, coef[:-1].T.float(), scale.float(), regions)
+        return cls(levels, coef[:-1].T.float(), scale.float(), region_list(regions))
 
     def to(self, device: torch.device) -> TextureTarget:
         return TextureTarget(
@@ -189,7 +203,8 @@ class TextureTarget:
     ) -> torch.Tensor:
         """Mean squared miss of ``stats(edit) - stats(reference)`` against :meth:`wanted`; with
         ``regions``, the whole-tile statistics' mean plus the region statistics' mean (the first
-        term as without regions)."""
+        term as without regions; the second weighs each statistic more when fewer regions are
+        named)."""
         moved = (self.stats(edit) - self.stats(reference)) / self.scale
         miss = (moved - self.wanted(change)).pow(2)
         if not self.regions:
