@@ -24,6 +24,7 @@ from semknobs.stages.evaluate_attgan import (
     CeilingParams,
     EvaluateAttGANParams,
     Paths,
+    _largest_region_misses,
     load,
     run,
 )
@@ -116,3 +117,19 @@ def test_control_is_read_with_the_measure_stages_meter(tiny_study, attgan, tmp_p
     read = {n: pd.read_csv(attgan / n / "control_readings.csv") for n in ("dominant", "energy")}
     pd.testing.assert_series_equal(read["dominant"]["size"], read["energy"]["size"])
     assert not read["dominant"]["facetness"].equals(read["energy"]["facetness"])
+
+
+def test_the_summary_names_each_knobs_largest_region_miss():
+    table = pd.DataFrame(
+        {
+            "knob": ["size", "size", "facetness", "facetness"],
+            "statistic": ["background_grey", "outline_grey", "background_grey", "outline_grey"],
+            "edit": [-23.5, -3.2, -0.5, 2.0],
+            "lots": [-1.6, -0.7, -0.9, 0.2],
+        }
+    )
+    lead = "texture by region, "
+    assert _largest_region_misses(table) == [
+        lead + "size knob: background_grey -23.50 spreads per unit (training lots -1.60)",
+        lead + "facetness knob: outline_grey +2.00 spreads per unit (training lots +0.20)",
+    ]

@@ -17,6 +17,7 @@ from semknobs.train.texture import (
     RING_PX,
     TextureTarget,
     _blur,
+    region_agreement,
     region_list,
     region_masks,
     region_stats,
@@ -266,3 +267,25 @@ def test_agreement_scores_a_real_editor_its_negation_and_a_constant(sign, miss, 
         assert metrics[f"texture/miss_{a}"] == pytest.approx(miss, abs=0.1)
         assert metrics[f"texture/cosine_{a}"] == pytest.approx(cosine, abs=0.05)
     assert len(table) == 4 * len(stat_names(2))
+
+
+@pytest.mark.parametrize(("sign", "miss"), [(1.0, 0.0), (-1.0, 2.0), (0.0, 1.0)])
+def test_region_agreement_scores_only_the_regions(sign, miss):
+    """Flat tiles are all background: the background's grey level carries the lots' change, the
+    crystal regions none, and the region miss is that of a real editor, its negation, a constant."""
+    rng = np.random.default_rng(1)
+    labels = rng.random((10, 4)).astype(np.float32)
+    lots = np.repeat([f"L{i}" for i in range(10)], 4)
+    per_tile = torch.from_numpy(np.repeat(labels, 4, axis=0))
+    level = per_tile @ PLANT - 0.3
+    images = torch.from_numpy(model_to_uint8(level[:, None, None].expand(-1, 32, 32).numpy()))
+    target = TextureTarget.fit(images, per_tile, lots, levels=2, regions=True)
+    x = torch.zeros(8, 1, 32, 32)
+    metrics, table = region_agreement(_FlatEditor(sign), x, per_tile[:8], target)
+    assert set(table["statistic"]) == {f"{r}_{s}" for r in REGIONS for s in REGION_STATS}
+    for a in ("size", "porosity", "dispersity", "facetness"):
+        assert metrics[f"texture/region_miss_{a}"] == pytest.approx(miss, abs=0.1)
+        grey = table[(table["knob"] == a) & (table["statistic"] == "background_grey")]
+        assert float(grey["edit"].iloc[0]) == pytest.approx(
+            sign * float(grey["lots"].iloc[0]), rel=0.05, abs=1e-3
+        )

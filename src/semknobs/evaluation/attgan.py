@@ -214,10 +214,17 @@ def control_figure(matrix: pd.DataFrame, ceiling: pd.DataFrame | None = None) ->
     return fig
 
 
-def texture_figure(table: pd.DataFrame, metrics: dict[str, float]) -> Figure:
+def texture_figure(
+    table: pd.DataFrame,
+    metrics: dict[str, float],
+    miss: str = "texture/miss",
+    title: str = "What a knob unit does to the texture the meter does not read",
+) -> Figure:
     """Per knob: how one knob unit moves each texture statistic in the edits, beside how it
-    moves across real lots (:func:`semknobs.train.texture.texture_agreement`'s table)."""
-    fig = Figure(figsize=(13, 3.0), layout="constrained")
+    moves across real lots (:func:`semknobs.train.texture.texture_agreement`'s table; ``miss``:
+    the metric in each panel's title, ``<miss>_<knob>``)."""
+    rows = int((table["knob"] == ATTRIBUTES[0]).sum())
+    fig = Figure(figsize=(13, max(3.0, 0.22 * rows + 1.0)), layout="constrained")
     for ax, a in zip(fig.subplots(1, len(ATTRIBUTES), sharey=True), ATTRIBUTES):
         part = table[table["knob"] == a]
         y = np.arange(len(part))
@@ -225,9 +232,9 @@ def texture_figure(table: pd.DataFrame, metrics: dict[str, float]) -> Figure:
         ax.barh(y + 0.2, part["edit"], height=0.4, label="AttGAN edits")
         ax.axvline(0, color="0.5", lw=0.8)
         ax.set_yticks(y, part["statistic"], fontsize=8)
-        ax.set(title=f"{a} knob: miss {metrics[f'texture/miss_{a}']:.2f}", xlabel="spreads / knob")
+        ax.set(title=f"{a} knob: miss {metrics[f'{miss}_{a}']:.2f}", xlabel="spreads / knob")
     ax.legend(fontsize=8)
-    fig.suptitle("What a knob unit does to the texture the meter does not read", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from semknobs.atomic import atomic_path
@@ -40,7 +41,12 @@ from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan_params import AttGANTrainParams
-from semknobs.train.texture import MIN_TEXTURE_LOTS, TextureTarget, texture_agreement
+from semknobs.train.texture import (
+    MIN_TEXTURE_LOTS,
+    TextureTarget,
+    region_agreement,
+    texture_agreement,
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,13 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
     if texture is None:
         summary.append(f"texture agreement skipped: {len(train_lots)} training lots are too few")
     else:
-        metrics |= texture[0]
+        metrics |= texture[0] | texture[2]
         figures["texture.png"] = texture_figure(texture[1], texture[0])
+        figures["texture_regions.png"] = texture_figure(
+            texture[3], texture[2], "texture/region_miss", "Where in the tile a knob unit moves "
+            "the grey levels and bands: crystal interiors, outlines, background",
+        )  # fmt: skip
+        summary += _largest_region_misses(texture[3])
     truth_matrix = None
     if paths.truth_dir is not None and params.synthetic is not None:
         found = _ceiling(params, paths, test.manifest.iloc[ev.pick], scaler, metrics)
@@ -129,8 +140,9 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
     with atomic_path(paths.reports / "control_readings.csv") as tmp:
         ev.control.to_csv(tmp, index=False, float_format="%.5g")
     if texture is not None:
-        with atomic_path(paths.reports / "texture.csv") as tmp:
-            texture[1].to_csv(tmp, index=False, float_format="%.5g")
+        for name, table in (("texture.csv", texture[1]), ("texture_regions.csv", texture[3])):
+            with atomic_path(paths.reports / name) as tmp:
+                table.to_csv(tmp, index=False, float_format="%.5g")
     for name, figure in figures.items():
         save_figure(figure, paths.reports / name)
     return StageResult(metrics, {"figures": paths.reports}, summary)
@@ -138,7 +150,9 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
 
 def _texture(gen, config, paths, scaler, train_lots, images, attrs):
     """Texture agreement of the edits of these test tiles against the AttGAN's training lots
-    (with the statistics it trained with, or the default ones); None with too few lots."""
+    (with the statistics it trained with, or the default ones), then the same by region
+    (:func:`region_agreement`, whatever it trained with): (metrics, table, region metrics,
+    region table); None with too few lots."""
     if len(train_lots) < MIN_TEXTURE_LOTS:
         return None
     levels = int(config.train.get("texture_levels", AttGANTrainParams.texture_levels))
@@ -147,8 +161,22 @@ def _texture(gen, config, paths, scaler, train_lots, images, attrs):
         tiles_dir=paths.tiles_dir, lots_csv=paths.lots, lots=train_lots, scaler=scaler
     )
     lots = train.manifest["lot"].to_numpy()
+    x, a = to_model(images), torch.from_numpy(attrs)
     target = TextureTarget.fit(train.images, train.attrs, lots, levels, regions=regions)
-    return texture_agreement(gen, to_model(images), torch.from_numpy(attrs), target)
+    by_region = TextureTarget.fit(train.images, train.attrs, lots, levels, regions=True)
+    return (*texture_agreement(gen, x, a, target), *region_agreement(gen, x, a, by_region))
+
+
+def _largest_region_misses(table: pd.DataFrame) -> list[str]:
+    """Per knob, the region statistic its edits move furthest from the lots' fit (spreads)."""
+    lines = []
+    for knob, part in table.groupby("knob", sort=False):
+        row = part.loc[(part["edit"] - part["lots"]).abs().idxmax()]
+        lines.append(
+            f"texture by region, {knob} knob: {row['statistic']} {row['edit']:+.2f} spreads "
+            f"per unit (training lots {row['lots']:+.2f})"
+        )
+    return lines
 
 
 def _ceiling(params, paths, tiles, scaler, metrics):
