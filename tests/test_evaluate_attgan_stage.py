@@ -119,7 +119,7 @@ def test_control_is_read_with_the_measure_stages_meter(tiny_study, attgan, tmp_p
     assert not read["dominant"]["facetness"].equals(read["energy"]["facetness"])
 
 
-def test_the_summary_names_each_knobs_largest_region_miss():
+def test_the_summary_names_each_knobs_largest_region_miss_and_warns_past_no_edit():
     table = pd.DataFrame(
         {
             "knob": ["size", "size", "facetness", "facetness"],
@@ -128,8 +128,13 @@ def test_the_summary_names_each_knobs_largest_region_miss():
             "lots": [-1.6, -0.7, -0.9, 0.2],
         }
     )
-    lead = "texture by region, "
-    assert _largest_region_misses(table) == [
-        lead + "size knob: background_grey -23.50 spreads per unit (training lots -1.60)",
-        lead + "facetness knob: outline_grey +2.00 spreads per unit (training lots +0.20)",
-    ]
+    misses = {"texture/region_miss_size": 3.13, "texture/region_miss_facetness": 0.8}
+    size, facetness = _largest_region_misses(table, misses)
+    assert size.startswith(
+        "texture by region, size knob: background_grey -23.50 spreads per unit "
+        "(training lots -1.60); region miss 3.13 - WARNING"
+    )
+    assert facetness == (
+        "texture by region, facetness knob: outline_grey +2.00 spreads per unit "
+        "(training lots +0.20); region miss 0.80"
+    )

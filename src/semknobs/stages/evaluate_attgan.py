@@ -116,7 +116,7 @@ def run(params: EvaluateAttGANParams, paths: Paths, ctx: StageContext | None = N
             texture[3], texture[2], "texture/region_miss", "Where in the tile a knob unit moves "
             "the grey levels and bands: crystal interiors, outlines, background",
         )  # fmt: skip
-        summary += _largest_region_misses(texture[3])
+        summary += _largest_region_misses(texture[3], texture[2])
     truth_matrix = None
     if paths.truth_dir is not None and params.synthetic is not None:
         found = _ceiling(params, paths, test.manifest.iloc[ev.pick], scaler, metrics)
@@ -167,15 +167,21 @@ def _texture(gen, config, paths, scaler, train_lots, images, attrs):
     return (*texture_agreement(gen, x, a, target), *region_agreement(gen, x, a, by_region))
 
 
-def _largest_region_misses(table: pd.DataFrame) -> list[str]:
-    """Per knob, the region statistic its edits move furthest from the lots' fit (spreads)."""
+def _largest_region_misses(table: pd.DataFrame, metrics: dict[str, float]) -> list[str]:
+    """Per knob, the region statistic its edits move furthest from the lots' fit (spreads), and
+    a warning where the edits' region statistics are further from the lots than an edit that
+    changes nothing (``texture/region_miss_<knob>`` > 1)."""
     lines = []
     for knob, part in table.groupby("knob", sort=False):
         row = part.loc[(part["edit"] - part["lots"]).abs().idxmax()]
-        lines.append(
+        miss = metrics[f"texture/region_miss_{knob}"]
+        line = (
             f"texture by region, {knob} knob: {row['statistic']} {row['edit']:+.2f} spreads "
-            f"per unit (training lots {row['lots']:+.2f})"
+            f"per unit (training lots {row['lots']:+.2f}); region miss {miss:.2f}"
         )
+        if miss > 1:
+            line += " - WARNING: further from real lots than no edit; the regressor may read it"
+        lines.append(line)
     return lines
 
 
