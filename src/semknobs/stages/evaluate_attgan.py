@@ -43,6 +43,7 @@ from semknobs.stage import StageContext, StageResult, save_figure, write_metrics
 from semknobs.train.attgan_params import AttGANTrainParams
 from semknobs.train.texture import (
     MIN_TEXTURE_LOTS,
+    REGIONS,
     TextureTarget,
     region_agreement,
     texture_agreement,
@@ -163,7 +164,11 @@ def _texture(gen, config, paths, scaler, train_lots, images, attrs):
     lots = train.manifest["lot"].to_numpy()
     x, a = to_model(images), torch.from_numpy(attrs)
     target = TextureTarget.fit(train.images, train.attrs, lots, levels, regions=regions)
-    by_region = TextureTarget.fit(train.images, train.attrs, lots, levels, regions=True)
+    by_region = (
+        target
+        if target.regions == REGIONS
+        else TextureTarget.fit(train.images, train.attrs, lots, levels, regions=True)
+    )
     return (*texture_agreement(gen, x, a, target), *region_agreement(gen, x, a, by_region))
 
 

@@ -18,7 +18,9 @@ the pixels). Measured on the default study (README, "Texture by region"; Rule S)
 reads a real facetness change almost wholly at the outlines and a side-by-side editor's
 backward facetness edit in the interiors; with this term the interiors' statistics reached the
 lots' fit and that read did not move, while the size knob stopped working (a size edit moves
-the mask). Off by default.
+the mask). On the committed design, all regions or the background's alone (Rule W), it took
+the size edit's background content away and the size knob with it. Off by default;
+:func:`region_agreement` reports the same statistics of any editor.
 
 ``TextureTarget``: what real lots say. Over the training lots, a multivariate least-squares fit
 of each statistic's lot mean on the lot labels (knob units), ``T ~ W a + c``; an edit of a tile
@@ -265,8 +267,9 @@ def region_agreement(
     """:func:`texture_agreement` on the region statistics of ``target`` (fit with regions) only:
     ``texture/region_miss_<a>`` = |edit - lots| / |lots| over them, and their table. Truth-free:
     where in the tile a knob moves the grey levels and bands, against the training lots (the
-    committed size knob darkened the background ~15x as much as the lots do, and the regressor
-    read that as stress: README, "Texture by region")."""
+    committed size knob darkens the background ~15x as much as the lots do and adds the fine
+    background content the regressor reads as its size change: README, "Where the regressor
+    reads the size edit")."""
     _, table = texture_agreement(gen, images, attrs, target)
     table = table[table["statistic"].str.startswith(REGIONS)].reset_index(drop=True)
     metrics = {}
