@@ -10,7 +10,10 @@ softened by a 1 px Gaussian so that the three parts sum to the change) and by sc
 plus one part: the slope of its prediction on the requested level, MPa per knob unit. The parts'
 reads need not sum to the whole's (the regressor is not linear). Then the texture loss's region
 statistics (``texture_regions``), the edits' change per knob unit in spreads of the real
-training tiles beside the lots' fit ``W``: what a region term asks of an edit.
+training tiles beside the lots' fit ``W``: what a region term asks of an edit. Last, per tile:
+the sign of the regressor's slope on each edit sweep, whole, without its background part and
+on that part alone, against the sign of the true change at the tile's attributes (Rule W: the
+committed size edit's right signs come from its background part).
 
     python benchmarks/region_read.py [--workspace DIR] [--out benchmarks/region_read.md]
 """
@@ -82,6 +85,42 @@ def region_table(
     return pd.DataFrame(rows)
 
 
+def _tile_slopes(reg: PeakStressRegressor, tiles: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Model-range sweeps (sweep, level order) -> the regressor's slope per sweep (MPa/unit)."""
+    y = predict_unrounded(reg, tiles).reshape(-1, len(levels))
+    x = levels - levels.mean()
+    return y @ x / (x * x).sum()
+
+
+def sign_table(
+    reg: PeakStressRegressor,
+    edits: dict[str, np.ndarray],
+    rendered: dict[str, np.ndarray],
+    levels: np.ndarray,
+    n: int,
+) -> pd.DataFrame:
+    """Per knob: the regressor's slope on each of the ``n`` tiles' edit sweeps, whole, without
+    the background part of its change and on that part alone; the median and the share of
+    tiles whose sign agrees with the true change's at the tile's attributes (the mean over the
+    render's tiles)."""
+    rows = []
+    for knob in A:
+        base, parts, _ = region_parts(rendered[knob], len(levels))
+        true = _tile_slopes(reg, base + parts["whole"], levels).reshape(n, -1).mean(axis=1)
+        base, parts, soft = region_parts(edits[knob], len(levels))
+        change = parts["whole"]
+        bg = soft[:, REGIONS.index("background")] * change
+        cut = {"whole": change, "without background": change - bg, "background only": bg}
+        for name, part in cut.items():
+            slope = _tile_slopes(reg, base + part, levels)
+            rows.append(
+                {"knob": knob, "edit's part": name, "median": float(np.median(slope)),
+                 "sign agrees": float(np.mean(np.sign(slope) == np.sign(true))),
+                 "true median": float(np.median(true))}
+            )  # fmt: skip
+    return pd.DataFrame(rows).set_index(["knob", "edit's part"])
+
+
 def region_statistics(ed: Editor) -> pd.DataFrame:
     """The region statistics' change per knob unit of the edits (``texture_agreement``'s
     ±0.25 steps) beside the lots' fit, in spreads of the training tiles."""
@@ -119,6 +158,8 @@ def report(ws: Path) -> str:
                 "## By region and scale\n\n" + table.to_markdown(),
                 "## Region statistics of the edits, per knob unit in spreads (the lots' fit)\n\n"
                 + region_statistics(ed).to_markdown(),
+                "## Per tile: the sign of the read, with and without the background part\n\n"
+                + sign_table(reg, first, rendered, ed.levels, n).round(2).to_markdown(),
             ]
         )
         + "\n"
