@@ -105,8 +105,8 @@ def sign_table(
     render's tiles)."""
     rows = []
     for knob in A:
-        base, parts, _ = region_parts(rendered[knob], len(levels))
-        true = _tile_slopes(reg, base + parts["whole"], levels).reshape(n, -1).mean(axis=1)
+        tiles = to_model(rendered[knob]).squeeze(1).double().numpy()
+        true = _tile_slopes(reg, tiles, levels).reshape(n, -1).mean(axis=1)
         base, parts, soft = region_parts(edits[knob], len(levels))
         change = parts["whole"]
         bg = soft[:, REGIONS.index("background")] * change
