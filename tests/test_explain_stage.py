@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,32 @@ def models(tiny_study, tmp_path):
     return tmp_path
 
 
+MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses
+
+
+def _attgan_metrics(root: Path, text: str | None = None) -> Path:
+    """evaluate_attgan's metrics file with the region misses (or ``text``)."""
+    path = root / "attgan.json"
+    misses = {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}
+    path.write_text(json.dumps({"test/psnr": 23.0, **misses}) if text is None else text)
+    return path
+
+
+def test_an_unreadable_attgan_metrics_file_is_named_before_any_work(
+    run_stage, tiny_study, models, capsys
+):
+    bad = _attgan_metrics(models, "{not json")
+    argv = [
+        "--attgan-dir", models / "attgan", "--regressor-dir", models / "regressor",
+        "--tiles-dir", tiny_study["tiles"], "--lots", tiny_study["lots"],
+        "--splits", models / "splits.json", "--attgan-metrics", bad,
+        "--metrics", models / "explain.json", "--reports", models / "reports",
+    ]  # fmt: skip
+    assert run_stage("explain", *argv) == 2
+    assert "attgan.json: unreadable" in capsys.readouterr().err
+    assert not (models / "explain.json").exists() and not (models / "reports").exists()
+
+
 def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, models):
     root = models
     status = run_stage(
@@ -78,6 +105,8 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         tiny_study["truth"],
         "--measurements",
         root / "measurements.csv",
+        "--attgan-metrics",
+        _attgan_metrics(root),
         "--metrics",
         root / "explain.json",
         "--reports",
@@ -141,6 +170,10 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         assert read.loc[a, "read"] == pytest.approx(expected, rel=1e-5)
         assert metrics[f"knob_gradient/read/{a}"] == pytest.approx(expected, rel=1e-5)
         assert metrics[f"knob_gradient/read/low_{a}"] == float(expected < 0.3)
+    # beside it, the editor's region misses as evaluate_attgan logged them; not stage metrics
+    np.testing.assert_allclose(read["region_miss"], MISSES)
+    assert read["unlike_lots"].tolist() == [True, False, False, True]
+    assert not any("region_miss" in key for key in metrics)
     gains = pd.read_csv(root / "reports" / "knob_gradient.csv").groupby("lot").first()
     for lot, row in gains.iterrows():  # ... and the knob gradient each lot's gain-corrected one
         for a in ATTRIBUTES:

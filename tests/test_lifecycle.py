@@ -414,6 +414,7 @@ def test_cli_explain_tiles_scans_and_errors(store: Path, folders, tmp_path: Path
     assert "knob gradient, gain-corrected" in printed
     assert "signs both agree on" not in printed  # no meter in this bundle: no meter regression
     assert "knob_read" not in summary and "read of each knob" not in printed  # nor a knob read
+    assert "edit_texture" not in summary and "by region" not in printed  # nor region misses
     bare = tmp_path / "bare"
     assert cli.main([*argv[:2], "--model", str(folders["explainer"]), "--out", str(bare),
                      "--steps", "3", "--no-gradient"]) == 0  # fmt: skip

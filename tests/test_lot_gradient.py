@@ -24,6 +24,7 @@ from semknobs.explain.natural import lot_slopes
 K = len(ATTRIBUTES)
 W = torch.tensor([0.2, -0.4, 0.1, 0.3])  # the editor adds W . A to every pixel
 C = 10.0  # the regressor: C * mean pixel, so dR/dA = C * W exactly
+MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses, as evaluate_attgan logs them
 
 
 class PlaneEditor(nn.Module):
@@ -171,6 +172,7 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     read = pd.DataFrame(
         {"attribute": list(ATTRIBUTES), "read": [0.7, 2.0, 2.8, -0.3], "low": [0, 0, 0, 1]}
     ).astype({"low": bool})
+    misses = {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}
     explainer = KnobExplainer(
         PlaneEditor(),
         Stress(),
@@ -181,11 +183,14 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         meter=MeterCalibration((1.0,) * K, (0.0,) * K),
         gradient=_settings(),
         natural=MeterRegressionParams(min_tiles=K + 2),
-        metrics=read_metrics(read),  # the explain run's knob read, as a bundle keeps it
+        metrics=read_metrics(read) | misses,  # the knob read and region misses a bundle keeps
     )
     (summary,) = explain_paths([scan], explainer=explainer, out_dir=tmp_path, progress=False)
     assert summary["knob_read"] == {
         r.attribute: {"read": r.read, "low": r.low} for r in read.itertuples()
+    }
+    assert summary["edit_texture"] == {
+        a: {"region_miss": m, "unlike_lots": m > 1} for a, m in zip(ATTRIBUTES, MISSES)
     }
     assert (
         json.loads((tmp_path / f"{scan.stem}.json").read_text())["knob_read"]
@@ -223,8 +228,12 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
                                    rtol=1e-4)  # fmt: skip
         assert (rows[f"knob_read_{a}"] == summary["knob_read"][a]["read"]).all()
         assert (rows[f"knob_read_low_{a}"] == float(summary["knob_read"][a]["low"])).all()
+        edit = summary["edit_texture"][a]
+        assert (rows[f"region_miss_{a}"] == edit["region_miss"]).all()
+        assert (rows[f"region_unlike_{a}"] == float(edit["unlike_lots"])).all()
     bare = model.predict(None, tiles_frame(tiles), {"steps": 3, "gradient": False})
     assert (bare["knob_read_facetness"] == -0.3).all()  # stored: no gradient work needed
+    assert (bare["region_unlike_size"] == 1.0).all() and (bare["region_miss_size"] == 3.1).all()
     # two interleaved lots in one request: each row gets its own lot's fit, as fitted directly
     twice = np.concatenate([tiles, tiles[::-1]])
     names = np.array(["P", "Q"] * len(tiles))

@@ -231,6 +231,14 @@ def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
     np.testing.assert_allclose(served["achieved_mpa"], stage["lower_achieved_mpa"], atol=1e-3)
     for a in ("size", "porosity", "dispersity", "facetness"):
         np.testing.assert_allclose(served[f"knob_delta_{a}"], stage[f"lower_delta_{a}"], atol=1e-4)
+    # the editor's region misses (evaluate_attgan) travel with the bundle and the stage's read
+    misses = json.loads((clone / "metrics" / "attgan.json").read_text())
+    read = pd.read_csv(clone / "reports" / "explain" / "knob_read.csv").set_index("attribute")
+    for a in ("size", "porosity", "dispersity", "facetness"):
+        miss = misses[f"texture/region_miss_{a}"]
+        np.testing.assert_allclose(served[f"region_miss_{a}"], miss)
+        np.testing.assert_allclose(served[f"region_unlike_{a}"], float(miss > 1))
+        assert read.loc[a, "region_miss"] == pytest.approx(miss, rel=1e-5)
 
 
 def test_the_study_suite_on_the_tiny_pipeline(clone, tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ class KnobExplainer:
         self.meter = meter
         self.gradient = gradient or GradientSettings()
         self.natural = natural or MeterRegressionParams()
-        self.metrics = dict(metrics or {})  # the explain run's, as the bundle stores them
+        self.metrics = dict(metrics or {})  # the explain run's and the AttGAN's region misses
         self.search = KnobCounterfactual(self.gen, self.reg, stress_range=self.stress_range)
 
     @classmethod

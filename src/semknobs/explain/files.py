@@ -12,8 +12,9 @@ intervals, beside the input's meter regression: :mod:`semknobs.explain.natural`,
 JSON as ``meter_regression`` when the bundle has a meter, with the signs the two agree on as
 ``agreed_signs``: :mod:`semknobs.explain.agreement`), and the bundle's knob read as
 ``knob_read`` (how strongly the regressor reads each knob's edits, over the lots the explain
-stage explained: :func:`semknobs.explain.knob_read.from_metrics`). Files are written under
-temporary names and renamed.
+stage explained: :func:`semknobs.explain.knob_read.from_metrics`) and its AttGAN's region misses
+as ``edit_texture`` (how unlike real lot differences each knob's edits are, by region:
+:mod:`semknobs.explain.edit_texture`). Files are written under temporary names and renamed.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from scipy import stats
 
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
+from semknobs.explain import edit_texture, knob_read
 from semknobs.explain.agreement import WORDS, lot_agreement, sign_words
 from semknobs.explain.bundle import Explanation, KnobExplainer
-from semknobs.explain.knob_read import from_metrics
 from semknobs.pixels import model_to_uint8
 from semknobs.stage import save_figure, write_json
 
@@ -198,10 +199,15 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
     )
 
 
-def knob_read_entry(explainer: KnobExplainer) -> dict[str, Any]:
-    """``{"knob_read": {attribute: {"read", "low"}}}`` from the bundle, or nothing without one."""
-    read = from_metrics(explainer.metrics)
-    return {} if read is None else {"knob_read": read}
+def knob_checks(explainer: KnobExplainer) -> dict[str, Any]:
+    """The bundle's stored checks of its knobs: ``{"knob_read": {attribute: {"read", "low"}},
+    "edit_texture": {attribute: {"region_miss", "unlike_lots"}}}``, each left out where the
+    bundle has none."""
+    found = {
+        "knob_read": knob_read.from_metrics(explainer.metrics),
+        "edit_texture": edit_texture.from_metrics(explainer.metrics),
+    }
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def read_line(entry: dict[str, dict[str, Any]]) -> str:
@@ -268,7 +274,7 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"input": str(path), "tiles": len(tiles), "targets": summarise(table)}
-        summary |= knob_read_entry(explainer)
+        summary |= knob_checks(explainer)
         with atomic_path(out_dir / f"{stem}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         if gradient:
@@ -292,7 +298,7 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"lot": one_lot, "inputs": [str(p) for p, _, _ in inputs], "tiles": len(tiles)}
-        summary |= knob_read_entry(explainer)
+        summary |= knob_checks(explainer)
         summary |= lot_outputs(
             explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir, readings,
             predictions,

@@ -51,7 +51,7 @@ class ExplainerFolder:
     stress_range: float  # MPa, of the training lots: the unit of ``counterfactual.delta``
     counterfactual: CounterfactualParams  # the ``explain`` stage's search settings
     tile: dict[str, Any] = field(default_factory=dict)  # the ``tile`` stage's settings
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # explain's, the AttGAN's region misses
     limits: SearchLimits = field(default_factory=SearchLimits)  # what a request may ask
     meter: MeterCalibration | None = None  # reads the edits (None in bundles before it)
     gradient: GradientSettings = field(default_factory=GradientSettings)  # lots' knob gradients

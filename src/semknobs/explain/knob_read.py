@@ -119,11 +119,12 @@ def from_metrics(metrics: Mapping[str, float]) -> dict[str, dict[str, float | bo
     keys = {a: (f"knob_gradient/read/{a}", f"knob_gradient/read/low_{a}") for a in ATTRIBUTES}
     if not all(k in metrics for pair in keys.values() for k in pair):
         return None
-
-    def number(value: float | None) -> float:  # a NaN read is stored as JSON null
-        return math.nan if value is None else float(value)
-
     return {
-        a: {"read": number(metrics[read]), "low": bool(number(metrics[low]) != 0)}
+        a: {"read": metric_number(metrics[read]), "low": bool(metric_number(metrics[low]) != 0)}
         for a, (read, low) in keys.items()
     }
+
+
+def metric_number(value: float | None) -> float:
+    """A stored metric as a float: a NaN is stored as JSON null."""
+    return math.nan if value is None else float(value)

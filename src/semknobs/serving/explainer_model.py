@@ -29,7 +29,9 @@ meter-regression and the agreed-sign columns are empty. Param
 and at no cost: the bundle's knob read (``knob_read_<a>``, and ``knob_read_low_<a>`` 1 where
 the explain stage reported it low; empty for a bundle without one): how strongly the regressor
 reads each knob's edits, over the lots the explain stage explained
-(:func:`semknobs.explain.knob_read.from_metrics`).
+(:func:`semknobs.explain.knob_read.from_metrics`), and its AttGAN's region misses
+(``region_miss_<a>``, ``region_unlike_<a>`` 1 past an edit that changes nothing:
+:mod:`semknobs.explain.edit_texture`; empty for a bundle without them).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
 
@@ -48,7 +50,11 @@ from semknobs.model_folder import CONFIG_FILE, img_size
 from semknobs.registry import ModelKind
 
 KIND = "explainer"
-READ_COLUMNS = [f"knob_read{low}_{a}" for low in ("", "_low") for a in ATTRIBUTES]
+READ_COLUMNS = [
+    f"{name}_{a}"
+    for name in ("knob_read", "knob_read_low", "region_miss", "region_unlike")
+    for a in ATTRIBUTES
+]
 SEARCH = ("target", "lam", "steps", "delta", "restarts")
 PARAMS = (*SEARCH, "gradient")
 
@@ -193,12 +199,16 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
 
 def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
-    """:data:`READ_COLUMNS` from the bundle's knob read, the same on every row (NaN without)."""
-    from semknobs.explain.knob_read import from_metrics
+    """:data:`READ_COLUMNS` from the bundle's knob read and its AttGAN's region misses, the
+    same on every row (NaN without)."""
+    from semknobs.explain import edit_texture, knob_read
 
     values = dict.fromkeys(READ_COLUMNS, np.nan)
-    for a, read in (from_metrics(explainer.metrics) or {}).items():
+    for a, read in (knob_read.from_metrics(explainer.metrics) or {}).items():
         values[f"knob_read_{a}"], values[f"knob_read_low_{a}"] = read["read"], float(read["low"])
+    for a, edit in (edit_texture.from_metrics(explainer.metrics) or {}).items():
+        values[f"region_miss_{a}"] = edit["region_miss"]
+        values[f"region_unlike_{a}"] = float(edit["unlike_lots"])
     return pd.DataFrame(values, index=index)
 
 

@@ -36,6 +36,7 @@ from semknobs.evaluation.attgan import (
 from semknobs.evaluation.ceiling import ceiling
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
+from semknobs.explain.edit_texture import NO_EDIT_MISS
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
@@ -175,7 +176,8 @@ def _texture(gen, config, paths, scaler, train_lots, images, attrs):
 def _largest_region_misses(table: pd.DataFrame, metrics: dict[str, float]) -> list[str]:
     """Per knob, the region statistic its edits move furthest from the lots' fit (spreads), and
     a warning where the edits' region statistics are further from the lots than an edit that
-    changes nothing (``texture/region_miss_<knob>`` > 1)."""
+    changes nothing (``texture/region_miss_<knob>`` past
+    :data:`~semknobs.explain.edit_texture.NO_EDIT_MISS`)."""
     lines = []
     for knob, part in table.groupby("knob", sort=False):
         row = part.loc[(part["edit"] - part["lots"]).abs().idxmax()]
@@ -184,7 +186,7 @@ def _largest_region_misses(table: pd.DataFrame, metrics: dict[str, float]) -> li
             f"texture by region, {knob} knob: {row['statistic']} {row['edit']:+.2f} spreads "
             f"per unit (training lots {row['lots']:+.2f}); region miss {miss:.2f}"
         )
-        if miss > 1:
+        if miss > NO_EDIT_MISS:
             line += " - WARNING: further from real lots than no edit; the regressor may read it"
         lines.append(line)
     return lines

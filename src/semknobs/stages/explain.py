@@ -25,6 +25,7 @@ from semknobs.data.tiles import load_tiles
 from semknobs.data.truth import read_truth, tile_truth
 from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
+from semknobs.explain import edit_texture
 from semknobs.explain.agreement import agreed_signs, coverage
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.knob_read import KnobReadParams, knob_read, read_metrics
@@ -108,6 +109,9 @@ class Paths:
     measurements: Path | None = field(
         default=None, metadata={"help": "the measure stage's readings: the corrected gradient"}
     )
+    attgan_metrics: Path | None = field(
+        default=None, metadata={"help": "evaluate_attgan's metrics: the edits' region misses"}
+    )
 
 
 def load(params_file: Path, paths: Paths) -> ExplainStageParams:
@@ -119,6 +123,7 @@ def load(params_file: Path, paths: Paths) -> ExplainStageParams:
 
 
 def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = None) -> StageResult:
+    edits = None if paths.attgan_metrics is None else edit_texture.from_file(paths.attgan_metrics)
     torch.manual_seed(params.seed)
     gen, gan_config = attgan_model.load(paths.attgan_dir)
     reg, _ = regressor_model.load(paths.regressor_dir)
@@ -235,6 +240,20 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         ]
     else:
         summary_corrected = []
+    if paths.attgan_metrics is not None:  # the editor's truth-free region misses, beside the read
+        if edits is None:
+            summary_natural.append(f"{paths.attgan_metrics}: no region misses (evaluate_attgan)")
+        else:
+            summary_natural.append(
+                "how unlike real lot differences each knob's edits are, by region (truth-free, "
+                f"evaluate_attgan; past {edit_texture.NO_EDIT_MISS:g}: no material change a lot "
+                f"shows): {edit_texture.texture_line(edits)}"
+            )
+            if "knob_read" in tables:
+                tables["knob_read"] = tables["knob_read"].assign(
+                    region_miss=[edits[a]["region_miss"] for a in ATTRIBUTES],
+                    unlike_lots=[edits[a]["unlike_lots"] for a in ATTRIBUTES],
+                )
     support, summary = None, []
     if len(knob_train) < MIN_SUPPORT_LOTS:
         summary.append(

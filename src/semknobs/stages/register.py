@@ -18,8 +18,10 @@ If no logged model of the folder is in the tracking store (a fresh store, models
 (``semknobs.relogged = true``). ``out`` (the versions registered, with their run ids) is a record
 of this run, not a DVC out: version numbers and run ids depend on the store, not the inputs.
 The bundle carries the ``explain`` stage's search and knob-gradient settings, its meter-read
-knob gains (for the gain-corrected lot gradient) and the ``tile`` stage's tiling, so
-``semknobs explain`` and the served explainer reproduce the stage's numbers. Promotion to
+knob gains (for the gain-corrected lot gradient), the ``tile`` stage's tiling, so
+``semknobs explain`` and the served explainer reproduce the stage's numbers, and the AttGAN's
+region misses from ``evaluate_attgan`` (:mod:`semknobs.explain.edit_texture`), which they report
+beside every explanation. Promotion to
 ``champion`` is a separate, gated step: ``semknobs promote``.
 """
 
@@ -41,6 +43,7 @@ from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
+from semknobs.explain.edit_texture import region_metrics
 from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
@@ -180,7 +183,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         stress_range=stress_range,
         counterfactual=params.counterfactual,
         tile={k: v for k, v in asdict(params.tile).items() if k != "n_jobs"},
-        metrics=metrics["explainer"],
+        metrics={**metrics["explainer"], **region_metrics(metrics["attgan"])},
         limits=params.limits,
         meter=meter,
         gradient=GradientSettings(

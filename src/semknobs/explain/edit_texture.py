@@ -1,0 +1,74 @@
+"""How unlike real lot differences each knob's edits are, by region, without any truth.
+
+``evaluate_attgan`` measures, on held-out tiles, how one knob unit moves the grey level and the
+1 / 2 px bands of the crystal interiors, outlines and background (each tile's own Otsu mask)
+against how the training lots' statistics move with their labels
+(:func:`semknobs.train.texture.region_agreement`): ``texture/region_miss_<knob>`` =
+|edit - lots| / |lots|, 0 as real lots differ, :data:`NO_EDIT_MISS` as far off as an edit that
+changes nothing. A knob past it edits its tiles in a way no real lot differs: the committed size
+knob darkens the background about 15 times as much as the lots do (miss 3.1), and the regressor
+reads that content (README, "Where the regressor reads the size edit").
+
+What it is not: a warning about the sign of a knob's attribution. Over 17 editors of the default
+study the miss does not track the held-out knob-gradient sign (Spearman -0.17; within a knob it
+goes the other way, size +0.45: the edits with the most background content were read the right
+way most often; ``benchmarks/region_flag_rules.md``, Rule Y). The knob read
+(:mod:`semknobs.explain.knob_read`) is the sign alarm; this says whether the edit the attribution
+is made of looks like a material change at all.
+
+``register`` keeps these metrics in the explainer bundle; ``semknobs explain``, the served
+explainer and the ``explain`` stage report them beside the knob read. Not in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.errors import DataError
+from semknobs.explain.knob_read import metric_number
+
+NO_EDIT_MISS = 1.0  # the miss of an edit that changes nothing: set by its meaning, not tuned
+KEYS = {a: f"texture/region_miss_{a}" for a in ATTRIBUTES}
+
+
+def region_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The ``texture/region_miss_<knob>`` entries of ``metrics`` (e.g. ``metrics/attgan.json``);
+    empty when it has not all four (an editor evaluated before the region report)."""
+    if not all(key in metrics for key in KEYS.values()):
+        return {}
+    return {key: metric_number(metrics[key]) for key in KEYS.values()}
+
+
+def from_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | bool]] | None:
+    """``{knob: {"region_miss": float, "unlike_lots": bool}}`` (past :data:`NO_EDIT_MISS`; a
+    NaN miss is not flagged), or None without the metrics."""
+    found = region_metrics(metrics)
+    if not found:
+        return None
+    return {
+        a: {"region_miss": found[key], "unlike_lots": bool(found[key] > NO_EDIT_MISS)}
+        for a, key in KEYS.items()
+    }
+
+
+def texture_line(entry: Mapping[str, Mapping[str, Any]]) -> str:
+    """``size 3.13 (unlike the lots), porosity 0.87, ...`` from :func:`from_metrics`."""
+    return ", ".join(
+        f"{a} {v['region_miss']:.2f}" + " (unlike the lots)" * bool(v["unlike_lots"])
+        for a, v in entry.items()
+    )
+
+
+def from_file(path: Path) -> dict[str, dict[str, float | bool]] | None:
+    """:func:`from_metrics` of a metrics file (``metrics/attgan.json``)."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: not a JSON object of metrics")
+    return from_metrics(metrics)

@@ -1,0 +1,72 @@
+"""The editor's region misses as explanations carry them (semknobs.explain.edit_texture)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.errors import DataError
+from semknobs.explain.edit_texture import (
+    KEYS,
+    NO_EDIT_MISS,
+    from_file,
+    from_metrics,
+    region_metrics,
+    texture_line,
+)
+
+# the committed editor's evaluate_attgan figures, beside metrics of other kinds
+STORED = {
+    "test/psnr": 23.3,
+    "texture/miss_size": 0.4,  # the whole-tile miss: not a region miss
+    "texture/region_miss_size": 3.13,
+    "texture/region_miss_porosity": 0.87,
+    "texture/region_miss_dispersity": 0.79,
+    "texture/region_miss_facetness": 1.73,
+}
+
+
+def test_from_metrics_flags_exactly_the_knobs_past_an_edit_that_changes_nothing() -> None:
+    entry = from_metrics(STORED)
+    assert list(entry) == list(ATTRIBUTES)
+    assert {a: v["region_miss"] for a, v in entry.items()} == {
+        "size": 3.13, "porosity": 0.87, "dispersity": 0.79, "facetness": 1.73,
+    }  # fmt: skip
+    assert [a for a, v in entry.items() if v["unlike_lots"]] == ["size", "facetness"]
+    at_limit = STORED | {KEYS["porosity"]: NO_EDIT_MISS}  # as far off as no edit: not past it
+    assert from_metrics(at_limit)["porosity"]["unlike_lots"] is False
+
+
+def test_only_the_region_misses_are_kept_and_a_partial_or_missing_set_is_none() -> None:
+    assert region_metrics(STORED) == {k: STORED[k] for k in KEYS.values()}
+    assert region_metrics({"test/psnr": 23.3}) == {} and from_metrics({}) is None
+    partial = {k: v for k, v in STORED.items() if k != KEYS["facetness"]}
+    assert from_metrics(partial) is None  # an editor evaluated before the region report
+
+
+def test_a_nan_miss_stored_as_null_is_not_flagged() -> None:
+    entry = from_metrics(STORED | {KEYS["size"]: None})
+    assert math.isnan(entry["size"]["region_miss"]) and entry["size"]["unlike_lots"] is False
+
+
+def test_the_line_names_every_knob_and_marks_the_unlike_ones() -> None:
+    line = texture_line(from_metrics(STORED))
+    assert line == (
+        "size 3.13 (unlike the lots), porosity 0.87, dispersity 0.79, "
+        "facetness 1.73 (unlike the lots)"
+    )
+
+
+def test_from_file_reads_a_metrics_file_and_names_a_bad_one(tmp_path) -> None:
+    good = tmp_path / "attgan.json"
+    good.write_text(json.dumps(STORED))
+    assert from_file(good) == from_metrics(STORED)
+    for name, text in (("broken.json", "{not json"), ("list.json", "[1, 2]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=name):
+            from_file(tmp_path / name)
+    with pytest.raises(DataError, match="absent.json"):
+        from_file(tmp_path / "absent.json")
