@@ -70,3 +70,34 @@ def test_from_file_reads_a_metrics_file_and_names_a_bad_one(tmp_path) -> None:
             from_file(tmp_path / name)
     with pytest.raises(DataError, match="absent.json"):
         from_file(tmp_path / "absent.json")
+
+
+def test_the_gradient_figure_writes_each_knobs_caveats_under_its_bars() -> None:
+    """Read low and edits unlike the lots, as the bundle stores them, under each knob; a bundle
+    without checks draws the plain names."""
+    import numpy as np
+    import pandas as pd
+
+    from semknobs.explain.files import caveats, gradient_figure
+
+    read = {a: {"read": r, "low": r < 0.3} for a, r in zip(ATTRIBUTES, (0.7, 2.0, 2.8, -0.3))}
+    checks = {"knob_read": read, "edit_texture": from_metrics(STORED)}
+    assert [caveats(a, checks) for a in ATTRIBUTES] == [
+        ["edits unlike lots"],
+        [],
+        [],
+        ["low read", "edits unlike lots"],
+    ]
+    assert caveats("size", None) == [] and caveats("size", {"knob_read": read}) == []
+    k = len(ATTRIBUTES)
+    lot = pd.DataFrame({"attribute": list(ATTRIBUTES), "tiles": 6, "corrected_flag": False})
+    for col in ("gradient", "gain_corrected", "corrected"):
+        lot[col], lot[f"{col}_low"], lot[f"{col}_high"] = np.ones(k), np.zeros(k), 2 * np.ones(k)
+    for given, expected in (
+        (checks, "facetness\nlow read\nedits unlike lots"),
+        (None, "facetness"),
+    ):
+        left = gradient_figure("scan", lot, given).axes[0]
+        labels = [t.get_text() for t in left.get_xticklabels()]
+        assert labels[0] == ("size\nedits unlike lots" if given else "size")
+        assert labels[1] == "porosity" and labels[3] == expected

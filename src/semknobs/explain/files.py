@@ -133,12 +133,14 @@ def figure(name: str, tiles: np.ndarray, runs: dict[str, Explanation]) -> Figure
     return fig
 
 
-def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
+def gradient_figure(name: str, lot: pd.DataFrame, checks: dict[str, Any] | None = None) -> Figure:
     """The input's knob gradient with 95 % intervals: as the edits give it and gain-corrected
     (the headline, left), and in measured concept units (right, its own scale: dividing by small
     gains makes it large). Hatched: the interval spans zero, or the value is flagged. Under each
     attribute on the left, with a meter regression: the sign it and the gain-corrected knob
-    gradient agree on, or "undetermined"."""
+    gradient agree on, or "undetermined"; and the bundle's caveats from ``checks``
+    (:func:`knob_checks`): "low read" (its sign deserves little trust), "edits unlike lots" (the
+    edit is no change a real lot shows, whatever its sign)."""
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     natural = "meter_regression" in lot.columns
@@ -171,6 +173,11 @@ def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
         if "agreed_sign" in lot.columns and ax is left:  # the sign both explainers give
             words = [f"both {WORDS[v]}" if v else "undetermined" for v in lot["agreed_sign"]]
             ticks = [f"{a}\n{w}" for a, w in zip(ticks, words)]
+        if ax is left:
+            names = lot["attribute"]
+            ticks = [
+                t + "".join(f"\n{w}" for w in caveats(a, checks)) for a, t in zip(names, ticks)
+            ]
         ax.set_xticks(x, ticks, fontsize=8)
         ax.legend(fontsize=7)
     left.set_ylabel("MPa per knob unit")
@@ -182,6 +189,16 @@ def gradient_figure(name: str, lot: pd.DataFrame) -> Figure:
         fontsize=9,
     )
     return fig
+
+
+def caveats(attribute: str, checks: dict[str, Any] | None) -> list[str]:
+    """The bundle's caveats on one knob (:func:`knob_checks`), as words under its bars."""
+    checks = checks or {}
+    read = checks.get("knob_read", {}).get(attribute, {})
+    edit = checks.get("edit_texture", {}).get(attribute, {})
+    return ["low read"] * bool(read.get("low")) + ["edits unlike lots"] * bool(
+        edit.get("unlike_lots")
+    )
 
 
 def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str:
@@ -343,5 +360,7 @@ def lot_outputs(
             },
             agreed_sign=signs.to_numpy(float),
         )
-    save_figure(gradient_figure(title, shown), out_dir / f"{stem}_gradient.png")
+    save_figure(
+        gradient_figure(title, shown, knob_checks(explainer)), out_dir / f"{stem}_gradient.png"
+    )
     return out
