@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from semknobs.attributes import ATTRIBUTES
@@ -12,11 +13,15 @@ from semknobs.errors import DataError
 from semknobs.explain.edit_texture import (
     KEYS,
     NO_EDIT_MISS,
+    caveat_summary,
+    caveats,
+    checks,
     from_file,
     from_metrics,
     region_metrics,
     texture_line,
 )
+from semknobs.explain.knob_read import read_metrics
 
 # the committed editor's evaluate_attgan figures, beside metrics of other kinds
 STORED = {
@@ -72,32 +77,42 @@ def test_from_file_reads_a_metrics_file_and_names_a_bad_one(tmp_path) -> None:
         from_file(tmp_path / "absent.json")
 
 
+def test_the_caveats_name_each_knob_the_stored_checks_flag() -> None:
+    read = pd.DataFrame(
+        {"attribute": list(ATTRIBUTES), "read": [0.7, 2.0, 2.8, -0.3], "low": [0, 0, 0, 1]}
+    ).astype({"low": bool})
+    found = checks(read_metrics(read) | STORED)
+    assert set(found) == {"knob_read", "edit_texture"}
+    assert [caveats(a, found) for a in ATTRIBUTES] == [
+        ["edits unlike lots"], [], [], ["low read", "edits unlike lots"]
+    ]  # fmt: skip
+    assert caveats("size", None) == [] and caveats("size", {"knob_read": found["knob_read"]}) == []
+    assert caveat_summary(found) == "low read: facetness; edits unlike lots: size, facetness"
+    only_texture = checks(STORED)  # an explain run without a meter: no read
+    assert caveat_summary(only_texture) == "edits unlike lots: size, facetness"
+    calm = STORED | {KEYS["size"]: 0.5, KEYS["facetness"]: 0.5}
+    assert caveat_summary(checks(calm)) == "edits unlike lots: none"
+    assert checks({}) == {} and caveat_summary({}) == ""
+
+
 def test_the_gradient_figure_writes_each_knobs_caveats_under_its_bars() -> None:
     """Read low and edits unlike the lots, as the bundle stores them, under each knob; a bundle
     without checks draws the plain names."""
     import numpy as np
-    import pandas as pd
 
-    from semknobs.explain.files import caveats, gradient_figure
+    from semknobs.explain.files import gradient_figure
 
     read = {a: {"read": r, "low": r < 0.3} for a, r in zip(ATTRIBUTES, (0.7, 2.0, 2.8, -0.3))}
-    checks = {"knob_read": read, "edit_texture": from_metrics(STORED)}
-    assert [caveats(a, checks) for a in ATTRIBUTES] == [
-        ["edits unlike lots"],
-        [],
-        [],
-        ["low read", "edits unlike lots"],
-    ]
-    assert caveats("size", None) == [] and caveats("size", {"knob_read": read}) == []
+    given = {"knob_read": read, "edit_texture": from_metrics(STORED)}
     k = len(ATTRIBUTES)
     lot = pd.DataFrame({"attribute": list(ATTRIBUTES), "tiles": 6, "corrected_flag": False})
     for col in ("gradient", "gain_corrected", "corrected"):
         lot[col], lot[f"{col}_low"], lot[f"{col}_high"] = np.ones(k), np.zeros(k), 2 * np.ones(k)
-    for given, expected in (
-        (checks, "facetness\nlow read\nedits unlike lots"),
+    for found, expected in (
+        (given, "facetness\nlow read\nedits unlike lots"),
         (None, "facetness"),
     ):
-        left = gradient_figure("scan", lot, given).axes[0]
+        left = gradient_figure("scan", lot, found).axes[0]
         labels = [t.get_text() for t in left.get_xticklabels()]
-        assert labels[0] == ("size\nedits unlike lots" if given else "size")
+        assert labels[0] == ("size\nedits unlike lots" if found else "size")
         assert labels[1] == "porosity" and labels[3] == expected

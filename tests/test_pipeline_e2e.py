@@ -214,6 +214,9 @@ def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
         assert version.tags["semknobs.execution"].startswith("dvc-")
         assert version.tags["git.dirty"] == "false"
         assert any(k.startswith("metric.") for k in version.tags)
+    name = registered["versions"]["explainer"]["name"]
+    description = client.get_model_version_by_alias(name, "candidate").description
+    assert "(knob caveats: low read: " in description and "; edits unlike lots: " in description
 
     out = clone / "served.csv"
     env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}"}

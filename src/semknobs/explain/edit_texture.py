@@ -16,8 +16,10 @@ way most often; ``benchmarks/region_flag_rules.md``, Rule Y). The knob read
 (:mod:`semknobs.explain.knob_read`) is the sign alarm; this says whether the edit the attribution
 is made of looks like a material change at all.
 
-``register`` keeps these metrics in the explainer bundle; ``semknobs explain``, the served
-explainer and the ``explain`` stage report them beside the knob read. Not in the paper.
+``register`` keeps these metrics in the explainer bundle (and names the caveats in the
+registered explainer's description); ``semknobs explain``, the served explainer and the
+``explain`` stage report them beside the knob read (:func:`checks`, :func:`caveats`). Not in the
+paper.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
+from semknobs.explain import knob_read
 from semknobs.explain.knob_read import metric_number
 
 NO_EDIT_MISS = 1.0  # the miss of an edit that changes nothing: set by its meaning, not tuned
@@ -72,3 +75,32 @@ def from_file(path: Path) -> dict[str, dict[str, float | bool]] | None:
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: not a JSON object of metrics")
     return from_metrics(metrics)
+
+
+def checks(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A bundle's stored checks of its knobs: ``{"knob_read": {knob: {"read", "low"}},
+    "edit_texture": {knob: {"region_miss", "unlike_lots"}}}``, each left out where absent."""
+    found = {"knob_read": knob_read.from_metrics(metrics), "edit_texture": from_metrics(metrics)}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def caveats(knob: str, found: Mapping[str, Any] | None) -> list[str]:
+    """The caveats :func:`checks` gives one knob: "low read" (its sign deserves little trust),
+    "edits unlike lots" (its edits are no change a real lot shows, whatever their sign)."""
+    found = found or {}
+    read = found.get("knob_read", {}).get(knob, {})
+    edit = found.get("edit_texture", {}).get(knob, {})
+    return ["low read"] * bool(read.get("low")) + ["edits unlike lots"] * bool(
+        edit.get("unlike_lots")
+    )
+
+
+def caveat_summary(found: Mapping[str, Any]) -> str:
+    """``low read: none; edits unlike lots: size, facetness`` for the checks present; empty
+    without any."""
+    parts = []
+    for key, word in (("knob_read", "low read"), ("edit_texture", "edits unlike lots")):
+        if key in found:
+            named = [a for a in ATTRIBUTES if word in caveats(a, {key: found[key]})]
+            parts.append(f"{word}: {', '.join(named) or 'none'}")
+    return "; ".join(parts)

@@ -31,7 +31,7 @@ from scipy import stats
 
 from semknobs.atomic import atomic_path
 from semknobs.attributes import ATTRIBUTES
-from semknobs.explain import edit_texture, knob_read
+from semknobs.explain import edit_texture
 from semknobs.explain.agreement import WORDS, lot_agreement, sign_words
 from semknobs.explain.bundle import Explanation, KnobExplainer
 from semknobs.pixels import model_to_uint8
@@ -176,7 +176,8 @@ def gradient_figure(name: str, lot: pd.DataFrame, checks: dict[str, Any] | None 
         if ax is left:
             names = lot["attribute"]
             ticks = [
-                t + "".join(f"\n{w}" for w in caveats(a, checks)) for a, t in zip(names, ticks)
+                t + "".join(f"\n{w}" for w in edit_texture.caveats(a, checks))
+                for a, t in zip(names, ticks)
             ]
         ax.set_xticks(x, ticks, fontsize=8)
         ax.legend(fontsize=7)
@@ -189,16 +190,6 @@ def gradient_figure(name: str, lot: pd.DataFrame, checks: dict[str, Any] | None 
         fontsize=9,
     )
     return fig
-
-
-def caveats(attribute: str, checks: dict[str, Any] | None) -> list[str]:
-    """The bundle's caveats on one knob (:func:`knob_checks`), as words under its bars."""
-    checks = checks or {}
-    read = checks.get("knob_read", {}).get(attribute, {})
-    edit = checks.get("edit_texture", {}).get(attribute, {})
-    return ["low read"] * bool(read.get("low")) + ["edits unlike lots"] * bool(
-        edit.get("unlike_lots")
-    )
 
 
 def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str:
@@ -217,14 +208,8 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
 
 
 def knob_checks(explainer: KnobExplainer) -> dict[str, Any]:
-    """The bundle's stored checks of its knobs: ``{"knob_read": {attribute: {"read", "low"}},
-    "edit_texture": {attribute: {"region_miss", "unlike_lots"}}}``, each left out where the
-    bundle has none."""
-    found = {
-        "knob_read": knob_read.from_metrics(explainer.metrics),
-        "edit_texture": edit_texture.from_metrics(explainer.metrics),
-    }
-    return {key: value for key, value in found.items() if value is not None}
+    """The bundle's stored checks of its knobs (:func:`semknobs.explain.edit_texture.checks`)."""
+    return edit_texture.checks(explainer.metrics)
 
 
 def read_line(entry: dict[str, dict[str, Any]]) -> str:

@@ -201,12 +201,13 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
     """:data:`READ_COLUMNS` from the bundle's knob read and its AttGAN's region misses, the
     same on every row (NaN without)."""
-    from semknobs.explain import edit_texture, knob_read
+    from semknobs.explain.edit_texture import checks
 
     values = dict.fromkeys(READ_COLUMNS, np.nan)
-    for a, read in (knob_read.from_metrics(explainer.metrics) or {}).items():
+    found = checks(explainer.metrics)
+    for a, read in found.get("knob_read", {}).items():
         values[f"knob_read_{a}"], values[f"knob_read_low_{a}"] = read["read"], float(read["low"])
-    for a, edit in (edit_texture.from_metrics(explainer.metrics) or {}).items():
+    for a, edit in found.get("edit_texture", {}).items():
         values[f"region_miss_{a}"] = edit["region_miss"]
         values[f"region_unlike_{a}"] = float(edit["unlike_lots"])
     return pd.DataFrame(values, index=index)

@@ -21,8 +21,8 @@ The bundle carries the ``explain`` stage's search and knob-gradient settings, it
 knob gains (for the gain-corrected lot gradient), the ``tile`` stage's tiling, so
 ``semknobs explain`` and the served explainer reproduce the stage's numbers, and the AttGAN's
 region misses from ``evaluate_attgan`` (:mod:`semknobs.explain.edit_texture`), which they report
-beside every explanation. Promotion to
-``champion`` is a separate, gated step: ``semknobs promote``.
+beside every explanation; the explainer's description names the knobs either check flags.
+Promotion to ``champion`` is a separate, gated step: ``semknobs promote``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
 from semknobs.errors import DataError
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
-from semknobs.explain.edit_texture import region_metrics
+from semknobs.explain.edit_texture import caveat_summary, checks, region_metrics
 from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
@@ -176,6 +176,8 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
             AttributeScaler.from_dict(gan["scaler"]),
             params.meter,
         )
+    bundled = {**metrics["explainer"], **region_metrics(metrics["attgan"])}
+    caveats = caveat_summary(checks(bundled))
     save_explainer_dir(
         paths.explainer_dir,
         attgan_dir=paths.attgan_dir,
@@ -183,7 +185,7 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         stress_range=stress_range,
         counterfactual=params.counterfactual,
         tile={k: v for k, v in asdict(params.tile).items() if k != "n_jobs"},
-        metrics={**metrics["explainer"], **region_metrics(metrics["attgan"])},
+        metrics=bundled,
         limits=params.limits,
         meter=meter,
         gradient=GradientSettings(
@@ -204,7 +206,8 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
         descriptions={
             "attgan": f"AttGAN knob editor for {size}-px SEM tiles",
             "regressor": f"Peak-stress regressor for {size}-px SEM tiles",
-            "explainer": "AttGAN + regressor + Eq. 2 knob search",
+            "explainer": "AttGAN + regressor + Eq. 2 knob search"
+            + (f" (knob caveats: {caveats})" if caveats else ""),
         },
         execution=tracking.execution_id(),
     )
