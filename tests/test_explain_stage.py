@@ -219,6 +219,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
         "referee_tiles.csv",
         "validity.csv",
         "knob_gradient.csv",
+        "knob_checks.png",
     ):
         assert (reports / name).exists(), name
     assert np.isfinite(metrics["knob_gradient/er/cosine_median"])

@@ -239,3 +239,32 @@ def saliency_figure(images, cam, ig, cam_random, lots) -> Figure:
             ax.set_title(title, fontsize=8)
         axes[r, 0].set_ylabel(f"lot {lot}", fontsize=8)
     return fig
+
+
+def knob_checks_figure(read: pd.DataFrame, min_read: float, no_edit_miss: float) -> Figure:
+    """The knob checks at a glance (``knob_read.csv``): per knob the regressor's read of its
+    edits against real tiles (left; below ``min_read``: its sign deserves little trust) and, with
+    the AttGAN's region misses, how unlike real lot differences its edits are (right; past
+    ``no_edit_miss``: no change a real lot shows, whatever the sign). Hatched: flagged."""
+    panels = [("read", "low", min_read, "read of the edits / real-tile slope")]
+    if "region_miss" in read.columns:
+        panels.append(("region_miss", "unlike_lots", no_edit_miss, "region miss (0: as lots)"))
+    fig = Figure(figsize=(3.4 * len(panels), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    x = np.arange(len(read))
+    for ax, (col, flag, line, label) in zip(axes, panels):
+        bars = ax.bar(
+            x, np.nan_to_num(read[col].to_numpy(float)),
+            color=[COLOURS[a] for a in read["attribute"]],
+        )  # fmt: skip
+        for bar, flagged in zip(bars, read[flag].astype(bool)):
+            bar.set_hatch("///" if flagged else None)
+        ax.axhline(line, color="0.3", lw=0.8, ls="--")
+        ax.axhline(0, color="0.5", lw=0.5)
+        ax.set_xticks(x, read["attribute"], fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].set_title(f"low below {min_read:g}: sign untrusted", fontsize=8)
+    if len(panels) > 1:
+        axes[1].set_title(f"past {no_edit_miss:g}: edits unlike real lots", fontsize=8)
+    fig.suptitle("Truth-free checks of each knob (hatched: flagged)", fontsize=9)
+    return fig

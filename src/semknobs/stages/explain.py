@@ -27,6 +27,7 @@ from semknobs.evaluation.oracle import Oracle, Synthetic
 from semknobs.evaluation.referee import Counterfactuals, RefereeParams, referee
 from semknobs.explain import edit_texture
 from semknobs.explain.agreement import agreed_signs, coverage
+from semknobs.explain.figures import knob_checks_figure
 from semknobs.explain.gradient import lot_mean
 from semknobs.explain.knob_read import KnobReadParams, knob_read, read_metrics
 from semknobs.explain.limits import SearchLimits
@@ -254,6 +255,10 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
                     region_miss=[edits[a]["region_miss"] for a in ATTRIBUTES],
                     unlike_lots=[edits[a]["unlike_lots"] for a in ATTRIBUTES],
                 )
+    if "knob_read" in tables:
+        figures["knob_checks.png"] = knob_checks_figure(
+            tables["knob_read"], params.knob_read.min_read, edit_texture.NO_EDIT_MISS
+        )
     support, summary = None, []
     if len(knob_train) < MIN_SUPPORT_LOTS:
         summary.append(
