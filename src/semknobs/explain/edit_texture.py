@@ -32,7 +32,6 @@ from typing import Any
 from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
 from semknobs.explain import knob_read
-from semknobs.explain.knob_read import metric_number
 
 NO_EDIT_MISS = 1.0  # the miss of an edit that changes nothing: set by its meaning, not tuned
 KEYS = {a: f"texture/region_miss_{a}" for a in ATTRIBUTES}
@@ -43,7 +42,7 @@ def region_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     empty when it has not all four (an editor evaluated before the region report)."""
     if not all(key in metrics for key in KEYS.values()):
         return {}
-    return {key: metric_number(metrics[key]) for key in KEYS.values()}
+    return {key: knob_read.metric_number(metrics[key]) for key in KEYS.values()}
 
 
 def from_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | bool]] | None:

@@ -18,11 +18,12 @@ If no logged model of the folder is in the tracking store (a fresh store, models
 (``semknobs.relogged = true``). ``out`` (the versions registered, with their run ids) is a record
 of this run, not a DVC out: version numbers and run ids depend on the store, not the inputs.
 The bundle carries the ``explain`` stage's search and knob-gradient settings, its meter-read
-knob gains (for the gain-corrected lot gradient), the ``tile`` stage's tiling, so
-``semknobs explain`` and the served explainer reproduce the stage's numbers, and the AttGAN's
-region misses from ``evaluate_attgan`` (:mod:`semknobs.explain.edit_texture`), which they report
-beside every explanation; the explainer's description names the knobs either check flags.
-Promotion to ``champion`` is a separate, gated step: ``semknobs promote``.
+knob gains (for the gain-corrected lot gradient) and the ``tile`` stage's tiling, so
+``semknobs explain`` and the served explainer reproduce the stage's numbers. It also keeps the
+AttGAN's region misses from ``evaluate_attgan`` (:mod:`semknobs.explain.edit_texture`), which
+they report beside every explanation, and the explainer's description names the knobs that the
+knob read or the region misses flag. Promotion to ``champion`` is a separate, gated step:
+``semknobs promote``.
 """
 
 from __future__ import annotations
