@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import load_section
 from semknobs.data.dataset import load_tileset
 from semknobs.data.split import read_splits
+from semknobs.explain.edit_texture import NO_EDIT_MISS
 from semknobs.explain.knob_read import KnobReadParams, from_reports
 from semknobs.serving import attgan_model
 from semknobs.stages import evaluate_attgan as stage
 
-FLAG, LOW_SIGN, LOW_READ = 1.0, 0.7, KnobReadParams().min_read
+FLAG, LOW_SIGN, LOW_READ = NO_EDIT_MISS, 0.7, KnobReadParams().min_read  # LOW_SIGN: Rule J's
 
 
 def region_misses(ws: Path) -> dict[str, float]:
@@ -61,6 +63,10 @@ def main() -> int:
     rows = []
     for ws in args.workspaces:
         if not (ws / "models/attgan").is_dir() or not (ws / "metrics/explain.json").is_file():
+            print(
+                f"region_flag: {ws} has no trained editor and explain run; left out",
+                file=sys.stderr,
+            )
             continue
         name = "main" if ws.resolve() == Path.cwd().resolve() else ws.resolve().name
         misses = region_misses(ws)
