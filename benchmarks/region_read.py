@@ -49,20 +49,26 @@ from concept_leak import (
 PARTS = ["whole", "<= 2 px", "2-8 px", "> 8 px"]
 
 
-def region_parts(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, dict, np.ndarray]:
-    """uint8 sweeps (sweep, level order) -> each tile's sweep mean (n, S, S), the change from it
-    by scale (``PARTS`` -> (n, S, S)) and each tile's soft region weights (n, 3, S, S)."""
+def sweep_regions(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 sweeps (sweep, level order) -> each tile's sweep mean (n, S, S), its change from it
+    (n, S, S) and its soft region weights (n, 3, S, S), from the crystal mask of the mean."""
     x = to_model(tiles).squeeze(1).double().numpy()
     side = x.shape[-1]
     sweeps = x.reshape(-1, n_levels, side, side)
     mean = sweeps.mean(axis=1, keepdims=True)
     change = (sweeps - mean).reshape(-1, side, side)
-    bands = dog_bands(change)  # <= 1, 1-2, 2-4, 4-8 px, the rest
-    parts = dict(zip(PARTS, [change, bands[0] + bands[1], bands[2] + bands[3], bands[4]]))
     hard = region_masks(torch.from_numpy(mean).float()).double().numpy()  # (sweeps, 3, S, S)
     soft = gaussian_filter(hard, (0, 0, 1, 1), mode="reflect")
     soft = np.repeat(soft / soft.sum(axis=1, keepdims=True), n_levels, axis=0)
     base = np.broadcast_to(mean, sweeps.shape).reshape(-1, side, side)
+    return base, change, soft
+
+
+def region_parts(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """:func:`sweep_regions` with the change split by scale (``PARTS`` -> (n, S, S))."""
+    base, change, soft = sweep_regions(tiles, n_levels)
+    bands = dog_bands(change)  # <= 1, 1-2, 2-4, 4-8 px, the rest
+    parts = dict(zip(PARTS, [change, bands[0] + bands[1], bands[2] + bands[3], bands[4]]))
     return base, parts, soft
 
 
@@ -107,8 +113,7 @@ def sign_table(
     for knob in A:
         tiles = to_model(rendered[knob]).squeeze(1).double().numpy()
         true = _tile_slopes(reg, tiles, levels).reshape(n, -1).mean(axis=1)
-        base, parts, soft = region_parts(edits[knob], len(levels))
-        change = parts["whole"]
+        base, change, soft = sweep_regions(edits[knob], len(levels))  # no scale bands needed
         bg = soft[:, REGIONS.index("background")] * change
         cut = {"whole": change, "without background": change - bg, "background only": bg}
         for name, part in cut.items():

@@ -173,11 +173,10 @@ def gradient_figure(name: str, lot: pd.DataFrame, checks: dict[str, Any] | None 
         if "agreed_sign" in lot.columns and ax is left:  # the sign both explainers give
             words = [f"both {WORDS[v]}" if v else "undetermined" for v in lot["agreed_sign"]]
             ticks = [f"{a}\n{w}" for a, w in zip(ticks, words)]
-        if ax is left:
-            names = lot["attribute"]
+        if ax is left:  # the bundle's caveats on each knob
             ticks = [
                 t + "".join(f"\n{w}" for w in edit_texture.caveats(a, checks))
-                for a, t in zip(names, ticks)
+                for a, t in zip(lot["attribute"], ticks)
             ]
         ax.set_xticks(x, ticks, fontsize=8)
         ax.legend(fontsize=7)
