@@ -196,11 +196,11 @@ def test_checkpoint_round_trip(tmp_path, projection):
     )
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ema_decay):
+@pytest.mark.parametrize(("ema_decay", "lr_decay_share"), [(0.0, 0.0), (0.9, 0.0), (0.0, 0.5)])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ema_decay, lr_decay_share):
     params = AttGANTrainParams(
         model=TINY, batch_size=4, steps=6, n_critic=2, checkpoint_every=2, seed=3,
-        critic="wgan-gp", ema_decay=ema_decay, **NO_CONCEPT,
+        critic="wgan-gp", ema_decay=ema_decay, lr_decay_share=lr_decay_share, **NO_CONCEPT,
     )  # fmt: skip
     images, attrs = _data()
     straight = train_attgan(params=params, images=images, attrs=attrs, progress=False)
@@ -424,3 +424,24 @@ def test_a_projection_critic_trains_and_is_refused_with_wgan_gp():
     assert not torch.equal(trainer.dis.projection.weight, before)
     with pytest.raises(ValueError, match="critic: r1"):
         AttGANTrainParams(model=PROJECTION, critic="wgan-gp")
+
+
+def test_the_learning_rate_falls_linearly_to_zero_over_the_last_share_of_the_steps():
+    """lr_decay_share 0.5 of 8 steps: lr for steps 0-3, then lr * (8 - t) / 4 at step t, set on
+    both optimizers before each update; 0 leaves the rate alone; a share of 1 is refused."""
+    params = AttGANTrainParams(
+        model=TINY, batch_size=4, steps=8, lr=0.01, lr_decay_share=0.5, seed=1, **NO_CONCEPT
+    )
+    trainer = AttGANTrainer(params, torch.device("cpu"))
+    images, attrs = _data(4)
+    seen = []
+    for _ in range(8):
+        out = trainer.train_step(to_model(images), attrs)
+        seen.append(out["train/lr"])
+        assert trainer.opt_d.param_groups[0]["lr"] == out["train/lr"]
+    assert seen == pytest.approx([0.01] * 4 + [0.01, 0.0075, 0.005, 0.0025])
+    plain = AttGANTrainer(dataclasses.replace(params, lr_decay_share=0.0), torch.device("cpu"))
+    out = plain.train_step(to_model(images), attrs)
+    assert "train/lr" not in out and plain.opt_g.param_groups[0]["lr"] == 0.01
+    with pytest.raises(ValueError, match="lr_decay_share"):
+        dataclasses.replace(params, lr_decay_share=1.0)

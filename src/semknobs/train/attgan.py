@@ -56,6 +56,12 @@ average of the last few hundred steps rather than wherever the adversarial game 
 (Yazici et al. 2019, "The unusual effectiveness of averaging in GAN training"). The concept
 network's refreshes edit with the trained generator, whose edits the concept loss shapes.
 
+Learning-rate decay (``lr_decay_share > 0``): both learning rates stay at ``lr`` and fall
+linearly to 0 over the last ``lr_decay_share`` of the steps (StarGAN's and pix2pix's schedule):
+the adversarial game's step size shrinks as the run ends, so the generator settles rather than
+stopping wherever its last steps left it. It is a function of the step, so a resumed run sets
+the same rates.
+
 Resume: a checkpoint (weights, optimizer moments, RNG state, step) every ``checkpoint_every``
 steps; rerunning with the same params continues from it. All randomness (batches, targets, GP
 interpolation) comes from one seeded ``torch.Generator`` saved in the checkpoint, so on CPU a
@@ -294,12 +300,24 @@ class AttGANTrainer(Trainer):
             terms["count"] = (change[:, wanted.shape[1]] - count_wanted).pow(2).mean()
         return terms
 
+    def learning_rate(self) -> float:
+        """Both optimizers' rate at this step: ``lr``, falling linearly to 0 over the last
+        ``lr_decay_share`` of the steps."""
+        p = self.params
+        start = p.steps * (1 - p.lr_decay_share)
+        if p.lr_decay_share == 0 or self.step < start:
+            return p.lr
+        return p.lr * (p.steps - self.step) / (p.steps - start)
+
     def train_step(self, x_all: torch.Tensor, a_all: torch.Tensor) -> dict[str, float]:
         """One generator update after ``n_critic`` critic updates on the same real batch.
 
         ``x_all``, ``a_all``: the global batch; this rank trains on its rows of it.
         """
         p = self.params
+        if p.lr_decay_share > 0:
+            for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
+                group["lr"] = self.learning_rate()
         rows = self.world.shard(len(x_all))
         x, a = x_all[rows], a_all[rows]
         self.gen.train()
@@ -360,7 +378,10 @@ class AttGANTrainer(Trainer):
         self.step += 1
         self.update_ema()
         out = {"train/loss_d": loss_d, "train/loss_g": loss_g, **logged, **terms}
-        return {k: float(v.detach()) for k, v in out.items()}
+        metrics = {k: float(v.detach()) for k, v in out.items()}
+        if p.lr_decay_share > 0:
+            metrics["train/lr"] = self.opt_g.param_groups[0]["lr"]
+        return metrics
 
     def refresh_concept(self, images: torch.Tensor, attrs: torch.Tensor) -> None:
         """Edit ``refresh_tiles`` training tiles along one knob each; the meter measures them

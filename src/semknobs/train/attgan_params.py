@@ -20,6 +20,8 @@ class AttGANTrainParams:
     steps: int = 3000  # generator updates
     batch_size: int = 32
     lr: float = 5e-4
+    # the last share of the steps over which both learning rates fall linearly to 0 (0: constant)
+    lr_decay_share: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
     n_critic: int = 1  # critic updates per generator update
@@ -62,6 +64,11 @@ class AttGANTrainParams:
                     f"{name} must be {self.model.n_attrs} finite numbers >= 0 (one per knob), "
                     f"got {list(weights)}"
                 )
+        if not 0 <= self.lr_decay_share < 1:
+            raise ValueError(
+                f"lr_decay_share must be a number in [0, 1) (the last share of the steps over "
+                f"which the learning rates fall to 0), got {self.lr_decay_share}"
+            )
         for name in ("concept_off_weight", "lambda_count"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
