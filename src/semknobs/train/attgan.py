@@ -316,8 +316,9 @@ class AttGANTrainer(Trainer):
         """
         p = self.params
         if p.lr_decay_share > 0:
+            rate = self.learning_rate()
             for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
-                group["lr"] = self.learning_rate()
+                group["lr"] = rate
         rows = self.world.shard(len(x_all))
         x, a = x_all[rows], a_all[rows]
         self.gen.train()
