@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.data.synth import SynthParams, synthesize
 from semknobs.data.tiles import TileParams, tile_dataset
 
@@ -170,3 +171,11 @@ def write_scan(path: Path, array: np.ndarray) -> None:
         tifffile.imwrite(path, array)
     else:
         Image.fromarray(array).save(path)
+
+
+MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses (size and facetness past 1)
+
+
+def region_miss_metrics() -> dict[str, float]:
+    """``MISSES`` as evaluate_attgan logs them: ``texture/region_miss_<attribute>``."""
+    return {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}

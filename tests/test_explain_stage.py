@@ -20,7 +20,7 @@ from semknobs.meter import MeterParams, measure_tiles
 from semknobs.model_folder import save_model_dir
 from semknobs.models.attgan import AttGANConfig, Generator
 
-from .conftest import ROOT, save_tiny_regressor
+from .conftest import MISSES, ROOT, region_miss_metrics, save_tiny_regressor
 
 
 @pytest.fixture
@@ -61,14 +61,11 @@ def models(tiny_study, tmp_path):
     return tmp_path
 
 
-MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses
-
-
 def _attgan_metrics(root: Path, text: str | None = None) -> Path:
     """evaluate_attgan's metrics file with the region misses (or ``text``)."""
     path = root / "attgan.json"
-    misses = {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}
-    path.write_text(json.dumps({"test/psnr": 23.0, **misses}) if text is None else text)
+    metrics = {"test/psnr": 23.0, **region_miss_metrics()}
+    path.write_text(json.dumps(metrics) if text is None else text)
     return path
 
 

@@ -21,10 +21,11 @@ from semknobs.explain.lot_gradient import (
 from semknobs.explain.measured import CorrectedParams
 from semknobs.explain.natural import lot_slopes
 
+from .conftest import MISSES, region_miss_metrics
+
 K = len(ATTRIBUTES)
 W = torch.tensor([0.2, -0.4, 0.1, 0.3])  # the editor adds W . A to every pixel
 C = 10.0  # the regressor: C * mean pixel, so dR/dA = C * W exactly
-MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses, as evaluate_attgan logs them
 
 
 class PlaneEditor(nn.Module):
@@ -172,7 +173,6 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     read = pd.DataFrame(
         {"attribute": list(ATTRIBUTES), "read": [0.7, 2.0, 2.8, -0.3], "low": [0, 0, 0, 1]}
     ).astype({"low": bool})
-    misses = {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}
     explainer = KnobExplainer(
         PlaneEditor(),
         Stress(),
@@ -183,7 +183,7 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         meter=MeterCalibration((1.0,) * K, (0.0,) * K),
         gradient=_settings(),
         natural=MeterRegressionParams(min_tiles=K + 2),
-        metrics=read_metrics(read) | misses,  # the knob read and region misses a bundle keeps
+        metrics=read_metrics(read) | region_miss_metrics(),  # what a bundle keeps
     )
     (summary,) = explain_paths([scan], explainer=explainer, out_dir=tmp_path, progress=False)
     assert summary["knob_read"] == {
