@@ -29,11 +29,15 @@ from semknobs.explain.knob_read import KnobReadParams, from_reports
 from semknobs.serving import attgan_model
 from semknobs.stages import evaluate_attgan as stage
 
-FLAG, LOW_SIGN, LOW_READ = NO_EDIT_MISS, 0.7, KnobReadParams().min_read  # LOW_SIGN: Rule J's
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from regressor_read import SIGN as LOW_SIGN  # Rule J's low sign
+
+FLAG, LOW_READ = NO_EDIT_MISS, KnobReadParams().min_read
 
 
-def region_misses(ws: Path) -> dict[str, float]:
-    """``texture/region_miss_<knob>`` of the workspace's editor, as its evaluate_attgan would."""
+def region_misses(ws: Path) -> dict[str, float] | None:
+    """``texture/region_miss_<knob>`` of the workspace's editor, as its evaluate_attgan would
+    (None where it would not: too few training lots)."""
     params = load_section(stage.EvaluateAttGANParams, stage.NAME, ws / "params.yaml")
     paths = stage.Paths(
         attgan_dir=ws / "models/attgan", tiles_dir=ws / "data/tiles",
@@ -53,7 +57,7 @@ def region_misses(ws: Path) -> dict[str, float]:
     texture = stage._texture(
         gen, config, paths, scaler, train_lots, test.images[pick], test.attrs[pick]
     )
-    return texture[2]
+    return None if texture is None else texture[2]  # None: too few training lots
 
 
 def main() -> int:
@@ -62,20 +66,25 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for ws in args.workspaces:
-        if not (ws / "models/attgan").is_dir() or not (ws / "metrics/explain.json").is_file():
-            print(
-                f"region_flag: {ws} has no trained editor and explain run; left out",
-                file=sys.stderr,
-            )
+        needed = ["models/attgan", "metrics/explain.json", "reports/explain/meter_regression.csv"]
+        missing = [part for part in needed if not (ws / part).exists()]
+        signs = {} if missing else json.loads((ws / "metrics/explain.json").read_text())
+        if not missing and f"knob_gradient/er/sign_{ATTRIBUTES[0]}" not in signs:
+            missing = ["the referee's signs in metrics/explain.json (no truth?)"]
+        misses = None if missing else region_misses(ws)
+        if misses is None:
+            why = "no " + ", ".join(missing) if missing else "too few training lots"
+            print(f"region_flag: {ws} left out: {why}", file=sys.stderr)
             continue
         name = "main" if ws.resolve() == Path.cwd().resolve() else ws.resolve().name
-        misses = region_misses(ws)
-        signs = json.loads((ws / "metrics/explain.json").read_text())
         read = from_reports(ws / "reports/explain").set_index("attribute")
         for a in ATTRIBUTES:
             miss, sign = misses[f"texture/region_miss_{a}"], signs[f"knob_gradient/er/sign_{a}"]
             read_a = read.loc[a, "read"]
             rows.append(dict(editor=name, knob=a, region_miss=miss, sign=sign, read=read_a))
+    if not rows:
+        print("region_flag: none of the workspaces could be read (above)", file=sys.stderr)
+        return 2
     table = pd.DataFrame(rows)
     table["flag"] = table["region_miss"] > FLAG
     table["low_sign"] = table["sign"] < LOW_SIGN

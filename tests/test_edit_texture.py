@@ -19,6 +19,7 @@ from semknobs.explain.edit_texture import (
     from_file,
     from_metrics,
     region_metrics,
+    summary_line,
     texture_line,
 )
 from semknobs.explain.knob_read import read_metrics
@@ -63,6 +64,12 @@ def test_the_line_names_every_knob_and_marks_the_unlike_ones() -> None:
         "size 3.13 (unlike the lots), porosity 0.87, dispersity 0.79, "
         "facetness 1.73 (unlike the lots)"
     )
+
+
+def test_the_printed_line_says_what_the_threshold_means() -> None:
+    line = summary_line(from_metrics(STORED))
+    assert line.endswith(texture_line(from_metrics(STORED)))
+    assert f"past {NO_EDIT_MISS:g}: the edit is no material change a lot shows" in line
 
 
 def test_from_file_reads_a_metrics_file_and_names_a_bad_one(tmp_path) -> None:

@@ -211,7 +211,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from semknobs.explain.agreement import agreement_line
     from semknobs.explain.bundle import KnobExplainer
-    from semknobs.explain.edit_texture import NO_EDIT_MISS, texture_line
+    from semknobs.explain.edit_texture import summary_line
     from semknobs.explain.files import explain_paths, gradient_line, read_line
 
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -257,11 +257,7 @@ def _explain(args: argparse.Namespace) -> int:
             f"{read_line(summaries[0]['knob_read'])}"
         )
     if summaries and "edit_texture" in summaries[0]:
-        print(
-            "how unlike real lot differences each knob's edits are, by region (truth-free; "
-            f"past {NO_EDIT_MISS:g}: the edit is no material change a lot shows, whatever its "
-            f"sign): {texture_line(summaries[0]['edit_texture'])}"
-        )
+        print(summary_line(summaries[0]["edit_texture"]))
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

@@ -4,7 +4,8 @@
 1 / 2 px bands of the crystal interiors, outlines and background (each tile's own Otsu mask)
 against how the training lots' statistics move with their labels
 (:func:`semknobs.train.texture.region_agreement`): ``texture/region_miss_<knob>`` =
-|edit - lots| / |lots|, 0 as real lots differ, :data:`NO_EDIT_MISS` as far off as an edit that
+||edit - lots|| / ||lots|| over the region statistics (Euclidean norms of the change per knob
+unit, in spreads), 0 as real lots differ, :data:`NO_EDIT_MISS` as far off as an edit that
 changes nothing. A knob past it edits its tiles in a way no real lot differs: the committed size
 knob darkens the background about 15 times as much as the lots do (miss 3.1), and the regressor
 reads that content (README, "Where the regressor reads the size edit").
@@ -16,10 +17,11 @@ way most often; ``benchmarks/region_flag_rules.md``, Rule Y). The knob read
 (:mod:`semknobs.explain.knob_read`) is the sign alarm; this says whether the edit the attribution
 is made of looks like a material change at all.
 
-``register`` keeps these metrics in the explainer bundle (and names the caveats in the
-registered explainer's description); ``semknobs explain``, the served explainer and the
-``explain`` stage report them beside the knob read (:func:`checks`, :func:`caveats`). Not in the
-paper.
+``register`` keeps these metrics in the explainer bundle and names the caveats in the
+registered explainer's description (:func:`caveat_summary`); ``semknobs explain`` and the served
+explainer report them beside the knob read (:func:`checks`, :func:`caveats`), the ``explain``
+stage from ``metrics/attgan.json`` (:func:`from_file`); both print :func:`summary_line`. Not in
+the paper.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ def texture_line(entry: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(
         f"{a} {v['region_miss']:.2f}" + " (unlike the lots)" * bool(v["unlike_lots"])
         for a, v in entry.items()
+    )
+
+
+def summary_line(entry: Mapping[str, Mapping[str, Any]]) -> str:
+    """The printed line of :func:`texture_line`, with what the number means."""
+    return (
+        "how unlike real lot differences each knob's edits are, by region (truth-free; past "
+        f"{NO_EDIT_MISS:g}: the edit is no material change a lot shows, whatever its sign): "
+        f"{texture_line(entry)}"
     )
 
 

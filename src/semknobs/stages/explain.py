@@ -92,7 +92,7 @@ class ExplainStageParams(ExplainParams):
 
 NAME = "explain"
 Params = ExplainStageParams
-DEPS = ("attgan_dir", "regressor_dir", "tiles_dir", "lots")
+DEPS = ("attgan_dir", "regressor_dir", "tiles_dir", "lots", "attgan_metrics")
 
 
 @dataclass(frozen=True)
@@ -245,15 +245,12 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         if edits is None:
             summary_natural.append(f"{paths.attgan_metrics}: no region misses (evaluate_attgan)")
         else:
-            summary_natural.append(
-                "how unlike real lot differences each knob's edits are, by region (truth-free, "
-                f"evaluate_attgan; past {edit_texture.NO_EDIT_MISS:g}: no material change a lot "
-                f"shows): {edit_texture.texture_line(edits)}"
-            )
+            summary_natural.append(f"evaluate_attgan: {edit_texture.summary_line(edits)}")
             if "knob_read" in tables:
+                knobs = tables["knob_read"]["attribute"]
                 tables["knob_read"] = tables["knob_read"].assign(
-                    region_miss=[edits[a]["region_miss"] for a in ATTRIBUTES],
-                    unlike_lots=[edits[a]["unlike_lots"] for a in ATTRIBUTES],
+                    region_miss=[edits[a]["region_miss"] for a in knobs],
+                    unlike_lots=[edits[a]["unlike_lots"] for a in knobs],
                 )
     if "knob_read" in tables:
         figures["knob_checks.png"] = knob_checks_figure(

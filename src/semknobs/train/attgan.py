@@ -56,8 +56,9 @@ average of the last few hundred steps rather than wherever the adversarial game 
 (Yazici et al. 2019, "The unusual effectiveness of averaging in GAN training"). The concept
 network's refreshes edit with the trained generator, whose edits the concept loss shapes.
 
-Learning-rate decay (``lr_decay_share > 0``): both learning rates stay at ``lr`` and fall
-linearly to 0 over the last ``lr_decay_share`` of the steps (StarGAN's and pix2pix's schedule):
+Learning-rate decay (``lr_decay_share > 0``): both learning rates stay at ``lr``, then fall
+linearly over the last ``lr_decay_share`` of the steps toward 0 at ``steps`` (the last update
+runs at ``lr / (share * steps)``; StarGAN's and pix2pix's schedule):
 the adversarial game's step size shrinks as the run ends, so the generator settles rather than
 stopping wherever its last steps left it. It is a function of the step, so a resumed run sets
 the same rates.
@@ -301,8 +302,8 @@ class AttGANTrainer(Trainer):
         return terms
 
     def learning_rate(self) -> float:
-        """Both optimizers' rate at this step: ``lr``, falling linearly to 0 over the last
-        ``lr_decay_share`` of the steps."""
+        """Both optimizers' rate at this step: ``lr``, then falling linearly over the last
+        ``lr_decay_share`` of the steps toward 0 at ``steps``."""
         p = self.params
         start = p.steps * (1 - p.lr_decay_share)
         if p.lr_decay_share == 0 or self.step < start:

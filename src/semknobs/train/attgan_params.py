@@ -20,7 +20,7 @@ class AttGANTrainParams:
     steps: int = 3000  # generator updates
     batch_size: int = 32
     lr: float = 5e-4
-    # the last share of the steps over which both learning rates fall linearly to 0 (0: constant)
+    # the last share of the steps over which both learning rates fall linearly toward 0 (0: off)
     lr_decay_share: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
