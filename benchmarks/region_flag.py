@@ -60,22 +60,32 @@ def region_misses(ws: Path) -> dict[str, float] | None:
     return None if texture is None else texture[2]  # None: too few training lots
 
 
+NEEDED = ("models/attgan", "metrics/explain.json", "reports/explain/meter_regression.csv")
+
+
+def workspace_figures(ws: Path) -> tuple[dict, dict] | str:
+    """The workspace's held-out signs and region misses, or why it has none."""
+    missing = [part for part in NEEDED if not (ws / part).exists()]
+    if missing:
+        return "no " + ", ".join(missing)
+    signs = json.loads((ws / "metrics/explain.json").read_text())
+    if f"knob_gradient/er/sign_{ATTRIBUTES[0]}" not in signs:
+        return "no referee signs in metrics/explain.json (no truth?)"
+    misses = region_misses(ws)
+    return "too few training lots" if misses is None else (signs, misses)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspaces", type=Path, nargs="+", help="folders with models/attgan")
     args = parser.parse_args()
     rows = []
     for ws in args.workspaces:
-        needed = ["models/attgan", "metrics/explain.json", "reports/explain/meter_regression.csv"]
-        missing = [part for part in needed if not (ws / part).exists()]
-        signs = {} if missing else json.loads((ws / "metrics/explain.json").read_text())
-        if not missing and f"knob_gradient/er/sign_{ATTRIBUTES[0]}" not in signs:
-            missing = ["the referee's signs in metrics/explain.json (no truth?)"]
-        misses = None if missing else region_misses(ws)
-        if misses is None:
-            why = "no " + ", ".join(missing) if missing else "too few training lots"
-            print(f"region_flag: {ws} left out: {why}", file=sys.stderr)
+        found = workspace_figures(ws)
+        if isinstance(found, str):
+            print(f"region_flag: {ws} left out: {found}", file=sys.stderr)
             continue
+        signs, misses = found
         name = "main" if ws.resolve() == Path.cwd().resolve() else ws.resolve().name
         read = from_reports(ws / "reports/explain").set_index("attribute")
         for a in ATTRIBUTES:

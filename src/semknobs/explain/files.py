@@ -139,8 +139,8 @@ def gradient_figure(name: str, lot: pd.DataFrame, checks: dict[str, Any] | None 
     gains makes it large). Hatched: the interval spans zero, or the value is flagged. Under each
     attribute on the left, with a meter regression: the sign it and the gain-corrected knob
     gradient agree on, or "undetermined"; and the bundle's caveats from ``checks``
-    (:func:`knob_checks`): "low read" (its sign deserves little trust), "edits unlike lots" (the
-    edit is no change a real lot shows, whatever its sign)."""
+    (:func:`semknobs.explain.edit_texture.checks`): "low read" (its sign deserves little
+    trust), "edits unlike lots" (the edit is no change a real lot shows, whatever its sign)."""
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     natural = "meter_regression" in lot.columns
@@ -206,11 +206,6 @@ def gradient_line(section: dict[str, Any], value: str = "gain_corrected") -> str
     )
 
 
-def knob_checks(explainer: KnobExplainer) -> dict[str, Any]:
-    """The bundle's stored checks of its knobs (:func:`semknobs.explain.edit_texture.checks`)."""
-    return edit_texture.checks(explainer.metrics)
-
-
 def read_line(entry: dict[str, dict[str, Any]]) -> str:
     """``size 0.73, ..., facetness -0.30 (low)`` from a summary's ``knob_read`` section."""
     return ", ".join(f"{a} {v['read']:.2f}" + " (low)" * v["low"] for a, v in entry.items())
@@ -254,6 +249,7 @@ def explain_paths(
     if one_lot is not None and not gradient:
         raise ValueError("one_lot (--one-lot) reports the lot's knob gradient: drop --no-gradient")
     searches = {t: explainer.settings(target=t, **(settings or {})) for t in targets}
+    checks = edit_texture.checks(explainer.metrics)  # the bundle's: the same for every input
     inputs = [(Path(p), *read_tiles(Path(p), explainer)) for p in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
@@ -275,14 +271,15 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"input": str(path), "tiles": len(tiles), "targets": summarise(table)}
-        summary |= knob_checks(explainer)
+        summary |= checks
         with atomic_path(out_dir / f"{stem}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         if gradient:
             per_tile = where.assign(input=str(path), tile=np.arange(len(tiles)))
             summary |= lot_outputs(
-                explainer, stem, path.name, tiles, start, per_tile, out_dir, *known[-1]
-            )
+                explainer, stem, path.name, tiles, start, per_tile, out_dir, *known[-1],
+                checks=checks,
+            )  # fmt: skip
         write_json(out_dir / f"{stem}.json", summary)
         save_figure(figure(path.name, tiles, runs), out_dir / f"{stem}.png")
         summaries.append(summary)
@@ -299,10 +296,10 @@ def explain_paths(
             ignore_index=True,
         )
         summary = {"lot": one_lot, "inputs": [str(p) for p, _, _ in inputs], "tiles": len(tiles)}
-        summary |= knob_checks(explainer)
+        summary |= checks
         summary |= lot_outputs(
             explainer, name, f"lot {one_lot}", tiles, start, per_tile, out_dir, readings,
-            predictions,
+            predictions, checks=checks,
         )  # fmt: skip
         write_json(out_dir / f"{name}.json", summary)
         summaries.append(summary)
@@ -319,10 +316,12 @@ def lot_outputs(
     out_dir: Path,
     readings: np.ndarray | None = None,
     predictions: np.ndarray | None = None,
+    checks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The knob gradient and meter regression of ``tiles`` taken as one lot: writes
     ``<stem>_gradient.csv`` and ``<stem>_gradient.png``, returns the summary's entries
-    (``readings``, ``predictions``: the tiles' meter readings and R(I), when already known)."""
+    (``readings``, ``predictions``: the tiles' meter readings and R(I), when already known;
+    ``checks``: the bundle's knob checks, written under the figure's bars)."""
     lot = explainer.knob_gradient(tiles, start, [stem] * len(tiles), None, readings)
     out: dict[str, Any] = {"knob_gradient": {**lot.summary(stem), "units": GRADIENT_UNITS}}
     with atomic_path(out_dir / f"{stem}_gradient.csv") as tmp:
@@ -344,7 +343,5 @@ def lot_outputs(
             },
             agreed_sign=signs.to_numpy(float),
         )
-    save_figure(
-        gradient_figure(title, shown, knob_checks(explainer)), out_dir / f"{stem}_gradient.png"
-    )
+    save_figure(gradient_figure(title, shown, checks), out_dir / f"{stem}_gradient.png")
     return out
