@@ -34,9 +34,10 @@ from typing import Any
 from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
 from semknobs.explain import knob_read
+from semknobs.train.texture import region_miss_key
 
 NO_EDIT_MISS = 1.0  # the miss of an edit that changes nothing: set by its meaning, not tuned
-KEYS = {a: f"texture/region_miss_{a}" for a in ATTRIBUTES}
+KEYS = {a: region_miss_key(a) for a in ATTRIBUTES}
 
 
 def region_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -78,13 +79,19 @@ def summary_line(entry: Mapping[str, Mapping[str, Any]]) -> str:
 
 def from_file(path: Path) -> dict[str, dict[str, float | bool]] | None:
     """:func:`from_metrics` of a metrics file (``metrics/attgan.json``)."""
+    return from_metrics(read_metrics_file(path))
+
+
+def read_metrics_file(path: Path) -> dict[str, Any]:
+    """A metrics file's JSON object (``metrics/*.json``); a :class:`DataError` naming the file
+    when it is unreadable or not an object."""
     try:
         metrics = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: not a JSON object of metrics")
-    return from_metrics(metrics)
+    return metrics
 
 
 def checks(metrics: Mapping[str, Any]) -> dict[str, Any]:

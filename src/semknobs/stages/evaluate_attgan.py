@@ -47,6 +47,7 @@ from semknobs.train.texture import (
     REGIONS,
     TextureTarget,
     region_agreement,
+    region_miss_key,
     texture_agreement,
 )
 
@@ -181,7 +182,7 @@ def _largest_region_misses(table: pd.DataFrame, metrics: dict[str, float]) -> li
     lines = []
     for knob, part in table.groupby("knob", sort=False):
         row = part.loc[(part["edit"] - part["lots"]).abs().idxmax()]
-        miss = metrics[f"texture/region_miss_{knob}"]
+        miss = metrics[region_miss_key(knob)]
         line = (
             f"texture by region, {knob} knob: {row['statistic']} {row['edit']:+.2f} spreads "
             f"per unit (training lots {row['lots']:+.2f}); region miss {miss:.2f}"

@@ -28,7 +28,6 @@ knob read or the region misses flag. Promotion to ``champion`` is a separate, ga
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -42,9 +41,13 @@ from semknobs.config import from_mapping, load_params, section
 from semknobs.data.schemas import read_lots
 from semknobs.data.split import read_splits
 from semknobs.data.tiles import TileParams
-from semknobs.errors import DataError
 from semknobs.explain.counterfactual import CounterfactualParams, search_params_from
-from semknobs.explain.edit_texture import caveat_summary, checks, region_metrics
+from semknobs.explain.edit_texture import (
+    caveat_summary,
+    checks,
+    read_metrics_file,
+    region_metrics,
+)
 from semknobs.explain.folder import save_explainer_dir
 from semknobs.explain.gradient import KnobGradientParams
 from semknobs.explain.limits import SearchLimits
@@ -158,9 +161,9 @@ def run(params: Params, paths: Paths, ctx: StageContext | None = None) -> StageR
     train = labels[labels["lot"].isin(train_lots)]
     stress_range = float(train["peak_stress"].max() - train["peak_stress"].min())
     metrics = {
-        "attgan": {k: v for path in paths.attgan_metrics for k, v in _read_json(path).items()},
-        "regressor": _read_json(paths.regressor_metrics),
-        "explainer": _read_json(paths.explain_metrics),
+        "attgan": {k: v for p in paths.attgan_metrics for k, v in read_metrics_file(p).items()},
+        "regressor": read_metrics_file(paths.regressor_metrics),
+        "explainer": read_metrics_file(paths.explain_metrics),
     }
     experiment = (ctx.experiment_id if ctx else None) or tracking.ensure_experiment()
     logged = {
@@ -237,13 +240,6 @@ def study_gain(explain_metrics: Mapping[str, Any]) -> tuple[float, ...] | None:
     if not all(isinstance(g, int | float) and math.isfinite(g) for g in gains):
         return None
     return tuple(float(g) for g in gains)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc})") from None
 
 
 def metric_tags(metrics: Mapping[str, Any]) -> dict[str, str]:

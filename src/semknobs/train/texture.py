@@ -261,6 +261,11 @@ def texture_agreement(
     return metrics, pd.DataFrame(rows)
 
 
+def region_miss_key(attribute: str) -> str:
+    """The metric key of one knob's region miss (:func:`region_agreement`)."""
+    return f"texture/region_miss_{attribute}"
+
+
 def region_agreement(
     gen: torch.nn.Module, images: torch.Tensor, attrs: torch.Tensor, target: TextureTarget
 ) -> tuple[dict[str, float], pd.DataFrame]:
@@ -276,7 +281,7 @@ def region_agreement(
     for a in ATTRIBUTES:
         part = table[table["knob"] == a]
         lots = np.linalg.norm(part["lots"])
-        metrics[f"texture/region_miss_{a}"] = float(
+        metrics[region_miss_key(a)] = float(
             np.linalg.norm(part["edit"] - part["lots"]) / max(lots, 1e-12)
         )
     return metrics, table
