@@ -12,7 +12,6 @@ pair, then the rule's three figures and the read comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from semknobs.attributes import ATTRIBUTES, AttributeScaler
 from semknobs.config import load_section
 from semknobs.data.dataset import load_tileset
 from semknobs.data.split import read_splits
-from semknobs.explain.edit_texture import NO_EDIT_MISS
+from semknobs.explain.edit_texture import NO_EDIT_MISS, read_metrics_file, region_miss_key
 from semknobs.explain.knob_read import KnobReadParams, from_reports
 from semknobs.serving import attgan_model
 from semknobs.stages import evaluate_attgan as stage
@@ -68,7 +67,7 @@ def workspace_figures(ws: Path) -> tuple[dict, dict] | str:
     missing = [part for part in NEEDED if not (ws / part).exists()]
     if missing:
         return "no " + ", ".join(missing)
-    signs = json.loads((ws / "metrics/explain.json").read_text())
+    signs = read_metrics_file(ws / "metrics/explain.json")
     if f"knob_gradient/er/sign_{ATTRIBUTES[0]}" not in signs:
         return "no referee signs in metrics/explain.json (no truth?)"
     misses = region_misses(ws)
@@ -89,7 +88,7 @@ def main() -> int:
         name = "main" if ws.resolve() == Path.cwd().resolve() else ws.resolve().name
         read = from_reports(ws / "reports/explain").set_index("attribute")
         for a in ATTRIBUTES:
-            miss, sign = misses[f"texture/region_miss_{a}"], signs[f"knob_gradient/er/sign_{a}"]
+            miss, sign = misses[region_miss_key(a)], signs[f"knob_gradient/er/sign_{a}"]
             read_a = read.loc[a, "read"]
             rows.append(dict(editor=name, knob=a, region_miss=miss, sign=sign, read=read_a))
     if not rows:

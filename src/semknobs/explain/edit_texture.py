@@ -34,9 +34,16 @@ from typing import Any
 from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
 from semknobs.explain import knob_read
-from semknobs.train.texture import region_miss_key
 
 NO_EDIT_MISS = 1.0  # the miss of an edit that changes nothing: set by its meaning, not tuned
+
+
+def region_miss_key(attribute: str) -> str:
+    """The metric key of one knob's region miss, as
+    :func:`semknobs.train.texture.region_agreement` writes it."""
+    return f"texture/region_miss_{attribute}"
+
+
 KEYS = {a: region_miss_key(a) for a in ATTRIBUTES}
 
 

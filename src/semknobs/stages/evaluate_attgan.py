@@ -36,7 +36,7 @@ from semknobs.evaluation.attgan import (
 from semknobs.evaluation.ceiling import ceiling
 from semknobs.evaluation.oracle import Oracle, OracleParams, Synthetic
 from semknobs.evaluation.referee import label_fit
-from semknobs.explain.edit_texture import NO_EDIT_MISS
+from semknobs.explain.edit_texture import NO_EDIT_MISS, region_miss_key
 from semknobs.meter import MeasureParams, MeterParams
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
@@ -47,7 +47,6 @@ from semknobs.train.texture import (
     REGIONS,
     TextureTarget,
     region_agreement,
-    region_miss_key,
     texture_agreement,
 )
 

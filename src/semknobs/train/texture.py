@@ -41,6 +41,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.explain.edit_texture import region_miss_key
 from semknobs.pixels import to_model
 
 MIN_TEXTURE_LOTS = len(ATTRIBUTES) + 2  # a fit of 4 slopes and an intercept, one spare lot
@@ -259,11 +260,6 @@ def texture_agreement(
         np.mean([metrics[f"texture/miss_{a}"] for a in ATTRIBUTES])
     )
     return metrics, pd.DataFrame(rows)
-
-
-def region_miss_key(attribute: str) -> str:
-    """The metric key of one knob's region miss (:func:`region_agreement`)."""
-    return f"texture/region_miss_{attribute}"
 
 
 def region_agreement(
