@@ -4,7 +4,7 @@
 Replays ``evaluate_attgan``'s held-out control sweep (``concept_leak.py``'s editor and sweeps)
 and the meter ceiling's true one-attribute interventions on the first ``ceiling.n_tiles`` of
 its tiles. Each sweep's change from its mean tile is cut by the crystal mask of that mean tile
-(``semknobs.train.texture.region_masks``: interiors, a ±``RING_PX`` outline ring, background;
+(``semknobs.train.texture.soft_regions``: interiors, a ±``RING_PX`` outline ring, background,
 softened by a 1 px Gaussian so that the three parts sum to the change) and by scale
 (difference-of-Gaussian bands: ≤ 2 px, 2–8 px, the rest), and the regressor reads the mean tile
 plus one part: the slope of its prediction on the requested level, MPa per knob unit. The parts'
@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import gaussian_filter
 
 from semknobs.models.regressor import PeakStressRegressor
 from semknobs.pixels import to_model
 from semknobs.serving import regressor_model
-from semknobs.train.texture import REGIONS, region_masks, texture_agreement
+from semknobs.train.texture import REGIONS, soft_regions, texture_agreement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concept_leak import (
@@ -57,9 +56,8 @@ def sweep_regions(tiles: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndar
     sweeps = x.reshape(-1, n_levels, side, side)
     mean = sweeps.mean(axis=1, keepdims=True)
     change = (sweeps - mean).reshape(-1, side, side)
-    hard = region_masks(torch.from_numpy(mean).float()).double().numpy()  # (sweeps, 3, S, S)
-    soft = gaussian_filter(hard, (0, 0, 1, 1), mode="reflect")
-    soft = np.repeat(soft / soft.sum(axis=1, keepdims=True), n_levels, axis=0)
+    soft = soft_regions(torch.from_numpy(mean).float()).numpy()  # (sweeps, 3, S, S)
+    soft = np.repeat(soft, n_levels, axis=0)
     base = np.broadcast_to(mean, sweeps.shape).reshape(-1, side, side)
     return base, change, soft
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.evaluation.fidelity import cosine
 from semknobs.explain.counterfactual import OPTIMIZERS, CounterfactualParams, KnobCounterfactual
-from semknobs.explain.gradient import KnobGradient, KnobGradientParams, lot_mean
+from semknobs.explain.gradient import KnobGradient, KnobGradientParams, crystal_read, lot_mean
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity
 from semknobs.models.concept import SYMMETRIES, dihedral
@@ -212,6 +213,59 @@ def test_symmetric_knob_gradient_is_the_mean_over_the_eight_views(smoothing):
     res = KnobGradient(gen, reg, params).attribute(x, a, batch_size=2)
     np.testing.assert_allclose(res.gradient, views, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(res.baseline, reg(gen(x, a, a)).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_the_knob_gradient_reads_only_the_edit_inside_keep(smoothing):
+    gen, reg, x, a = _problem(n=3)
+    params = KnobGradientParams(smoothing=smoothing, samples=4)
+    explainer = KnobGradient(gen, reg, params)
+    whole = explainer.attribute(x, a, batch_size=2)
+    ones = explainer.attribute(x, a, batch_size=2, keep=torch.ones_like(x))
+    np.testing.assert_allclose(ones.gradient, whole.gradient, rtol=1e-6)
+    none = explainer.attribute(x, a, keep=torch.zeros_like(x))
+    np.testing.assert_allclose(none.gradient, 0.0, atol=1e-7)
+    np.testing.assert_allclose(none.baseline, whole.baseline, rtol=1e-6)
+    # knob k edits rows 2k, 2k + 1 only: keeping the first four rows keeps knobs 0 and 1
+    half = torch.zeros_like(x)
+    half[..., :4, :] = 1.0
+    got = explainer.attribute(x, a, batch_size=2, keep=half).gradient
+    np.testing.assert_allclose(got, np.tile([U[0], U[1], 0.0, 0.0], (3, 1)), atol=1e-6)
+
+
+def test_keep_turns_with_the_views_of_a_symmetric_gradient():
+    _, reg, x, a = _problem(n=2)
+    gen = TextureG()
+    keep = torch.zeros_like(x)
+    keep[..., :, :3] = 1.0  # the left columns: not symmetric under the square's turns
+    plain = KnobGradient(gen, reg, KnobGradientParams(smoothing=0.0))
+    views = [
+        plain.attribute(dihedral(x, k), a, keep=dihedral(keep, k)).gradient
+        for k in range(SYMMETRIES)
+    ]
+    params = KnobGradientParams(smoothing=0.0, symmetric=True)
+    got = KnobGradient(gen, reg, params).attribute(x, a, keep=keep).gradient
+    np.testing.assert_allclose(got, np.mean(views, axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_a_keep_of_the_wrong_shape_is_refused():
+    gen, reg, x, a = _problem(n=3)
+    with pytest.raises(ValueError, match=r"keep has shape \(2, 1, 8, 8\)"):
+        KnobGradient(gen, reg).attribute(x, a, keep=torch.ones(2, 1, S, S))
+
+
+def test_crystal_read_scores_a_copy_one_a_blank_zero_and_a_negation_minus_one():
+    whole = np.random.default_rng(0).normal(size=(20, 4))
+    for crystal, sign, share in ((whole, 1.0, 1.0), (0 * whole, 0.0, 0.0), (-whole, 0.0, -1.0)):
+        out = crystal_read(whole, crystal)
+        for a in ATTRIBUTES:
+            assert out[f"knob_gradient_crystal/whole/sign_{a}"] == sign
+            assert out[f"knob_gradient_crystal/whole/share_{a}"] == pytest.approx(share)
+    half = crystal_read(whole, 0.5 * whole)
+    assert half["knob_gradient_crystal/whole/share_size"] == pytest.approx(0.5)
+    assert np.isnan(crystal_read(0 * whole, whole)["knob_gradient_crystal/whole/share_size"])
+    with pytest.raises(ValueError, match="crystal_read"):
+        crystal_read(whole, whole[:, :3])
 
 
 def test_lot_mean_is_the_gradient_of_the_lots_mean_prediction():

@@ -123,7 +123,7 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     ):
         assert key in metrics, key
     explainers = ("knob_gradient", "knob_gradient_lot", "knob_gradient_gain")
-    explainers += ("knob_gradient_tile_gain",)
+    explainers += ("knob_gradient_tile_gain", "knob_gradient_crystal")
     explainers += ("counterfactual", "sensitivity")
     for explainer in (*explainers, "correlation", "linear_model"):
         for fid in ("er", "el"):
@@ -131,6 +131,9 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
                 assert f"{explainer}/{fid}/{metric}" in metrics, (explainer, fid, metric)
             for metric in ("lot_centred_cosine",):  # NaN here: 2 test lots are too few
                 assert f"{explainer}/{fid}/{metric}" in metrics, (explainer, fid, metric)
+    for a in ATTRIBUTES:  # the knob gradient without the edits' background part, truth-free
+        assert 0 <= metrics[f"knob_gradient_crystal/whole/sign_{a}"] <= 1
+        assert metrics[f"knob_gradient_crystal/whole/share_{a}"] is not None
     assert not any(k.startswith("fidelity") for k in metrics)  # the old, weak keys are gone
     # only the held-out lots are scored: 2 test lots x 3 tiles
     assert metrics["referee/n_lots"] == 2 and metrics["referee/n_tiles"] == 6

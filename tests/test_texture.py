@@ -17,10 +17,12 @@ from semknobs.train.texture import (
     RING_PX,
     TextureTarget,
     _blur,
+    outside_background,
     region_agreement,
     region_list,
     region_masks,
     region_stats,
+    soft_regions,
     stat_names,
     texture_agreement,
     texture_stats,
@@ -87,6 +89,19 @@ def test_the_regions_partition_the_tile_around_a_bright_crystal():
     assert outline[box & ~ndi.binary_erosion(box)].all()  # the square's edge is outline
     assert background[~ndi.binary_dilation(box, iterations=RING_PX + 2)].all()
     assert not (background & box).any()
+
+
+def test_soft_regions_sum_to_one_and_outside_background_is_the_crystal_and_its_ring():
+    x, box = _square()
+    soft = soft_regions(x)
+    assert soft.dtype == torch.float64 and soft.shape == (1, len(REGIONS), 32, 32)
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(1, 32, 32, dtype=torch.float64))
+    keep = outside_background(x)[0, 0].numpy()
+    assert keep.shape == (32, 32) and keep.min() >= 0 and keep.max() <= 1
+    assert (keep[box] > 0.95).all()  # the crystal kept (the ring is thinnest at its corners)
+    assert (keep[ndi.binary_erosion(box, iterations=2)] > 0.999).all()
+    assert (keep[~ndi.binary_dilation(box, iterations=RING_PX + 3)] < 0.01).all()
+    assert (outside_background(torch.zeros(2, 1, 8, 8)) == 0).all()  # a blank tile: background
 
 
 def test_a_blank_tile_is_all_background_with_finite_statistics():

@@ -29,6 +29,11 @@ wiggles; micrographs of powders and sintered parts have no preferred direction, 
 the same material and the regressor (trained with flips and rotations) reads it the same way.
 Leave it off for images with a direction (rolling texture, detector shadowing, a tilt axis).
 
+``attribute(..., keep=...)`` reads only the edit's part inside a per-pixel weight: with
+:func:`~semknobs.train.texture.outside_background` (the tile's own crystal mask), the stage's
+``knob_gradient_crystal`` and :func:`crystal_read`, a truth-free check of whether the regressor
+reads a knob in the crystals or in the edit's background. Not in the paper.
+
 :func:`lot_mean` gives every tile its lot's knob gradient: the mean over the lot's explained
 tiles, which is the gradient of the lot's prediction (the mean of its tiles' predictions) with
 respect to the lot's knobs. It answers the question asked of a lot ("which knob changes raise
@@ -46,6 +51,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from semknobs.attributes import ATTRIBUTES
 from semknobs.explain.counterfactual import check_deadline
 from semknobs.models.concept import SYMMETRIES, dihedral
 
@@ -90,19 +96,32 @@ class KnobGradient:
         self.params = params or KnobGradientParams()
 
     def _gradient(
-        self, x: torch.Tensor, at: torch.Tensor, source: torch.Tensor
+        self, x: torch.Tensor, at: torch.Tensor, source: torch.Tensor, keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         var = at.detach().clone().requires_grad_(True)
-        pred = self.reg(self.gen(x, var, source)).float()
+        edit = self.gen(x, var, source)
+        if keep is not None:  # outside ``keep`` the regressor sees the unedited reconstruction
+            with torch.no_grad():
+                still = self.gen(x, source, source)
+            edit = keep * edit + (1 - keep) * still
+        pred = self.reg(edit).float()
         (grad,) = torch.autograd.grad(pred.sum(), var)
         return grad.detach(), pred.detach()
 
     def _draw(
-        self, x: torch.Tensor, a: torch.Tensor, eps: torch.Tensor, j: int, deadline: float | None
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        eps: torch.Tensor,
+        j: int,
+        keep: torch.Tensor | None,
+        deadline: float | None,
     ) -> torch.Tensor:
         check_deadline(deadline, "the knob gradient")
-        view = dihedral(x, j % SYMMETRIES) if self.params.symmetric else x
-        return self._gradient(view, (a + eps).clamp(0, 1), a)[0]
+        if self.params.symmetric:
+            x = dihedral(x, j % SYMMETRIES)
+            keep = None if keep is None else dihedral(keep, j % SYMMETRIES)
+        return self._gradient(x, (a + eps).clamp(0, 1), a, keep)[0]
 
     def attribute(
         self,
@@ -110,9 +129,20 @@ class KnobGradient:
         attrs: torch.Tensor,
         batch_size: int = 64,
         deadline: float | None = None,
+        keep: torch.Tensor | None = None,
     ) -> KnobAttribution:
-        """``deadline`` (a ``time.monotonic()`` instant) is checked before every pass."""
+        """``deadline`` (a ``time.monotonic()`` instant) is checked before every pass.
+
+        ``keep`` (n, 1, S, S) in [0, 1]: where the edit counts. The regressor reads
+        ``keep * G(I; A') + (1 - keep) * G(I; A)``, so the gradient is the read of the edit's part
+        inside ``keep`` only (:func:`~semknobs.train.texture.outside_background`: without its
+        background part); ``baseline`` is unchanged, ``R(G(I; A))``."""
         p = self.params
+        if keep is not None and keep.shape != (len(images), 1, *images.shape[2:]):
+            raise ValueError(
+                f"knob gradient: keep has shape {tuple(keep.shape)}, the images "
+                f"{tuple(images.shape)}; it must be (n, 1, H, W) like them"
+            )
         self.gen.eval()
         self.reg.eval()
         # one (samples, n, 4) draw for all tiles, so a tile's draws do not depend on batching
@@ -122,12 +152,13 @@ class KnobGradient:
         grads, base = [], []
         for i in range(0, len(images), batch_size):
             x, a = images[i : i + batch_size], attrs[i : i + batch_size]
+            k = None if keep is None else keep[i : i + batch_size]
             check_deadline(deadline, "the knob gradient")
-            grad, pred = self._gradient(x, a, a)
+            grad, pred = self._gradient(x, a, a, k)
             if draws:
                 grad = torch.stack(
                     [
-                        self._draw(x, a, eps[i : i + batch_size], j, deadline)
+                        self._draw(x, a, eps[i : i + batch_size], j, k, deadline)
                         for j, eps in enumerate(noise)
                     ]
                 ).mean(dim=0)
@@ -138,6 +169,29 @@ class KnobGradient:
             gradient=torch.cat(grads).cpu().numpy(),
             baseline=torch.cat(base).cpu().numpy(),
         )
+
+
+def crystal_read(whole: np.ndarray, crystal: np.ndarray) -> dict[str, float]:
+    """Per attribute, how much of the knob gradient ``whole`` (n, 4) the same gradient without
+    the edit's background part (``crystal``, ``keep`` = :func:`outside_background`) keeps:
+    ``knob_gradient_crystal/whole/sign_<a>``, the share of tiles where the two agree in sign;
+    ``.../share_<a>``, ``sum(crystal * sign(whole)) / sum(|whole|)`` (1: the read lives in the
+    crystals and their outlines; 0: in the background; below 0: the crystals read the other
+    way). Truth-free: on the synthetic study the committed size edit's read sat in a darkened
+    background that real size changes do not have (``benchmarks/size_background_rules.md``)."""
+    if whole.shape != crystal.shape or whole.ndim != 2 or whole.shape[1] != len(ATTRIBUTES):
+        raise ValueError(f"crystal_read: shapes {whole.shape} and {crystal.shape}, need (n, 4)")
+    out = {}
+    for k, a in enumerate(ATTRIBUTES):
+        sign = np.sign(whole[:, k])
+        scale = float(np.abs(whole[:, k]).sum())
+        out[f"knob_gradient_crystal/whole/sign_{a}"] = float(
+            np.mean(np.sign(crystal[:, k]) == sign)
+        )
+        out[f"knob_gradient_crystal/whole/share_{a}"] = (
+            float((crystal[:, k] * sign).sum()) / scale if scale > 0 else float("nan")
+        )
+    return out
 
 
 def lot_mean(gradient: np.ndarray, lots: np.ndarray | pd.Series) -> np.ndarray:

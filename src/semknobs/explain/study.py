@@ -26,9 +26,15 @@ from semknobs.explain.counterfactual import (
     CounterfactualResult,
     KnobCounterfactual,
 )
-from semknobs.explain.gradient import KnobAttribution, KnobGradient, KnobGradientParams
+from semknobs.explain.gradient import (
+    KnobAttribution,
+    KnobGradient,
+    KnobGradientParams,
+    crystal_read,
+)
 from semknobs.explain.saliency import PixelSaliency, map_similarity, randomized_copy
 from semknobs.explain.sensitivity import ForwardSensitivity, SweepResult
+from semknobs.train.texture import outside_background
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class ExplainOutput:
     higher: CounterfactualResult
     lower: CounterfactualResult
     knob_gradient: KnobAttribution
+    knob_gradient_crystal: KnobAttribution  # without the edits' background part
     tiles: pd.DataFrame  # the explained tiles (manifest rows + labels)
 
 
@@ -114,13 +121,18 @@ def explain(
     bar.update()
     bar.set_postfix_str("knob gradient")
     # 3. the knob gradient: d R(G(I; A)) / d A, one backward pass per batch
-    knob_gradient = KnobGradient(gen, reg_mpa, params.knob_gradient).attribute(
-        images, attrs, params.batch_size
-    )
+    gradient = KnobGradient(gen, reg_mpa, params.knob_gradient)
+    knob_gradient = gradient.attribute(images, attrs, params.batch_size)
+    # the same without the edit's background part: where in the tile the regressor reads a knob
+    crystal = gradient.attribute(images, attrs, params.batch_size, keep=outside_background(images))
+    metrics |= crystal_read(knob_gradient.gradient, crystal.gradient)
     tables["knob_gradient"] = (
         tiles[["tile", "lot"]]
         .reset_index(drop=True)
         .assign(**{f"gradient_{a}": knob_gradient.gradient[:, j] for j, a in enumerate(ATTRIBUTES)})
+        .assign(
+            **{f"crystal_gradient_{a}": crystal.gradient[:, j] for j, a in enumerate(ATTRIBUTES)}
+        )
     )
 
     bar.update()
@@ -222,7 +234,7 @@ def explain(
     )
     bar.update(2)
     bar.close()
-    return ExplainOutput(metrics, tables, figs, sweep, higher, lower, knob_gradient, tiles)
+    return ExplainOutput(metrics, tables, figs, sweep, higher, lower, knob_gradient, crystal, tiles)
 
 
 def _same_layer(copy: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Module:

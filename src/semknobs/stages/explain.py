@@ -54,6 +54,7 @@ HEADLINE = (
     "knob_gradient/er/centred_cosine",
     "knob_gradient/er/lot_centred_cosine",
     *(f"knob_gradient/er/sign_{a}" for a in ATTRIBUTES),
+    *(f"knob_gradient_crystal/er/sign_{a}" for a in ATTRIBUTES),
     "knob_gradient_lot/er/cosine_median",
     "knob_gradient_lot/er/lot_centred_cosine",
     *(f"knob_gradient_lot/er/sign_{a}" for a in ATTRIBUTES),
@@ -271,10 +272,18 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         }
         summary += flag_lines(support)
     summary += summary_corrected + summary_natural
+    summary.append(
+        "knob gradient without the edits' background part, share of the read it keeps: "
+        + ", ".join(
+            f"{a} {metrics[f'knob_gradient_crystal/whole/share_{a}']:+.2f}" for a in ATTRIBUTES
+        )
+    )
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
+        # scored beside the others, not a proxy-flag source: it says where the read lives
+        scored = uses | {"knob_gradient_crystal": out.knob_gradient_crystal.gradient}
         judged = _referee(
-            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, uses, agreement
+            params, paths.truth_dir, out, test_rows, labels, scaler, reg, support, scored, agreement
         )
         if judged is None:
             summary.append(f"referee skipped: {paths.truth_dir} is not these tiles' truth")

@@ -115,6 +115,23 @@ def region_masks(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).to(x.device)
 
 
+def soft_regions(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """:func:`region_masks` softened by a Gaussian of ``sigma`` px and renormalised (float64): the
+    three weights still sum to 1 at every pixel, so the parts of a change they cut add up to it
+    and have no hard seam for the regressor to read."""
+    hard = region_masks(x).double().cpu().numpy()
+    soft = ndi.gaussian_filter(hard, (0, 0, sigma, sigma), mode="reflect")
+    return torch.from_numpy(soft / soft.sum(axis=1, keepdims=True)).to(x.device)
+
+
+def outside_background(x: torch.Tensor) -> torch.Tensor:
+    """Tiles (B, 1, S, S) -> (B, 1, S, S) float32: each pixel's weight outside the background of
+    the tile's own crystal mask (:func:`soft_regions`), for the knob gradient without the edit's
+    background part (:mod:`semknobs.explain.gradient`). Reads the tile only, no truth."""
+    background = soft_regions(x)[:, REGIONS.index("background")]
+    return (1 - background).float().unsqueeze(1)
+
+
 def region_stats(x: torch.Tensor, regions: Regions = True) -> torch.Tensor:
     """Tiles (B, 1, S, S) in [-1, 1] -> (B, 5 R): per region of :func:`region_masks` named by
     ``regions`` (all three by default), the mean grey level, the mean signed and absolute 1 px
