@@ -179,3 +179,11 @@ MISSES = (3.1, 0.9, 0.8, 1.7)  # an editor's region misses (size and facetness p
 def region_miss_metrics() -> dict[str, float]:
     """``MISSES`` as evaluate_attgan logs them: ``texture/region_miss_<attribute>``."""
     return {f"texture/region_miss_{a}": m for a, m in zip(ATTRIBUTES, MISSES)}
+
+
+SHARES = (0.34, 1.0, 0.78, 0.75)  # the share of each knob's read kept without its background
+
+
+def crystal_metrics() -> dict[str, float]:
+    """``SHARES`` as the explain stage logs them: ``knob_gradient_crystal/whole/share_<a>``."""
+    return {f"knob_gradient_crystal/whole/share_{a}": s for a, s in zip(ATTRIBUTES, SHARES)}

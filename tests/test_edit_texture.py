@@ -11,11 +11,14 @@ import pytest
 from semknobs.attributes import ATTRIBUTES
 from semknobs.errors import DataError
 from semknobs.explain.edit_texture import (
+    CRYSTAL_MIN_SHARE,
     KEYS,
     NO_EDIT_MISS,
     caveat_summary,
     caveats,
     checks,
+    crystal_from_metrics,
+    crystal_line,
     from_file,
     from_metrics,
     region_metrics,
@@ -100,6 +103,30 @@ def test_the_caveats_name_each_knob_the_stored_checks_flag() -> None:
     calm = STORED | {KEYS["size"]: 0.5, KEYS["facetness"]: 0.5}
     assert caveat_summary(checks(calm)) == "edits unlike lots: none"
     assert checks({}) == {} and caveat_summary({}) == ""
+
+
+def test_the_crystal_read_flags_a_knob_read_mostly_in_the_edits_background() -> None:
+    shares = dict(zip(ATTRIBUTES, (0.34, 1.0, 0.5, None)))  # None: NaN stored as null
+    stored = {f"knob_gradient_crystal/whole/share_{a}": s for a, s in shares.items()}
+    found = crystal_from_metrics(stored | STORED)
+    assert [found[a]["background_read"] for a in ATTRIBUTES] == [True, False, False, False]
+    assert found["size"]["crystal_share"] == 0.34 and math.isnan(
+        found["facetness"]["crystal_share"]
+    )
+    assert crystal_from_metrics(STORED) is None  # an explain run before the crystal read
+    del stored["knob_gradient_crystal/whole/share_facetness"]
+    assert crystal_from_metrics(stored) is None  # a partial set
+    both = checks(stored | {"knob_gradient_crystal/whole/share_facetness": 0.2} | STORED)
+    assert [caveats(a, both) for a in ATTRIBUTES] == [
+        ["edits unlike lots", "read in the edits' background"], [], [],
+        ["edits unlike lots", "read in the edits' background"],
+    ]  # fmt: skip
+    assert caveat_summary(both) == (
+        "edits unlike lots: size, facetness; read in the edits' background: size, facetness"
+    )
+    line = crystal_line(found)
+    assert f"under {CRYSTAL_MIN_SHARE:g}" in line
+    assert "size +0.34 (read in the edits' background), porosity +1.00" in line
 
 
 def test_the_gradient_figure_writes_each_knobs_caveats_under_its_bars() -> None:

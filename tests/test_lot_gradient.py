@@ -21,7 +21,7 @@ from semknobs.explain.lot_gradient import (
 from semknobs.explain.measured import CorrectedParams
 from semknobs.explain.natural import lot_slopes
 
-from .conftest import MISSES, region_miss_metrics
+from .conftest import MISSES, SHARES, crystal_metrics, region_miss_metrics
 
 K = len(ATTRIBUTES)
 W = torch.tensor([0.2, -0.4, 0.1, 0.3])  # the editor adds W . A to every pixel
@@ -183,7 +183,7 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         meter=MeterCalibration((1.0,) * K, (0.0,) * K),
         gradient=_settings(),
         natural=MeterRegressionParams(min_tiles=K + 2),
-        metrics=read_metrics(read) | region_miss_metrics(),  # what a bundle keeps
+        metrics=read_metrics(read) | region_miss_metrics() | crystal_metrics(),  # a bundle's
     )
     (summary,) = explain_paths([scan], explainer=explainer, out_dir=tmp_path, progress=False)
     assert summary["knob_read"] == {
@@ -191,6 +191,9 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
     }
     assert summary["edit_texture"] == {
         a: {"region_miss": m, "unlike_lots": m > 1} for a, m in zip(ATTRIBUTES, MISSES)
+    }
+    assert summary["crystal_read"] == {
+        a: {"crystal_share": s, "background_read": s < 0.5} for a, s in zip(ATTRIBUTES, SHARES)
     }
     assert (
         json.loads((tmp_path / f"{scan.stem}.json").read_text())["knob_read"]
@@ -231,9 +234,14 @@ def test_semknobs_explain_with_a_meter_reports_gains_and_the_meter_regression(ti
         edit = summary["edit_texture"][a]
         assert (rows[f"region_miss_{a}"] == edit["region_miss"]).all()
         assert (rows[f"region_unlike_{a}"] == float(edit["unlike_lots"])).all()
+        kept = summary["crystal_read"][a]
+        assert (rows[f"crystal_share_{a}"] == kept["crystal_share"]).all()
+        assert (rows[f"crystal_background_{a}"] == float(kept["background_read"])).all()
     bare = model.predict(None, tiles_frame(tiles), {"steps": 3, "gradient": False})
     assert (bare["knob_read_facetness"] == -0.3).all()  # stored: no gradient work needed
     assert (bare["region_unlike_size"] == 1.0).all() and (bare["region_miss_size"] == 3.1).all()
+    assert (bare["crystal_background_size"] == 1.0).all()
+    assert (bare["crystal_background_porosity"] == 0.0).all()
     # two interleaved lots in one request: each row gets its own lot's fit, as fitted directly
     twice = np.concatenate([tiles, tiles[::-1]])
     names = np.array(["P", "Q"] * len(tiles))

@@ -242,6 +242,12 @@ def test_registered_models_and_the_explainer_reproduce_the_stage(clone):
         np.testing.assert_allclose(served[f"region_miss_{a}"], miss)
         np.testing.assert_allclose(served[f"region_unlike_{a}"], float(miss > 1))
         assert read.loc[a, "region_miss"] == pytest.approx(miss, rel=1e-5)
+    # and the stage's crystal read: the share of each knob's read kept without the background
+    explained = json.loads((clone / "metrics" / "explain.json").read_text())
+    for a in ("size", "porosity", "dispersity", "facetness"):
+        share = explained[f"knob_gradient_crystal/whole/share_{a}"]
+        np.testing.assert_allclose(served[f"crystal_share_{a}"], share)
+        np.testing.assert_allclose(served[f"crystal_background_{a}"], float(share < 0.5))
 
 
 def test_the_study_suite_on_the_tiny_pipeline(clone, tmp_path, monkeypatch):

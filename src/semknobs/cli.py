@@ -211,7 +211,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from semknobs.explain.agreement import agreement_line
     from semknobs.explain.bundle import KnobExplainer
-    from semknobs.explain.edit_texture import summary_line
+    from semknobs.explain.edit_texture import crystal_line, summary_line
     from semknobs.explain.files import explain_paths, gradient_line, read_line
 
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -258,6 +258,8 @@ def _explain(args: argparse.Namespace) -> int:
         )
     if summaries and "edit_texture" in summaries[0]:
         print(summary_line(summaries[0]["edit_texture"]))
+    if summaries and "crystal_read" in summaries[0]:
+        print(crystal_line(summaries[0]["crystal_read"]))
     print(f"semknobs: wrote CSV, JSON and PNG per input to {args.out}")
     return 0
 

@@ -14,7 +14,9 @@ JSON as ``meter_regression`` when the bundle has a meter, with the signs the two
 ``knob_read`` (how strongly the regressor reads each knob's edits, over the lots the explain
 stage explained: :func:`semknobs.explain.knob_read.from_metrics`) and its AttGAN's region misses
 as ``edit_texture`` (how unlike real lot differences each knob's edits are, by region:
-:mod:`semknobs.explain.edit_texture`). Files are written under temporary names and renamed.
+:mod:`semknobs.explain.edit_texture`) and the share of each knob's read kept without the edits'
+background part as ``crystal_read`` (the same module). Files are written under temporary names
+and renamed.
 """
 
 from __future__ import annotations

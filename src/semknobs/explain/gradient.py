@@ -53,6 +53,7 @@ from torch import nn
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.explain.counterfactual import check_deadline
+from semknobs.explain.edit_texture import CRYSTAL, crystal_share_key
 from semknobs.models.concept import SYMMETRIES, dihedral
 
 
@@ -185,10 +186,8 @@ def crystal_read(whole: np.ndarray, crystal: np.ndarray) -> dict[str, float]:
     for k, a in enumerate(ATTRIBUTES):
         sign = np.sign(whole[:, k])
         scale = float(np.abs(whole[:, k]).sum())
-        out[f"knob_gradient_crystal/whole/sign_{a}"] = float(
-            np.mean(np.sign(crystal[:, k]) == sign)
-        )
-        out[f"knob_gradient_crystal/whole/share_{a}"] = (
+        out[f"{CRYSTAL}/sign_{a}"] = float(np.mean(np.sign(crystal[:, k]) == sign))
+        out[crystal_share_key(a)] = (
             float((crystal[:, k] * sign).sum()) / scale if scale > 0 else float("nan")
         )
     return out

@@ -31,7 +31,9 @@ the explain stage reported it low; empty for a bundle without one): how strongly
 reads each knob's edits, over the lots the explain stage explained
 (:func:`semknobs.explain.knob_read.from_metrics`), and its AttGAN's region misses
 (``region_miss_<a>``, ``region_unlike_<a>`` 1 past an edit that changes nothing:
-:mod:`semknobs.explain.edit_texture`; empty for a bundle without them).
+:mod:`semknobs.explain.edit_texture`; empty for a bundle without them) and the share of each
+knob's read kept without the edits' background part (``crystal_share_<a>``,
+``crystal_background_<a>`` 1 under half; empty for a bundle from before it).
 Bad input raises an ``INVALID_PARAMETER_VALUE`` error (HTTP 400 from ``mlflow models serve``).
 """
 
@@ -52,7 +54,14 @@ from semknobs.registry import ModelKind
 KIND = "explainer"
 READ_COLUMNS = [
     f"{name}_{a}"
-    for name in ("knob_read", "knob_read_low", "region_miss", "region_unlike")
+    for name in (
+        "knob_read",
+        "knob_read_low",
+        "region_miss",
+        "region_unlike",
+        "crystal_share",
+        "crystal_background",
+    )
     for a in ATTRIBUTES
 ]
 SEARCH = ("target", "lam", "steps", "delta", "restarts")
@@ -210,6 +219,9 @@ def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
     for a, edit in found.get("edit_texture", {}).items():
         values[f"region_miss_{a}"] = edit["region_miss"]
         values[f"region_unlike_{a}"] = float(edit["unlike_lots"])
+    for a, read in found.get("crystal_read", {}).items():
+        values[f"crystal_share_{a}"] = read["crystal_share"]
+        values[f"crystal_background_{a}"] = float(read["background_read"])
     return pd.DataFrame(values, index=index)
 
 

@@ -272,12 +272,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         }
         summary += flag_lines(support)
     summary += summary_corrected + summary_natural
-    summary.append(
-        "knob gradient without the edits' background part, share of the read it keeps: "
-        + ", ".join(
-            f"{a} {metrics[f'knob_gradient_crystal/whole/share_{a}']:+.2f}" for a in ATTRIBUTES
-        )
-    )
+    summary.append(edit_texture.crystal_line(edit_texture.crystal_from_metrics(metrics)))
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
         # scored beside the others, not a proxy-flag source: it says where the read lives
