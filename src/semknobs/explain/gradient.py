@@ -65,6 +65,7 @@ class KnobAttribution:
 
 
 MAX_SAMPLES = 1024
+Kept = tuple[torch.Tensor, torch.Tensor]  # (keep, G(I; A)) of one batch in one view
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,20 @@ class KnobGradient:
         self.params = params or KnobGradientParams()
 
     def _gradient(
-        self, x: torch.Tensor, at: torch.Tensor, source: torch.Tensor, keep: torch.Tensor | None
+        self, x: torch.Tensor, at: torch.Tensor, source: torch.Tensor, kept: Kept | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         var = at.detach().clone().requires_grad_(True)
         edit = self.gen(x, var, source)
-        if keep is not None:  # outside ``keep`` the regressor sees the unedited reconstruction
-            with torch.no_grad():
-                still = self.gen(x, source, source)
+        if kept is not None:  # outside ``keep`` the regressor sees the unedited reconstruction
+            keep, still = kept
             edit = keep * edit + (1 - keep) * still
         pred = self.reg(edit).float()
         (grad,) = torch.autograd.grad(pred.sum(), var)
         return grad.detach(), pred.detach()
+
+    def _kept(self, x: torch.Tensor, a: torch.Tensor, keep: torch.Tensor) -> Kept:
+        with torch.no_grad():
+            return keep, self.gen(x, a, a)
 
     def _draw(
         self,
@@ -115,14 +119,18 @@ class KnobGradient:
         a: torch.Tensor,
         eps: torch.Tensor,
         j: int,
-        keep: torch.Tensor | None,
+        views: dict[int, Kept] | None,
         deadline: float | None,
     ) -> torch.Tensor:
+        """``views``: the batch's ``keep`` and unedited reconstruction per view, filled as the
+        views come (each is the same for every draw of that view)."""
         check_deadline(deadline, "the knob gradient")
+        v = j % SYMMETRIES if self.params.symmetric else 0
         if self.params.symmetric:
-            x = dihedral(x, j % SYMMETRIES)
-            keep = None if keep is None else dihedral(keep, j % SYMMETRIES)
-        return self._gradient(x, (a + eps).clamp(0, 1), a, keep)[0]
+            x = dihedral(x, v)
+        if views is not None and v not in views:
+            views[v] = self._kept(x, a, dihedral(views[0][0], v))
+        return self._gradient(x, (a + eps).clamp(0, 1), a, None if views is None else views[v])[0]
 
     def attribute(
         self,
@@ -153,13 +161,13 @@ class KnobGradient:
         grads, base = [], []
         for i in range(0, len(images), batch_size):
             x, a = images[i : i + batch_size], attrs[i : i + batch_size]
-            k = None if keep is None else keep[i : i + batch_size]
             check_deadline(deadline, "the knob gradient")
-            grad, pred = self._gradient(x, a, a, k)
+            views = None if keep is None else {0: self._kept(x, a, keep[i : i + batch_size])}
+            grad, pred = self._gradient(x, a, a, None if views is None else views[0])
             if draws:
                 grad = torch.stack(
                     [
-                        self._draw(x, a, eps[i : i + batch_size], j, k, deadline)
+                        self._draw(x, a, eps[i : i + batch_size], j, views, deadline)
                         for j, eps in enumerate(noise)
                     ]
                 ).mean(dim=0)
