@@ -35,7 +35,7 @@ the paper.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,26 @@ def crystal_from_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, floa
     """``{knob: {"crystal_share": float, "background_read": bool}}`` (below
     :data:`CRYSTAL_MIN_SHARE`; a NaN share is not flagged), or None without all four shares (an
     explain run before the crystal read)."""
-    keys = {a: crystal_share_key(a) for a in ATTRIBUTES}
-    if not all(key in metrics for key in keys.values()):
+    return _per_knob(
+        metrics, crystal_share_key, "crystal_share", "background_read",
+        lambda share: share < CRYSTAL_MIN_SHARE,
+    )  # fmt: skip
+
+
+def _per_knob(
+    metrics: Mapping[str, Any],
+    key: Callable[[str], str],
+    value: str,
+    flag: str,
+    flagged: Callable[[float], bool],
+) -> dict[str, dict[str, float | bool]] | None:
+    """``{knob: {value: metrics[key(knob)], flag: flagged(it)}}`` (a NaN stored as null reads as
+    NaN), or None unless all four knobs' keys are there."""
+    keys = {a: key(a) for a in ATTRIBUTES}
+    if not all(k in metrics for k in keys.values()):
         return None
-    shares = {a: knob_read.metric_number(metrics[key]) for a, key in keys.items()}
-    return {
-        a: {"crystal_share": share, "background_read": bool(share < CRYSTAL_MIN_SHARE)}
-        for a, share in shares.items()
-    }
+    numbers = {a: knob_read.metric_number(metrics[k]) for a, k in keys.items()}
+    return {a: {value: v, flag: bool(flagged(v))} for a, v in numbers.items()}
 
 
 def region_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -88,13 +100,9 @@ def region_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def from_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | bool]] | None:
     """``{knob: {"region_miss": float, "unlike_lots": bool}}`` (past :data:`NO_EDIT_MISS`; a
     NaN miss is not flagged), or None without the metrics."""
-    found = region_metrics(metrics)
-    if not found:
-        return None
-    return {
-        a: {"region_miss": found[key], "unlike_lots": bool(found[key] > NO_EDIT_MISS)}
-        for a, key in KEYS.items()
-    }
+    return _per_knob(
+        metrics, region_miss_key, "region_miss", "unlike_lots", lambda miss: miss > NO_EDIT_MISS
+    )
 
 
 def texture_line(entry: Mapping[str, Mapping[str, Any]]) -> str:
