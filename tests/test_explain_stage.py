@@ -173,6 +173,10 @@ def test_explain_stage_writes_metrics_tables_and_figures(run_stage, tiny_study, 
     # beside it, the editor's region misses as evaluate_attgan logged them; not stage metrics
     np.testing.assert_allclose(read["region_miss"], MISSES)
     assert read["unlike_lots"].tolist() == [True, False, False, True]
+    for a in ATTRIBUTES:  # and the crystal read, as the stage's metrics carry it
+        share = metrics[f"knob_gradient_crystal/whole/share_{a}"]
+        assert read.loc[a, "crystal_share"] == pytest.approx(share, rel=1e-5)
+        assert read.loc[a, "background_read"] == (share < 0.5)
     assert not any("region_miss" in key for key in metrics)
     gains = pd.read_csv(root / "reports" / "knob_gradient.csv").groupby("lot").first()
     for lot, row in gains.iterrows():  # ... and the knob gradient each lot's gain-corrected one

@@ -43,6 +43,8 @@ EXPLAINERS = (
     "knob_gradient",
     "knob_gradient_lot",
     "knob_gradient_gain",
+    "knob_gradient_tile_gain",
+    "knob_gradient_crystal",
     "meter_regression",
     "counterfactual",
     "sensitivity",

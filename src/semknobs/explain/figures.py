@@ -241,18 +241,29 @@ def saliency_figure(images, cam, ig, cam_random, lots) -> Figure:
     return fig
 
 
-def knob_checks_figure(read: pd.DataFrame, min_read: float, no_edit_miss: float) -> Figure:
+def knob_checks_figure(
+    read: pd.DataFrame, min_read: float, no_edit_miss: float, min_share: float
+) -> Figure:
     """The knob checks at a glance (``knob_read.csv``): per knob the regressor's read of its
-    edits against real tiles (left; below ``min_read``: its sign deserves little trust) and, with
-    the AttGAN's region misses, how unlike real lot differences its edits are (right; past
-    ``no_edit_miss``: no change a real lot shows, whatever the sign). Hatched: flagged."""
-    panels = [("read", "low", min_read, "read of the edits / real-tile slope")]
+    edits against real tiles (below ``min_read``: its sign deserves little trust); with the
+    AttGAN's region misses, how unlike real lot differences its edits are (past
+    ``no_edit_miss``: no change a real lot shows, whatever the sign); with the crystal read, the
+    share of the read kept without the edits' background part (below ``min_share``: the sign
+    comes mostly from the background). Hatched: flagged."""
+    panels = [("read", "low", min_read, "read of the edits / real-tile slope", "sign untrusted")]
     if "region_miss" in read.columns:
-        panels.append(("region_miss", "unlike_lots", no_edit_miss, "region miss (0: as lots)"))
+        panels.append(
+            ("region_miss", "unlike_lots", no_edit_miss, "region miss (0: as lots)", "unlike lots")
+        )
+    if "crystal_share" in read.columns:
+        panels.append(
+            ("crystal_share", "background_read", min_share, "share kept without background",
+             "read in the background")
+        )  # fmt: skip
     fig = Figure(figsize=(3.4 * len(panels), 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     x = np.arange(len(read))
-    for ax, (col, flag, line, label) in zip(axes, panels):
+    for ax, (col, flag, line, label, meaning) in zip(axes, panels):
         bars = ax.bar(
             x, np.nan_to_num(read[col].to_numpy(float)),
             color=[COLOURS[a] for a in read["attribute"]],
@@ -263,8 +274,7 @@ def knob_checks_figure(read: pd.DataFrame, min_read: float, no_edit_miss: float)
         ax.axhline(0, color="0.5", lw=0.5)
         ax.set_xticks(x, read["attribute"], fontsize=8)
         ax.set_ylabel(label, fontsize=8)
-    axes[0].set_title(f"low below {min_read:g}: sign untrusted", fontsize=8)
-    if len(panels) > 1:
-        axes[1].set_title(f"past {no_edit_miss:g}: edits unlike real lots", fontsize=8)
+        side = "past" if col == "region_miss" else "below"
+        ax.set_title(f"{side} {line:g}: {meaning}", fontsize=8)
     fig.suptitle("Truth-free checks of each knob (hatched: flagged)", fontsize=9)
     return fig

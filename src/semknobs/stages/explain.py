@@ -253,10 +253,18 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
                     region_miss=[edits[a]["region_miss"] for a in knobs],
                     unlike_lots=[edits[a]["unlike_lots"] for a in knobs],
                 )
+    crystal = edit_texture.crystal_from_metrics(metrics)
     if "knob_read" in tables:
+        if crystal is not None:  # the third check: how much of the read lives off the background
+            knobs = tables["knob_read"]["attribute"]
+            tables["knob_read"] = tables["knob_read"].assign(
+                crystal_share=[crystal[a]["crystal_share"] for a in knobs],
+                background_read=[crystal[a]["background_read"] for a in knobs],
+            )
         figures["knob_checks.png"] = knob_checks_figure(
-            tables["knob_read"], params.knob_read.min_read, edit_texture.NO_EDIT_MISS
-        )
+            tables["knob_read"], params.knob_read.min_read, edit_texture.NO_EDIT_MISS,
+            edit_texture.CRYSTAL_MIN_SHARE,
+        )  # fmt: skip
     support, summary = None, []
     if len(knob_train) < MIN_SUPPORT_LOTS:
         summary.append(
@@ -272,7 +280,7 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         }
         summary += flag_lines(support)
     summary += summary_corrected + summary_natural
-    summary.append(edit_texture.crystal_line(edit_texture.crystal_from_metrics(metrics)))
+    summary.append(edit_texture.crystal_line(crystal))
     if paths.truth_dir is not None and params.synthetic is not None:
         test_rows = np.flatnonzero(tiles["lot"].isin(splits.test).to_numpy())
         # scored beside the others, not a proxy-flag source: it says where the read lives
