@@ -250,20 +250,19 @@ def knob_checks_figure(
     ``no_edit_miss``: no change a real lot shows, whatever the sign); with the crystal read, the
     share of the read kept without the edits' background part (below ``min_share``: the sign
     comes mostly from the background). Hatched: flagged."""
-    panels = [("read", "low", min_read, "read of the edits / real-tile slope", "sign untrusted")]
-    if "region_miss" in read.columns:
-        panels.append(
-            ("region_miss", "unlike_lots", no_edit_miss, "region miss (0: as lots)", "unlike lots")
-        )
-    if "crystal_share" in read.columns:
-        panels.append(
-            ("crystal_share", "background_read", min_share, "share kept without background",
-             "read in the background")
-        )  # fmt: skip
+    panels = [  # (column, flag, line, y label, title)
+        ("read", "low", min_read, "read of the edits / real-tile slope",
+         f"below {min_read:g}: sign untrusted"),
+        ("region_miss", "unlike_lots", no_edit_miss, "region miss (0: as lots)",
+         f"past {no_edit_miss:g}: unlike lots"),
+        ("crystal_share", "background_read", min_share, "share kept without background",
+         f"below {min_share:g}: read in the background"),
+    ]  # fmt: skip
+    panels = [panel for panel in panels if panel[0] in read.columns]
     fig = Figure(figsize=(3.4 * len(panels), 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     x = np.arange(len(read))
-    for ax, (col, flag, line, label, meaning) in zip(axes, panels):
+    for ax, (col, flag, line, label, title) in zip(axes, panels):
         bars = ax.bar(
             x, np.nan_to_num(read[col].to_numpy(float)),
             color=[COLOURS[a] for a in read["attribute"]],
@@ -274,7 +273,6 @@ def knob_checks_figure(
         ax.axhline(0, color="0.5", lw=0.5)
         ax.set_xticks(x, read["attribute"], fontsize=8)
         ax.set_ylabel(label, fontsize=8)
-        side = "past" if col == "region_miss" else "below"
-        ax.set_title(f"{side} {line:g}: {meaning}", fontsize=8)
+        ax.set_title(title, fontsize=8)
     fig.suptitle("Truth-free checks of each knob (hatched: flagged)", fontsize=9)
     return fig

@@ -9,8 +9,10 @@ trained both models. The explainers (:mod:`semknobs.explain`) never see the trut
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -248,19 +250,11 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
         else:
             summary_natural.append(f"evaluate_attgan: {edit_texture.summary_line(edits)}")
             if "knob_read" in tables:
-                knobs = tables["knob_read"]["attribute"]
-                tables["knob_read"] = tables["knob_read"].assign(
-                    region_miss=[edits[a]["region_miss"] for a in knobs],
-                    unlike_lots=[edits[a]["unlike_lots"] for a in knobs],
-                )
+                tables["knob_read"] = _beside(tables["knob_read"], edits)
     crystal = edit_texture.crystal_from_metrics(metrics)
     if "knob_read" in tables:
         if crystal is not None:  # the third check: how much of the read lives off the background
-            knobs = tables["knob_read"]["attribute"]
-            tables["knob_read"] = tables["knob_read"].assign(
-                crystal_share=[crystal[a]["crystal_share"] for a in knobs],
-                background_read=[crystal[a]["background_read"] for a in knobs],
-            )
+            tables["knob_read"] = _beside(tables["knob_read"], crystal)
         figures["knob_checks.png"] = knob_checks_figure(
             tables["knob_read"], params.knob_read.min_read, edit_texture.NO_EDIT_MISS,
             edit_texture.CRYSTAL_MIN_SHARE,
@@ -299,6 +293,13 @@ def run(params: ExplainStageParams, paths: Paths, ctx: StageContext | None = Non
     _write_reports(paths.reports, tables, figures)
     summary += [f"{key} = {metrics[key]:.3f}" for key in HEADLINE if key in metrics]
     return StageResult(metrics, {"explain": paths.reports}, summary)
+
+
+def _beside(read: pd.DataFrame, check: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """``read`` (a row per knob) with each field of a per-knob check (``edit_texture``'s
+    ``{knob: {field: value}}``) as a column."""
+    fields = next(iter(check.values()))
+    return read.assign(**{f: [check[a][f] for a in read["attribute"]] for f in fields})
 
 
 def _agreed_signs(
