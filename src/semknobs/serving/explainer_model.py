@@ -52,17 +52,13 @@ from semknobs.model_folder import CONFIG_FILE, img_size
 from semknobs.registry import ModelKind
 
 KIND = "explainer"
+SERVED_CHECKS = {  # edit_texture.checks section: ((its field, the served column's prefix), ...)
+    "knob_read": (("read", "knob_read"), ("low", "knob_read_low")),
+    "edit_texture": (("region_miss", "region_miss"), ("unlike_lots", "region_unlike")),
+    "crystal_read": (("crystal_share", "crystal_share"), ("background_read", "crystal_background")),
+}
 READ_COLUMNS = [
-    f"{name}_{a}"
-    for name in (
-        "knob_read",
-        "knob_read_low",
-        "region_miss",
-        "region_unlike",
-        "crystal_share",
-        "crystal_background",
-    )
-    for a in ATTRIBUTES
+    f"{name}_{a}" for fields in SERVED_CHECKS.values() for _, name in fields for a in ATTRIBUTES
 ]
 SEARCH = ("target", "lam", "steps", "delta", "restarts")
 PARAMS = (*SEARCH, "gradient")
@@ -208,20 +204,15 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
 
 def _read_columns(explainer: Any, index: pd.Index) -> pd.DataFrame:
-    """:data:`READ_COLUMNS` from the bundle's knob read and its AttGAN's region misses, the
-    same on every row (NaN without)."""
+    """:data:`READ_COLUMNS` from the bundle's stored knob checks (:data:`SERVED_CHECKS`), the
+    same on every row (NaN without; a flag as 0 / 1)."""
     from semknobs.explain.edit_texture import checks
 
     values = dict.fromkeys(READ_COLUMNS, np.nan)
     found = checks(explainer.metrics)
-    for a, read in found.get("knob_read", {}).items():
-        values[f"knob_read_{a}"], values[f"knob_read_low_{a}"] = read["read"], float(read["low"])
-    for a, edit in found.get("edit_texture", {}).items():
-        values[f"region_miss_{a}"] = edit["region_miss"]
-        values[f"region_unlike_{a}"] = float(edit["unlike_lots"])
-    for a, read in found.get("crystal_read", {}).items():
-        values[f"crystal_share_{a}"] = read["crystal_share"]
-        values[f"crystal_background_{a}"] = float(read["background_read"])
+    for section, fields in SERVED_CHECKS.items():
+        for a, entry in found.get(section, {}).items():
+            values |= {f"{name}_{a}": float(entry[field]) for field, name in fields}
     return pd.DataFrame(values, index=index)
 
 
