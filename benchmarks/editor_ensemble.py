@@ -8,6 +8,9 @@ workspace's ``models/attgan``); they must share this workspace's regressor, data
 script refuses another scaler or other training lots).
 
 ``--lots train`` (the default) is the rule's selection set, ``--lots test`` reports only.
+``--gate`` adds Rule AG's gated mean: per knob, the mean over the editors whose own knob read
+(``reports/explain/knob_read.csv`` of the editor's workspace, truth-free) is at least
+``explain.knob_read.min_read``; all editors where none is.
 
     python benchmarks/editor_ensemble.py --editor models/attgan \\
         --editor <workspace of seed 1>/models/attgan --editor <workspace of seed 2>/models/attgan
@@ -22,11 +25,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from knob_gradient_variants import ROOT, load_scored, oracle_ceiling, stage_params
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.config import from_mapping, load_params
 from semknobs.explain.gradient import KnobGradient
+from semknobs.explain.knob_read import KnobReadParams
 from semknobs.serving import attgan_model
 
 A = list(ATTRIBUTES)
@@ -41,11 +47,34 @@ def load_editor(path: Path, reference: attgan_model.AttGANFolder) -> tuple[torch
     return gen, str(path.parent.parent.name if path.name == "attgan" else path)
 
 
+def editor_reads(path: Path) -> np.ndarray:
+    """The knob read (one per attribute) the explain stage of ``path``'s workspace wrote."""
+    csv = path.parent.parent / "reports" / "explain" / "knob_read.csv"
+    if not csv.is_file():
+        raise SystemExit(f"--gate: {csv} is missing (run the explain stage in that workspace)")
+    return pd.read_csv(csv).set_index("attribute").loc[A, "read"].to_numpy(float)
+
+
+def gated_mean(grads: np.ndarray, reads: np.ndarray, min_read: float) -> tuple[np.ndarray, list]:
+    """Per knob the mean over editors whose read is >= ``min_read`` (all where none is).
+
+    ``grads`` (editors, tiles, knobs), ``reads`` (editors, knobs); also returns per knob the
+    indices of the editors kept."""
+    out, kept = np.empty(grads.shape[1:]), []
+    for k in range(grads.shape[2]):
+        keep = np.flatnonzero(reads[:, k] >= min_read)
+        keep = keep if len(keep) else np.arange(len(grads))
+        out[:, k] = grads[keep, :, k].mean(axis=0)
+        kept.append(keep.tolist())
+    return out, kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--editor", action="append", type=Path, required=True)
     parser.add_argument("--lots", choices=("train", "test"), default="train")
     parser.add_argument("--tag", default="", help="suffix of the output files")
+    parser.add_argument("--gate", action="store_true", help="add Rule AG's gated mean")
     args = parser.parse_args()
     if len(args.editor) < 2:
         parser.error("--editor: at least two editors to average")
@@ -69,6 +98,20 @@ def main() -> int:
             rows.append({"variant": f"mean: {labels[i]} + {labels[j]}", **sc.score(pair)})
     rows.append({"variant": f"mean of all {len(grads)}", **sc.score(np.mean(grads, axis=0))})
     rows.append({"variant": f"median of all {len(grads)}", **sc.score(np.median(grads, axis=0))})
+    if args.gate:
+        reads = np.stack([editor_reads(p.resolve()) for p in args.editor])
+        section = load_params(ROOT / "params.yaml")["explain"]["knob_read"]
+        min_read = from_mapping(KnobReadParams, section).min_read
+        gated, kept = gated_mean(np.stack(grads), reads, min_read)
+        left_out = "; ".join(
+            f"{a}: {', '.join(labels[i] for i in range(len(grads)) if i not in keep)}"
+            for a, keep in zip(A, kept)
+            if len(keep) < len(grads)
+        )
+        rows.append(
+            {"variant": f"gated mean of {len(grads)} (left out: {left_out or 'none'})",
+             **sc.score(gated)}
+        )  # fmt: skip
     singles = [r for r in rows if r["variant"].startswith("single")]
     rows.append(
         {
