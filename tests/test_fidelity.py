@@ -89,6 +89,17 @@ def test_intervals_cover_the_point_and_are_degenerate_for_a_perfect_explainer(re
         assert low <= value <= high and high - low > 0.01, m
 
 
+def test_split_half_per_attribute_rho_finds_structure_only_where_the_halves_share_it(reference):
+    g, lots = reference
+    rng = np.random.default_rng(1)
+    first, second = g + 0.01 * rng.standard_normal(g.shape), g + 0.01 * rng.standard_normal(g.shape)
+    first[:, 2], second[:, 2] = rng.standard_normal((2, len(g)))  # dispersity: noise only
+    s = fidelity.split_half(first, second, lots)
+    assert s["split_half_rho_size"] > 0.9 and s["split_half_rho_porosity"] > 0.9
+    assert abs(s["split_half_rho_dispersity"]) < 0.3
+    assert s["split_half_rho_facetness"] > 0.9
+
+
 def test_rank_correlation_edge_cases():
     x = np.arange(5.0)
     assert fidelity.rank_correlation(x, x) == pytest.approx(1.0)

@@ -90,13 +90,19 @@ def split_half(first: np.ndarray, second: np.ndarray, groups: np.ndarray) -> dic
     """A reference's two independent halves (e.g. the oracle's seeds) scored against each
     other: its own reliability per tile and on lot means, and ``lot_centred_cosine_ceiling``,
     what a perfect explainer would score against the full reference's noisy lot means (the
-    square root of its reliability 2r / (1 + r), Spearman-Brown)."""
+    square root of its reliability 2r / (1 + r), Spearman-Brown). ``split_half_rho_<a>``, the
+    halves' Spearman rho per attribute, is what ``rho_<a>`` can be read against: near 0, the
+    reference has no across-tile structure in that attribute for any explainer to find."""
     r = lot_centred_cosine(first, second, groups)
     return {
         "split_half_cosine_median": float(np.median(cosine(first, second))),
         "split_half_centred_cosine": centred_cosine(first, second),
         "split_half_lot_centred_cosine": r,
         "lot_centred_cosine_ceiling": float(np.sqrt(2 * max(r, 0) / (1 + r))),
+        **{
+            f"split_half_rho_{a}": rank_correlation(first[:, k], second[:, k])
+            for k, a in enumerate(ATTRIBUTES)
+        },
     }
 
 

@@ -1,0 +1,103 @@
+"""Per knob: is there per-tile structure in the oracle, do editors agree on theirs, and with it?
+
+A diagnosis for issue 14 (evaluation only). Rule H and Rule AG (``editor_ensemble_rules.md``)
+found the pooled centred cosine near 0 for every editor and mean; the pooled figure is
+dominated by the knob with the largest spread in true units, so this splits it by knob. Per
+knob, over the scored tiles: the oracle's split halves' correlation (tile-centred and on lot
+means: is there structure to find), the median over editor pairs of the correlation of their
+knob gradients (do editors agree, i.e. is their per-tile structure a shared read or each one's
+noise), and each editor's correlation with the oracle (the median over editors, and the mean
+of all editors'). Correlations are Pearson over tiles (or lot means); a constant scores 0.
+
+    python benchmarks/editor_agreement.py --editor models/attgan --editor <ws>/models/attgan ...
+        [--lots test]   # -> benchmarks/editor_agreement_<lots>.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from editor_ensemble import load_editor
+from knob_gradient_variants import ROOT, load_scored, stage_params
+
+from semknobs.attributes import ATTRIBUTES
+from semknobs.explain.gradient import KnobGradient
+from semknobs.serving import attgan_model
+
+A = list(ATTRIBUTES)
+
+
+def corr(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; 0 where either is constant."""
+    x, y = x - x.mean(), y - y.mean()
+    d = np.linalg.norm(x) * np.linalg.norm(y)
+    return float(x @ y / d) if d > 0 else 0.0
+
+
+def lot_means(v: np.ndarray, lots: np.ndarray) -> np.ndarray:
+    return pd.DataFrame(v).groupby(lots).mean().to_numpy()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--editor", action="append", type=Path, required=True)
+    parser.add_argument("--lots", choices=("train", "test"), default="train")
+    args = parser.parse_args()
+    if len(args.editor) < 2:
+        parser.error("--editor: at least two editors")
+    torch.set_num_threads(2)
+    sc = load_scored(args.lots)
+    _, reference = attgan_model.load(ROOT / "models" / "attgan")
+    params = stage_params()
+    lots = sc.tiles["lot"].to_numpy()
+    grads = []
+    for path in args.editor:
+        gen, label = load_editor(path.resolve(), reference)
+        g = KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient * sc.slopes
+        grads.append(g)
+        print(label, flush=True)
+    mean = np.mean(grads, axis=0)
+    halves = [f"oracle_half1_{A[0]}" in sc.tiles]
+    rows = []
+    for k, a in enumerate(A):
+        row: dict[str, float | str] = {"attribute": a}
+        for scope, f in (("tile", lambda v: v), ("lot", lambda v: lot_means(v, lots))):
+            o = f(sc.oracle)[:, k]
+            if halves[0]:
+                h1, h2 = (f(sc.tiles[[f"oracle_half{h}_{b}" for b in A]].to_numpy())[:, k]
+                          for h in (1, 2))  # fmt: skip
+                row[f"{scope}/oracle_halves"] = corr(h1, h2)
+            gk = [f(g)[:, k] for g in grads]
+            row[f"{scope}/editor_pairs"] = float(
+                np.median([corr(x, y) for x, y in itertools.combinations(gk, 2)])
+            )
+            row[f"{scope}/editor_vs_oracle"] = float(np.median([corr(x, o) for x in gk]))
+            row[f"{scope}/mean_vs_oracle"] = corr(f(mean)[:, k], o)
+        row["oracle_sd"] = float(sc.oracle[:, k].std())
+        row["oracle_mean"] = float(sc.oracle[:, k].mean())
+        rows.append(row)
+    out = ROOT / "benchmarks" / f"editor_agreement_{args.lots}"
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    cols = [c for c in rows[0] if c != "attribute"]
+    lines = ["| attribute | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    lines += [
+        f"| {r['attribute']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows
+    ]
+    note = (
+        f"\n{len(sc.tiles)} tiles ({args.lots} lots), {len(grads)} editors, each SmoothGrad "
+        f"sigma {params.smoothing} ({params.samples} draws), true units (the referee's label "
+        "fit); Pearson correlations, 'tile' over tiles, 'lot' over lot means.\n"
+    )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n" + note)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
