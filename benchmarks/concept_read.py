@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from knob_gradient_variants import ROOT, training_rows
 from safetensors.torch import load_file
 
 from semknobs.attributes import ATTRIBUTES
@@ -36,7 +37,6 @@ from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.train.attgan_params import TrainAttGANStageParams
 
-ROOT = Path(__file__).resolve().parents[1]
 A = list(ATTRIBUTES)
 
 
@@ -65,21 +65,15 @@ def main() -> int:
     net = concept_net(checkpoint)
     scaler = AttributeScaler.from_dict(cfg.scaler)
     tiles, manifest = load_tiles(ROOT / "data" / "tiles")
-    train = set(read_splits(ROOT / "data" / "splits.json").training_lots())
-    rng = np.random.default_rng(0)
-    by_lot = sorted(manifest.groupby("lot").indices.items())
-    rows = np.sort(
-        np.concatenate(
-            [rng.choice(ix, args.per_lot, replace=False) for lot, ix in by_lot if lot in train]
-        )
-    )
+    train = read_splits(ROOT / "data" / "splits.json").training_lots()
+    rows = training_rows(manifest, args.per_lot)
     chosen = manifest.iloc[rows].reset_index(drop=True)
     labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
     knob = np.clip(scaler.transform(labels.set_index("lot").loc[chosen["lot"], A].to_numpy()), 0, 1)
     a = torch.from_numpy(knob).float()
     x = to_model(tiles[rows])
     calib = fit_from_files(
-        ROOT / "data" / "measurements.csv", labels, sorted(train), scaler, MeterParams()
+        ROOT / "data" / "measurements.csv", labels, list(train), scaler, MeterParams()
     )
     per_tile = {"lot": chosen["lot"].to_numpy()}
     with torch.no_grad():

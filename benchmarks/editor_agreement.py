@@ -21,27 +21,25 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from editor_ensemble import load_editor
 from knob_gradient_variants import ROOT, load_scored, stage_params
 
 from semknobs.attributes import ATTRIBUTES
+from semknobs.evaluation import fidelity
 from semknobs.explain.gradient import KnobGradient
 from semknobs.serving import attgan_model
 
 A = list(ATTRIBUTES)
 
 
-def corr(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; 0 where either is constant."""
-    x, y = x - x.mean(), y - y.mean()
-    d = np.linalg.norm(x) * np.linalg.norm(y)
-    return float(x @ y / d) if d > 0 else 0.0
-
-
-def lot_means(v: np.ndarray, lots: np.ndarray) -> np.ndarray:
-    return pd.DataFrame(v).groupby(lots).mean().to_numpy()
+def corr(x: np.ndarray, y: np.ndarray, lots: np.ndarray | None = None) -> float:
+    """Pearson correlation over tiles, or over lot means with ``lots`` (the referee's centred
+    cosines of one column); 0 where either is constant."""
+    x, y = x[:, None], y[:, None]
+    return (
+        fidelity.centred_cosine(x, y) if lots is None else fidelity.lot_centred_cosine(x, y, lots)
+    )
 
 
 def main() -> int:
@@ -63,22 +61,20 @@ def main() -> int:
         grads.append(g)
         print(label, flush=True)
     mean = np.mean(grads, axis=0)
-    halves = [f"oracle_half1_{A[0]}" in sc.tiles]
+    halves = f"oracle_half1_{A[0]}" in sc.tiles  # the training-lot set renders them
     rows = []
     for k, a in enumerate(A):
         row: dict[str, float | str] = {"attribute": a}
-        for scope, f in (("tile", lambda v: v), ("lot", lambda v: lot_means(v, lots))):
-            o = f(sc.oracle)[:, k]
-            if halves[0]:
-                h1, h2 = (f(sc.tiles[[f"oracle_half{h}_{b}" for b in A]].to_numpy())[:, k]
-                          for h in (1, 2))  # fmt: skip
-                row[f"{scope}/oracle_halves"] = corr(h1, h2)
-            gk = [f(g)[:, k] for g in grads]
-            row[f"{scope}/editor_pairs"] = float(
-                np.median([corr(x, y) for x, y in itertools.combinations(gk, 2)])
-            )
-            row[f"{scope}/editor_vs_oracle"] = float(np.median([corr(x, o) for x in gk]))
-            row[f"{scope}/mean_vs_oracle"] = corr(f(mean)[:, k], o)
+        for scope, by in (("tile", None), ("lot", lots)):
+            o = sc.oracle[:, k]
+            if halves:
+                h1, h2 = (sc.tiles[f"oracle_half{h}_{a}"].to_numpy() for h in (1, 2))
+                row[f"{scope}/oracle_halves"] = corr(h1, h2, by)
+            gk = [g[:, k] for g in grads]
+            pairs = [corr(x, y, by) for x, y in itertools.combinations(gk, 2)]
+            row[f"{scope}/editor_pairs"] = float(np.median(pairs))
+            row[f"{scope}/editor_vs_oracle"] = float(np.median([corr(x, o, by) for x in gk]))
+            row[f"{scope}/mean_vs_oracle"] = corr(mean[:, k], o, by)
         row["oracle_sd"] = float(sc.oracle[:, k].std())
         row["oracle_mean"] = float(sc.oracle[:, k].mean())
         rows.append(row)

@@ -108,10 +108,8 @@ def main() -> int:
             for a, keep in zip(A, kept)
             if len(keep) < len(grads)
         )
-        rows.append(
-            {"variant": f"gated mean of {len(grads)} (left out: {left_out or 'none'})",
-             **sc.score(gated)}
-        )  # fmt: skip
+        name = f"gated mean of {len(grads)} (left out: {left_out or 'none'})"
+        rows.append({"variant": name, **sc.score(gated)})
     singles = [r for r in rows if r["variant"].startswith("single")]
     rows.append(
         {

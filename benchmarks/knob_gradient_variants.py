@@ -79,9 +79,9 @@ def _central(gen, reg, x: torch.Tensor, attrs: torch.Tensor, h: float) -> np.nda
     return np.stack(out, axis=1)
 
 
-def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFrame:
-    """``per_lot`` seeded tiles of every training lot and the oracle's dR/dt (and its standard
-    error) for them, rendered as the referee renders (its own settings from params.yaml)."""
+def training_rows(manifest: pd.DataFrame, per_lot: int) -> np.ndarray:
+    """Manifest rows of ``per_lot`` seeded tiles of every training lot, in manifest order: the
+    selection set every benchmark here scores on the training lots."""
     train = set(read_splits(ROOT / "data" / "splits.json").training_lots())
     rng = np.random.default_rng(0)
     lots = {
@@ -90,8 +90,15 @@ def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFra
     short = sorted(lot for lot, idx in lots.items() if len(idx) < per_lot)
     if short:
         raise SystemExit(f"--per-lot {per_lot}: training lots {short} have fewer tiles")
-    rows = [rng.choice(idx, per_lot, replace=False) for idx in lots.values()]
-    tiles = manifest.iloc[np.sort(np.concatenate(rows))].reset_index(drop=True)
+    return np.sort(
+        np.concatenate([rng.choice(idx, per_lot, replace=False) for idx in lots.values()])
+    )
+
+
+def _training_tiles(manifest: pd.DataFrame, reg, per_lot: int = 2) -> pd.DataFrame:
+    """``per_lot`` seeded tiles of every training lot and the oracle's dR/dt (and its standard
+    error) for them, rendered as the referee renders (its own settings from params.yaml)."""
+    tiles = manifest.iloc[training_rows(manifest, per_lot)].reset_index(drop=True)
     truth = read_truth(ROOT / "data" / "synthetic" / "truth")
     true = tile_truth(truth.fields, tiles)[A].to_numpy()
     synthetic = Synthetic.from_params(ROOT / "params.yaml")
