@@ -21,21 +21,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from knob_gradient_variants import ROOT, training_rows
-from safetensors.torch import load_file
+from knob_gradient_variants import ROOT, meter_calibration, training_rows
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.config import from_mapping, load_params
 from semknobs.data.dataset import AttributeScaler
 from semknobs.data.schemas import read_lots
-from semknobs.data.split import read_splits
 from semknobs.data.tiles import load_tiles
-from semknobs.explain.measured import fit_from_files, measured_change
-from semknobs.meter import MeterParams
+from semknobs.explain.measured import measured_jacobian
 from semknobs.models.concept import ConceptNet
 from semknobs.pixels import to_model
 from semknobs.serving import attgan_model
 from semknobs.train.attgan_params import TrainAttGANStageParams
+from semknobs.train.checkpoint import load_checkpoint, read_meta
+from semknobs.train.concept import net_config
 
 A = list(ATTRIBUTES)
 
@@ -43,11 +42,9 @@ A = list(ATTRIBUTES)
 def concept_net(checkpoint: Path) -> ConceptNet:
     """The concept network as the last checkpoint of ``train_attgan`` left it."""
     raw = load_params(ROOT / "params.yaml")["train_attgan"]
-    cfg = from_mapping(TrainAttGANStageParams, raw).train.concept.model
-    tensors = load_file(str(checkpoint / "state.safetensors"))
-    prefix = "module.concept."
-    net = ConceptNet(cfg)
-    net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    train = from_mapping(TrainAttGANStageParams, raw).train
+    net = ConceptNet(net_config(train.concept, count=train.lambda_count > 0))
+    load_checkpoint(checkpoint, modules={"concept": net}, optimizers={}, rng=torch.Generator())
     return net.eval()
 
 
@@ -57,7 +54,7 @@ def main() -> int:
     parser.add_argument("--step", type=float, default=0.25)
     args = parser.parse_args()
     checkpoint = ROOT / "checkpoints" / "attgan"
-    if not (checkpoint / "state.safetensors").is_file():
+    if read_meta(checkpoint) is None:
         raise SystemExit(f"{checkpoint}: no training checkpoint (run `make repro` first)")
     torch.set_num_threads(2)
     gen, cfg = attgan_model.load(ROOT / "models" / "attgan")
@@ -65,16 +62,13 @@ def main() -> int:
     net = concept_net(checkpoint)
     scaler = AttributeScaler.from_dict(cfg.scaler)
     tiles, manifest = load_tiles(ROOT / "data" / "tiles")
-    train = read_splits(ROOT / "data" / "splits.json").training_lots()
     rows = training_rows(manifest, args.per_lot)
     chosen = manifest.iloc[rows].reset_index(drop=True)
     labels = read_lots(ROOT / "data" / "synthetic" / "lots.csv")
     knob = np.clip(scaler.transform(labels.set_index("lot").loc[chosen["lot"], A].to_numpy()), 0, 1)
     a = torch.from_numpy(knob).float()
     x = to_model(tiles[rows])
-    calib = fit_from_files(
-        ROOT / "data" / "measurements.csv", labels, list(train), scaler, MeterParams()
-    )
+    meter = measured_jacobian(gen, x, a, meter_calibration(scaler), args.step, n_jobs=2)
     per_tile = {"lot": chosen["lot"].to_numpy()}
     with torch.no_grad():
         for j, name in enumerate(A):
@@ -82,8 +76,7 @@ def main() -> int:
             shift[:, j] = args.step
             up, down = gen(x, a + shift, a), gen(x, a - shift, a)
             per_tile[f"C_{name}"] = (net(up) - net(down))[:, j].numpy() / (2 * args.step)
-            change = measured_change(calib, down, up, n_jobs=2)
-            per_tile[f"meter_{name}"] = change[:, j] / (2 * args.step)
+            per_tile[f"meter_{name}"] = meter[:, j, j]
     lots = pd.DataFrame(per_tile).groupby("lot").mean()
     level = labels.set_index("lot").loc[lots.index, A]
     lines = [

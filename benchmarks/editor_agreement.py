@@ -22,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from editor_ensemble import load_editor
+from editor_ensemble import editor_gradients
 from knob_gradient_variants import ROOT, load_scored, stage_params
 
 from semknobs.attributes import ATTRIBUTES
 from semknobs.evaluation import fidelity
-from semknobs.explain.gradient import KnobGradient
-from semknobs.serving import attgan_model
 
 A = list(ATTRIBUTES)
 
@@ -51,15 +49,9 @@ def main() -> int:
         parser.error("--editor: at least two editors")
     torch.set_num_threads(2)
     sc = load_scored(args.lots)
-    _, reference = attgan_model.load(ROOT / "models" / "attgan")
     params = stage_params()
     lots = sc.tiles["lot"].to_numpy()
-    grads = []
-    for path in args.editor:
-        gen, label = load_editor(path.resolve(), reference)
-        g = KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient * sc.slopes
-        grads.append(g)
-        print(label, flush=True)
+    grads = [g * sc.slopes for g in editor_gradients(args.editor, sc)[1]]
     mean = np.mean(grads, axis=0)
     halves = f"oracle_half1_{A[0]}" in sc.tiles  # the training-lot set renders them
     rows = []

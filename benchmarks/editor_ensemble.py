@@ -47,6 +47,20 @@ def load_editor(path: Path, reference: attgan_model.AttGANFolder) -> tuple[torch
     return gen, str(path.parent.parent.name if path.name == "attgan" else path)
 
 
+def editor_gradients(paths: list[Path], sc) -> tuple[list[str], list[np.ndarray]]:
+    """Each editor's label and its knob gradient (the explain stage's setting, knob units) on
+    ``sc``'s tiles; every editor must share ``ROOT``'s scaler and training lots."""
+    _, reference = attgan_model.load(ROOT / "models" / "attgan")
+    params = stage_params()
+    labels, grads = [], []
+    for path in paths:
+        gen, label = load_editor(path.resolve(), reference)
+        grads.append(KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient)
+        labels.append(label)
+        print(label, round(sc.score(grads[-1])["cosine_median"], 3), flush=True)
+    return labels, grads
+
+
 def editor_reads(path: Path) -> np.ndarray:
     """The knob read (one per attribute) the explain stage of ``path``'s workspace wrote."""
     csv = path.parent.parent / "reports" / "explain" / "knob_read.csv"
@@ -83,14 +97,8 @@ def main() -> int:
         parser.error(f"--editor: no such folder {missing}")
     torch.set_num_threads(2)
     sc = load_scored(args.lots)
-    _, reference = attgan_model.load(ROOT / "models" / "attgan")
+    labels, grads = editor_gradients(args.editor, sc)
     params = stage_params()
-    labels, grads = [], []
-    for path in args.editor:
-        gen, label = load_editor(path.resolve(), reference)
-        grads.append(KnobGradient(gen, sc.reg, params).attribute(sc.x, sc.attrs).gradient)
-        labels.append(label)
-        print(label, round(sc.score(grads[-1])["cosine_median"], 3), flush=True)
     rows = [{"variant": f"single: {lab}", **sc.score(g)} for lab, g in zip(labels, grads)]
     if len(grads) > 2:
         for i, j in itertools.combinations(range(len(grads)), 2):

@@ -158,7 +158,7 @@ def study_rows(study: str, root: Path) -> tuple[list[dict], list[str]]:
     lots = sc.tiles["lot"].to_numpy()
     kg_params = from_mapping(KnobGradientParams, params["explain"]["knob_gradient"])
     corr = from_mapping(CorrectedParams, params["explain"]["corrected"])
-    calib = kv.meter_calibration(sc)
+    calib = kv.meter_calibration(sc.scaler)
 
     def gradient(gen, p=kg_params):
         return KnobGradient(gen, sc.reg, p).attribute(sc.x, sc.attrs).gradient

@@ -240,15 +240,15 @@ def build_variants(sc: Scored | None) -> dict[str, Callable[[], np.ndarray]]:
     }
 
 
-def meter_calibration(sc: Scored) -> MeterCalibration:
+def meter_calibration(scaler: AttributeScaler) -> MeterCalibration:
     """The explain stage's meter calibration: its readings of the training lots' tiles against
-    their labels, in the AttGAN's knob units."""
+    their labels, in the knob units of the AttGAN's ``scaler``, read with the study's meter."""
     params = load_params(ROOT / "params.yaml")
     return fit_from_files(
         ROOT / "data" / "measurements.csv",
         read_lots(ROOT / "data" / "synthetic" / "lots.csv"),
         read_splits(ROOT / "data" / "splits.json").training_lots(),
-        sc.scaler,
+        scaler,
         from_mapping(MeterParams, params["measure"]["meter"]),
     )
 
@@ -260,7 +260,7 @@ def _jacobian(
     the committed generator): its meter calibration on the training lots, its step."""
     params = load_params(ROOT / "params.yaml")
     step = from_mapping(CorrectedParams, params["explain"]["corrected"]).step
-    calib = calib or meter_calibration(sc)
+    calib = calib or meter_calibration(sc.scaler)
     return measured_jacobian(gen or sc.gen, sc.x, sc.attrs, calib, step, n_jobs=2)
 
 

@@ -120,7 +120,7 @@ def main() -> int:
     mag = log_slope(stress) * per_true  # MPa per true size unit
     off = M != 1.0
     mag_off = log_slope(stress[:, off], M[off]) * per_true
-    calib = meter_calibration(sc)
+    calib = meter_calibration(sc.scaler)
     seen = tiles[inside].reshape(-1, *tiles.shape[2:])  # the meter reads the kept tiles only
     readings = measure_tiles(seen, calib.meter, n_jobs=2)
     knob = readings[A].to_numpy(float) * np.array(calib.alpha) + np.array(calib.beta)
