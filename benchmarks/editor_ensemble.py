@@ -9,8 +9,8 @@ script refuses another scaler or other training lots).
 
 ``--lots train`` (the default) is the rule's selection set, ``--lots test`` reports only.
 ``--gate`` adds Rule AG's gated mean: per knob, the mean over the editors whose own knob read
-(``reports/explain/knob_read.csv`` of the editor's workspace, truth-free) is at least
-``explain.knob_read.min_read``; all editors where none is.
+(the explain stage's, truth-free, in the editor's workspace) is not low (at least
+``explain.knob_read.min_read``); all editors where every one is.
 
     python benchmarks/editor_ensemble.py --editor models/attgan \\
         --editor <workspace of seed 1>/models/attgan --editor <workspace of seed 2>/models/attgan
@@ -25,14 +25,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from knob_gradient_variants import ROOT, load_scored, oracle_ceiling, stage_params
 
 from semknobs.attributes import ATTRIBUTES
-from semknobs.config import from_mapping, load_params
+from semknobs.explain import knob_read
+from semknobs.explain.edit_texture import read_metrics_file
 from semknobs.explain.gradient import KnobGradient
-from semknobs.explain.knob_read import KnobReadParams
 from semknobs.serving import attgan_model
 
 A = list(ATTRIBUTES)
@@ -61,22 +60,24 @@ def editor_gradients(paths: list[Path], sc) -> tuple[list[str], list[np.ndarray]
     return labels, grads
 
 
-def editor_reads(path: Path) -> np.ndarray:
-    """The knob read (one per attribute) the explain stage of ``path``'s workspace wrote."""
-    csv = path.parent.parent / "reports" / "explain" / "knob_read.csv"
-    if not csv.is_file():
-        raise SystemExit(f"--gate: {csv} is missing (run the explain stage in that workspace)")
-    return pd.read_csv(csv).set_index("attribute").loc[A, "read"].to_numpy(float)
+def editor_low(path: Path) -> np.ndarray:
+    """Per attribute, whether the explain stage of ``path``'s workspace found the knob's read
+    low (``explain.knob_read``, truth-free; its ``metrics/explain.json``)."""
+    metrics = path.parent.parent / "metrics" / "explain.json"
+    found = knob_read.from_metrics(read_metrics_file(metrics)) if metrics.is_file() else None
+    if found is None:
+        raise SystemExit(f"--gate: {metrics} holds no knob read (run that workspace's explain)")
+    return np.array([found[a]["low"] for a in A])
 
 
-def gated_mean(grads: np.ndarray, reads: np.ndarray, min_read: float) -> tuple[np.ndarray, list]:
-    """Per knob the mean over editors whose read is >= ``min_read`` (all where none is).
+def gated_mean(grads: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, list]:
+    """Per knob the mean over editors whose read of it is not low (all where every one is).
 
-    ``grads`` (editors, tiles, knobs), ``reads`` (editors, knobs); also returns per knob the
+    ``grads`` (editors, tiles, knobs), ``low`` (editors, knobs); also returns per knob the
     indices of the editors kept."""
     out, kept = np.empty(grads.shape[1:]), []
     for k in range(grads.shape[2]):
-        keep = np.flatnonzero(reads[:, k] >= min_read)
+        keep = np.flatnonzero(~low[:, k])
         keep = keep if len(keep) else np.arange(len(grads))
         out[:, k] = grads[keep, :, k].mean(axis=0)
         kept.append(keep.tolist())
@@ -107,10 +108,9 @@ def main() -> int:
     rows.append({"variant": f"mean of all {len(grads)}", **sc.score(np.mean(grads, axis=0))})
     rows.append({"variant": f"median of all {len(grads)}", **sc.score(np.median(grads, axis=0))})
     if args.gate:
-        reads = np.stack([editor_reads(p.resolve()) for p in args.editor])
-        section = load_params(ROOT / "params.yaml")["explain"]["knob_read"]
-        min_read = from_mapping(KnobReadParams, section).min_read
-        gated, kept = gated_mean(np.stack(grads), reads, min_read)
+        gated, kept = gated_mean(
+            np.stack(grads), np.stack([editor_low(p.resolve()) for p in args.editor])
+        )
         left_out = "; ".join(
             f"{a}: {', '.join(labels[i] for i in range(len(grads)) if i not in keep)}"
             for a, keep in zip(A, kept)
